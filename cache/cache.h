@@ -1,0 +1,228 @@
+/** The cache: a content-addressed store on disk, an LMDB index, and the fill object that
+ * downloads each digest once while every waiting client reads it as it grows.
+ *
+ * This is the one public face of cache/. It knows nothing of HTTP: the proxy drives fills with
+ * bytes and reads what the cache has. All functions run on the loop thread given at open;
+ * blocking work (fsync, rename, LMDB commits, hashing) happens on libuv's threadpool and its
+ * results come back on the loop thread.
+ *
+ * Layout under the cache directory:
+ *   lock                        flock: one winch process per cache directory
+ *   index/                      LMDB environment (data.mdb, lock.mdb)
+ *   blobs/<alg>/<2 hex>/<hex>   published content, blobs and manifests alike
+ *   tmp/                        fills in progress; swept at open
+ */
+#ifndef WINCH_CACHE_CACHE_H
+#define WINCH_CACHE_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "common/ref.h"
+
+typedef struct cache cache_t;
+typedef struct fill fill_t;
+
+/** File operations the store uses, so tests can inject ENOSPC, EIO and short writes. Each
+ * returns what the libc call returns (-1 and errno on failure). Called on threadpool threads. */
+typedef struct cache_io {
+    ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
+    int (*fsync)(int fd);
+    int (*rename)(const char *from, const char *to);
+} cache_io_t;
+
+typedef struct cache_opts {
+    uv_loop_t *loop;         /* borrowed; every callback runs on it */
+    const char *dir;         /* borrowed; created if missing */
+    uint64_t map_size;       /* LMDB map size in bytes; 0 = 4 GiB */
+    const cache_io_t *io;    /* borrowed; NULL = the real libc calls */
+} cache_opts_t;
+
+/** Opens (creating if needed) the cache at o->dir: takes the directory lock, opens the index,
+ * removes leftover temp files. Never scans blobs/. On success *out is owned by the caller.
+ * Errors: -errno, WE_INDEX, -EBUSY when another process holds the lock. */
+int cache_open(cache_t **out, const cache_opts_t *o);
+
+/** Closes the index and frees the cache. Call after the loop has finished every fill and
+ * pending index write (uv_run returned); NULL is fine. Fills still referenced or writes still
+ * pending at that point are a bug: they are logged (and the index is leaked rather than freed
+ * under a commit in flight). */
+void cache_close(cache_t *c);
+
+/* ---- Content index ---------------------------------------------------------------------- */
+
+enum cache_kind { CACHE_BLOB = 1, CACHE_MANIFEST = 2 };
+
+typedef struct cache_entry {
+    uint64_t size;
+    int kind;                 /* enum cache_kind */
+    int64_t created_ms;       /* wall clock, when published */
+    int64_t accessed_ms;      /* wall clock, last recorded access (coarse, see cache_note_access) */
+    char media_type[128];     /* "" when unknown; manifests always have one */
+} cache_entry_t;
+
+/** Looks a digest up in the index (a read transaction on the loop thread: no I/O beyond the
+ * mmap). Returns 0 and fills *out, WE_NOTFOUND, or WE_INDEX. */
+int cache_lookup(cache_t *c, const char *digest, cache_entry_t *out);
+
+/** Opens published content for reading. *fd is owned by the caller (close it). -errno when
+ * the file is missing (the index and the store disagree: the caller should treat it as a
+ * miss). digest must already be valid (ref_digest_parse). */
+int cache_open_content(cache_t *c, const char *digest, int *fd);
+
+/** Reads a published manifest whole into *bytes (malloc'd, owned by the caller) when its size is
+ * at most max. Small and synchronous. The buffer has one extra byte, a NUL after the content.
+ * Returns 0, WE_NOTFOUND, WE_TOOBIG, WE_INVALID (digest) or -errno. */
+int cache_read_manifest(cache_t *c, const char *digest, size_t max, char **bytes, size_t *len);
+
+/** Records that digest was served. Cheap: only queues an index write when the recorded access
+ * time is older than a minute; writes are batched with other index writes. */
+void cache_note_access(cache_t *c, const char *digest);
+
+/* ---- Tags and repositories -------------------------------------------------------------- */
+
+/** Looks up the digest a tag pointed to when last checked. upstream is the upstream's name
+ * ("docker.io"), repo the name at that upstream ("library/alpine"). On 0, digest_out holds a
+ * NUL-terminated digest and *checked_ms the wall time of the last check. WE_NOTFOUND if never
+ * seen. */
+int cache_tag_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms);
+
+/** Completion of an asynchronous index write; runs on the loop thread, never before the call
+ * that queued it returns. status is 0 or negative. */
+typedef void (*cache_done_cb)(void *arg, int status);
+
+typedef struct cache_manifest_put {
+    const char *digest;     /* the manifest's digest, already verified by the caller */
+    const char *media_type; /* Content-Type to replay */
+    const void *bytes;      /* copied before cache_put_manifest returns */
+    size_t len;
+    const char *upstream;   /* upstream name; with repo, recorded for _catalog */
+    const char *repo;
+    const char *tag;        /* NULL when fetched by digest; else the tag now points here */
+} cache_manifest_put_t;
+
+/** Stores a manifest: file written and published like a blob, then the content entry, the
+ * repository and (if p->tag) the tag mapping with checked = now, in one index transaction.
+ * Every string and the bytes are copied. cb may be NULL. Returns 0 when queued (cb will run,
+ * with WE_DIGEST if the bytes do not hash to p->digest, -errno for a write failure); WE_INVALID
+ * (cb never runs) for a bad digest, repo or tag, a missing or over-127-byte media type, or a
+ * tag without upstream and repo. upstream and repo go together: both or neither. */
+int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb cb, void *arg);
+
+/** Records that upstream confirmed tag -> digest now (a revalidation that found no change, or a
+ * tag that moved to a manifest already cached), and the repository for _catalog. Batched; cb
+ * may be NULL. Returns 0 when queued, WE_INVALID (cb never runs) for bad names or digest. */
+int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  const char *digest, cache_done_cb cb, void *arg);
+
+/** Visits the cached repositories of one upstream in lexical order, starting after `after`
+ * (exclusive; NULL or "" for the start). fn returns nonzero to stop. Read transaction on the
+ * loop thread. Returns 0 or WE_INDEX. */
+int cache_repos_each(cache_t *c, const char *upstream, const char *after,
+                     int (*fn)(void *arg, const char *repo), void *arg);
+
+/* ---- Fills: one download per digest ----------------------------------------------------- */
+
+enum fill_state {
+    FILL_WAITING,   /* created; size not known yet */
+    FILL_STREAMING, /* size known (or unknowable: chunked), bytes arriving */
+    FILL_DONE,      /* verified, published and indexed */
+    FILL_FAILED,    /* nothing indexed; see fill_error */
+};
+
+#define FILL_SIZE_UNKNOWN UINT64_MAX
+
+/** Single flight. Returns the fill already running for digest, or creates one (with its temp
+ * file) and sets *created: the caller is then the producer and must end it with fill_finish
+ * or fill_fail. Either way the caller holds one reference (fill_unref). digest must be valid.
+ * A digest that is already published gets a new fill too: check cache_lookup first. */
+int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created);
+
+void fill_ref(fill_t *f);
+/** Drops a reference; the last one closes the fill's read fd at once and frees its memory on a
+ * later loop iteration (a libuv handle closes), so run the loop before cache_close. If the
+ * last reference goes while the fill was neither finished nor failed (a producer that vanished),
+ * the fill is failed with WE_CANCELLED and its temp file removed. NULL is fine. */
+void fill_unref(fill_t *f);
+
+/* Producer side. */
+
+/** Announces the total size (FILL_SIZE_UNKNOWN for a chunked upstream) and the media type
+ * (borrowed, copied; may be NULL; one longer than 127 bytes is dropped). WAITING -> STREAMING;
+ * subscribers are notified asynchronously. Returns 0, fill_error() if already FAILED, or
+ * -EINVAL when not WAITING. */
+int fill_set_size(fill_t *f, uint64_t size, const char *media_type);
+
+typedef void (*fill_write_cb)(void *arg, int status);
+/** Appends len bytes. data is borrowed until cb runs (on the loop thread, never before this
+ * returns; cb may be NULL). One write in flight at a time. Hashing and the file write happen
+ * on the threadpool; when they complete, fill_written() grows, subscribers are notified, then
+ * cb runs with 0 — or with the error that failed the fill (the write's -errno, or the error of a
+ * fill_fail that came while the write was in flight). Returns 0 when cb will run; otherwise cb
+ * never runs: -EBUSY (a write in flight), -EINVAL (not STREAMING, or after fill_finish),
+ * fill_error() if FAILED, WE_TOOBIG when the write goes past the announced size (which fails
+ * the fill). */
+int fill_write(fill_t *f, const void *data, size_t len, fill_write_cb cb, void *arg);
+
+/** The producer has written everything. The fill checks size and digest, fsyncs, renames into
+ * blobs/, commits the index entry, then becomes DONE; on a mismatch it becomes FAILED with
+ * WE_DIGEST or WE_SHORT (or -errno / WE_INDEX when publishing fails). Asynchronous; the
+ * outcome reaches subscribers. May be called while the last write is in flight: it starts
+ * after that write. The producer may drop its reference right after calling it. */
+void fill_finish(fill_t *f);
+
+/** The producer gives up (upstream error, timeout, cut stream): the temp file is removed,
+ * nothing is indexed, state FAILED with err (WE_CANCELLED if err >= 0) at once, and the fill
+ * leaves the single-flight table so the next fill_get starts a new one; subscribers are
+ * notified asynchronously. No effect after fill_finish (the finish decides) or once FAILED. */
+void fill_fail(fill_t *f, int err);
+
+/* Subscriber side. A subscriber is embedded in the caller's own struct. */
+
+typedef struct fill_sub fill_sub_t;
+typedef void (*fill_notify_fn)(fill_sub_t *s);
+struct fill_sub {
+    fill_notify_fn notify; /* private: set by fill_subscribe */
+    fill_sub_t *prev, *next; /* private */
+    fill_t *fill;          /* private */
+};
+
+/** Subscribes s to f's progress. notify(s) runs on the loop thread after each change (size
+ * known, bytes written, done, failed), never inside the call that caused the change and never
+ * inside fill_subscribe itself. If f is already past WAITING, a first notification follows
+ * on a later loop iteration, so a subscriber can simply act on notifications; a notification
+ * only means "look at the fill again" and may come with nothing new. The subscriber must hold
+ * a reference on f while subscribed. notify may call fill_unsubscribe (on itself or others),
+ * fill_unref, and other fill and cache functions (not cache_close). */
+void fill_subscribe(fill_t *f, fill_sub_t *s, fill_notify_fn notify);
+/** Idempotent: an unsubscribed or zero-initialized fill_sub_t is left alone. */
+void fill_unsubscribe(fill_sub_t *s);
+
+enum fill_state fill_state(const fill_t *f);
+uint64_t fill_size(const fill_t *f);     /* FILL_SIZE_UNKNOWN until announced */
+uint64_t fill_written(const fill_t *f);  /* bytes readable from fill_fd(); never shrinks */
+int fill_error(const fill_t *f);         /* 0 unless FAILED */
+const char *fill_media_type(const fill_t *f); /* borrowed; "" if none */
+const char *fill_digest(const fill_t *f);     /* borrowed */
+/** A read-only fd on the fill's file, valid while the caller holds a reference, across the
+ * publishing rename. Read it only with explicit offsets (pread, sendfile with an offset) below
+ * fill_written(). Borrowed: do not close. */
+int fill_fd(const fill_t *f);
+
+/* ---- Hashing ---------------------------------------------------------------------------- */
+
+typedef struct digester digester_t;
+/** Incremental hash for alg; *out owned (digester_free). */
+int digester_new(digester_t **out, enum ref_alg alg);
+void digester_update(digester_t *d, const void *data, size_t len);
+/** Writes "alg:hex" (NUL-terminated) into out; the digester can not be updated afterwards. */
+int digester_final(digester_t *d, char out[REF_DIGEST_MAX + 1]);
+void digester_free(digester_t *d);
+/** One-shot: does sha(bytes) equal digest? 0, WE_DIGEST, WE_INVALID, -ENOTSUP. */
+int digest_verify(const char *digest, const void *bytes, size_t len);
+
+#endif

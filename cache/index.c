@@ -1,0 +1,635 @@
+/* The LMDB index: opening and closing the cache, the record formats, the loop thread's reads,
+ * and the one write queue every index write goes through.
+ *
+ * Schema (three named databases, all keys compared bytewise):
+ *   content  digest string -> content record (below)
+ *   tags     "upstream\0repo\0tag" -> {u8 version, i64 checked_ms, digest string}
+ *   repos    "upstream\0repo" -> i64 last_ms (when a manifest of the repo was last stored)
+ * Integers are little-endian. The content record is a fixed 32-byte header
+ *   {u8 version, u8 kind, u16 flags, u32 reserved, u64 size, i64 created_ms, i64 accessed_ms}
+ * followed by the media type bytes. flags and reserved are zero today and kept across updates:
+ * they are where pins and retention will live.
+ *
+ * Reads run on the loop thread in one cached read transaction that is renewed for each lookup
+ * and reset right after, so it never pins old pages between lookups. Writes never run on the
+ * loop: ops are queued, and at most one threadpool job at a time commits every queued op in a
+ * single write transaction (group commit); ops queued meanwhile form the next batch. One job
+ * at a time keeps threadpool threads from queueing up on LMDB's writer lock, and one fsync per
+ * batch is what makes thousands of small writes a second affordable. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cache/internal.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/timeutil.h"
+#include "common/util.h"
+
+#define CONTENT_VERSION 1
+#define CONTENT_HDR 32
+#define TAG_VERSION 1
+#define TAG_HDR 9
+#define DEFAULT_MAP_SIZE (4ULL << 30)
+/* Bounds one write transaction's dirty pages; the rest waits for the next batch. */
+#define MAX_BATCH 1024
+
+/* ---- Errors -------------------------------------------------------------------------------- */
+
+/* LMDB returns positive errnos and its own negative codes; neither leaves this file raw. */
+static int index_err(int rc, const char *what)
+{
+    if (rc == 0)
+        return 0;
+    if (rc == MDB_NOTFOUND)
+        return WE_NOTFOUND;
+    if (rc == MDB_MAP_FULL) {
+        LOG_ERROR("cache: index full during %s: raise the cache map size", what);
+        return WE_INDEX;
+    }
+    if (rc > 0) {
+        LOG_ERROR("cache: index %s: %s", what, strerror(rc));
+        return -rc;
+    }
+    LOG_ERROR("cache: index %s: %s", what, mdb_strerror(rc));
+    return WE_INDEX;
+}
+
+/* ---- Record formats ------------------------------------------------------------------------ */
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+struct content_rec {
+    cache_entry_t e;
+    uint16_t flags;
+};
+
+static int content_decode(const MDB_val *v, struct content_rec *r)
+{
+    const unsigned char *p = v->mv_data;
+    if (v->mv_size < CONTENT_HDR || p[0] != CONTENT_VERSION ||
+        v->mv_size - CONTENT_HDR > CACHE_MEDIA_MAX)
+        return WE_INDEX;
+    r->e.kind = p[1];
+    r->flags = (uint16_t)(p[2] | p[3] << 8);
+    r->e.size = get_u64(p + 8);
+    r->e.created_ms = (int64_t)get_u64(p + 16);
+    r->e.accessed_ms = (int64_t)get_u64(p + 24);
+    size_t ml = v->mv_size - CONTENT_HDR;
+    memcpy(r->e.media_type, p + CONTENT_HDR, ml);
+    r->e.media_type[ml] = '\0';
+    return 0;
+}
+
+/* buf holds CONTENT_HDR + CACHE_MEDIA_MAX bytes; returns the record length. */
+static size_t content_encode(const struct content_rec *r, unsigned char *buf)
+{
+    size_t ml = strnlen(r->e.media_type, CACHE_MEDIA_MAX);
+    memset(buf, 0, CONTENT_HDR);
+    buf[0] = CONTENT_VERSION;
+    buf[1] = (unsigned char)r->e.kind;
+    buf[2] = (unsigned char)(r->flags & 0xff);
+    buf[3] = (unsigned char)(r->flags >> 8);
+    put_u64(buf + 8, r->e.size);
+    put_u64(buf + 16, (uint64_t)r->e.created_ms);
+    put_u64(buf + 24, (uint64_t)r->e.accessed_ms);
+    memcpy(buf + CONTENT_HDR, r->e.media_type, ml);
+    return CONTENT_HDR + ml;
+}
+
+/* Joins up to three strings with NULs into buf ("a\0b\0c"); NULL ends the list early. */
+static int make_key(char *buf, size_t cap, const char *a, const char *b, const char *c3,
+                    size_t *len)
+{
+    const char *parts[3] = {a, b, c3};
+    size_t n = 0;
+    for (int i = 0; i < 3 && parts[i]; i++) {
+        size_t pl = strlen(parts[i]);
+        if (n + (i > 0) + pl > cap)
+            return WE_INVALID;
+        if (i > 0)
+            buf[n++] = '\0';
+        memcpy(buf + n, parts[i], pl);
+        n += pl;
+    }
+    *len = n;
+    return 0;
+}
+
+/* ---- Open and close ------------------------------------------------------------------------ */
+
+int cache_open(cache_t **out, const cache_opts_t *o)
+{
+    char path[CACHE_PATH_MAX];
+    MDB_txn *t = NULL;
+    cache_t *c = NULL;
+    int rc;
+
+    if (!o || !o->loop || !o->dir || !o->dir[0])
+        return WE_INVALID;
+    if (strlen(o->dir) > CACHE_DIR_MAX)
+        return -ENAMETOOLONG;
+    c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->lock_fd = -1;
+    c->loop = o->loop;
+    c->dir = strdup(o->dir);
+    if (!c->dir) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    c->io.pwrite = o->io && o->io->pwrite ? o->io->pwrite : pwrite;
+    c->io.fsync = o->io && o->io->fsync ? o->io->fsync : fsync;
+    c->io.rename = o->io && o->io->rename ? o->io->rename : rename;
+
+    if ((rc = store_open(c)))
+        goto fail;
+
+    if ((rc = index_err(mdb_env_create(&c->env), "create")))
+        goto fail;
+    if ((rc = index_err(mdb_env_set_mapsize(c->env, o->map_size ? o->map_size : DEFAULT_MAP_SIZE),
+                        "set map size")) ||
+        (rc = index_err(mdb_env_set_maxdbs(c->env, 4), "set max dbs")))
+        goto fail;
+    snprintf(path, sizeof path, "%s/index", c->dir);
+    /* MDB_NOTLS: the loop's read transaction and the threadpool's write transactions are not
+     * tied to threads, and the loop may hold more than one read transaction (repos_each). */
+    if ((rc = index_err(mdb_env_open(c->env, path, MDB_NOTLS, 0644), "open"))) {
+        LOG_ERROR("cache: cannot open the index at %s", path);
+        goto fail;
+    }
+    /* A previous process killed mid-read leaves reader slots behind; free them now rather
+     * than let them pin pages forever. */
+    int dead = 0;
+    mdb_reader_check(c->env, &dead);
+    c->max_key = (size_t)mdb_env_get_maxkeysize(c->env);
+
+    if ((rc = index_err(mdb_txn_begin(c->env, NULL, 0, &t), "begin")))
+        goto fail;
+    if ((rc = index_err(mdb_dbi_open(t, "content", MDB_CREATE, &c->dbi_content), "open content")) ||
+        (rc = index_err(mdb_dbi_open(t, "tags", MDB_CREATE, &c->dbi_tags), "open tags")) ||
+        (rc = index_err(mdb_dbi_open(t, "repos", MDB_CREATE, &c->dbi_repos), "open repos")))
+        goto fail;
+    rc = mdb_txn_commit(t);
+    t = NULL;
+    if ((rc = index_err(rc, "commit")))
+        goto fail;
+    if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &c->rtxn), "begin read")))
+        goto fail;
+    mdb_txn_reset(c->rtxn);
+    *out = c;
+    return 0;
+fail:
+    if (t)
+        mdb_txn_abort(t);
+    if (c->rtxn)
+        mdb_txn_abort(c->rtxn);
+    if (c->env)
+        mdb_env_close(c->env);
+    if (c->lock_fd >= 0)
+        close(c->lock_fd);
+    free(c->dir);
+    free(c);
+    return rc;
+}
+
+void cache_close(cache_t *c)
+{
+    if (!c)
+        return;
+    if (c->live_fills)
+        LOG_ERROR("cache: closing with %u fill(s) still referenced (a bug)", c->live_fills);
+    if (c->live_puts || c->wq_head)
+        LOG_ERROR("cache: closing with index writes pending; they are lost (a bug)");
+    for (wop_t *op = c->wq_head, *next; op; op = next) {
+        next = op->next;
+        free(op);
+    }
+    if (c->wq_running) {
+        /* The job in flight uses the environment: freeing it under the job would be worse
+         * than leaking it. */
+        LOG_ERROR("cache: closing while an index commit runs (a bug); leaking the index");
+        return;
+    }
+    if (c->rtxn)
+        mdb_txn_abort(c->rtxn);
+    mdb_env_close(c->env);
+    if (c->lock_fd >= 0)
+        close(c->lock_fd);
+    free(c->dir);
+    free(c);
+}
+
+/* ---- Reads on the loop thread ------------------------------------------------------------ */
+
+static int rtxn_begin(cache_t *c, MDB_txn **t)
+{
+    if (c->rtxn) {
+        if (mdb_txn_renew(c->rtxn) == 0) {
+            *t = c->rtxn;
+            return 0;
+        }
+        mdb_txn_abort(c->rtxn);
+        c->rtxn = NULL;
+    }
+    int rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &c->rtxn), "begin read");
+    if (rc) {
+        c->rtxn = NULL;
+        return rc;
+    }
+    *t = c->rtxn;
+    return 0;
+}
+
+static void rtxn_end(cache_t *c)
+{
+    mdb_txn_reset(c->rtxn);
+}
+
+int cache_lookup(cache_t *c, const char *digest, cache_entry_t *out)
+{
+    struct content_rec r;
+    MDB_txn *t;
+    size_t n = strnlen(digest, REF_DIGEST_MAX + 1);
+    if (n == 0 || n > REF_DIGEST_MAX)
+        return WE_NOTFOUND;
+    int rc = rtxn_begin(c, &t);
+    if (rc)
+        return rc;
+    MDB_val k = {n, (void *)digest}, v;
+    rc = mdb_get(t, c->dbi_content, &k, &v);
+    if (rc == 0) {
+        rc = content_decode(&v, &r);
+        if (rc)
+            LOG_ERROR("cache: index record for %s is corrupt or of an unknown version", digest);
+    } else {
+        rc = index_err(rc, "lookup");
+    }
+    rtxn_end(c);
+    if (rc == 0)
+        *out = r.e;
+    return rc;
+}
+
+int cache_tag_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms)
+{
+    char key[512];
+    size_t kl;
+    MDB_txn *t;
+    if (!upstream || !repo || !tag ||
+        make_key(key, sizeof key < c->max_key ? sizeof key : c->max_key, upstream, repo, tag, &kl))
+        return WE_NOTFOUND;
+    int rc = rtxn_begin(c, &t);
+    if (rc)
+        return rc;
+    MDB_val k = {kl, key}, v;
+    rc = mdb_get(t, c->dbi_tags, &k, &v);
+    if (rc == 0) {
+        const unsigned char *p = v.mv_data;
+        size_t dl = v.mv_size - TAG_HDR;
+        if (v.mv_size <= TAG_HDR || p[0] != TAG_VERSION || dl > REF_DIGEST_MAX) {
+            LOG_ERROR("cache: tag record %s/%s:%s is corrupt or of an unknown version", upstream,
+                      repo, tag);
+            rc = WE_INDEX;
+        } else {
+            *checked_ms = (int64_t)get_u64(p + 1);
+            memcpy(digest_out, p + TAG_HDR, dl);
+            digest_out[dl] = '\0';
+        }
+    } else {
+        rc = index_err(rc, "tag lookup");
+    }
+    rtxn_end(c);
+    return rc;
+}
+
+int cache_repos_each(cache_t *c, const char *upstream, const char *after,
+                     int (*fn)(void *arg, const char *repo), void *arg)
+{
+    char start[512], repo[REF_NAME_MAX + 1];
+    size_t sl, pl;
+    MDB_txn *t = NULL;
+    MDB_cursor *cur = NULL;
+    int rc;
+
+    if (!upstream || !upstream[0])
+        return 0;
+    if (after && !after[0])
+        after = NULL;
+    if (make_key(start, sizeof start, upstream, "", NULL, &pl))
+        return 0; /* an upstream name too long to be stored has no repositories */
+    if (make_key(start, sizeof start, upstream, after ? after : "", NULL, &sl))
+        return 0;
+    if (sl > c->max_key)
+        return 0;
+    /* A transaction of its own, not the cached one: fn may call cache_lookup. */
+    if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")))
+        goto out;
+    if ((rc = index_err(mdb_cursor_open(t, c->dbi_repos, &cur), "cursor")))
+        goto out;
+    MDB_val k = {sl, start}, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < pl || memcmp(k.mv_data, start, pl) != 0)
+            break;
+        size_t rl = k.mv_size - pl;
+        if (rl == 0 || rl > REF_NAME_MAX)
+            continue;
+        memcpy(repo, (const char *)k.mv_data + pl, rl);
+        repo[rl] = '\0';
+        if (after && strcmp(repo, after) == 0)
+            continue;
+        if (fn(arg, repo))
+            break;
+    }
+    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, "repos scan");
+out:
+    if (cur)
+        mdb_cursor_close(cur);
+    if (t)
+        mdb_txn_abort(t);
+    return rc;
+}
+
+int index_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, const cache_entry_t *e),
+                       void *arg)
+{
+    char digest[REF_DIGEST_MAX + 1];
+    struct content_rec r;
+    MDB_txn *t = NULL;
+    MDB_cursor *cur = NULL;
+    int rc;
+
+    if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")))
+        goto out;
+    if ((rc = index_err(mdb_cursor_open(t, c->dbi_content, &cur), "cursor")))
+        goto out;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size > REF_DIGEST_MAX || content_decode(&v, &r))
+            continue;
+        memcpy(digest, k.mv_data, k.mv_size);
+        digest[k.mv_size] = '\0';
+        if (fn(arg, digest, &r.e))
+            break;
+    }
+    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, "content scan");
+out:
+    if (cur)
+        mdb_cursor_close(cur);
+    if (t)
+        mdb_txn_abort(t);
+    return rc;
+}
+
+/* ---- The write queue --------------------------------------------------------------------- */
+
+int wop_new(cache_t *c, const char *upstream, const char *repo, const char *tag, wop_t **out)
+{
+    char key[512];
+    size_t rl = 0, tl = 0;
+    int rc;
+
+    if (repo || tag) {
+        if (!upstream || !upstream[0] || !repo || !ref_name_valid(repo, strlen(repo)))
+            return WE_INVALID;
+        if (tag && !ref_tag_valid(tag, strlen(tag)))
+            return WE_INVALID;
+        size_t cap = sizeof key < c->max_key ? sizeof key : c->max_key;
+        if ((rc = make_key(key, cap, upstream, repo, NULL, &rl)))
+            return rc;
+        if (tag && (rc = make_key(key, cap, upstream, repo, tag, &tl)))
+            return rc;
+    }
+    size_t kl = tl ? tl : rl;
+    wop_t *op = calloc(1, sizeof *op + kl);
+    if (!op)
+        return -ENOMEM;
+    memcpy(op->key, key, kl);
+    op->repo_key_len = rl;
+    op->tag_key_len = tl;
+    op->now_ms = time_wall_ms();
+    *out = op;
+    return 0;
+}
+
+/* Writes the content record for a WOP_CONTENT or WOP_ACCESS op. Threadpool. */
+static int apply_content(cache_t *c, MDB_txn *t, const wop_t *op)
+{
+    unsigned char buf[CONTENT_HDR + CACHE_MEDIA_MAX];
+    struct content_rec r;
+    MDB_val k = {strlen(op->digest), (void *)op->digest}, v;
+    int rc = mdb_get(t, c->dbi_content, &k, &v);
+    if (rc && rc != MDB_NOTFOUND)
+        return rc;
+    /* An unreadable record is rewritten by a put and left alone by an access. */
+    bool have = rc == 0 && content_decode(&v, &r) == 0;
+    if (op->what & WOP_CONTENT) {
+        if (!have) {
+            memset(&r, 0, sizeof r);
+            r.e.created_ms = op->now_ms;
+        }
+        /* The same bytes fetched through the blob endpoint must not erase what a manifest
+         * entry knows (its kind and media type). */
+        if (!(have && r.e.kind == CACHE_MANIFEST && op->kind == CACHE_BLOB)) {
+            r.e.kind = op->kind;
+            memcpy(r.e.media_type, op->media_type, sizeof r.e.media_type);
+        }
+        r.e.size = op->size;
+        if (r.e.accessed_ms < op->now_ms)
+            r.e.accessed_ms = op->now_ms;
+    } else {
+        if (!have || r.e.accessed_ms >= op->now_ms)
+            return 0;
+        r.e.accessed_ms = op->now_ms;
+    }
+    v.mv_data = buf;
+    v.mv_size = content_encode(&r, buf);
+    return mdb_put(t, c->dbi_content, &k, &v, 0);
+}
+
+static int apply_op(cache_t *c, MDB_txn *t, const wop_t *op)
+{
+    int rc;
+    if ((op->what & (WOP_CONTENT | WOP_ACCESS)) && (rc = apply_content(c, t, op)))
+        return rc;
+    if (op->what & WOP_REPO) {
+        unsigned char last[8];
+        put_u64(last, (uint64_t)op->now_ms);
+        MDB_val k = {op->repo_key_len, (void *)op->key}, v = {sizeof last, last};
+        if ((rc = mdb_put(t, c->dbi_repos, &k, &v, 0)))
+            return rc;
+    }
+    if (op->what & WOP_TAG) {
+        unsigned char rec[TAG_HDR + REF_DIGEST_MAX];
+        size_t dl = strlen(op->digest);
+        rec[0] = TAG_VERSION;
+        put_u64(rec + 1, (uint64_t)op->now_ms);
+        memcpy(rec + TAG_HDR, op->digest, dl);
+        MDB_val k = {op->tag_key_len, (void *)op->key}, v = {TAG_HDR + dl, rec};
+        if ((rc = mdb_put(t, c->dbi_tags, &k, &v, 0)))
+            return rc;
+    }
+    return 0;
+}
+
+/* Commits ops [first, end) in one write transaction; returns LMDB's code. */
+static int commit_ops(cache_t *c, wop_t *first, wop_t *end)
+{
+    MDB_txn *t;
+    int rc = mdb_txn_begin(c->env, NULL, 0, &t);
+    if (rc)
+        return rc;
+    for (wop_t *op = first; op != end; op = op->next) {
+        if ((rc = apply_op(c, t, op))) {
+            mdb_txn_abort(t);
+            return rc;
+        }
+    }
+    return mdb_txn_commit(t);
+}
+
+static void wq_work(uv_work_t *w)
+{
+    cache_t *c = container_of(w, cache_t, wq_work);
+    wop_t *batch = c->wq_batch;
+    int rc = commit_ops(c, batch, NULL);
+    if (rc == 0 || !batch->next || rc == MDB_MAP_FULL) {
+        int err = index_err(rc, "commit");
+        for (wop_t *op = batch; op; op = op->next)
+            op->status = err;
+        return;
+    }
+    /* One bad op must not fail the batch it happened to share: redo them one by one. */
+    for (wop_t *op = batch; op; op = op->next)
+        op->status = index_err(commit_ops(c, op, op->next), "commit");
+}
+
+static unsigned guard_bucket(const char *digest)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = digest; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h % CACHE_GUARD_BUCKETS;
+}
+
+static void guard_remove(cache_t *c, wop_t *op)
+{
+    for (wop_t **pp = &c->guard[guard_bucket(op->digest)]; *pp; pp = &(*pp)->guard_next) {
+        if (*pp == op) {
+            *pp = op->guard_next;
+            return;
+        }
+    }
+}
+
+static void wq_start(cache_t *c);
+
+static void wq_done(uv_work_t *w, int status)
+{
+    cache_t *c = container_of(w, cache_t, wq_work);
+    wop_t *batch = c->wq_batch;
+    c->wq_batch = NULL;
+    /* wq_running stays set while the callbacks run so that what they queue accumulates into
+     * one next batch instead of starting a job per callback. */
+    for (wop_t *op = batch, *next; op; op = next) {
+        next = op->next;
+        if (op->what & WOP_ACCESS)
+            guard_remove(c, op);
+        if (op->cb)
+            op->cb(op->arg, status ? status : op->status);
+        free(op);
+    }
+    c->wq_running = false;
+    wq_start(c);
+}
+
+static void wq_start(cache_t *c)
+{
+    if (c->wq_running || !c->wq_head)
+        return;
+    wop_t *batch = c->wq_head, *last = batch;
+    for (int n = 1; n < MAX_BATCH && last->next; n++)
+        last = last->next;
+    c->wq_head = last->next;
+    if (!c->wq_head)
+        c->wq_tail = NULL;
+    last->next = NULL;
+    c->wq_batch = batch;
+    c->wq_running = true;
+    /* uv_queue_work only fails for a NULL work callback. */
+    uv_queue_work(c->loop, &c->wq_work, wq_work, wq_done);
+}
+
+void index_queue(cache_t *c, wop_t *op)
+{
+    op->next = NULL;
+    if (c->wq_tail)
+        c->wq_tail->next = op;
+    else
+        c->wq_head = op;
+    c->wq_tail = op;
+    wq_start(c);
+}
+
+void cache_note_access(cache_t *c, const char *digest)
+{
+    cache_entry_t e;
+    wop_t *op;
+    if (cache_lookup(c, digest, &e))
+        return;
+    int64_t now = time_wall_ms();
+    if (e.accessed_ms > now - CACHE_ACCESS_SLACK_MS)
+        return;
+    /* The record changes only when the batch commits; until then the guard stops a hot
+     * digest from queueing one op per request. */
+    unsigned b = guard_bucket(digest);
+    for (op = c->guard[b]; op; op = op->guard_next)
+        if (strcmp(op->digest, digest) == 0)
+            return;
+    if (wop_new(c, NULL, NULL, NULL, &op))
+        return;
+    op->what = WOP_ACCESS;
+    snprintf(op->digest, sizeof op->digest, "%s", digest);
+    op->guard_next = c->guard[b];
+    c->guard[b] = op;
+    index_queue(c, op);
+}
+
+int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  const char *digest, cache_done_cb cb, void *arg)
+{
+    enum ref_alg alg;
+    wop_t *op;
+    size_t dl = strnlen(digest, REF_DIGEST_MAX + 1);
+    if (dl > REF_DIGEST_MAX || !tag)
+        return WE_INVALID;
+    int rc = ref_digest_parse(digest, dl, &alg);
+    if (rc)
+        return rc;
+    if ((rc = wop_new(c, upstream, repo, tag, &op)))
+        return rc;
+    op->what = WOP_TAG | WOP_REPO;
+    memcpy(op->digest, digest, dl + 1);
+    op->cb = cb;
+    op->arg = arg;
+    index_queue(c, op);
+    return 0;
+}

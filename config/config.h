@@ -1,0 +1,74 @@
+/** winch's configuration: a JSON file (--config FILE), then command-line flags that override
+ * it, then defaults. Everything is validated here, once, at start: a bad value stops winch
+ * with a message naming the field (and line:column for JSON syntax errors). Unknown fields are
+ * errors. The rest of winch reads a config_t and never re-validates it. */
+#ifndef WINCH_CONFIG_CONFIG_H
+#define WINCH_CONFIG_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_MAX_UPSTREAMS 32
+
+/** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
+ * clients address it by that name (?ns=, /v2/<name>/... prefix). */
+typedef struct config_upstream {
+    char *name;     /* owned; lowercase host[:port], e.g. "docker.io", "127.0.0.1:5001" */
+    char *url;      /* owned; as written, e.g. "https://registry-1.docker.io" */
+    bool tls;       /* scheme was https */
+    char *host;     /* owned; host part of url (no brackets for IPv6) */
+    uint16_t port;  /* port of url; 80/443 by default */
+    char *base_path; /* owned; path of url without trailing '/', "" when none */
+    /* Docker Hub semantics: one-component names mean library/<name>. True when name is
+     * docker.io (index.docker.io and registry-1.docker.io are normalised to docker.io). */
+    bool dockerhub;
+} config_upstream_t;
+
+typedef struct config {
+    char *listen_host;  /* owned; default "0.0.0.0" */
+    uint16_t listen_port; /* default 5000 */
+    char *cache_dir;    /* owned; default "./winch-cache" */
+    config_upstream_t upstreams[CONFIG_MAX_UPSTREAMS]; /* [0] is the default upstream */
+    size_t n_upstreams; /* >= 1; default one: docker.io=https://registry-1.docker.io */
+    char *log_level;    /* owned; "error" | "warn" | "info" (default) | "debug" */
+
+    /* Upstream timeouts, milliseconds. */
+    uint32_t upstream_connect_timeout_ms;  /* TCP (+TLS) connect; default 5000 */
+    uint32_t upstream_response_timeout_ms; /* request sent -> response headers; default 15000 */
+    uint32_t upstream_idle_timeout_ms;     /* no body byte for this long fails a transfer; default 30000 */
+    uint32_t upstream_keepalive_ms;        /* idle pooled connection lifetime; default 30000 */
+    uint32_t upstream_max_conns;           /* per upstream, busy + idle; default 32 */
+
+    /* Client side. */
+    uint32_t client_header_timeout_ms; /* whole request head must arrive within; default 30000 */
+    uint32_t client_idle_timeout_ms;   /* keep-alive idle and stalled send; default 120000 */
+    uint32_t max_connections;          /* accepted at once; default 4096 */
+    uint32_t max_header_bytes;         /* request head, and upstream response head; default 32768 */
+
+    /* Cache. */
+    uint32_t tag_ttl_s;           /* a tag younger than this is served without asking upstream; default 300 */
+    uint32_t max_manifest_bytes;  /* default 4 MiB (distribution's own limit) */
+    uint32_t max_tags_list_bytes; /* upstream tags/list body bound; default 8 MiB */
+    uint64_t index_map_size;      /* LMDB map size in bytes; default 4 GiB */
+} config_t;
+
+/** Builds the configuration from argv (the arguments after the "serve" command: --config FILE,
+ * --listen HOST:PORT, --cache-dir DIR, --upstream NAME=URL (repeatable; the first flag given
+ * replaces the file's list, later ones append), --log-level LEVEL). On success *out is owned
+ * by the caller (config_free). On failure returns WE_CONFIG and writes one line naming the
+ * field or flag (and file:line:column for JSON syntax) into err[errlen]. */
+int config_load(config_t **out, int argc, char **argv, char *err, size_t errlen);
+
+/** Same, from a JSON text (for tests and tools); `origin` names it in messages. */
+int config_from_json(config_t **out, const char *json, size_t len, const char *origin, char *err,
+                     size_t errlen);
+
+/** Looks an upstream up by its name, case-insensitively; "index.docker.io" and
+ * "registry-1.docker.io" find "docker.io". Returns a borrowed pointer or NULL. */
+const config_upstream_t *config_upstream_find(const config_t *c, const char *name, size_t len);
+
+/** Frees everything; NULL is fine. */
+void config_free(config_t *c);
+
+#endif

@@ -1,0 +1,471 @@
+/* Blobs: hits from disk, misses through one fill per digest.
+ *
+ * A miss makes the first request the fill's producer: a fetch (bfetch_t) that belongs to no
+ * client and pours the upstream body into the fill, pausing the upstream read while each
+ * piece is written, so upstream speed drives it and a vanished client never cancels it. Every
+ * request for the digest, the first included, is a subscriber (bsub_t): it sends its headers
+ * once the size is known and then sends the file from its own offset up to what has been
+ * written, waking at each fill notification. A subscriber never holds more than its socket's
+ * worth of data: the bytes go from the page cache to the socket with sendfile.
+ *
+ * If the fill fails before a subscriber sent its headers, the subscriber answers with an
+ * error; after, it cuts the connection, so the client sees a short read and retries.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "proxy/handlers.h"
+
+/* A subscriber sends at most this much per sendfile, so it sees progress (and stalls) often. */
+#define SUB_SLICE ((uint64_t)8 << 20)
+
+typedef struct bfetch {
+    fill_t *fill;
+    upreq_t *up;
+    struct bfetch *prev, *next;
+    bool linked;    /* on the fetches list */
+    bool writing;   /* a fill_write is in flight: its callback still needs this struct */
+    bool ended;     /* the upstream finished while writing; end_err says how */
+    int end_err;
+    char digest[REF_DIGEST_MAX + 1];
+} bfetch_t;
+
+/* Every running fetch, so shutdown can stop them. */
+static bfetch_t *fetches;
+
+typedef struct bsub {
+    req_t *r;
+    fill_sub_t sub;
+    fill_t *fill;
+    bool busy;         /* a send is in flight */
+    bool head_sent;
+    uint64_t cur, end; /* next byte to send; one past the last byte to send */
+} bsub_t;
+
+/* ---- The producer ----------------------------------------------------------------------- */
+
+static void fetch_unlink(bfetch_t *f)
+{
+    if (!f->linked)
+        return;
+    f->linked = false;
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        fetches = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+}
+
+static void fetch_end(bfetch_t *f, int err)
+{
+    fetch_unlink(f);
+    if (err == 0) {
+        fill_finish(f->fill);
+    } else {
+        LOG_WARN("fill %s failed: %s", f->digest, err_str(err));
+        if (fill_state(f->fill) != FILL_FAILED)
+            fill_fail(f->fill, err);
+    }
+    fill_unref(f->fill);
+    free(f);
+}
+
+static void bf_on_headers(upreq_t *up, void *arg, int status)
+{
+    bfetch_t *f = arg;
+    if (status != 200) {
+        LOG_WARN("upstream answered %d for blob %s", status, f->digest);
+        upreq_cancel(up);
+        fetch_end(f, upstream_status_err(status));
+        return;
+    }
+    const char *ct = upreq_header(up, "Content-Type");
+    int err = fill_set_size(f->fill, upreq_content_length(up), ct);
+    if (err < 0) {
+        upreq_cancel(up);
+        fetch_end(f, err);
+    }
+}
+
+static void bf_on_written(void *arg, int status)
+{
+    bfetch_t *f = arg;
+    f->writing = false;
+    if (f->ended) {
+        fetch_end(f, status < 0 ? status : f->end_err);
+        return;
+    }
+    if (status < 0) {
+        upreq_cancel(f->up);
+        fetch_end(f, status);
+        return;
+    }
+    upreq_resume(f->up);
+}
+
+static void bf_on_body(upreq_t *up, void *arg, const char *data, size_t len)
+{
+    bfetch_t *f = arg;
+    /* The bytes stay in the upstream read buffer while the threadpool hashes and writes them:
+     * pausing the upstream is both the zero-copy and the flow control. */
+    upreq_pause(up);
+    f->writing = true;
+    int err = fill_write(f->fill, data, len, bf_on_written, f);
+    if (err < 0) {
+        f->writing = false;
+        upreq_cancel(up);
+        fetch_end(f, err);
+    }
+}
+
+static void bf_on_done(upreq_t *up, void *arg, int err)
+{
+    bfetch_t *f = arg;
+    (void)up;
+    if (f->writing) {
+        /* The last piece is still being written: finish when it lands. */
+        f->up = NULL;
+        f->ended = true;
+        f->end_err = err;
+        return;
+    }
+    fetch_end(f, err);
+}
+
+static const upreq_cbs_t bfetch_cbs = {
+    .on_headers = bf_on_headers,
+    .on_body = bf_on_body,
+    .on_done = bf_on_done,
+};
+
+/* Starts the producer for a fill this request created. On failure the fill is failed. */
+static void fetch_start(req_t *r, fill_t *fill)
+{
+    bfetch_t *f = calloc(1, sizeof *f);
+    if (!f) {
+        fill_fail(fill, -ENOMEM);
+        return;
+    }
+    fill_ref(fill);
+    f->fill = fill;
+    snprintf(f->digest, sizeof f->digest, "%s", r->route.ref);
+    char path[REF_NAME_MAX + 400];
+    upstream_path(r, "blobs", r->route.ref, path, sizeof path);
+    f->next = fetches;
+    if (fetches)
+        fetches->prev = f;
+    fetches = f;
+    f->linked = true;
+    int err = upreq_start(&f->up, req_upstream(r), "GET", path, NULL, &bfetch_cbs, f);
+    if (err < 0)
+        fetch_end(f, err);
+}
+
+void blob_shutdown(void)
+{
+    while (fetches) {
+        bfetch_t *f = fetches;
+        if (f->up)
+            upreq_cancel(f->up);
+        f->up = NULL;
+        if (f->writing) {
+            /* Its write callback still comes; let it end the fetch. */
+            fetch_unlink(f);
+            f->ended = true;
+            f->end_err = WE_CANCELLED;
+            continue;
+        }
+        fetch_end(f, WE_CANCELLED);
+    }
+}
+
+/* ---- Ranges and headers ------------------------------------------------------------------ */
+
+/* Resolves the request's Range against size. Returns 200, 206 (with [*first, *last]) or 416. */
+static int resolve_range(req_t *r, uint64_t size, uint64_t *first, uint64_t *last)
+{
+    *first = 0;
+    *last = size ? size - 1 : 0;
+    if (r->range != REQ_RANGE_OK)
+        return 200;
+    if (r->range_suffix) {
+        if (size == 0)
+            return 416;
+        uint64_t n = r->range_last < size ? r->range_last : size;
+        *first = size - n;
+        *last = size - 1;
+        return 206;
+    }
+    if (r->range_first >= size)
+        return 416;
+    *first = r->range_first;
+    *last = r->range_last < size - 1 ? r->range_last : size - 1;
+    return 206;
+}
+
+static void blob_headers(req_t *r, const char *digest)
+{
+    resp_header(r, "Content-Type", "application/octet-stream");
+    resp_header(r, "Docker-Content-Digest", "%s", digest);
+    resp_header(r, "ETag", "\"%s\"", digest);
+    resp_header(r, "Accept-Ranges", "bytes");
+    resp_header(r, "Cache-Control", "max-age=31536000");
+}
+
+static void reply_416(req_t *r, uint64_t size)
+{
+    resp_begin(r, 416);
+    resp_header(r, "Content-Range", "bytes */%llu", (unsigned long long)size);
+    resp_error(r, 0, OCI_RANGE_INVALID, "requested range not satisfiable", NULL);
+}
+
+/* Begins the head for a blob of size; returns the status, and the byte span to send. */
+static int begin_blob_head(req_t *r, const char *digest, uint64_t size, uint64_t *first,
+                           uint64_t *count)
+{
+    uint64_t last;
+    int status = resolve_range(r, size, first, &last);
+    if (status == 416)
+        return 416;
+    *count = size ? last - *first + 1 : 0;
+    resp_begin(r, status);
+    blob_headers(r, digest);
+    if (status == 206)
+        resp_header(r, "Content-Range", "bytes %llu-%llu/%llu", (unsigned long long)*first,
+                    (unsigned long long)last, (unsigned long long)size);
+    return status;
+}
+
+/* ---- Hits -------------------------------------------------------------------------------- */
+
+static int serve_hit(req_t *r, const cache_entry_t *e)
+{
+    const char *digest = r->route.ref;
+    if (etag_matches(r->if_none_match, digest)) {
+        resp_begin(r, 304);
+        blob_headers(r, digest);
+        resp_send(r, 0, NULL, 0, false);
+        return 0;
+    }
+    uint64_t first, count;
+    if (r->route.head) {
+        resp_begin(r, 200);
+        blob_headers(r, digest);
+        resp_send(r, e->size, NULL, 0, false);
+        return 0;
+    }
+    int fd;
+    int err = cache_open_content(req_cache(r), digest, &fd);
+    if (err < 0) {
+        LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching", (unsigned long long)r->id,
+                 digest, err_str(err));
+        return err;
+    }
+    if (begin_blob_head(r, digest, e->size, &first, &count) == 416) {
+        close(fd);
+        reply_416(r, e->size);
+        return 0;
+    }
+    resp_send_file(r, count, fd, (off_t)first, count);
+    cache_note_access(req_cache(r), digest);
+    return 0;
+}
+
+/* ---- Subscribers -------------------------------------------------------------------------- */
+
+static void sub_pump(bsub_t *s);
+
+static void sub_free(bsub_t *s)
+{
+    if (s->sub.fill)
+        fill_unsubscribe(&s->sub);
+    fill_unref(s->fill);
+    free(s);
+}
+
+/* The client connection died while the subscriber waited. */
+static void sub_cancel(req_t *r)
+{
+    bsub_t *s = r->op;
+    r->op = NULL;
+    sub_free(s);
+}
+
+static void sub_done(bsub_t *s)
+{
+    req_t *r = s->r;
+    r->cancel = NULL;
+    r->op = NULL;
+    sub_free(s);
+    req_finish(r);
+}
+
+static void sub_abort(bsub_t *s)
+{
+    req_t *r = s->r;
+    r->cancel = NULL;
+    r->op = NULL;
+    sub_free(s);
+    req_abort(r);
+}
+
+static void sub_on_io(req_t *r, int status)
+{
+    bsub_t *s = r->op;
+    s->busy = false;
+    if (status < 0) {
+        sub_abort(s);
+        return;
+    }
+    sub_pump(s);
+}
+
+static void sub_notify(fill_sub_t *fs)
+{
+    bsub_t *s = (bsub_t *)((char *)fs - offsetof(bsub_t, sub));
+    sub_pump(s);
+}
+
+/* Moves the subscriber as far as the fill allows; called at every notification and after every
+ * send completes. Level-triggered: it reads the fill's state each time. */
+static void sub_pump(bsub_t *s)
+{
+    if (s->busy)
+        return;
+    req_t *r = s->r;
+    fill_t *f = s->fill;
+    enum fill_state st = fill_state(f);
+    if (st == FILL_FAILED) {
+        int err = fill_error(f);
+        if (s->head_sent) {
+            sub_abort(s);
+            return;
+        }
+        r->cancel = NULL;
+        r->op = NULL;
+        sub_free(s);
+        reply_err(r, err, OCI_BLOB_UNKNOWN);
+        return;
+    }
+    uint64_t size = fill_size(f);
+    if (size == FILL_SIZE_UNKNOWN && st == FILL_DONE)
+        size = fill_written(f);
+    if (!s->head_sent) {
+        if (size == FILL_SIZE_UNKNOWN)
+            return; /* a chunked upstream: the size is known only at the end */
+        uint64_t first, count;
+        if (begin_blob_head(r, r->route.ref, size, &first, &count) == 416) {
+            r->cancel = NULL;
+            r->op = NULL;
+            sub_free(s);
+            reply_416(r, size);
+            return;
+        }
+        s->cur = first;
+        s->end = first + count;
+        s->head_sent = true;
+        s->busy = true;
+        resp_send_head(r, count, sub_on_io);
+        return;
+    }
+    if (s->cur >= s->end) {
+        sub_done(s);
+        return;
+    }
+    uint64_t avail = fill_written(f);
+    if (avail > s->end)
+        avail = s->end;
+    if (s->cur < avail) {
+        uint64_t n = avail - s->cur;
+        if (n > SUB_SLICE)
+            n = SUB_SLICE;
+        off_t off = (off_t)s->cur;
+        s->cur += n;
+        s->busy = true;
+        resp_send_chunk(r, fill_fd(f), off, n, sub_on_io);
+        return;
+    }
+    if (st == FILL_DONE) {
+        /* Done, yet short of what the head promised: never present that as complete. */
+        sub_abort(s);
+    }
+    /* Otherwise wait for the next notification. */
+}
+
+static void serve_fill(req_t *r, fill_t *fill)
+{
+    bsub_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        fill_unref(fill);
+        resp_error(r, 0, OCI_UNKNOWN, "out of memory", NULL);
+        return;
+    }
+    s->r = r;
+    s->fill = fill; /* takes the caller's reference */
+    r->op = s;
+    r->cancel = sub_cancel;
+    fill_subscribe(fill, &s->sub, sub_notify);
+}
+
+/* ---- HEAD on a miss ------------------------------------------------------------------------ */
+
+static void on_blob_head(req_t *r, void *ctx, int status, int err, upreq_t *up, char *body,
+                         size_t len)
+{
+    (void)ctx;
+    (void)len;
+    free(body);
+    if (err || status != 200) {
+        reply_upstream_failure(r, status, err, up ? upreq_header(up, "Retry-After") : NULL,
+                               OCI_BLOB_UNKNOWN);
+        return;
+    }
+    uint64_t size = upreq_content_length(up);
+    if (size == UINT64_MAX) {
+        reply_err(r, WE_UPSTREAM, OCI_BLOB_UNKNOWN);
+        return;
+    }
+    r->cache_status = "upstream";
+    resp_begin(r, 200);
+    blob_headers(r, r->route.ref);
+    resp_send(r, size, NULL, 0, false);
+}
+
+/* ---- Entry ---------------------------------------------------------------------------------- */
+
+void handle_blob(req_t *r)
+{
+    cache_entry_t e;
+    if (cache_lookup(req_cache(r), r->route.ref, &e) == 0) {
+        r->cache_status = "hit";
+        if (serve_hit(r, &e) == 0)
+            return;
+    }
+    if (r->route.head) {
+        char path[REF_NAME_MAX + 400];
+        upstream_path(r, "blobs", r->route.ref, path, sizeof path);
+        int err = ufetch_start(r, "HEAD", path, NULL, 0, on_blob_head, NULL, NULL);
+        if (err < 0)
+            reply_err(r, err, OCI_BLOB_UNKNOWN);
+        return;
+    }
+    fill_t *fill;
+    bool created;
+    int err = fill_get(req_cache(r), r->route.ref, &fill, &created);
+    if (err < 0) {
+        LOG_ERROR("req=%llu cannot start a fill for %s: %s", (unsigned long long)r->id,
+                  r->route.ref, err_str(err));
+        reply_err(r, err, OCI_BLOB_UNKNOWN);
+        return;
+    }
+    r->cache_status = created ? "miss" : "coalesced";
+    if (created)
+        fetch_start(r, fill);
+    serve_fill(r, fill);
+}

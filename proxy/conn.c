@@ -1,0 +1,551 @@
+/* A non-blocking TCP connection on a uv_poll_t.
+ *
+ * Lifecycle: conn_init / conn_connect -> (reads, one write operation at a time) -> conn_close
+ * -> close callback once both libuv handles have closed.
+ *
+ * Two handles back a conn: the uv_poll_t embedded in the struct, which watches the fd, and a
+ * uv_idle_t kept in a small private extension (conn->unused points at it). The idle handle
+ * exists only to deliver callbacks "later": a write that completes inside conn_write, or a
+ * connect that completes inside connect(2), must still report from the loop and never from
+ * inside the caller's call. uv_idle (rather than uv_check) is used because an active idle
+ * handle makes the loop poll with a zero timeout, so the deferred callback runs in the next
+ * iteration even when nothing else is happening.
+ *
+ * Every byte goes through do_recv / do_send / do_sendfile, the transport switch: plain
+ * sockets today, OpenSSL on the same fd with issue 3 (where do_sendfile reports -ENOSYS and
+ * the pread+send fallback takes over).
+ *
+ * SIGPIPE: sendmsg uses MSG_NOSIGNAL, but Linux sendfile(2) to a socket whose peer is gone
+ * raises SIGPIPE and there is no flag to prevent it; the process must ignore SIGPIPE (main
+ * does), after which sendfile reports EPIPE like any other error.
+ */
+#include "proxy/conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "common/err.h"
+
+/* Reads per poll wakeup: enough to drain a burst, small enough that one busy socket cannot
+ * starve the other connections on the loop. */
+#define READS_PER_WAKEUP 4
+/* Bytes asked of one sendfile(2) call; the kernel returns early when the socket is full. */
+#define SENDFILE_CHUNK ((size_t)4 << 20)
+/* Bytes a sendfile operation may push in one wakeup before yielding to the loop (the socket
+ * stays writable, so the poll fires again in the next iteration). */
+#define SENDFILE_PER_WAKEUP ((uint64_t)16 << 20)
+/* Bounce buffer of the pread+send fallback (on the stack of the loop thread). */
+#define FALLBACK_BUF (64 * 1024)
+
+typedef struct conn_ext {
+    uv_idle_t idle; /* first member: conn->unused points here */
+    int open_handles; /* handles still to close after conn_close */
+    bool connecting;  /* connect(2) in progress: waiting for writability */
+    bool wr_wait;     /* write operation waiting for writability */
+    bool no_sendfile; /* sendfile(2) refused this fd pair: use pread+send */
+    bool defer_connect;
+    int connect_status;
+    bool defer_write;
+    int write_status;
+} conn_ext_t;
+
+static conn_ext_t *ext_of(const conn_t *c)
+{
+    return (conn_ext_t *)c->unused;
+}
+
+/* ---- Transport switch. Each returns bytes (>= 0) or -errno; never raises SIGPIPE. ---- */
+
+static ssize_t do_recv(conn_t *c, char *buf, size_t len)
+{
+    if (c->tls)
+        return -ENOTSUP; /* issue 3 */
+    ssize_t n = recv(c->fd, buf, len, 0);
+    return n >= 0 ? n : -errno;
+}
+
+static ssize_t do_send(conn_t *c, const struct iovec *iov, int niov)
+{
+    if (c->tls)
+        return -ENOTSUP; /* issue 3 */
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = (struct iovec *)iov;
+    msg.msg_iovlen = (size_t)niov;
+    ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+    return n >= 0 ? n : -errno;
+}
+
+/* Advances *off by the bytes sent. -ENOSYS/-EINVAL mean "not possible here": the caller falls
+ * back to pread+send. */
+static ssize_t do_sendfile(conn_t *c, int file_fd, off_t *off, size_t count)
+{
+    if (c->tls)
+        return -ENOSYS; /* TLS needs the bytes in user space (no kTLS yet) */
+    ssize_t n = sendfile(c->fd, file_fd, off, count);
+    return n >= 0 ? n : -errno;
+}
+
+/* ---- Poll mask. ---- */
+
+static int update_poll(conn_t *c);
+static void on_poll(uv_poll_t *h, int status, int events);
+
+static int update_poll(conn_t *c)
+{
+    conn_ext_t *x = ext_of(c);
+    if (c->closing)
+        return 0;
+    int want = 0;
+    if (c->reading)
+        want |= UV_READABLE;
+    if (x->connecting || x->wr_wait)
+        want |= UV_WRITABLE;
+    if (want == c->events)
+        return 0;
+    if (want == 0) {
+        c->events = 0;
+        return uv_poll_stop(&c->poll);
+    }
+    int rc = uv_poll_start(&c->poll, want, on_poll);
+    if (rc == 0)
+        c->events = want;
+    return rc;
+}
+
+/* ---- Deferred callbacks. ---- */
+
+static void on_idle(uv_idle_t *h);
+
+static void defer_start(conn_t *c)
+{
+    uv_idle_start(&ext_of(c)->idle, on_idle);
+}
+
+static void finish_write(conn_t *c, int status)
+{
+    conn_write_cb cb = c->write_cb;
+    c->write_cb = NULL;
+    c->niov = 0;
+    c->file_fd = -1;
+    c->file_left = 0;
+    if (cb)
+        cb(c, status);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    conn_t *c = h->data;
+    conn_ext_t *x = ext_of(c);
+    uv_idle_stop(h);
+    if (c->closing)
+        return;
+    if (x->defer_connect) {
+        x->defer_connect = false;
+        c->connect_cb(c, x->connect_status);
+        if (c->closing)
+            return;
+    }
+    if (x->defer_write) {
+        x->defer_write = false;
+        finish_write(c, x->write_status);
+    }
+}
+
+/* ---- Setup. ---- */
+
+static int setup(conn_t *c, uv_loop_t *loop, int fd, size_t rcap)
+{
+    int rc;
+    memset(c, 0, sizeof *c);
+    c->loop = loop;
+    c->fd = fd;
+    c->file_fd = -1;
+    if (rcap == 0)
+        return -EINVAL;
+    c->rbuf = malloc(rcap);
+    conn_ext_t *x = calloc(1, sizeof *x);
+    if (!c->rbuf || !x) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    c->rcap = rcap;
+    rc = uv_poll_init(loop, &c->poll, fd);
+    if (rc < 0)
+        goto fail;
+    uv_idle_init(loop, &x->idle);
+    c->poll.data = c;
+    x->idle.data = c;
+    c->unused = &x->idle;
+    return 0;
+fail:
+    free(c->rbuf);
+    free(x);
+    c->rbuf = NULL;
+    c->unused = NULL;
+    return rc;
+}
+
+static void set_nodelay(int fd)
+{
+    /* Requests and response heads are small and latency-bound; Nagle only delays them. Fails
+     * harmlessly on non-TCP sockets. */
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+int conn_init(conn_t *c, uv_loop_t *loop, int fd, size_t rcap)
+{
+    /* On failure the fd stays open and the caller's: nothing was taken, nothing to close. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
+        return -errno;
+    set_nodelay(fd);
+    int rc = setup(c, loop, fd, rcap);
+    if (rc < 0)
+        c->fd = -1;
+    return rc;
+}
+
+int conn_connect(conn_t *c, uv_loop_t *loop, const struct sockaddr *addr, size_t rcap,
+                 conn_connect_cb cb)
+{
+    int rc;
+    socklen_t alen;
+    if (!cb)
+        return -EINVAL;
+    if (addr->sa_family == AF_INET)
+        alen = sizeof(struct sockaddr_in);
+    else if (addr->sa_family == AF_INET6)
+        alen = sizeof(struct sockaddr_in6);
+    else
+        return -EAFNOSUPPORT;
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    set_nodelay(fd);
+    rc = setup(c, loop, fd, rcap);
+    if (rc < 0)
+        goto fail;
+    c->connect_cb = cb;
+    conn_ext_t *x = ext_of(c);
+    if (connect(fd, addr, alen) == 0) {
+        x->defer_connect = true;
+        x->connect_status = 0;
+        defer_start(c);
+    } else if (errno == EINPROGRESS || errno == EINTR) {
+        /* EINTR: the connect continues asynchronously, exactly like EINPROGRESS. */
+        x->connecting = true;
+        rc = update_poll(c);
+        if (rc < 0) {
+            x->connecting = false;
+            x->defer_connect = true;
+            x->connect_status = rc;
+            defer_start(c);
+        }
+    } else {
+        /* Immediate failure (ECONNREFUSED on loopback, ENETUNREACH...): still reported through
+         * the callback so the caller has one path for connect errors. */
+        x->defer_connect = true;
+        x->connect_status = -errno;
+        defer_start(c);
+    }
+    return 0;
+fail:
+    close(fd);
+    c->fd = -1;
+    return rc;
+}
+
+/* ---- Reading. ---- */
+
+int conn_read_start(conn_t *c, conn_read_cb cb)
+{
+    if (c->closing)
+        return -EBADF;
+    if (!cb)
+        return -EINVAL;
+    c->read_cb = cb;
+    c->reading = true;
+    int rc = update_poll(c);
+    if (rc < 0)
+        c->reading = false;
+    return rc;
+}
+
+void conn_read_stop(conn_t *c)
+{
+    if (c->closing || !c->reading)
+        return;
+    c->reading = false;
+    (void)update_poll(c); /* stopping never fails */
+}
+
+static void read_fail(conn_t *c, int err)
+{
+    c->reading = false;
+    (void)update_poll(c);
+    c->read_cb(c, err, NULL);
+}
+
+static void do_reads(conn_t *c)
+{
+    for (int i = 0; i < READS_PER_WAKEUP && c->reading && !c->closing; i++) {
+        ssize_t n = do_recv(c, c->rbuf, c->rcap);
+        if (n > 0) {
+            c->read_cb(c, n, c->rbuf);
+            if ((size_t)n < c->rcap)
+                break; /* drained; the level-triggered poll reports more */
+        } else if (n == 0) {
+            read_fail(c, UV_EOF);
+            break;
+        } else if (n == -EINTR) {
+            continue;
+        } else if (n == -EAGAIN || n == -EWOULDBLOCK) {
+            break;
+        } else {
+            read_fail(c, (int)n);
+            break;
+        }
+    }
+}
+
+/* ---- Writing. Each flush returns 1 when done, 0 when it must wait, < 0 on error. ---- */
+
+static int flush_iov(conn_t *c)
+{
+    struct iovec iov[CONN_MAX_IOV];
+    for (;;) {
+        while (c->niov > 0 && c->iov[0].len == 0) {
+            memmove(c->iov, c->iov + 1, (size_t)(c->niov - 1) * sizeof c->iov[0]);
+            c->niov--;
+        }
+        if (c->niov == 0)
+            return 1;
+        for (int i = 0; i < c->niov; i++) {
+            iov[i].iov_base = c->iov[i].base;
+            iov[i].iov_len = c->iov[i].len;
+        }
+        ssize_t n = do_send(c, iov, c->niov);
+        if (n == -EINTR)
+            continue;
+        if (n == -EAGAIN || n == -EWOULDBLOCK)
+            return 0;
+        if (n < 0)
+            return (int)n;
+        size_t left = (size_t)n;
+        for (int i = 0; i < c->niov && left > 0; i++) {
+            size_t k = left < c->iov[i].len ? left : c->iov[i].len;
+            c->iov[i].base += k;
+            c->iov[i].len -= k;
+            left -= k;
+        }
+    }
+}
+
+/* pread into a bounded buffer and send what the socket takes; unsent bytes are simply read
+ * again next time, so nothing has to be kept between wakeups. */
+static ssize_t fallback_send(conn_t *c, size_t count)
+{
+    char buf[FALLBACK_BUF];
+    size_t want = count < sizeof buf ? count : sizeof buf;
+    ssize_t r;
+    do
+        r = pread(c->file_fd, buf, want, c->file_off);
+    while (r < 0 && errno == EINTR);
+    if (r <= 0)
+        return r < 0 ? -errno : 0;
+    struct iovec iov = {.iov_base = buf, .iov_len = (size_t)r};
+    ssize_t n;
+    do
+        n = do_send(c, &iov, 1);
+    while (n == -EINTR);
+    if (n > 0)
+        c->file_off += n;
+    return n;
+}
+
+static int flush_file(conn_t *c)
+{
+    conn_ext_t *x = ext_of(c);
+    uint64_t budget = SENDFILE_PER_WAKEUP;
+    while (c->file_left > 0) {
+        if (budget == 0)
+            return 0;
+        size_t count = c->file_left < SENDFILE_CHUNK ? (size_t)c->file_left : SENDFILE_CHUNK;
+        ssize_t n;
+        if (!x->no_sendfile) {
+            n = do_sendfile(c, c->file_fd, &c->file_off, count);
+            if (n == -EINVAL || n == -ENOSYS) {
+                x->no_sendfile = true;
+                continue;
+            }
+        } else {
+            n = fallback_send(c, count);
+        }
+        if (n == -EINTR)
+            continue;
+        if (n == -EAGAIN || n == -EWOULDBLOCK)
+            return 0;
+        if (n < 0)
+            return (int)n;
+        if (n == 0)
+            return WE_SHORT; /* the file ends before off + len */
+        c->file_left -= (uint64_t)n;
+        budget = (uint64_t)n >= budget ? 0 : budget - (uint64_t)n;
+    }
+    return 1;
+}
+
+static int flush(conn_t *c)
+{
+    return c->file_fd >= 0 ? flush_file(c) : flush_iov(c);
+}
+
+/* Runs the first flush of a new operation inside the caller's call; completion is deferred. */
+static void start_op(conn_t *c)
+{
+    conn_ext_t *x = ext_of(c);
+    int rc = flush(c);
+    if (rc == 0) {
+        x->wr_wait = true;
+        rc = update_poll(c);
+        if (rc == 0)
+            return;
+        x->wr_wait = false;
+    }
+    x->defer_write = true;
+    x->write_status = rc < 0 ? rc : 0;
+    defer_start(c);
+}
+
+int conn_write(conn_t *c, const uv_buf_t *bufs, int n, conn_write_cb cb)
+{
+    if (c->closing)
+        return -EBADF;
+    if (c->write_cb)
+        return -EBUSY;
+    if (!cb || n < 0 || n > CONN_MAX_IOV)
+        return -EINVAL;
+    c->niov = 0;
+    for (int i = 0; i < n; i++)
+        if (bufs[i].len > 0)
+            c->iov[c->niov++] = bufs[i];
+    c->file_fd = -1;
+    c->write_cb = cb;
+    start_op(c);
+    return 0;
+}
+
+int conn_sendfile(conn_t *c, int fd, off_t off, uint64_t len, conn_write_cb cb)
+{
+    if (c->closing)
+        return -EBADF;
+    if (c->write_cb)
+        return -EBUSY;
+    if (!cb || fd < 0 || off < 0)
+        return -EINVAL;
+    c->niov = 0;
+    c->file_fd = fd;
+    c->file_off = off;
+    c->file_left = len;
+    c->write_cb = cb;
+    ext_of(c)->no_sendfile = c->tls != NULL;
+    start_op(c);
+    return 0;
+}
+
+bool conn_writing(const conn_t *c)
+{
+    return c->write_cb != NULL;
+}
+
+/* ---- Poll events. ---- */
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    conn_t *c = h->data;
+    conn_ext_t *x = ext_of(c);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        /* libuv reports POLLERR as UV_EBADF and stops the handle. The socket's real error
+         * (ECONNREFUSED, ECONNRESET...) is still pending, and data received before it is still
+         * queued: re-arm, and let the normal paths (getsockopt, recv, send) find both. */
+        c->events = 0;
+        events = 0;
+        if (c->reading)
+            events |= UV_READABLE;
+        if (x->connecting || x->wr_wait)
+            events |= UV_WRITABLE;
+        (void)update_poll(c);
+    }
+    if (events & UV_WRITABLE) {
+        if (x->connecting) {
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+                soerr = errno;
+            x->connecting = false;
+            (void)update_poll(c);
+            c->connect_cb(c, -soerr);
+            if (c->closing)
+                return;
+        } else if (x->wr_wait) {
+            int rc = flush(c);
+            if (rc != 0) {
+                x->wr_wait = false;
+                (void)update_poll(c);
+                finish_write(c, rc < 0 ? rc : 0);
+                if (c->closing)
+                    return;
+            }
+        }
+    }
+    if ((events & UV_READABLE) && c->reading)
+        do_reads(c);
+}
+
+/* ---- Closing. ---- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    conn_ext_t *x = ext_of(c);
+    if (--x->open_handles > 0)
+        return;
+    free(x);
+    c->unused = NULL;
+    if (c->close_cb)
+        c->close_cb(c);
+}
+
+void conn_close(conn_t *c, conn_close_cb cb)
+{
+    if (c->closing)
+        return;
+    conn_ext_t *x = ext_of(c);
+    c->closing = true;
+    c->reading = false;
+    c->close_cb = cb;
+    c->write_cb = NULL;
+    c->events = 0;
+    x->connecting = x->wr_wait = x->defer_connect = x->defer_write = false;
+    x->open_handles = 2;
+    /* uv_close stops the poll watcher before the fd is closed, so epoll never sees a closed
+     * (or reused) descriptor. */
+    uv_close((uv_handle_t *)&c->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&x->idle, on_handle_closed);
+    close(c->fd);
+    c->fd = -1;
+    free(c->rbuf);
+    c->rbuf = NULL;
+}

@@ -1,0 +1,524 @@
+/* Dispatch, the small routes (/v2/, tags/list, _catalog, referrers), and the pieces the
+ * manifest and blob handlers share: the buffered upstream fetch and the mapping of upstream
+ * failures to client answers. */
+#include "proxy/handlers.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/sbuf.h"
+
+#define CATALOG_DEFAULT_N 100
+#define CATALOG_MAX_N 1000
+#define REFERRERS_MAX_BYTES (4u << 20)
+
+/* ---- Shared helpers --------------------------------------------------------------------- */
+
+void upstream_path(req_t *r, const char *kind, const char *ref, char *out, size_t len)
+{
+    const config_upstream_t *u = r->route.upstream;
+    snprintf(out, len, "%s/v2/%s/%s%s%s", u->base_path, r->route.name, kind, ref ? "/" : "",
+             ref ? ref : "");
+}
+
+int upstream_status_err(int status)
+{
+    switch (status) {
+    case 404:
+        return WE_NOTFOUND;
+    case 401:
+    case 403:
+        return WE_DENIED;
+    case 429:
+        return WE_RATELIMIT;
+    default:
+        return WE_UPSTREAM;
+    }
+}
+
+void reply_err(req_t *r, int err, enum oci_code notfound)
+{
+    const char *name = r->route.upstream ? r->route.upstream->name : "upstream";
+    char msg[256];
+    switch (err) {
+    case WE_NOTFOUND:
+        resp_error(r, 0, notfound, notfound == OCI_BLOB_UNKNOWN       ? "blob unknown to registry"
+                                   : notfound == OCI_NAME_UNKNOWN     ? "repository name not known to registry"
+                                                                      : "manifest unknown",
+                   NULL);
+        return;
+    case WE_DENIED:
+        snprintf(msg, sizeof msg, "upstream %s denied access", name);
+        resp_error(r, 0, OCI_DENIED, msg, NULL);
+        return;
+    case WE_RATELIMIT:
+        snprintf(msg, sizeof msg, "upstream %s rate limit reached; retry later", name);
+        resp_error(r, 0, OCI_TOOMANYREQUESTS, msg, NULL);
+        return;
+    case -ETIMEDOUT:
+        snprintf(msg, sizeof msg, "upstream %s did not answer in time", name);
+        resp_error(r, 0, OCI_GATEWAY_TIMEOUT, msg, NULL);
+        return;
+    case WE_DIGEST:
+        snprintf(msg, sizeof msg, "upstream %s sent content that does not match its digest", name);
+        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
+        return;
+    case WE_TOOBIG:
+        snprintf(msg, sizeof msg, "upstream %s sent a response over winch's size limit", name);
+        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
+        return;
+    case WE_UPSTREAM:
+        snprintf(msg, sizeof msg, "upstream %s answered with an error", name);
+        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
+        return;
+    case WE_TLS:
+        snprintf(msg, sizeof msg, "upstream %s: TLS failure", name);
+        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
+        return;
+    case WE_INDEX:
+    case -ENOSPC:
+    case -EIO:
+        resp_error(r, 0, OCI_UNKNOWN, "cache storage failure", NULL);
+        return;
+    default:
+        /* Transport failures: say which upstream, never its address or the errno text. */
+        snprintf(msg, sizeof msg, "upstream %s is unreachable", name);
+        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
+        return;
+    }
+}
+
+void reply_upstream_failure(req_t *r, int status, int err, const char *retry_after,
+                            enum oci_code notfound)
+{
+    if (status == 429) {
+        resp_begin(r, 429);
+        /* Retry-After is either seconds or an HTTP date; pass a sane upstream value through. */
+        bool ok = retry_after && *retry_after && strlen(retry_after) < 64 &&
+                  strpbrk(retry_after, "\r\n") == NULL;
+        resp_header(r, "Retry-After", "%s", ok ? retry_after : "60");
+    }
+    if (err == 0 && status != 0 && status != 200)
+        err = upstream_status_err(status);
+    if (err == 0)
+        err = WE_UPSTREAM;
+    reply_err(r, err, notfound);
+}
+
+bool etag_matches(const char *inm, const char *digest)
+{
+    if (!inm || !*inm)
+        return false;
+    if (strcmp(inm, "*") == 0)
+        return true;
+    size_t dl = strlen(digest);
+    const char *p = inm;
+    while ((p = strstr(p, digest)) != NULL) {
+        /* Accept "digest", W/"digest" and a bare digest, delimited by quotes, commas or ends. */
+        char before = p == inm ? ',' : p[-1];
+        char after = p[dl];
+        if ((before == '"' || before == ',' || before == ' ') &&
+            (after == '"' || after == ',' || after == ' ' || after == '\0'))
+            return true;
+        p += dl;
+    }
+    return false;
+}
+
+/* ---- Buffered upstream fetch ------------------------------------------------------------- */
+
+typedef struct ufetch {
+    req_t *r;
+    upreq_t *up;
+    ufetch_cb cb;
+    void *ctx;
+    void (*ctx_free)(void *);
+    char *buf;
+    size_t len, cap, max;
+    int status;
+    bool head; /* HEAD: Content-Length describes what a GET would send, not a body */
+    bool too_big;
+} ufetch_t;
+
+static void ufetch_free(ufetch_t *f)
+{
+    free(f->buf);
+    free(f);
+}
+
+static void ufetch_cancel(req_t *r)
+{
+    ufetch_t *f = r->op;
+    r->op = NULL;
+    upreq_cancel(f->up);
+    if (f->ctx_free)
+        f->ctx_free(f->ctx);
+    ufetch_free(f);
+}
+
+static void uf_on_headers(upreq_t *up, void *arg, int status)
+{
+    ufetch_t *f = arg;
+    f->status = status;
+    uint64_t cl = upreq_content_length(up);
+    if (!f->head && status == 200 && cl != UINT64_MAX && cl > f->max)
+        f->too_big = true;
+}
+
+static void uf_on_body(upreq_t *up, void *arg, const char *data, size_t len)
+{
+    ufetch_t *f = arg;
+    (void)up;
+    if (f->too_big)
+        return;
+    /* Error bodies are read but not kept beyond a small bound: we never relay them. */
+    size_t max = f->status == 200 ? f->max : 4096;
+    if (len > max - f->len) {
+        if (f->status == 200)
+            f->too_big = true;
+        return;
+    }
+    if (f->len + len + 1 > f->cap) {
+        size_t cap = f->cap ? f->cap : 4096;
+        while (cap < f->len + len + 1)
+            cap *= 2;
+        char *nb = realloc(f->buf, cap);
+        if (!nb) {
+            f->too_big = true;
+            return;
+        }
+        f->buf = nb;
+        f->cap = cap;
+    }
+    memcpy(f->buf + f->len, data, len);
+    f->len += len;
+}
+
+static void uf_on_done(upreq_t *up, void *arg, int err)
+{
+    ufetch_t *f = arg;
+    req_t *r = f->r;
+    r->cancel = NULL;
+    r->op = NULL;
+    if (err == 0 && f->too_big)
+        err = WE_TOOBIG;
+    char *body = NULL;
+    size_t len = 0;
+    if (err == 0 && f->status == 200) {
+        if (!f->buf)
+            f->buf = malloc(1);
+        if (f->buf)
+            f->buf[f->len] = '\0';
+        body = f->buf;
+        len = f->len;
+        f->buf = NULL;
+    }
+    ufetch_cb cb = f->cb;
+    void *ctx = f->ctx;
+    int status = f->status;
+    ufetch_free(f);
+    cb(r, ctx, status, err, up, body, len);
+}
+
+static const upreq_cbs_t ufetch_cbs = {
+    .on_headers = uf_on_headers,
+    .on_body = uf_on_body,
+    .on_done = uf_on_done,
+};
+
+int ufetch_start(req_t *r, const char *method, const char *path, const char *accept, size_t max,
+                 ufetch_cb cb, void *ctx, void (*ctx_free)(void *))
+{
+    ufetch_t *f = calloc(1, sizeof *f);
+    if (!f)
+        return -ENOMEM;
+    f->r = r;
+    f->cb = cb;
+    f->ctx = ctx;
+    f->ctx_free = ctx_free;
+    f->max = max;
+    f->head = strcmp(method, "HEAD") == 0;
+    char acc[512];
+    const char *hdrs[2] = {NULL, NULL};
+    if (accept) {
+        snprintf(acc, sizeof acc, "Accept: %s", accept);
+        hdrs[0] = acc;
+    }
+    int err = upreq_start(&f->up, req_upstream(r), method, path, hdrs, &ufetch_cbs, f);
+    if (err < 0) {
+        free(f);
+        return err;
+    }
+    r->op = f;
+    r->cancel = ufetch_cancel;
+    return 0;
+}
+
+/* ---- /v2/ ------------------------------------------------------------------------------ */
+
+static void handle_ping(req_t *r)
+{
+    static char body[] = "{}";
+    r->cache_status = "local";
+    resp_begin(r, 200);
+    resp_header(r, "Content-Type", "application/json; charset=utf-8");
+    resp_send(r, 2, body, 2, false);
+}
+
+/* ---- tags/list ------------------------------------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The client-visible path of this repository's tags list, for the Link header: the target up
+ * to and including "/tags/list". */
+static size_t tags_path_len(const char *target)
+{
+    const char *q = strchr(target, '?');
+    return q ? (size_t)(q - target) : strlen(target);
+}
+
+static void tags_reply(req_t *r, json_t *root)
+{
+    json_t *tags = json_object_get(root, "tags");
+    size_t n = json_is_array(tags) ? json_array_size(tags) : 0;
+    const char **list = calloc(n ? n : 1, sizeof *list);
+    if (!list) {
+        resp_error(r, 0, OCI_UNKNOWN, "out of memory", NULL);
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *t = json_string_value(json_array_get(tags, i));
+        if (t && ref_tag_valid(t, strlen(t)))
+            list[k++] = t;
+    }
+    qsort(list, k, sizeof *list, cmp_str);
+    /* Apply last (exclusive) and n. */
+    size_t start = 0;
+    if (r->route.last[0]) {
+        while (start < k && strcmp(list[start], r->route.last) <= 0)
+            start++;
+    }
+    size_t count = k - start;
+    bool more = false;
+    if (r->route.n >= 0 && (size_t)r->route.n < count) {
+        count = (size_t)r->route.n;
+        more = count > 0;
+    }
+    size_t cap = 64 + strlen(r->route.name) * 2;
+    for (size_t i = start; i < start + count; i++)
+        cap += strlen(list[i]) + 4;
+    char *body = malloc(cap);
+    if (!body) {
+        free(list);
+        resp_error(r, 0, OCI_UNKNOWN, "out of memory", NULL);
+        return;
+    }
+    sbuf_t b;
+    sbuf_init(&b, body, cap);
+    sbuf_puts(&b, "{\"name\":\"");
+    sbuf_json_escape(&b, r->route.name, strlen(r->route.name));
+    sbuf_puts(&b, "\",\"tags\":[");
+    for (size_t i = start; i < start + count; i++) {
+        if (i > start)
+            sbuf_add(&b, ",", 1);
+        sbuf_add(&b, "\"", 1);
+        sbuf_puts(&b, list[i]);
+        sbuf_add(&b, "\"", 1);
+    }
+    sbuf_puts(&b, "]}");
+    resp_begin(r, 200);
+    resp_header(r, "Content-Type", "application/json; charset=utf-8");
+    if (more)
+        resp_header(r, "Link", "<%.*s?n=%ld&last=%s>; rel=\"next\"",
+                    (int)tags_path_len(r->target), r->target, r->route.n,
+                    list[start + count - 1]);
+    free(list);
+    resp_send(r, b.len, body, b.len, true);
+}
+
+static void on_tags_fetched(req_t *r, void *ctx, int status, int err, upreq_t *up, char *body,
+                            size_t len)
+{
+    (void)ctx;
+    (void)up;
+    if (err || status != 200) {
+        free(body);
+        reply_upstream_failure(r, status, err, up ? upreq_header(up, "Retry-After") : NULL,
+                               OCI_NAME_UNKNOWN);
+        return;
+    }
+    json_error_t je;
+    json_t *root = json_loadb(body, len, 0, &je);
+    free(body);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        reply_err(r, WE_UPSTREAM, OCI_NAME_UNKNOWN);
+        return;
+    }
+    r->cache_status = "upstream";
+    tags_reply(r, root);
+    json_decref(root);
+}
+
+static void handle_tags(req_t *r)
+{
+    char path[REF_NAME_MAX + 300];
+    upstream_path(r, "tags/list", NULL, path, sizeof path);
+    int err = ufetch_start(r, "GET", path, "application/json", req_config(r)->max_tags_list_bytes,
+                           on_tags_fetched, NULL, NULL);
+    if (err < 0)
+        reply_err(r, err, OCI_NAME_UNKNOWN);
+}
+
+/* ---- _catalog -------------------------------------------------------------------------- */
+
+typedef struct catalog_walk {
+    sbuf_t *b;
+    long want;
+    long got;
+    bool more;
+    char last[REF_NAME_MAX + 1];
+} catalog_walk_t;
+
+static int catalog_visit(void *arg, const char *repo)
+{
+    catalog_walk_t *w = arg;
+    if (w->got == w->want) {
+        w->more = true;
+        return 1;
+    }
+    if (w->got > 0)
+        sbuf_add(w->b, ",", 1);
+    sbuf_add(w->b, "\"", 1);
+    sbuf_json_escape(w->b, repo, strlen(repo));
+    sbuf_add(w->b, "\"", 1);
+    snprintf(w->last, sizeof w->last, "%s", repo);
+    w->got++;
+    return 0;
+}
+
+static void handle_catalog(req_t *r)
+{
+    long want = r->route.n < 0 ? CATALOG_DEFAULT_N : r->route.n;
+    if (want > CATALOG_MAX_N)
+        want = CATALOG_MAX_N;
+    size_t cap = 64 + (size_t)want * (REF_NAME_MAX * 2 + 4);
+    char *body = malloc(cap);
+    if (!body) {
+        resp_error(r, 0, OCI_UNKNOWN, "out of memory", NULL);
+        return;
+    }
+    sbuf_t b;
+    sbuf_init(&b, body, cap);
+    sbuf_puts(&b, "{\"repositories\":[");
+    catalog_walk_t w = {.b = &b, .want = want};
+    int err = cache_repos_each(req_cache(r), r->route.upstream->name, r->route.last, catalog_visit,
+                               &w);
+    if (err < 0) {
+        free(body);
+        reply_err(r, err, OCI_NAME_UNKNOWN);
+        return;
+    }
+    sbuf_puts(&b, "]}");
+    r->cache_status = "local";
+    resp_begin(r, 200);
+    resp_header(r, "Content-Type", "application/json; charset=utf-8");
+    if (w.more) {
+        if (r->route.ns_given)
+            resp_header(r, "Link", "</v2/_catalog?ns=%s&n=%ld&last=%s>; rel=\"next\"",
+                        r->route.ns, want, w.last);
+        else
+            resp_header(r, "Link", "</v2/_catalog?n=%ld&last=%s>; rel=\"next\"", want, w.last);
+    }
+    resp_send(r, b.len, body, b.len, true);
+}
+
+/* ---- referrers ------------------------------------------------------------------------- */
+
+static void on_referrers_fetched(req_t *r, void *ctx, int status, int err, upreq_t *up,
+                                 char *body, size_t len)
+{
+    (void)ctx;
+    if (err || status != 200) {
+        free(body);
+        reply_upstream_failure(r, status, err, up ? upreq_header(up, "Retry-After") : NULL,
+                               OCI_MANIFEST_UNKNOWN);
+        return;
+    }
+    r->cache_status = "upstream";
+    resp_begin(r, 200);
+    resp_header(r, "Content-Type", "%s", MT_OCI_INDEX);
+    const char *filt = upreq_header(up, "OCI-Filters-Applied");
+    if (filt && strlen(filt) < 128 && !strpbrk(filt, "\r\n"))
+        resp_header(r, "OCI-Filters-Applied", "%s", filt);
+    resp_send(r, len, body, len, true);
+}
+
+static void handle_referrers(req_t *r)
+{
+    char path[REF_NAME_MAX + 600];
+    upstream_path(r, "referrers", r->route.ref, path, sizeof path);
+    if (r->route.artifact_type[0]) {
+        /* route.c allows only media-type characters; of those, '+' must be escaped in a
+         * query or a Go registry reads it as a space. */
+        sbuf_t b;
+        sbuf_init(&b, path + strlen(path), sizeof path - strlen(path));
+        sbuf_puts(&b, "?artifactType=");
+        for (const char *p = r->route.artifact_type; *p; p++) {
+            if (*p == '+')
+                sbuf_puts(&b, "%2B");
+            else
+                sbuf_add(&b, p, 1);
+        }
+        if (b.overflow) {
+            resp_error(r, 0, OCI_UNSUPPORTED, "artifactType too long", NULL);
+            return;
+        }
+    }
+    int err = ufetch_start(r, "GET", path, MT_OCI_INDEX, REFERRERS_MAX_BYTES, on_referrers_fetched,
+                           NULL, NULL);
+    if (err < 0)
+        reply_err(r, err, OCI_MANIFEST_UNKNOWN);
+}
+
+/* ---- Dispatch -------------------------------------------------------------------------- */
+
+void handlers_dispatch(req_t *r)
+{
+    switch (r->route.op) {
+    case ROUTE_PING:
+        handle_ping(r);
+        return;
+    case ROUTE_MANIFEST:
+        handle_manifest(r);
+        return;
+    case ROUTE_BLOB:
+        handle_blob(r);
+        return;
+    case ROUTE_TAGS:
+        handle_tags(r);
+        return;
+    case ROUTE_CATALOG:
+        handle_catalog(r);
+        return;
+    case ROUTE_REFERRERS:
+        handle_referrers(r);
+        return;
+    }
+    resp_error(r, 0, OCI_UNSUPPORTED, "unsupported operation", NULL);
+}
+
+void handlers_shutdown(uv_loop_t *loop)
+{
+    (void)loop;
+    blob_shutdown();
+}

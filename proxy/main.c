@@ -1,0 +1,134 @@
+/* winch: the command line. `winch serve` runs the proxy; the cache commands (ls, df, inspect,
+ * prune) arrive with the retention issue and live beside it here. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "cache/cache.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "config/config.h"
+#include "proxy/server.h"
+
+#define WINCH_VERSION "0.1.0"
+
+static const char usage[] =
+    "usage: winch serve [--config FILE] [--listen HOST:PORT] [--cache-dir DIR]\n"
+    "                   [--upstream NAME=URL]... [--log-level error|warn|info|debug]\n"
+    "       winch version\n"
+    "\n"
+    "With no configuration winch is a Docker Hub mirror on 0.0.0.0:5000:\n"
+    "  --upstream docker.io=https://registry-1.docker.io --cache-dir ./winch-cache\n"
+    "The first --upstream is the default; clients reach the others with ?ns=NAME or a\n"
+    "/v2/NAME/... path prefix. See README.md for every configuration field.\n";
+
+typedef struct app {
+    uv_loop_t *loop;
+    server_t *server;
+    uv_signal_t sigterm, sigint;
+    bool stopping;
+} app_t;
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    app_t *a = h->data;
+    if (a->stopping)
+        return;
+    a->stopping = true;
+    LOG_INFO("signal %d: shutting down", signum);
+    server_shutdown(a->server);
+    uv_close((uv_handle_t *)&a->sigterm, NULL);
+    uv_close((uv_handle_t *)&a->sigint, NULL);
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    char err[512];
+    config_t *cfg = NULL;
+    cache_t *cache = NULL;
+    app_t a = {0};
+    int rc = 1;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        }
+    }
+    if (config_load(&cfg, argc, argv, err, sizeof err) < 0) {
+        fprintf(stderr, "winch: %s\n", err);
+        return 2;
+    }
+    log_set_level(log_level_parse(cfg->log_level));
+    /* A client that goes away mid-response must cost an EPIPE, not the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    /* Fills hash and write on libuv's threadpool, beside fsyncs and index commits; the default
+     * of 4 threads would let a few slow disks stall every fill. Set before the pool starts. */
+    if (!getenv("UV_THREADPOOL_SIZE"))
+        setenv("UV_THREADPOOL_SIZE", "16", 0);
+    a.loop = uv_default_loop();
+    cache_opts_t co = {.loop = a.loop, .dir = cfg->cache_dir, .map_size = cfg->index_map_size};
+    int e = cache_open(&cache, &co);
+    if (e < 0) {
+        fprintf(stderr, "winch: cache directory %s: %s\n", cfg->cache_dir,
+                e == -EBUSY ? "in use by another winch process" : err_str(e));
+        goto out;
+    }
+    e = server_create(&a.server, a.loop, cfg, cache);
+    if (e < 0) {
+        fprintf(stderr, "winch: %s\n", err_str(e));
+        goto out;
+    }
+    char bound[96];
+    e = server_listen(a.server, bound, sizeof bound);
+    if (e < 0) {
+        fprintf(stderr, "winch: cannot listen on %s:%u: %s\n", cfg->listen_host,
+                cfg->listen_port, err_str(e));
+        server_shutdown(a.server);
+        uv_run(a.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    for (size_t i = 0; i < cfg->n_upstreams; i++)
+        LOG_INFO("upstream %s%s = %s", cfg->upstreams[i].name, i == 0 ? " (default)" : "",
+                 cfg->upstreams[i].url);
+    /* Always printed, whatever the level: scripts read the bound port from it. */
+    log_write(WLOG_INFO, "winch %s listening on %s, cache %s", WINCH_VERSION, bound, cfg->cache_dir);
+
+    uv_signal_init(a.loop, &a.sigterm);
+    uv_signal_init(a.loop, &a.sigint);
+    a.sigterm.data = a.sigint.data = &a;
+    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a.sigint, on_signal, SIGINT);
+    uv_run(a.loop, UV_RUN_DEFAULT);
+    rc = 0;
+out:
+    server_destroy(a.server);
+    cache_close(cache);
+    if (a.loop)
+        uv_loop_close(a.loop);
+    config_free(cfg);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "serve") == 0)
+        return cmd_serve(argc - 2, argv + 2);
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("winch %s\n", WINCH_VERSION);
+        return 0;
+    }
+    if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "-h") == 0) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    fprintf(stderr, "winch: unknown command \"%s\"\n\n%s", argv[1], usage);
+    return 2;
+}

@@ -1,0 +1,74 @@
+/** HTTP/1.1 client for one upstream registry: a keep-alive connection pool, lazy DNS (names
+ * are resolved at first use, never at start), connect / response / idle timeouts, and
+ * pull-based body delivery. Plain HTTP today; TLS, auth and redirects arrive with issue 3 and
+ * stay behind this interface.
+ *
+ * Lifecycle of a request: upreq_start -> on_headers once -> on_body zero or more times ->
+ * on_done exactly once (0 after a complete message, else an error). upreq_cancel before on_done
+ * stops everything and no callback fires after it returns. After on_done the upreq is freed by
+ * the client: do not touch it again.
+ */
+#ifndef WINCH_PROXY_UPSTREAM_H
+#define WINCH_PROXY_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config/config.h"
+
+typedef struct upstream upstream_t;
+typedef struct upreq upreq_t;
+
+/** Creates the client for one configured upstream. ucfg and gcfg are borrowed and must outlive
+ * it. No network activity happens here. */
+int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *ucfg,
+                    const config_t *gcfg);
+
+/** Closes idle connections and frees the client. Every request must have finished or been
+ * cancelled before. Handles close asynchronously: run the loop once more afterwards. */
+void upstream_destroy(upstream_t *u);
+
+/** The configured upstream this client serves (borrowed). */
+const config_upstream_t *upstream_config(const upstream_t *u);
+
+typedef struct upreq_cbs {
+    /** Status line and headers arrived. Read headers with upreq_header*, length with
+     * upreq_content_length. May call upreq_cancel. */
+    void (*on_headers)(upreq_t *r, void *arg, int status);
+    /** A piece of the body. data is valid until this returns, or, if the callback calls
+     * upreq_pause, until upreq_resume. May call upreq_cancel. Never called for HEAD. */
+    void (*on_body)(upreq_t *r, void *arg, const char *data, size_t len);
+    /** The end: 0 when the whole message arrived, else -ETIMEDOUT, -ECONNREFUSED, UV_EAI_*,
+     * WE_PROTO, WE_SHORT (connection closed mid-body), WE_TOOBIG (headers over the bound)... */
+    void (*on_done)(upreq_t *r, void *arg, int status);
+} upreq_cbs_t;
+
+/** Sends `method path` (path is absolute and already includes the upstream's base path and
+ * query). extra_headers is a NULL-terminated array of "Name: value" lines (borrowed, copied
+ * before return); Host, User-Agent and Connection are added by the client. cbs and arg are
+ * borrowed until on_done. *out is valid until on_done or upreq_cancel. No callback fires
+ * before this returns. */
+int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *path,
+                const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg);
+
+/** Flow control for the body: from within on_body (or later), stop delivering until resume.
+ * The response idle timeout does not run while paused (the caller is the slow side).
+ * upreq_resume never calls back from inside itself: delivery (on_body, and possibly on_done)
+ * restarts on a later loop iteration, first with the rest of the paused read buffer. */
+void upreq_pause(upreq_t *r);
+void upreq_resume(upreq_t *r);
+
+/** Abandons the request; its connection is closed, not pooled. No callback after return. */
+void upreq_cancel(upreq_t *r);
+
+/** First response header named name (case-insensitive), NUL-terminated, borrowed until on_done;
+ * NULL if absent. Valid from on_headers on. */
+const char *upreq_header(const upreq_t *r, const char *name);
+/** Iterates every header named name: pass NULL first, then the previous result. */
+const char *upreq_header_next(const upreq_t *r, const char *name, const char *prev);
+/** Content-Length of the response, or UINT64_MAX when absent (chunked or close-delimited). */
+uint64_t upreq_content_length(const upreq_t *r);
+
+#endif

@@ -1,0 +1,940 @@
+/* Fills on real files and a real loop: single flight, subscribers reading the growing file,
+ * publishing, verification failures, injected I/O faults, reference handling, and a
+ * crash-consistency test that SIGKILLs a filling child process and verifies the store. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache/cache.h"
+#include "cache/internal.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/timeutil.h"
+#include "common/util.h"
+#include "unit/check.h"
+
+#define MT_LAYER "application/vnd.oci.image.layer.v1.tar+gzip"
+
+static uv_loop_t loop;
+static char root[64];
+static int dir_seq;
+
+/* ---- Fault injection through cache_io_t -------------------------------------------------- */
+
+static size_t inj_max_chunk;          /* 0: pwrite writes everything asked */
+static int64_t inj_enospc_after = -1; /* fail pwrite with ENOSPC once this many bytes went */
+static int inj_fsync_errno;
+static int inj_rename_errno;
+static int64_t inj_written;
+static long inj_pwrite_calls;
+
+static void inj_reset(void)
+{
+    inj_max_chunk = 0;
+    inj_enospc_after = -1;
+    inj_fsync_errno = 0;
+    inj_rename_errno = 0;
+    inj_written = 0;
+    inj_pwrite_calls = 0;
+}
+
+static ssize_t inj_pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+    inj_pwrite_calls++;
+    if (inj_enospc_after >= 0 && inj_written + (int64_t)n > inj_enospc_after) {
+        errno = ENOSPC;
+        return -1;
+    }
+    if (inj_max_chunk && n > inj_max_chunk)
+        n = inj_max_chunk - (size_t)(inj_pwrite_calls % 7); /* ragged short writes */
+    ssize_t w = pwrite(fd, buf, n, off);
+    if (w > 0)
+        inj_written += w;
+    return w;
+}
+
+static int inj_fsync(int fd)
+{
+    if (inj_fsync_errno) {
+        errno = inj_fsync_errno;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+static int inj_rename(const char *from, const char *to)
+{
+    if (inj_rename_errno) {
+        errno = inj_rename_errno;
+        return -1;
+    }
+    return rename(from, to);
+}
+
+static const cache_io_t inj_io = {inj_pwrite, inj_fsync, inj_rename};
+
+/* ---- Helpers ------------------------------------------------------------------------------- */
+
+static void run(void)
+{
+    uv_run(&loop, UV_RUN_DEFAULT);
+}
+
+static cache_t *open_cache(char *dir, size_t cap, const cache_io_t *io)
+{
+    cache_t *c = NULL;
+    snprintf(dir, cap, "%s/c%d", root, dir_seq++);
+    cache_opts_t o = {.loop = &loop, .dir = dir, .io = io};
+    CHECK_INT(cache_open(&c, &o), 0);
+    return c;
+}
+
+static void close_cache(cache_t *c)
+{
+    run(); /* lets released fills finish closing */
+    CHECK_INT(c->live_fills, 0);
+    cache_close(c);
+}
+
+static int tmp_count(const char *dir)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/tmp", dir);
+    DIR *d = opendir(path);
+    CHECK(d != NULL);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            n++;
+    closedir(d);
+    return n;
+}
+
+static uint32_t rng_next(uint32_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+static unsigned char *random_bytes(size_t len, uint32_t seed)
+{
+    unsigned char *b = malloc(len ? len : 1);
+    CHECK(b != NULL);
+    uint32_t s = seed ? seed : 1;
+    for (size_t i = 0; i < len; i++)
+        b[i] = (unsigned char)rng_next(&s);
+    return b;
+}
+
+static void digest_of(enum ref_alg alg, const void *data, size_t len, char out[REF_DIGEST_MAX + 1])
+{
+    digester_t *d;
+    CHECK_INT(digester_new(&d, alg), 0);
+    digester_update(d, data, len);
+    CHECK_INT(digester_final(d, out), 0);
+    digester_free(d);
+}
+
+static void status_cb(void *arg, int status)
+{
+    *(int *)arg = status;
+}
+
+/* Reads a whole fd with pread into a fresh buffer. */
+static unsigned char *read_all(int fd, size_t len)
+{
+    unsigned char *b = malloc(len ? len : 1);
+    CHECK(b != NULL);
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(fd, b + got, len - got, (off_t)got);
+        CHECK(n > 0);
+        got += (size_t)n;
+    }
+    unsigned char extra;
+    CHECK_INT(pread(fd, &extra, 1, (off_t)len), 0);
+    return b;
+}
+
+static bool published_equals(cache_t *c, const char *digest, const void *data, size_t len)
+{
+    int fd;
+    if (cache_open_content(c, digest, &fd))
+        return false;
+    unsigned char *b = read_all(fd, len);
+    close(fd);
+    bool eq = memcmp(b, data, len) == 0;
+    free(b);
+    return eq;
+}
+
+/* The producer: writes data in chunks, one in flight, then finishes. */
+struct producer {
+    fill_t *f;
+    const unsigned char *data;
+    size_t len, off, chunk, last;
+    int status;
+    bool no_finish;
+    bool unref_at_finish; /* drop the producer's reference right after fill_finish */
+};
+
+static void prod_next(struct producer *p);
+
+static void prod_cb(void *arg, int status)
+{
+    struct producer *p = arg;
+    if (status) {
+        p->status = status;
+        return;
+    }
+    p->off += p->last;
+    prod_next(p);
+}
+
+static void prod_next(struct producer *p)
+{
+    if (p->off == p->len) {
+        if (p->no_finish)
+            return;
+        fill_finish(p->f);
+        if (p->unref_at_finish) {
+            fill_unref(p->f);
+            p->f = NULL;
+        }
+        return;
+    }
+    size_t n = p->len - p->off < p->chunk ? p->len - p->off : p->chunk;
+    p->last = n;
+    int rc = fill_write(p->f, p->data + p->off, n, prod_cb, p);
+    if (rc)
+        p->status = rc;
+}
+
+/* A subscriber that copies the fill as it grows, like a client being served. */
+static bool in_subscribe;
+
+struct reader {
+    fill_sub_t sub;
+    fill_t *f; /* its own reference */
+    uint64_t last_written;
+    int notes;
+    bool ended;
+    enum fill_state final;
+    int err;
+    unsigned char *copy;
+    size_t cap, copied;
+};
+
+static void reader_notify(fill_sub_t *s)
+{
+    struct reader *r = container_of(s, struct reader, sub);
+    CHECK(!in_subscribe);
+    CHECK(r->f != NULL);
+    r->notes++;
+    uint64_t w = fill_written(r->f);
+    CHECK(w >= r->last_written);
+    r->last_written = w;
+    CHECK(w <= r->cap);
+    while (r->copied < w) {
+        ssize_t n = pread(fill_fd(r->f), r->copy + r->copied, w - r->copied, (off_t)r->copied);
+        CHECK(n > 0);
+        r->copied += (size_t)n;
+    }
+    enum fill_state st = fill_state(r->f);
+    if (st == FILL_DONE || st == FILL_FAILED) {
+        r->ended = true;
+        r->final = st;
+        r->err = fill_error(r->f);
+        fill_unsubscribe(s);
+        fill_unref(r->f);
+        r->f = NULL;
+    }
+}
+
+static void reader_start(struct reader *r, fill_t *f, size_t cap)
+{
+    memset(r, 0, sizeof *r);
+    r->cap = cap;
+    r->copy = malloc(cap ? cap : 1);
+    CHECK(r->copy != NULL);
+    fill_ref(f);
+    r->f = f;
+    in_subscribe = true;
+    fill_subscribe(f, &r->sub, reader_notify);
+    in_subscribe = false;
+    CHECK_INT(r->notes, 0);
+}
+
+/* ---- Tests ---------------------------------------------------------------------------------- */
+
+static void test_single_flight_done(void)
+{
+    char dir[256];
+    char digest[REF_DIGEST_MAX + 1];
+    cache_t *c = open_cache(dir, sizeof dir, NULL);
+    size_t len = 3 * 1024 * 1024 + 123;
+    unsigned char *data = random_bytes(len, 7);
+    digest_of(REF_ALG_SHA256, data, len, digest);
+
+    fill_t *f, *f2;
+    bool created;
+    CHECK_INT(fill_get(c, "sha256:nothex", &f2, &created), WE_INVALID);
+    CHECK_INT(fill_get(c, "md5:0123456789abcdef", &f2, &created), -ENOTSUP);
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    CHECK(created);
+    CHECK_INT(fill_get(c, digest, &f2, &created), 0);
+    CHECK(!created);
+    CHECK(f2 == f);
+    fill_unref(f2);
+    CHECK_INT(tmp_count(dir), 1);
+    CHECK_INT(fill_state(f), FILL_WAITING);
+    CHECK_INT(fill_size(f), FILL_SIZE_UNKNOWN);
+    CHECK_STR(fill_digest(f), digest);
+    CHECK_STR(fill_media_type(f), "");
+    CHECK(fill_fd(f) >= 0);
+
+    struct reader a, b, late;
+    reader_start(&a, f, len); /* before the size is known */
+    CHECK_INT(fill_set_size(f, len, MT_LAYER), 0);
+    CHECK_INT(fill_state(f), FILL_STREAMING);
+    CHECK_INT(fill_set_size(f, len, MT_LAYER), -EINVAL);
+    CHECK_INT(a.notes, 0); /* notifications are never synchronous */
+    reader_start(&b, f, len);
+
+    struct producer p = {.f = f, .data = data, .len = len, .chunk = 64 * 1024};
+    prod_next(&p);
+    CHECK_INT(fill_write(f, data, 1, prod_cb, &p), -EBUSY); /* one write in flight */
+    run();
+
+    CHECK_INT(p.status, 0);
+    CHECK_INT(fill_state(f), FILL_DONE);
+    CHECK_INT(fill_error(f), 0);
+    CHECK_INT(fill_written(f), len);
+    CHECK_STR(fill_media_type(f), MT_LAYER);
+    struct reader *rs[] = {&a, &b};
+    for (int i = 0; i < 2; i++) {
+        CHECK(rs[i]->ended);
+        CHECK_INT(rs[i]->final, FILL_DONE);
+        CHECK_INT(rs[i]->copied, len);
+        CHECK(memcmp(rs[i]->copy, data, len) == 0);
+        CHECK(rs[i]->notes > 10); /* saw the file grow, not just the end */
+        free(rs[i]->copy);
+    }
+
+    /* The read fd outlived the rename; the published file and the index agree with it. */
+    unsigned char *back = read_all(fill_fd(f), len);
+    CHECK(memcmp(back, data, len) == 0);
+    free(back);
+    CHECK(published_equals(c, digest, data, len));
+    cache_entry_t e;
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK_INT(e.kind, CACHE_BLOB);
+    CHECK_INT(e.size, len);
+    CHECK_STR(e.media_type, MT_LAYER);
+    CHECK_INT(tmp_count(dir), 0);
+
+    /* A subscriber arriving after DONE gets one notification, on a later loop iteration. */
+    reader_start(&late, f, len);
+    CHECK_INT(late.notes, 0);
+    run();
+    CHECK_INT(late.notes, 1);
+    CHECK(late.ended && late.final == FILL_DONE);
+    CHECK_INT(late.copied, len);
+    free(late.copy);
+
+    /* DONE left the single-flight table: the next fill_get starts afresh. Its producer
+     * vanishing without finish or fail cancels it and removes its temp file, never the
+     * published one. */
+    CHECK_INT(fill_get(c, digest, &f2, &created), 0);
+    CHECK(created && f2 != f);
+    CHECK_INT(tmp_count(dir), 1);
+    fill_unref(f2);
+    fill_unref(f);
+    run();
+    CHECK_INT(tmp_count(dir), 0);
+    CHECK(published_equals(c, digest, data, len));
+    free(data);
+    close_cache(c);
+}
+
+static void test_many_concurrent(void)
+{
+    enum { N = 12 };
+    char dir[256];
+    char digests[N][REF_DIGEST_MAX + 1];
+    unsigned char *data[N];
+    size_t lens[N];
+    fill_t *fills[N];
+    struct producer prods[N];
+    struct reader readers[N];
+    cache_t *c = open_cache(dir, sizeof dir, NULL);
+    for (int i = 0; i < N; i++) {
+        bool created;
+        lens[i] = (size_t)(i * 37001) % 700000;
+        data[i] = random_bytes(lens[i], 100 + (uint32_t)i);
+        digest_of(i % 3 ? REF_ALG_SHA256 : REF_ALG_SHA512, data[i], lens[i], digests[i]);
+        CHECK_INT(fill_get(c, digests[i], &fills[i], &created), 0);
+        CHECK(created);
+        CHECK_INT(fill_set_size(fills[i], i % 2 ? lens[i] : FILL_SIZE_UNKNOWN, NULL), 0);
+        reader_start(&readers[i], fills[i], lens[i]);
+        prods[i] = (struct producer){.f = fills[i],
+                                     .data = data[i],
+                                     .len = lens[i],
+                                     .chunk = 16384 + (size_t)i * 1000,
+                                     .unref_at_finish = true};
+        prod_next(&prods[i]);
+    }
+    run();
+    for (int i = 0; i < N; i++) {
+        cache_entry_t e;
+        CHECK_INT(prods[i].status, 0);
+        CHECK(readers[i].ended);
+        CHECK_INT(readers[i].final, FILL_DONE);
+        CHECK_INT(readers[i].copied, lens[i]);
+        CHECK(memcmp(readers[i].copy, data[i], lens[i]) == 0);
+        CHECK_INT(cache_lookup(c, digests[i], &e), 0);
+        CHECK_INT(e.size, lens[i]);
+        CHECK(published_equals(c, digests[i], data[i], lens[i]));
+        free(readers[i].copy);
+        free(data[i]);
+    }
+    CHECK_INT(tmp_count(dir), 0);
+    close_cache(c);
+}
+
+/* Runs one fill of data under digest to its end; returns the reader's verdict. */
+static int fill_once(cache_t *c, const char *digest, const unsigned char *data, size_t len,
+                     uint64_t announce, int *write_status)
+{
+    fill_t *f;
+    bool created;
+    struct reader r;
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    CHECK(created);
+    CHECK_INT(fill_set_size(f, announce, NULL), 0);
+    reader_start(&r, f, len);
+    struct producer p = {.f = f, .data = data, .len = len, .chunk = 100000};
+    prod_next(&p);
+    run();
+    CHECK(r.ended);
+    CHECK(r.copied <= len);
+    CHECK(memcmp(r.copy, data, r.copied) == 0);
+    free(r.copy);
+    if (write_status)
+        *write_status = p.status;
+    int err = fill_error(f);
+    CHECK_INT(fill_state(f), err ? FILL_FAILED : FILL_DONE);
+    fill_unref(f);
+    return err;
+}
+
+static void test_digest_mismatch_and_short(void)
+{
+    char dir[256], digest[REF_DIGEST_MAX + 1], path[512];
+    cache_t *c = open_cache(dir, sizeof dir, NULL);
+    size_t len = 500000;
+    unsigned char *data = random_bytes(len, 11);
+    unsigned char *other = random_bytes(len, 12);
+    digest_of(REF_ALG_SHA256, other, len, digest);
+
+    CHECK_INT(fill_once(c, digest, data, len, len, NULL), WE_DIGEST);
+    cache_entry_t e;
+    CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
+    CHECK_INT(tmp_count(dir), 0);
+    snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", dir, digest + 7, digest + 7);
+    CHECK(access(path, F_OK) < 0);
+
+    /* The stream ends before the announced size. */
+    digest_of(REF_ALG_SHA256, data, len, digest);
+    CHECK_INT(fill_once(c, digest, data, len / 2, len, NULL), WE_SHORT);
+    CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
+    CHECK_INT(tmp_count(dir), 0);
+
+    /* And then the right bytes go through. */
+    CHECK_INT(fill_once(c, digest, data, len, len, NULL), 0);
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+
+    /* Unknown size and empty blobs. */
+    digest_of(REF_ALG_SHA512, data, 1000, digest);
+    CHECK_INT(fill_once(c, digest, data, 1000, FILL_SIZE_UNKNOWN, NULL), 0);
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK_INT(e.size, 1000);
+    digest_of(REF_ALG_SHA256, "", 0, digest);
+    CHECK_INT(fill_once(c, digest, data, 0, 0, NULL), 0);
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK_INT(e.size, 0);
+    CHECK(published_equals(c, digest, "", 0));
+    free(data);
+    free(other);
+    close_cache(c);
+}
+
+static void test_too_big(void)
+{
+    char dir[256], digest[REF_DIGEST_MAX + 1];
+    cache_t *c = open_cache(dir, sizeof dir, NULL);
+    unsigned char *data = random_bytes(20, 13);
+    digest_of(REF_ALG_SHA256, data, 20, digest);
+    fill_t *f, *f2;
+    bool created;
+    struct reader r;
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    CHECK_INT(fill_set_size(f, 10, NULL), 0);
+    reader_start(&r, f, 20);
+    CHECK_INT(fill_write(f, data, 11, NULL, NULL), WE_TOOBIG);
+    CHECK_INT(fill_state(f), FILL_FAILED);
+    CHECK_INT(fill_error(f), WE_TOOBIG);
+    CHECK_INT(fill_write(f, data, 1, NULL, NULL), WE_TOOBIG);
+    /* Failing took it out of the table at once. */
+    CHECK_INT(fill_get(c, digest, &f2, &created), 0);
+    CHECK(created && f2 != f);
+    CHECK_INT(fill_set_size(f2, 20, NULL), 0);
+    fill_fail(f2, WE_UPSTREAM);
+    CHECK_INT(fill_state(f2), FILL_FAILED);
+    CHECK_INT(fill_error(f2), WE_UPSTREAM);
+    fill_unref(f2);
+    run();
+    CHECK(r.ended);
+    CHECK_INT(r.err, WE_TOOBIG);
+    free(r.copy);
+    fill_unref(f);
+    CHECK_INT(tmp_count(dir), 0);
+    free(data);
+    close_cache(c);
+}
+
+static void test_injected_faults(void)
+{
+    char dir[256], digest[REF_DIGEST_MAX + 1];
+    size_t len = 3 * 1024 * 1024;
+    unsigned char *data = random_bytes(len, 21);
+    digest_of(REF_ALG_SHA256, data, len, digest);
+    cache_entry_t e;
+    int ws;
+
+    /* ENOSPC in the middle: the write callback and the subscribers see it, nothing indexed. */
+    inj_reset();
+    inj_enospc_after = 1024 * 1024;
+    cache_t *c = open_cache(dir, sizeof dir, &inj_io);
+    int saved = log_threshold;
+    log_set_level(WLOG_ERROR);
+    CHECK_INT(fill_once(c, digest, data, len, len, &ws), -ENOSPC);
+    CHECK_INT(ws, -ENOSPC);
+    CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
+    CHECK_INT(tmp_count(dir), 0);
+
+    /* Short writes are continued, not failures. */
+    inj_reset();
+    inj_max_chunk = 1000;
+    CHECK_INT(fill_once(c, digest, data, len, len, &ws), 0);
+    CHECK_INT(ws, 0);
+    CHECK(inj_pwrite_calls > (long)(len / 1000));
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK(published_equals(c, digest, data, len));
+    close_cache(c);
+
+    /* fsync and rename failures fail the fill before anything is indexed. */
+    inj_reset();
+    c = open_cache(dir, sizeof dir, &inj_io);
+    inj_fsync_errno = EIO;
+    CHECK_INT(fill_once(c, digest, data, len, len, &ws), -EIO);
+    CHECK_INT(ws, 0);
+    CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
+    CHECK_INT(tmp_count(dir), 0);
+    inj_reset();
+    inj_rename_errno = EXDEV;
+    CHECK_INT(fill_once(c, digest, data, len, len, &ws), -EXDEV);
+    CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
+    CHECK_INT(tmp_count(dir), 0);
+
+    /* A manifest put sees the same faults. */
+    static const char body[] = "{\"schemaVersion\":2}";
+    char mdigest[REF_DIGEST_MAX + 1];
+    digest_of(REF_ALG_SHA256, body, strlen(body), mdigest);
+    cache_manifest_put_t mp = {.digest = mdigest,
+                               .media_type = "application/vnd.oci.image.index.v1+json",
+                               .bytes = body,
+                               .len = strlen(body)};
+    int status = 1;
+    inj_reset();
+    inj_enospc_after = 0;
+    CHECK_INT(cache_put_manifest(c, &mp, status_cb, &status), 0);
+    run();
+    CHECK_INT(status, -ENOSPC);
+    CHECK_INT(cache_lookup(c, mdigest, &e), WE_NOTFOUND);
+    CHECK_INT(tmp_count(dir), 0);
+    log_set_level(saved);
+    inj_reset();
+    free(data);
+    close_cache(c);
+}
+
+/* Producer failures, failures racing a write, and finish racing a write. */
+struct step_prod {
+    fill_t *f;
+    int calls;
+    int status;
+};
+
+static void step_cb(void *arg, int status)
+{
+    struct step_prod *sp = arg;
+    sp->calls++;
+    sp->status = status;
+}
+
+static void test_fail_and_races(void)
+{
+    char dir[256], digest[REF_DIGEST_MAX + 1];
+    cache_t *c = open_cache(dir, sizeof dir, NULL);
+    size_t len = 200000;
+    unsigned char *data = random_bytes(len, 31);
+    digest_of(REF_ALG_SHA256, data, len, digest);
+    fill_t *f, *f2;
+    bool created;
+    struct reader r;
+
+    /* The producer gives up after one chunk; subscribers still read what was written. */
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    CHECK_INT(fill_set_size(f, len, NULL), 0);
+    reader_start(&r, f, len);
+    struct step_prod sp = {.f = f};
+    CHECK_INT(fill_write(f, data, 1000, step_cb, &sp), 0);
+    run();
+    CHECK_INT(sp.calls, 1);
+    CHECK_INT(sp.status, 0);
+    CHECK_INT(r.copied, 1000);
+    fill_fail(f, WE_UPSTREAM);
+    fill_fail(f, WE_PROTO); /* the first verdict stands */
+    CHECK_INT(fill_error(f), WE_UPSTREAM);
+    CHECK_INT(fill_get(c, digest, &f2, &created), 0);
+    CHECK(created && f2 != f);
+    fill_unref(f2);
+    run();
+    CHECK(r.ended);
+    CHECK_INT(r.final, FILL_FAILED);
+    CHECK_INT(r.err, WE_UPSTREAM);
+    free(r.copy);
+    /* Unlinked, but still readable through the fill's fd while referenced. */
+    unsigned char buf[1000];
+    CHECK_INT(pread(fill_fd(f), buf, sizeof buf, 0), 1000);
+    CHECK(memcmp(buf, data, 1000) == 0);
+    CHECK_INT(tmp_count(dir), 0);
+    fill_unref(f);
+
+    /* A failure while a chunk is being written: the chunk's callback reports it. */
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    CHECK_INT(fill_set_size(f, len, NULL), 0);
+    sp = (struct step_prod){.f = f};
+    CHECK_INT(fill_write(f, data, len, step_cb, &sp), 0);
+    fill_fail(f, WE_CANCELLED);
+    fill_unref(f); /* the job keeps the fill alive */
+    run();
+    CHECK_INT(sp.calls, 1);
+    CHECK_INT(sp.status, WE_CANCELLED);
+    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(c->live_fills, 0);
+
+    /* The producer vanishes while a chunk is in flight: the fill cancels itself. */
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    CHECK_INT(fill_set_size(f, len, NULL), 0);
+    sp = (struct step_prod){.f = f};
+    CHECK_INT(fill_write(f, data, len, step_cb, &sp), 0);
+    fill_unref(f);
+    run();
+    CHECK_INT(sp.calls, 1);
+    CHECK_INT(sp.status, 0);
+    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(c->live_fills, 0);
+
+    /* fill_finish while the last chunk is in flight waits for it; the producer's reference
+     * goes at once and the readers hold the last ones. */
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    CHECK_INT(fill_set_size(f, len, NULL), 0);
+    reader_start(&r, f, len);
+    sp = (struct step_prod){.f = f};
+    CHECK_INT(fill_write(f, data, len, step_cb, &sp), 0);
+    fill_finish(f);
+    CHECK_INT(fill_write(f, data, 1, step_cb, &sp), -EINVAL);
+    fill_fail(f, WE_UPSTREAM); /* too late: the finish decides */
+    fill_unref(f);
+    run();
+    CHECK_INT(sp.calls, 1);
+    CHECK_INT(sp.status, 0);
+    CHECK(r.ended);
+    CHECK_INT(r.final, FILL_DONE);
+    CHECK_INT(r.copied, len);
+    free(r.copy);
+    cache_entry_t e;
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK_INT(tmp_count(dir), 0);
+    free(data);
+    close_cache(c);
+}
+
+/* Notify callbacks that unsubscribe themselves and others, and one that arrives mid-round. */
+struct fickle {
+    fill_sub_t sub;
+    int notes;
+    fill_sub_t *also_drop;
+    bool drop_self;
+    struct fickle *subscribe_new;
+    fill_t *f;
+};
+
+static void fickle_notify(fill_sub_t *s)
+{
+    struct fickle *k = container_of(s, struct fickle, sub);
+    CHECK(!in_subscribe);
+    k->notes++;
+    if (k->also_drop) {
+        fill_unsubscribe(k->also_drop);
+        k->also_drop = NULL;
+    }
+    if (k->drop_self)
+        fill_unsubscribe(s);
+    if (k->subscribe_new) {
+        in_subscribe = true;
+        fill_subscribe(k->f, &k->subscribe_new->sub, fickle_notify);
+        in_subscribe = false;
+        k->subscribe_new = NULL;
+    }
+}
+
+static void test_unsubscribe_in_notify(void)
+{
+    char dir[256], digest[REF_DIGEST_MAX + 1];
+    cache_t *c = open_cache(dir, sizeof dir, NULL);
+    fill_t *f;
+    bool created;
+    digest_of(REF_ALG_SHA256, "x", 1, digest);
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    struct fickle a = {0}, b = {0}, d = {0}, late = {0};
+    a.drop_self = true;
+    a.also_drop = &b.sub;
+    d.subscribe_new = &late;
+    d.f = f;
+    in_subscribe = true;
+    fill_subscribe(f, &a.sub, fickle_notify);
+    fill_subscribe(f, &b.sub, fickle_notify);
+    fill_subscribe(f, &d.sub, fickle_notify);
+    in_subscribe = false;
+    CHECK_INT(fill_set_size(f, 1, NULL), 0);
+    run();
+    CHECK_INT(a.notes, 1);
+    CHECK_INT(b.notes, 0);
+    CHECK(d.notes >= 1);
+    CHECK(late.notes >= 1);   /* its own first notification came asynchronously */
+    fill_unsubscribe(&a.sub); /* idempotent */
+    fill_unsubscribe(&d.sub);
+    fill_unsubscribe(&late.sub);
+    fill_fail(f, WE_CANCELLED);
+    fill_unref(f);
+    close_cache(c);
+}
+
+/* ---- Crash consistency ---------------------------------------------------------------------- */
+
+/* The child: fills blobs and stores manifests back to back until it is killed. */
+struct crasher {
+    cache_t *c;
+    uint32_t rng;
+    size_t big; /* first blob's size; 0 for none */
+    unsigned char *buf;
+    size_t cap;
+    fill_t *f;
+    fill_sub_t sub;
+    struct producer p;
+    int count;
+};
+
+static void crasher_next(struct crasher *cr);
+
+static void crasher_notify(fill_sub_t *s)
+{
+    struct crasher *cr = container_of(s, struct crasher, sub);
+    enum fill_state st = fill_state(cr->f);
+    if (st != FILL_DONE && st != FILL_FAILED)
+        return;
+    fill_unsubscribe(s);
+    fill_unref(cr->f);
+    cr->f = NULL;
+    crasher_next(cr);
+}
+
+static void crasher_next(struct crasher *cr)
+{
+    char digest[REF_DIGEST_MAX + 1], body[256], tag[32];
+    bool created;
+    size_t len = cr->big ? cr->big : rng_next(&cr->rng) % (2 * 1024 * 1024);
+    cr->big = 0;
+    if (len > cr->cap)
+        len = cr->cap;
+    for (size_t i = 0; i < len; i += 4) {
+        uint32_t v = rng_next(&cr->rng);
+        memcpy(cr->buf + i, &v, len - i < 4 ? len - i : 4);
+    }
+    int n = snprintf(body, sizeof body, "{\"schemaVersion\":2,\"n\":%d,\"r\":%u}", cr->count,
+                     rng_next(&cr->rng));
+    digest_of(REF_ALG_SHA256, body, (size_t)n, digest);
+    snprintf(tag, sizeof tag, "t%d", cr->count++);
+    cache_manifest_put_t mp = {.digest = digest,
+                               .media_type = "application/vnd.oci.image.manifest.v1+json",
+                               .bytes = body,
+                               .len = (size_t)n,
+                               .upstream = "docker.io",
+                               .repo = "library/crash",
+                               .tag = tag};
+    CHECK_INT(cache_put_manifest(cr->c, &mp, NULL, NULL), 0);
+
+    digest_of(cr->count % 2 ? REF_ALG_SHA256 : REF_ALG_SHA512, cr->buf, len, digest);
+    CHECK_INT(fill_get(cr->c, digest, &cr->f, &created), 0);
+    CHECK_INT(fill_set_size(cr->f, len, MT_LAYER), 0);
+    fill_subscribe(cr->f, &cr->sub, crasher_notify);
+    cr->p = (struct producer){.f = cr->f, .data = cr->buf, .len = len, .chunk = 256 * 1024};
+    prod_next(&cr->p);
+}
+
+static void crash_child(const char *dir, uint32_t seed, size_t big)
+{
+    uv_loop_t l;
+    cache_t *c;
+    CHECK_INT(uv_loop_init(&l), 0);
+    cache_opts_t o = {.loop = &l, .dir = dir};
+    CHECK_INT(cache_open(&c, &o), 0);
+    struct crasher cr = {.c = c, .rng = seed, .big = big, .cap = big > 4 << 20 ? big : 4 << 20};
+    cr.buf = malloc(cr.cap);
+    CHECK(cr.buf != NULL);
+    crasher_next(&cr);
+    uv_run(&l, UV_RUN_DEFAULT);
+    _exit(3); /* never reached: the chain does not end */
+}
+
+/* Size of the largest file in <dir>/tmp. */
+static off_t largest_tmp(const char *dir)
+{
+    char path[512], file[1024];
+    snprintf(path, sizeof path, "%s/tmp", dir);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    off_t max = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        struct stat st;
+        snprintf(file, sizeof file, "%s/%s", path, e->d_name);
+        if (e->d_name[0] != '.' && stat(file, &st) == 0 && st.st_size > max)
+            max = st.st_size;
+    }
+    closedir(d);
+    return max;
+}
+
+struct verify {
+    cache_t *c;
+    int entries;
+};
+
+static int verify_entry(void *arg, const char *digest, const cache_entry_t *e)
+{
+    struct verify *v = arg;
+    enum ref_alg alg;
+    char got[REF_DIGEST_MAX + 1];
+    int fd;
+    CHECK_INT(ref_digest_parse(digest, strlen(digest), &alg), 0);
+    CHECK_INT(cache_open_content(v->c, digest, &fd), 0);
+    struct stat st;
+    CHECK_INT(fstat(fd, &st), 0);
+    CHECK_INT(st.st_size, e->size);
+    unsigned char *b = read_all(fd, e->size);
+    close(fd);
+    digest_of(alg, b, e->size, got);
+    free(b);
+    CHECK_STR(got, digest);
+    v->entries++;
+    return 0;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void test_crash_consistency(void)
+{
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/crash", root);
+    uint32_t rng = (uint32_t)time(NULL) | 1;
+    fprintf(stderr, "crash test seed %u\n", rng);
+    int total = 0;
+    for (int round = 0; round < 8; round++) {
+        size_t big = round == 0 ? 96u << 20 : 0;
+        uint32_t seed = rng_next(&rng);
+        pid_t pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0)
+            crash_child(dir, seed, big);
+        if (big) {
+            /* Kill it mid-way through the big blob: once its temp file is well under way. */
+            int64_t deadline = time_mono_ms() + 10000;
+            while (largest_tmp(dir) < (off_t)(big / 3) && time_mono_ms() < deadline)
+                sleep_ms(1);
+            fprintf(stderr, "crash test: killing with a %lld-byte temp file of %zu\n",
+                    (long long)largest_tmp(dir), big);
+        } else {
+            sleep_ms(20 + (long)(rng_next(&rng) % 400));
+        }
+        CHECK_INT(kill(pid, SIGKILL), 0);
+        int wstatus;
+        CHECK_INT(waitpid(pid, &wstatus, 0), pid);
+        CHECK(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL);
+
+        /* Reopen: temp files are swept, every index entry hashes to its digest. */
+        cache_t *c;
+        cache_opts_t o = {.loop = &loop, .dir = dir};
+        CHECK_INT(cache_open(&c, &o), 0);
+        CHECK_INT(tmp_count(dir), 0);
+        struct verify v = {.c = c};
+        CHECK_INT(index_content_each(c, verify_entry, &v), 0);
+        CHECK(v.entries >= total); /* nothing committed is ever lost */
+        total = v.entries;
+        cache_close(c);
+    }
+    fprintf(stderr, "crash test: %d index entries verified after 8 kills\n", total);
+    CHECK(total > 0);
+}
+
+int main(void)
+{
+    CHECK_INT(uv_loop_init(&loop), 0);
+    snprintf(root, sizeof root, "/tmp/winch-test-XXXXXX");
+    CHECK(mkdtemp(root) != NULL);
+    /* First, while this process has no threadpool work in flight to confuse the fork. */
+    test_crash_consistency();
+    test_single_flight_done();
+    test_many_concurrent();
+    test_digest_mismatch_and_short();
+    test_too_big();
+    test_injected_faults();
+    test_fail_and_races();
+    test_unsubscribe_in_notify();
+    CHECK_INT(uv_loop_close(&loop), 0);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    CHECK_INT(system(cmd), 0);
+    printf("test_cache_fill: ok\n");
+    return 0;
+}
