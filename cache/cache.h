@@ -73,9 +73,9 @@ int cache_lookup(cache_t *c, const char *digest, cache_entry_t *out);
  * miss). digest must already be valid (ref_digest_parse). */
 int cache_open_content(cache_t *c, const char *digest, int *fd);
 
-/** Reads a published manifest whole into *bytes (malloc'd, owned by the caller) when its size is
- * at most max. Small and synchronous. The buffer has one extra byte, a NUL after the content.
- * Returns 0, WE_NOTFOUND, WE_TOOBIG, WE_INVALID (digest) or -errno. */
+/** Reads a published manifest whole into *bytes (malloc'd, NUL-terminated, owned by the
+ * caller) when its size is at most max. Recently read manifests come from a bounded in-memory
+ * tier, others with a small synchronous read. Returns 0, WE_NOTFOUND, WE_TOOBIG or -errno. */
 int cache_read_manifest(cache_t *c, const char *digest, size_t max, char **bytes, size_t *len);
 
 /** Records that digest was served. Cheap: only queues an index write when the recorded access

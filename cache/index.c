@@ -159,6 +159,8 @@ int cache_open(cache_t **out, const cache_opts_t *o)
 
     if ((rc = store_open(c)))
         goto fail;
+    if ((rc = hot_new(&c->hot)))
+        goto fail;
 
     if ((rc = index_err(mdb_env_create(&c->env), "create")))
         goto fail;
@@ -203,6 +205,7 @@ fail:
         mdb_env_close(c->env);
     if (c->lock_fd >= 0)
         close(c->lock_fd);
+    hot_free(c->hot);
     free(c->dir);
     free(c);
     return rc;
@@ -231,6 +234,7 @@ void cache_close(cache_t *c)
     mdb_env_close(c->env);
     if (c->lock_fd >= 0)
         close(c->lock_fd);
+    hot_free(c->hot);
     free(c->dir);
     free(c);
 }

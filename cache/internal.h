@@ -29,6 +29,8 @@ enum wop_what {
     WOP_ACCESS = 8,  /* raise the content record's accessed_ms to now, if it exists */
 };
 
+typedef struct hot hot_t;
+
 typedef struct wop wop_t;
 struct wop {
     wop_t *next;       /* queue / batch chain */
@@ -68,7 +70,17 @@ struct cache {
     unsigned live_fills;               /* allocated fills, for cache_close's check */
     unsigned live_puts;                /* cache_put_manifest jobs in flight */
     uint64_t tmp_seq;                  /* names temp files; the lock makes it unique */
+    hot_t *hot;                        /* recently read manifests (hot.c) */
 };
+
+/* ---- hot.c: the in-memory tier of manifests ------------------------------------------------ */
+
+int hot_new(hot_t **out);
+void hot_free(hot_t *t);
+/** On a hit, *bytes is a malloc'd copy (owned by the caller, NUL-terminated). */
+bool hot_get(hot_t *t, const char *digest, char **bytes, size_t *len);
+/** Remembers a copy of bytes (borrowed) unless too large; evicts as needed. */
+void hot_put(hot_t *t, const char *digest, const char *bytes, size_t len);
 
 /* ---- index.c ------------------------------------------------------------------------------ */
 

@@ -302,6 +302,13 @@ int cache_read_manifest(cache_t *c, const char *digest, size_t max, char **bytes
     int fd = -1, rc;
     struct stat st;
 
+    if (hot_get(c->hot, digest, bytes, len)) {
+        if (*len <= max)
+            return 0;
+        free(*bytes);
+        *bytes = NULL;
+        return WE_TOOBIG;
+    }
     if ((rc = cache_open_content(c, digest, &fd))) {
         if (rc == -ENOENT)
             rc = WE_NOTFOUND;
@@ -344,6 +351,7 @@ int cache_read_manifest(cache_t *c, const char *digest, size_t max, char **bytes
     }
     buf[size] = '\0';
     close(fd);
+    hot_put(c->hot, digest, buf, size);
     *bytes = buf;
     *len = size;
     return 0;

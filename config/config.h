@@ -23,11 +23,28 @@ typedef struct config_upstream {
     /* Docker Hub semantics: one-component names mean library/<name>. True when name is
      * docker.io (index.docker.io and registry-1.docker.io are normalised to docker.io). */
     bool dockerhub;
+
+    /* TLS to the upstream (issue 3). The system CA store verifies by default. */
+    char *ca_file;             /* owned; PEM bundle trusted instead of the system store; NULL */
+    bool insecure_skip_verify; /* no certificate or hostname check; only when asked by name */
+
+    /* Credentials for the upstream's Basic auth or token realm. Never logged. */
+    char *username;      /* owned; NULL = anonymous */
+    char *password;      /* owned; read at load from password_file or the env variable */
+    char *password_file; /* owned; as configured (for messages), NULL if unused */
+    char *password_env;  /* owned; the environment variable's name, NULL if unused */
 } config_upstream_t;
 
 typedef struct config {
+    bool listen_enabled;  /* plain HTTP listener; "listen": "" turns it off */
     char *listen_host;  /* owned; default "0.0.0.0" */
     uint16_t listen_port; /* default 5000 */
+    /* Optional TLS listener (issue 3): "tls_listen": "HOST:PORT" with tls_cert and tls_key. */
+    bool tls_listen_enabled;
+    char *tls_listen_host; /* owned; NULL when disabled */
+    uint16_t tls_listen_port;
+    char *tls_cert;        /* owned; PEM certificate chain */
+    char *tls_key;         /* owned; PEM private key */
     char *cache_dir;    /* owned; default "./winch-cache" */
     config_upstream_t upstreams[CONFIG_MAX_UPSTREAMS]; /* [0] is the default upstream */
     size_t n_upstreams; /* >= 1; default one: docker.io=https://registry-1.docker.io */
@@ -39,6 +56,7 @@ typedef struct config {
     uint32_t upstream_idle_timeout_ms;     /* no body byte for this long fails a transfer; default 30000 */
     uint32_t upstream_keepalive_ms;        /* idle pooled connection lifetime; default 30000 */
     uint32_t upstream_max_conns;           /* per upstream, busy + idle; default 32 */
+    uint32_t upstream_max_redirects;       /* redirects followed per request; default 5 */
 
     /* Client side. */
     uint32_t client_header_timeout_ms; /* whole request head must arrive within; default 30000 */

@@ -16,8 +16,10 @@
  * the pread+send fallback takes over).
  *
  * SIGPIPE: sendmsg uses MSG_NOSIGNAL, but Linux sendfile(2) to a socket whose peer is gone
- * raises SIGPIPE and there is no flag to prevent it; the process must ignore SIGPIPE (main
- * does), after which sendfile reports EPIPE like any other error.
+ * raises SIGPIPE and has no flag against it. main ignores SIGPIPE; conn does not rely on that:
+ * do_sendfile blocks SIGPIPE in the calling thread for the call and swallows the one it caused,
+ * so a library user (a test, a tool) cannot be killed either. Two sigprocmask calls per
+ * sendfile call (each moves up to a socket buffer of data) cost nothing measurable.
  */
 #include "proxy/conn.h"
 
@@ -25,11 +27,14 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -46,7 +51,7 @@
 #define FALLBACK_BUF (64 * 1024)
 
 typedef struct conn_ext {
-    uv_idle_t idle; /* first member: conn->unused points here */
+    uv_idle_t idle;   /* first member: conn->unused points here */
     int open_handles; /* handles still to close after conn_close */
     bool connecting;  /* connect(2) in progress: waiting for writability */
     bool wr_wait;     /* write operation waiting for writability */
@@ -90,13 +95,29 @@ static ssize_t do_sendfile(conn_t *c, int file_fd, off_t *off, size_t count)
 {
     if (c->tls)
         return -ENOSYS; /* TLS needs the bytes in user space (no kTLS yet) */
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
     ssize_t n = sendfile(c->fd, file_fd, off, count);
-    return n >= 0 ? n : -errno;
+    int err = errno;
+    if (!sigismember(&old, SIGPIPE)) {
+        /* A SIGPIPE this call raised is pending on the thread: take it before unblocking. It
+         * can come with a partial count too (some bytes went out, then the peer was gone). */
+        sigset_t pending;
+        sigpending(&pending);
+        if (sigismember(&pending, SIGPIPE)) {
+            struct timespec zero = {0, 0};
+            while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+                ;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return n >= 0 ? n : -err;
 }
 
 /* ---- Poll mask. ---- */
 
-static int update_poll(conn_t *c);
 static void on_poll(uv_poll_t *h, int status, int events);
 
 static int update_poll(conn_t *c)

@@ -10,11 +10,9 @@
  * upstream makes a cached tag disappear for the client.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "common/err.h"
 #include "common/log.h"
@@ -79,7 +77,6 @@ static int serve_cached(req_t *r, const char *digest)
         resp_send(r, 0, NULL, 0, false);
         return 0;
     }
-    int fd = -1;
     if (r->route.head) {
         resp_begin(r, 200);
         manifest_headers(r, digest, e.media_type);
@@ -87,7 +84,9 @@ static int serve_cached(req_t *r, const char *digest)
         cache_note_access(req_cache(r), digest);
         return 0;
     }
-    err = cache_open_content(req_cache(r), digest, &fd);
+    char *body;
+    size_t len;
+    err = cache_read_manifest(req_cache(r), digest, req_config(r)->max_manifest_bytes, &body, &len);
     if (err < 0) {
         LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching",
                  (unsigned long long)r->id, digest, err_str(err));
@@ -95,7 +94,7 @@ static int serve_cached(req_t *r, const char *digest)
     }
     resp_begin(r, 200);
     manifest_headers(r, digest, e.media_type);
-    resp_send_file(r, e.size, fd, 0, e.size);
+    resp_send(r, len, body, len, true);
     cache_note_access(req_cache(r), digest);
     return 0;
 }

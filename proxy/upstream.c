@@ -68,9 +68,9 @@ struct upconn {
     enum uc_state state;
     int open_handles; /* after close: handles whose close callback is still due */
     bool closing;
-    bool in_idle; /* on the idle stack */
-    bool reused;  /* served a request before: may be a stale keep-alive */
-    int addr_idx; /* address being tried */
+    bool in_idle;                    /* on the idle stack */
+    bool reused;                     /* served a request before: may be a stale keep-alive */
+    int addr_idx;                    /* address being tried */
     upconn_t *prev, *next;           /* every live conn */
     upconn_t *idle_prev, *idle_next; /* idle stack */
 };
@@ -99,7 +99,7 @@ struct upreq {
     int status;
     uint64_t clen;
     bool headers_done, complete, keepalive, got_bytes, paused, cancelled, toobig;
-    int in_parser; /* > 0 while llhttp runs over the conn's buffer for this request */
+    int in_parser;    /* > 0 while llhttp runs over the conn's buffer for this request */
     const char *pend; /* unparsed rest of the read buffer while paused */
     size_t pend_len;
     bool has_pend;
@@ -123,9 +123,9 @@ struct upstream {
     uint64_t addrs_expire; /* uv_now ms; UINT64_MAX for numeric hosts */
     dns_req_t *dns;        /* resolution in flight */
     /* Pool. */
-    upconn_t *conns;      /* every live connection */
-    upconn_t *idle;       /* most recently used first */
-    uint32_t nconns;      /* live: connecting + active + idle */
+    upconn_t *conns; /* every live connection */
+    upconn_t *idle;  /* most recently used first */
+    uint32_t nconns; /* live: connecting + active + idle */
     upreq_t *wait_head, *wait_tail;
     size_t nwait;
     upreq_t *defer_head, *defer_tail;
@@ -608,7 +608,8 @@ static void finish_ok(upconn_t *uc, upreq_t *r, size_t leftover)
     detach(uc);
     /* Bytes after the message, or a request still being written, leave the connection in an
      * unknown state: only a clean one goes back to the pool. */
-    if (r->keepalive && leftover == 0 && !conn_writing(&uc->conn) && !u->destroying)
+    if (r->keepalive && leftover == 0 && !conn_writing(&uc->conn) && !u->destroying &&
+        u->gcfg->upstream_keepalive_ms > 0)
         pool_put(uc);
     else
         close_conn(uc);
@@ -830,8 +831,7 @@ static int ensure_addrs(upstream_t *u)
         hints.ai_family = AF_UNSPEC;
         hints.ai_socktype = SOCK_STREAM;
         hints.ai_flags = AI_NUMERICSERV;
-        int rc = uv_getaddrinfo(u->loop, &d->req, on_resolved, u->ucfg->host, u->port_str,
-                                &hints);
+        int rc = uv_getaddrinfo(u->loop, &d->req, on_resolved, u->ucfg->host, u->port_str, &hints);
         if (rc < 0) {
             free(d);
             return u->naddrs > 0 ? 1 : rc;
