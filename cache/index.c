@@ -285,8 +285,18 @@ int cache_lookup(cache_t *c, const char *digest, cache_entry_t *out)
         rc = index_err(rc, "lookup");
     }
     rtxn_end(c);
-    if (rc == 0)
+    if (rc == 0) {
         *out = r.e;
+    } else if (rc == WE_NOTFOUND) {
+        const struct pending_put *pp = pending_find(c, digest);
+        if (pp) {
+            memset(out, 0, sizeof *out);
+            out->size = pp->size;
+            out->kind = CACHE_MANIFEST;
+            snprintf(out->media_type, sizeof out->media_type, "%s", pp->media_type);
+            rc = 0;
+        }
+    }
     return rc;
 }
 

@@ -71,7 +71,23 @@ struct cache {
     unsigned live_puts;                /* cache_put_manifest jobs in flight */
     uint64_t tmp_seq;                  /* names temp files; the lock makes it unique */
     hot_t *hot;                        /* recently read manifests (hot.c) */
+    /* Manifests accepted by cache_put_manifest but not yet committed: cache_lookup sees them,
+     * so a client's GET by digest right after the HEAD that fetched the manifest is a hit. */
+    struct pending_put *pending;
 };
+
+struct pending_put {
+    struct pending_put *next;
+    cache_done_cb cb; /* the caller's */
+    void *arg;
+    cache_t *c;
+    uint64_t size;
+    char digest[REF_DIGEST_MAX + 1];
+    char media_type[CACHE_MEDIA_MAX + 1];
+};
+
+/** The pending put for digest, or NULL (store.c). */
+const struct pending_put *pending_find(const cache_t *c, const char *digest);
 
 /* ---- hot.c: the in-memory tier of manifests ------------------------------------------------ */
 

@@ -427,11 +427,36 @@ static void mput_done(uv_work_t *w, int status)
     index_queue(c, op);
 }
 
+const struct pending_put *pending_find(const cache_t *c, const char *digest)
+{
+    for (const struct pending_put *pp = c->pending; pp; pp = pp->next)
+        if (strcmp(pp->digest, digest) == 0)
+            return pp;
+    return NULL;
+}
+
+/* The put's last step (committed, or failed anywhere): it stops being pending. */
+static void pending_done(void *arg, int status)
+{
+    struct pending_put *pp = arg;
+    cache_t *c = pp->c;
+    for (struct pending_put **q = &c->pending; *q; q = &(*q)->next) {
+        if (*q == pp) {
+            *q = pp->next;
+            break;
+        }
+    }
+    if (pp->cb)
+        pp->cb(pp->arg, status);
+    free(pp);
+}
+
 int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb cb, void *arg)
 {
     enum ref_alg alg;
     const char *hex;
     struct mput *m = NULL;
+    struct pending_put *pp = NULL;
     wop_t *op = NULL;
     int rc;
 
@@ -464,17 +489,34 @@ int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb 
     op->size = p->len;
     snprintf(op->digest, sizeof op->digest, "%s", p->digest);
     snprintf(op->media_type, sizeof op->media_type, "%s", p->media_type);
-    op->cb = cb;
-    op->arg = arg;
+    pp = calloc(1, sizeof *pp);
+    if (!pp) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    pp->c = c;
+    pp->cb = cb;
+    pp->arg = arg;
+    pp->size = p->len;
+    snprintf(pp->digest, sizeof pp->digest, "%s", p->digest);
+    snprintf(pp->media_type, sizeof pp->media_type, "%s", p->media_type);
+    op->cb = pending_done;
+    op->arg = pp;
     m->op = op;
     if ((rc = uv_queue_work(c->loop, &m->work, mput_work, mput_done)))
         goto fail;
     c->live_puts++;
+    pp->next = c->pending;
+    c->pending = pp;
+    /* The bytes are verified (by the caller, and again before publishing): readers may have
+     * them from memory before the file lands. */
+    hot_put(c->hot, p->digest, p->bytes, p->len);
     return 0;
 fail:
     if (m)
         free(m->bytes);
     free(m);
     free(op);
+    free(pp);
     return rc;
 }

@@ -157,6 +157,20 @@ static void test_manifest_roundtrip(void)
                               .tag = "3.19"};
     CHECK_INT(cache_put_manifest(c, &p, on_done, &d), 0);
     CHECK_INT(d.calls, 0); /* never before the call returns */
+    /* Visible at once, before the file and the index entry land: a client's GET by digest
+     * right after the HEAD that fetched the manifest must be a hit. */
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK_INT(e.kind, CACHE_MANIFEST);
+    CHECK_INT(e.size, strlen(body));
+    CHECK_STR(e.media_type, MT_OCI);
+    {
+        char *early = NULL;
+        size_t early_len = 0;
+        CHECK_INT(cache_read_manifest(c, digest, 1 << 20, &early, &early_len), 0);
+        CHECK_INT(early_len, strlen(body));
+        CHECK(memcmp(early, body, early_len) == 0);
+        free(early);
+    }
     run();
     CHECK_INT(d.calls, 1);
     CHECK_INT(d.status, 0);
