@@ -300,6 +300,29 @@ int cache_lookup(cache_t *c, const char *digest, cache_entry_t *out)
     return rc;
 }
 
+/* Keeps the newest of a pending tag op that matches key. The ops' keys, digests and times
+ * are immutable once queued, so reading them beside a batch job in flight is safe. */
+static void newest_tag(const wop_t *op, const char *key, size_t kl, const wop_t **best)
+{
+    if ((op->what & WOP_TAG) && op->tag_key_len == kl && memcmp(op->key, key, kl) == 0 &&
+        (!*best || op->now_ms >= (*best)->now_ms))
+        *best = op;
+}
+
+/* A tag written by this process but not committed yet: reads must see it, or a client that
+ * pulls right after the request that recorded it makes winch ask the upstream again. */
+static const wop_t *pending_tag(const cache_t *c, const char *key, size_t kl)
+{
+    const wop_t *best = NULL;
+    for (const wop_t *op = c->wq_head; op; op = op->next)
+        newest_tag(op, key, kl, &best);
+    for (const wop_t *op = c->wq_batch; op; op = op->next)
+        newest_tag(op, key, kl, &best);
+    for (const struct pending_put *pp = c->pending; pp; pp = pp->next)
+        newest_tag(pp->op, key, kl, &best);
+    return best;
+}
+
 int cache_tag_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
                   char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms)
 {
@@ -309,6 +332,12 @@ int cache_tag_get(cache_t *c, const char *upstream, const char *repo, const char
     if (!upstream || !repo || !tag ||
         make_key(key, sizeof key < c->max_key ? sizeof key : c->max_key, upstream, repo, tag, &kl))
         return WE_NOTFOUND;
+    const wop_t *pend = pending_tag(c, key, kl);
+    if (pend) {
+        *checked_ms = pend->now_ms;
+        snprintf(digest_out, REF_DIGEST_MAX + 1, "%s", pend->digest);
+        return 0;
+    }
     int rc = rtxn_begin(c, &t);
     if (rc)
         return rc;

@@ -78,6 +78,7 @@ struct cache {
 
 struct pending_put {
     struct pending_put *next;
+    wop_t *op;        /* the index op it will queue; valid while pending (tag lookups) */
     cache_done_cb cb; /* the caller's */
     void *arg;
     cache_t *c;

@@ -502,6 +502,7 @@ int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb 
     snprintf(pp->media_type, sizeof pp->media_type, "%s", p->media_type);
     op->cb = pending_done;
     op->arg = pp;
+    pp->op = op;
     m->op = op;
     if ((rc = uv_queue_work(c->loop, &m->work, mput_work, mput_done)))
         goto fail;

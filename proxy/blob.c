@@ -26,6 +26,7 @@
 
 typedef struct bfetch {
     fill_t *fill;
+    const config_upstream_t *upstream; /* borrowed from the config */
     upreq_t *up;
     struct bfetch *prev, *next;
     bool linked;    /* on the fetches list */
@@ -81,6 +82,8 @@ static void bf_on_headers(upreq_t *up, void *arg, int status)
     bfetch_t *f = arg;
     if (status != 200) {
         LOG_WARN("upstream answered %d for blob %s", status, f->digest);
+        if (status == 429)
+            ratelimit_note(f->upstream, upreq_header(up, "Retry-After"));
         upreq_cancel(up);
         fetch_end(f, upstream_status_err(status));
         return;
@@ -154,6 +157,7 @@ static void fetch_start(req_t *r, fill_t *fill)
     }
     fill_ref(fill);
     f->fill = fill;
+    f->upstream = r->route.upstream;
     snprintf(f->digest, sizeof f->digest, "%s", r->route.ref);
     char path[REF_NAME_MAX + 400];
     upstream_path(r, "blobs", r->route.ref, path, sizeof path);
@@ -359,6 +363,8 @@ static void sub_pump(bsub_t *s)
     if (!s->head_sent) {
         if (size == FILL_SIZE_UNKNOWN)
             return; /* a chunked upstream: the size is known only at the end */
+        if (size == 0 && st != FILL_DONE)
+            return; /* nothing to hold back: wait for the verdict before answering */
         uint64_t first, count;
         if (begin_blob_head(r, r->route.ref, size, &first, &count) == 416) {
             r->cancel = NULL;
@@ -381,6 +387,12 @@ static void sub_pump(bsub_t *s)
     uint64_t avail = fill_written(f);
     if (avail > s->end)
         avail = s->end;
+    /* The blob's last byte waits for the digest check: a client must never receive a complete
+     * blob that turns out to be wrong; until DONE the response stays one byte short. A range
+     * that ends earlier cannot be verified by anyone before the whole blob is in, so it is
+     * not held back (lazy-pulling snapshotters read small ranges and check them themselves). */
+    if (st != FILL_DONE && avail == s->end && s->end == size)
+        avail--;
     if (s->cur < avail) {
         uint64_t n = avail - s->cur;
         if (n > SUB_SLICE)

@@ -19,6 +19,38 @@
 
 /* ---- Shared helpers --------------------------------------------------------------------- */
 
+/* The latest Retry-After per upstream; upstreams are few and fixed for the process. */
+static struct {
+    const config_upstream_t *u;
+    char value[64];
+} retry_after_seen[CONFIG_MAX_UPSTREAMS];
+
+/* Retry-After is seconds or an HTTP date: pass on any short single-line value. */
+static bool retry_after_ok(const char *v)
+{
+    return v && *v && strlen(v) < 64 && strpbrk(v, "\r\n") == NULL;
+}
+
+void ratelimit_note(const config_upstream_t *u, const char *retry_after)
+{
+    for (size_t i = 0; i < CONFIG_MAX_UPSTREAMS; i++) {
+        if (retry_after_seen[i].u == u || retry_after_seen[i].u == NULL) {
+            retry_after_seen[i].u = u;
+            snprintf(retry_after_seen[i].value, sizeof retry_after_seen[i].value, "%s",
+                     retry_after_ok(retry_after) ? retry_after : "");
+            return;
+        }
+    }
+}
+
+static const char *ratelimit_retry_after(const config_upstream_t *u)
+{
+    for (size_t i = 0; i < CONFIG_MAX_UPSTREAMS && retry_after_seen[i].u; i++)
+        if (retry_after_seen[i].u == u && retry_after_seen[i].value[0])
+            return retry_after_seen[i].value;
+    return "60";
+}
+
 void upstream_path(req_t *r, const char *kind, const char *ref, char *out, size_t len)
 {
     const config_upstream_t *u = r->route.upstream;
@@ -57,6 +89,10 @@ void reply_err(req_t *r, int err, enum oci_code notfound)
         resp_error(r, 0, OCI_DENIED, msg, NULL);
         return;
     case WE_RATELIMIT:
+        if (!resp_begun(r)) {
+            resp_begin(r, 429);
+            resp_header(r, "Retry-After", "%s", ratelimit_retry_after(r->route.upstream));
+        }
         snprintf(msg, sizeof msg, "upstream %s rate limit reached; retry later", name);
         resp_error(r, 0, OCI_TOOMANYREQUESTS, msg, NULL);
         return;
@@ -97,11 +133,9 @@ void reply_upstream_failure(req_t *r, int status, int err, const char *retry_aft
                             enum oci_code notfound)
 {
     if (status == 429) {
+        ratelimit_note(r->route.upstream, retry_after);
         resp_begin(r, 429);
-        /* Retry-After is either seconds or an HTTP date; pass a sane upstream value through. */
-        bool ok = retry_after && *retry_after && strlen(retry_after) < 64 &&
-                  strpbrk(retry_after, "\r\n") == NULL;
-        resp_header(r, "Retry-After", "%s", ok ? retry_after : "60");
+        resp_header(r, "Retry-After", "%s", retry_after_ok(retry_after) ? retry_after : "60");
     }
     if (err == 0 && status != 0 && status != 200)
         err = upstream_status_err(status);

@@ -53,6 +53,10 @@ void reply_upstream_failure(req_t *r, int status, int err, const char *retry_aft
 int upstream_status_err(int status);
 void reply_err(req_t *r, int err, enum oci_code notfound);
 
+/** Remembers the Retry-After an upstream sent with its latest 429 (borrowed, copied; NULL
+ * forgets it), for answers that learn of the limit later, such as a blob fill that failed. */
+void ratelimit_note(const config_upstream_t *u, const char *retry_after);
+
 /** True if the If-None-Match value names digest ("\"sha256:..\"", a list, or *). */
 bool etag_matches(const char *if_none_match, const char *digest);
 

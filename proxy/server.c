@@ -487,6 +487,11 @@ void resp_begin(req_t *r, int status)
         sbuf_printf(&c->hb, "OCI-Namespace: %s\r\n", r->route.ns);
 }
 
+bool resp_begun(req_t *r)
+{
+    return req_client(r)->head_begun;
+}
+
 void resp_header(req_t *r, const char *name, const char *fmt, ...)
 {
     client_t *c = req_client(r);

@@ -67,6 +67,8 @@ uv_loop_t *req_loop(req_t *r);
 
 /** Begins the response head: status line plus the headers every response carries. */
 void resp_begin(req_t *r, int status);
+/** True once resp_begin ran for this response. */
+bool resp_begun(req_t *r);
 /** Adds one header line; the head is bounded (overflow turns the response into a 500). */
 void resp_header(req_t *r, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

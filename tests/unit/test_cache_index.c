@@ -170,6 +170,10 @@ static void test_manifest_roundtrip(void)
         CHECK_INT(early_len, strlen(body));
         CHECK(memcmp(early, body, early_len) == 0);
         free(early);
+        int64_t early_checked = 0;
+        CHECK_INT(cache_tag_get(c, "docker.io", "library/alpine", "3.19", got, &early_checked), 0);
+        CHECK_STR(got, digest);
+        CHECK(early_checked >= before);
     }
     run();
     CHECK_INT(d.calls, 1);
@@ -352,6 +356,16 @@ static void test_group_commit(void)
         queued++;
     CHECK_INT(queued, N - 1);
     CHECK_INT(d.calls, 0);
+    /* Queued and in-flight tags are visible to readers before they commit. */
+    {
+        int64_t when;
+        CHECK_INT(cache_tag_get(c, "docker.io", "library/busybox", "t0", got, &when), 0);
+        CHECK_STR(got, digest);
+        CHECK_INT(cache_tag_get(c, "docker.io", "library/busybox", "t2999", got, &when), 0);
+        CHECK_STR(got, digest);
+        CHECK_INT(cache_tag_get(c, "docker.io", "library/busybox", "t3000", got, &when),
+                  WE_NOTFOUND);
+    }
     int64_t t0 = time_mono_ms();
     run();
     CHECK_INT(d.calls, N);

@@ -1,0 +1,158 @@
+#!/usr/bin/python3
+"""When the upstream is gone or hangs:
+  - cached manifests (by tag, served stale, and by digest) and blobs keep working;
+  - uncached content gets a clean 502/503/504 OCI error JSON, fast, with no internals (no
+    upstream address, no dial error text, no paths);
+  - with an upstream that accepts connections and never answers, a cached tag is still served
+    within upstream_response_timeout_ms (tag_ttl_s 0, so every tag request revalidates), and
+    uncached content fails within that timeout too."""
+
+import time
+
+import lab
+
+H = lab.accept
+
+INTERNALS = ("dial", "refused", "ECONNREFUSED", "errno", "connect(", "127.0.0.1", "timed out:",
+             "uv_", "llhttp", "EOF")
+
+
+class UpstreamStopped(lab.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.data = lab.seeded()
+        cls.up = lab.seeded_registry()
+        cls.winch = lab.Winch([("docker.io", cls.up.url)], config={"tag_ttl_s": 0})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.winch.stop()
+        cls.up.stop()
+
+    def assertCleanUpstreamError(self, r, what, head=False):
+        self.assertIn(r.status, (502, 503, 504), "%s: %r" % (what, r))
+        if head:
+            return
+        codes = r.error_codes()
+        self.assertIsNotNone(codes, "%s: OCI error JSON expected: %r" % (what, r))
+        text = r.body.decode(errors="replace")
+        for word in INTERNALS + (self.up.hostport, str(self.up.port)):
+            self.assertNotIn(word, text, "%s: the error leaks internals: %r" % (what, r))
+        self.assertTrue(r.header("Content-Type", "").startswith("application/json"), what)
+
+    def test_cached_content_survives(self):
+        w = self.winch.hostport
+        img = self.data["images"]["busybox"]
+        multi = self.data["images"]["multi"]
+        tag_path = "/v2/%s/manifests/%s" % (img["repo"], img["tag"])
+        warm = {}
+        for path in (tag_path, "/v2/%s/manifests/%s" % (img["repo"], img["digest"]),
+                     "/v2/lab/multi/manifests/v1",
+                     "/v2/lab/multi/manifests/" + multi["platforms"][1]["digest"]):
+            r = lab.get(w, path, H(lab.SKOPEO_ACCEPT))
+            self.assertStatus(r, 200, "warming " + path)
+            warm[path] = r
+        for d in img["blobs"]:
+            self.assertEqual(lab.fetch_blob_digest(w, "/v2/%s/blobs/%s" % (img["repo"], d))[:2],
+                             (200, d), "warming blob")
+        time.sleep(1)  # index writes land in the background (see test_api TagTtl)
+        self.up.stop()
+        for path, r0 in warm.items():
+            t0 = time.monotonic()
+            r = lab.get(w, path, H(lab.SKOPEO_ACCEPT))
+            self.assertStatus(r, 200, "cached %s with the upstream stopped" % path)
+            self.assertEqual(r.body, r0.body, path)
+            self.assertEqual(r.header("Docker-Content-Digest"), r0.header("Docker-Content-Digest"))
+            self.assertEqual(r.header("Content-Type"), r0.header("Content-Type"))
+            self.assertLess(time.monotonic() - t0, 5, "%s took too long" % path)
+            r = lab.head(w, path, H(lab.SKOPEO_ACCEPT))
+            self.assertStatus(r, 200, "cached HEAD %s with the upstream stopped" % path)
+            self.assertEqual(r.header("Docker-Content-Digest"), r0.header("Docker-Content-Digest"))
+        for d, info in img["blobs"].items():
+            self.assertEqual(lab.fetch_blob_digest(w, "/v2/%s/blobs/%s" % (img["repo"], d)),
+                             (200, d, info["size"]), "cached blob with the upstream stopped")
+            r = lab.get(w, "/v2/%s/blobs/%s" % (img["repo"], d), [("Range", "bytes=1-2")])
+            self.assertStatus(r, 206, "cached blob Range with the upstream stopped")
+
+        # Uncached: clean 5xx errors, quickly.
+        r16 = self.data["images"]["range16"]
+        cases = [("GET", "/v2/lab/range16/manifests/v1"),
+                 ("HEAD", "/v2/lab/range16/manifests/v1"),
+                 ("GET", "/v2/lab/range16/manifests/" + r16["digest"]),
+                 ("GET", "/v2/lab/range16/blobs/" + r16["layers"][0]),
+                 ("HEAD", "/v2/lab/range16/blobs/" + r16["layers"][0]),
+                 ("GET", "/v2/lab/multi/manifests/" + multi["platforms"][2]["digest"])]
+        for method, path in cases:
+            t0 = time.monotonic()
+            r = lab.request(w, method, path, H(lab.SKOPEO_ACCEPT))
+            self.assertCleanUpstreamError(r, "%s %s (uncached, upstream stopped)" % (method, path),
+                                          head=(method == "HEAD"))
+            self.assertLess(time.monotonic() - t0, 5, "%s %s took too long" % (method, path))
+        r = lab.get(w, "/v2/lab/range16/tags/list")
+        self.assertIn(r.status, (200, 404, 502, 503, 504), "tags/list with the upstream down: %r" % r)
+        self.assertIsNotNone(r.json() if r.status == 200 else r.error_codes(), r)
+        # winch itself is fine.
+        self.assertStatus(lab.get(w, "/v2/"), 200, "/v2/ with the upstream stopped")
+
+
+class UpstreamHangs(lab.TestCase):
+    TIMEOUT_MS = 1000
+
+    def setUp(self):
+        self.fake = lab.FakeUpstream()
+        self.winch = lab.Winch([("docker.io", self.fake.url)],
+                               config={"tag_ttl_s": 0,
+                                       "upstream_response_timeout_ms": self.TIMEOUT_MS,
+                                       "upstream_connect_timeout_ms": 1000})
+
+    def tearDown(self):
+        self.fake.clear_faults()
+        self.winch.stop()
+        self.fake.stop()
+
+    def test_cached_tag_served_within_timeout(self):
+        w = self.winch.hostport
+        layer = b"layer bytes " * 1000
+        md, mb, cd, lds = self.fake.add_image("lab/hang", "v1", [layer])
+        self.fake.add_image("lab/hang", "v2", [b"other layer"])  # never fetched
+        path = "/v2/lab/hang/manifests/v1"
+        r = lab.get(w, path, H(lab.SKOPEO_ACCEPT))
+        self.assertStatus(r, 200, "warming the tag")
+        self.assertEqual(r.body, mb)
+        self.assertEqual(lab.get(w, "/v2/lab/hang/blobs/" + lds[0]).body, layer)
+        # Index writes land in the background; read-your-writes is test_api's TagTtl.
+        time.sleep(1)
+        hang = lab.Fault("hang")
+        self.fake.fault_all = hang
+        limit = self.TIMEOUT_MS / 1000.0 + 3.0
+        for method in ("GET", "HEAD"):
+            t0 = time.monotonic()
+            r = lab.request(w, method, path, H(lab.SKOPEO_ACCEPT), timeout=30)
+            elapsed = time.monotonic() - t0
+            self.assertStatus(r, 200, "%s cached tag, upstream hanging" % method)
+            self.assertEqual(r.header("Docker-Content-Digest"), md)
+            if method == "GET":
+                self.assertEqual(r.body, mb)
+            self.assertLess(elapsed, limit, "%s cached tag took %.1fs with a hanging upstream "
+                                            "(timeout %d ms)" % (method, elapsed, self.TIMEOUT_MS))
+        self.assertTrue(hang.reached.is_set(), "winch did not revalidate the tag upstream "
+                                               "(tag_ttl_s 0)")
+        # Cached by digest and blobs: no upstream needed at all.
+        t0 = time.monotonic()
+        self.assertEqual(lab.get(w, "/v2/lab/hang/manifests/" + md, H(lab.SKOPEO_ACCEPT)).body, mb)
+        self.assertEqual(lab.get(w, "/v2/lab/hang/blobs/" + lds[0]).body, layer)
+        self.assertLess(time.monotonic() - t0, 2, "cached digest/blob waited on the upstream")
+        # Uncached: a timeout error, within the timeout plus slack.
+        for method, p in (("GET", "/v2/lab/hang/manifests/v2"),
+                          ("GET", "/v2/lab/hang/blobs/" + lab.sha256_digest(b"other layer"))):
+            t0 = time.monotonic()
+            r = lab.request(w, method, p, H(lab.SKOPEO_ACCEPT), timeout=30)
+            elapsed = time.monotonic() - t0
+            self.assertIn(r.status, (502, 503, 504), "%s %s with a hanging upstream: %r" % (
+                method, p, r))
+            self.assertIsNotNone(r.error_codes(), r)
+            self.assertLess(elapsed, limit, "%s %s took %.1fs" % (method, p, elapsed))
+
+
+if __name__ == "__main__":
+    lab.main()
