@@ -206,6 +206,11 @@ enum fill_state fill_state(const fill_t *f);
 uint64_t fill_size(const fill_t *f);     /* FILL_SIZE_UNKNOWN until announced */
 uint64_t fill_written(const fill_t *f);  /* bytes readable from fill_fd(); never shrinks */
 int fill_error(const fill_t *f);         /* 0 unless FAILED */
+/** True once every byte is in and matches the digest: the content is final even while the fill
+ * is still being published (fsync, rename, index). Subscribers hold back a blob's last byte
+ * until then. Stays true if publishing later fails (the bytes were right; only the cache
+ * entry is lost). */
+bool fill_verified(const fill_t *f);
 const char *fill_media_type(const fill_t *f); /* borrowed; "" if none */
 const char *fill_digest(const fill_t *f);     /* borrowed */
 /** A read-only fd on the fill's file, valid while the caller holds a reference, across the

@@ -62,6 +62,7 @@ struct fill {
     int rfd;       /* fill_fd; closed with the last reference */
     bool tmp_gone; /* the temp file was renamed or unlinked */
     bool finish_called; /* the producer called fill_finish: fill_fail no longer applies */
+    bool verified;      /* every byte is in and hashes to the digest (publishing may go on) */
     digester_t *dg;
     char *tmp_path;
     char digest[REF_DIGEST_MAX + 1];
@@ -435,19 +436,7 @@ int fill_write(fill_t *f, const void *data, size_t len, fill_write_cb cb, void *
 static void finish_work(uv_work_t *w)
 {
     fill_t *f = container_of(w, fill_t, work);
-    char got[REF_DIGEST_MAX + 1];
-    int rc;
-
-    if (f->size != FILL_SIZE_UNKNOWN && f->written != f->size) {
-        LOG_WARN("cache: fill %s: stream ended at %llu of %llu bytes", f->digest,
-                 (unsigned long long)f->written, (unsigned long long)f->size);
-        rc = WE_SHORT;
-    } else if ((rc = digester_final(f->dg, got)) == 0 && strcmp(got, f->digest) != 0) {
-        LOG_WARN("cache: fill %s: content hashes to %s; discarded", f->digest, got);
-        rc = WE_DIGEST;
-    }
-    if (rc == 0)
-        rc = store_publish(f->c, f->wfd, f->tmp_path, f->digest);
+    int rc = store_publish(f->c, f->wfd, f->tmp_path, f->digest);
     close(f->wfd);
     f->wfd = -1;
     /* After a failed publish the temp file may or may not have been renamed; either way it
@@ -499,8 +488,27 @@ static void finish_done(uv_work_t *w, int status)
     fill_unref(f);
 }
 
+/* Runs once the last write has landed. The hash is complete by then and finalizing it is one
+ * block's work, so the verdict is reached here on the loop: subscribers may release the blob's
+ * last byte at once instead of after the fsync, rename and commit that follow. */
 static void start_finish(fill_t *f)
 {
+    char got[REF_DIGEST_MAX + 1];
+    int rc = 0;
+    if (f->size != FILL_SIZE_UNKNOWN && f->written != f->size) {
+        LOG_WARN("cache: fill %s: stream ended at %llu of %llu bytes", f->digest,
+                 (unsigned long long)f->written, (unsigned long long)f->size);
+        rc = WE_SHORT;
+    } else if ((rc = digester_final(f->dg, got)) == 0 && strcmp(got, f->digest) != 0) {
+        LOG_WARN("cache: fill %s: content hashes to %s; discarded", f->digest, got);
+        rc = WE_DIGEST;
+    }
+    if (rc) {
+        fill_fail_now(f, rc);
+        return;
+    }
+    f->verified = true;
+    notify_all(f);
     start_job(f, JOB_FINISH, finish_work, finish_done);
 }
 
@@ -525,6 +533,11 @@ void fill_fail(fill_t *f, int err)
 }
 
 /* ---- Accessors ---------------------------------------------------------------------------- */
+
+bool fill_verified(const fill_t *f)
+{
+    return f->verified;
+}
 
 enum fill_state fill_state(const fill_t *f)
 {

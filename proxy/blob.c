@@ -24,15 +24,28 @@
 /* A subscriber sends at most this much per sendfile, so it sees progress (and stalls) often. */
 #define SUB_SLICE ((uint64_t)8 << 20)
 
+/* The producer copies upstream bytes into one of two buffers while the threadpool hashes and
+ * writes the other, so reading from the upstream overlaps hashing and writing (SHA-256 runs
+ * at about the speed of a local upstream: done in turn, they halve the fill's speed). A write
+ * starts whenever none is in flight and bytes are waiting, so a slow upstream still reaches
+ * subscribers piece by piece; the upstream is paused only when both buffers are busy. */
+#define BF_BUF ((size_t)1 << 20)
+
 typedef struct bfetch {
     fill_t *fill;
     const config_upstream_t *upstream; /* borrowed from the config */
-    upreq_t *up;
+    upreq_t *up;                       /* NULL once the upstream request is over */
     struct bfetch *prev, *next;
-    bool linked;    /* on the fetches list */
-    bool writing;   /* a fill_write is in flight: its callback still needs this struct */
-    bool ended;     /* the upstream finished while writing; end_err says how */
+    bool linked;  /* on the fetches list */
+    bool writing; /* a fill_write is in flight: its callback still needs this struct */
+    bool paused;  /* the upstream is paused: `in` holds bytes that did not fit yet */
+    bool ended;   /* the upstream is done; end_err says how */
     int end_err;
+    const char *in; /* upstream bytes not yet copied (valid while paused) */
+    size_t in_len;
+    int fillidx;    /* the buffer being filled; the other one may be being written */
+    size_t blen[2];
+    char *buf[2];
     char digest[REF_DIGEST_MAX + 1];
 } bfetch_t;
 
@@ -63,9 +76,14 @@ static void fetch_unlink(bfetch_t *f)
         f->next->prev = f->prev;
 }
 
+/* Ends the fetch: finish or fail the fill, free everything. Never while a write is in flight. */
 static void fetch_end(bfetch_t *f, int err)
 {
     fetch_unlink(f);
+    if (f->up) {
+        upreq_cancel(f->up);
+        f->up = NULL;
+    }
     if (err == 0) {
         fill_finish(f->fill);
     } else {
@@ -74,7 +92,80 @@ static void fetch_end(bfetch_t *f, int err)
             fill_fail(f->fill, err);
     }
     fill_unref(f->fill);
+    free(f->buf[0]);
+    free(f->buf[1]);
     free(f);
+}
+
+/* Fails the fetch now, or as soon as the write in flight lands. */
+static void fetch_abort(bfetch_t *f, int err)
+{
+    if (f->up) {
+        upreq_cancel(f->up);
+        f->up = NULL;
+    }
+    if (f->writing) {
+        f->ended = true;
+        f->end_err = err;
+        return;
+    }
+    fetch_end(f, err);
+}
+
+static void bf_on_written(void *arg, int status);
+
+/* Moves bytes along: input into the filling buffer, a full-enough buffer to the disk, the
+ * upstream paused or resumed, and the end once everything is written. */
+static void bf_pump(bfetch_t *f)
+{
+    for (;;) {
+        size_t *bl = &f->blen[f->fillidx];
+        size_t n = BF_BUF - *bl < f->in_len ? BF_BUF - *bl : f->in_len;
+        if (n) {
+            memcpy(f->buf[f->fillidx] + *bl, f->in, n);
+            *bl += n;
+            f->in += n;
+            f->in_len -= n;
+        }
+        if (f->writing || *bl == 0)
+            break;
+        int idx = f->fillidx;
+        f->fillidx ^= 1;
+        f->writing = true;
+        int err = fill_write(f->fill, f->buf[idx], f->blen[idx], bf_on_written, f);
+        if (err < 0) {
+            f->writing = false;
+            fetch_abort(f, err);
+            return;
+        }
+    }
+    if (f->up) {
+        if (f->in_len > 0 && !f->paused) {
+            upreq_pause(f->up);
+            f->paused = true;
+        } else if (f->in_len == 0 && f->paused) {
+            f->paused = false;
+            upreq_resume(f->up);
+        }
+    }
+    if (f->ended && !f->writing && f->blen[f->fillidx] == 0)
+        fetch_end(f, f->end_err);
+}
+
+static void bf_on_written(void *arg, int status)
+{
+    bfetch_t *f = arg;
+    f->writing = false;
+    f->blen[f->fillidx ^ 1] = 0;
+    if (status < 0) {
+        fetch_abort(f, status);
+        return;
+    }
+    if (f->ended && f->end_err) {
+        fetch_end(f, f->end_err);
+        return;
+    }
+    bf_pump(f);
 }
 
 static void bf_on_headers(upreq_t *up, void *arg, int status)
@@ -84,61 +175,38 @@ static void bf_on_headers(upreq_t *up, void *arg, int status)
         LOG_WARN("upstream answered %d for blob %s", status, f->digest);
         if (status == 429)
             ratelimit_note(f->upstream, upreq_header(up, "Retry-After"));
-        upreq_cancel(up);
-        fetch_end(f, upstream_status_err(status));
+        fetch_abort(f, upstream_status_err(status));
         return;
     }
     const char *ct = upreq_header(up, "Content-Type");
     int err = fill_set_size(f->fill, upreq_content_length(up), ct);
-    if (err < 0) {
-        upreq_cancel(up);
-        fetch_end(f, err);
-    }
-}
-
-static void bf_on_written(void *arg, int status)
-{
-    bfetch_t *f = arg;
-    f->writing = false;
-    if (f->ended) {
-        fetch_end(f, status < 0 ? status : f->end_err);
-        return;
-    }
-    if (status < 0) {
-        upreq_cancel(f->up);
-        fetch_end(f, status);
-        return;
-    }
-    upreq_resume(f->up);
+    if (err < 0)
+        fetch_abort(f, err);
 }
 
 static void bf_on_body(upreq_t *up, void *arg, const char *data, size_t len)
 {
     bfetch_t *f = arg;
-    /* The bytes stay in the upstream read buffer while the threadpool hashes and writes them:
-     * pausing the upstream is both the zero-copy and the flow control. */
-    upreq_pause(up);
-    f->writing = true;
-    int err = fill_write(f->fill, data, len, bf_on_written, f);
-    if (err < 0) {
-        f->writing = false;
-        upreq_cancel(up);
-        fetch_end(f, err);
-    }
+    (void)up;
+    f->in = data;
+    f->in_len = len;
+    bf_pump(f);
 }
 
 static void bf_on_done(upreq_t *up, void *arg, int err)
 {
     bfetch_t *f = arg;
     (void)up;
-    if (f->writing) {
-        /* The last piece is still being written: finish when it lands. */
-        f->up = NULL;
-        f->ended = true;
-        f->end_err = err;
+    f->up = NULL; /* freed by the client after this returns */
+    f->ended = true;
+    f->end_err = err;
+    if (err && f->writing)
+        return; /* bf_on_written ends it */
+    if (err) {
+        fetch_end(f, err);
         return;
     }
-    fetch_end(f, err);
+    bf_pump(f);
 }
 
 static const upreq_cbs_t bfetch_cbs = {
@@ -151,10 +219,16 @@ static const upreq_cbs_t bfetch_cbs = {
 static void fetch_start(req_t *r, fill_t *fill)
 {
     bfetch_t *f = calloc(1, sizeof *f);
-    if (!f) {
+    char *b0 = malloc(BF_BUF), *b1 = malloc(BF_BUF);
+    if (!f || !b0 || !b1) {
+        free(f);
+        free(b0);
+        free(b1);
         fill_fail(fill, -ENOMEM);
         return;
     }
+    f->buf[0] = b0;
+    f->buf[1] = b1;
     fill_ref(fill);
     f->fill = fill;
     f->upstream = r->route.upstream;
@@ -167,25 +241,19 @@ static void fetch_start(req_t *r, fill_t *fill)
     fetches = f;
     f->linked = true;
     int err = upreq_start(&f->up, req_upstream(r), "GET", path, NULL, &bfetch_cbs, f);
-    if (err < 0)
+    if (err < 0) {
+        f->up = NULL;
         fetch_end(f, err);
+    }
 }
 
 void blob_shutdown(void)
 {
     while (fetches) {
         bfetch_t *f = fetches;
-        if (f->up)
-            upreq_cancel(f->up);
-        f->up = NULL;
-        if (f->writing) {
-            /* Its write callback still comes; let it end the fetch. */
-            fetch_unlink(f);
-            f->ended = true;
-            f->end_err = WE_CANCELLED;
-            continue;
-        }
-        fetch_end(f, WE_CANCELLED);
+        /* A fetch with a write in flight leaves the list now and ends in its write callback. */
+        fetch_unlink(f);
+        fetch_abort(f, WE_CANCELLED);
     }
 }
 
@@ -345,7 +413,10 @@ static void sub_pump(bsub_t *s)
     req_t *r = s->r;
     fill_t *f = s->fill;
     enum fill_state st = fill_state(f);
-    if (st == FILL_FAILED) {
+    /* Verified bytes are final: a publish that fails afterwards (disk full at fsync) loses the
+     * cache entry, not the response. */
+    bool verified = fill_verified(f);
+    if (st == FILL_FAILED && !verified) {
         int err = fill_error(f);
         if (s->head_sent) {
             sub_abort(s);
@@ -358,12 +429,12 @@ static void sub_pump(bsub_t *s)
         return;
     }
     uint64_t size = fill_size(f);
-    if (size == FILL_SIZE_UNKNOWN && st == FILL_DONE)
+    if (size == FILL_SIZE_UNKNOWN && verified)
         size = fill_written(f);
     if (!s->head_sent) {
         if (size == FILL_SIZE_UNKNOWN)
             return; /* a chunked upstream: the size is known only at the end */
-        if (size == 0 && st != FILL_DONE)
+        if (size == 0 && !verified)
             return; /* nothing to hold back: wait for the verdict before answering */
         uint64_t first, count;
         if (begin_blob_head(r, r->route.ref, size, &first, &count) == 416) {
@@ -388,10 +459,10 @@ static void sub_pump(bsub_t *s)
     if (avail > s->end)
         avail = s->end;
     /* The blob's last byte waits for the digest check: a client must never receive a complete
-     * blob that turns out to be wrong; until DONE the response stays one byte short. A range
+     * blob that turns out to be wrong; until then the response stays one byte short. A range
      * that ends earlier cannot be verified by anyone before the whole blob is in, so it is
      * not held back (lazy-pulling snapshotters read small ranges and check them themselves). */
-    if (st != FILL_DONE && avail == s->end && s->end == size)
+    if (!verified && avail == s->end && s->end == size)
         avail--;
     if (s->cur < avail) {
         uint64_t n = avail - s->cur;
@@ -403,8 +474,8 @@ static void sub_pump(bsub_t *s)
         resp_send_chunk(r, fill_fd(f), off, n, sub_on_io);
         return;
     }
-    if (st == FILL_DONE) {
-        /* Done, yet short of what the head promised: never present that as complete. */
+    if (verified) {
+        /* Complete, yet short of what the head promised: never present that as complete. */
         sub_abort(s);
     }
     /* Otherwise wait for the next notification. */

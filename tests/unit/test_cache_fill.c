@@ -253,6 +253,11 @@ static void reader_notify(fill_sub_t *s)
         r->copied += (size_t)n;
     }
     enum fill_state st = fill_state(r->f);
+    /* DONE implies verified; verified means every byte is in. */
+    if (st == FILL_DONE)
+        CHECK(fill_verified(r->f));
+    if (fill_verified(r->f))
+        CHECK(fill_written(r->f) == r->cap || fill_size(r->f) == FILL_SIZE_UNKNOWN);
     if (st == FILL_DONE || st == FILL_FAILED) {
         r->ended = true;
         r->final = st;
@@ -414,6 +419,9 @@ static void test_many_concurrent(void)
     close_cache(c);
 }
 
+/* Whether the last fill_once's fill ended verified. */
+static bool last_verified;
+
 /* Runs one fill of data under digest to its end; returns the reader's verdict. */
 static int fill_once(cache_t *c, const char *digest, const unsigned char *data, size_t len,
                      uint64_t announce, int *write_status)
@@ -436,6 +444,7 @@ static int fill_once(cache_t *c, const char *digest, const unsigned char *data, 
         *write_status = p.status;
     int err = fill_error(f);
     CHECK_INT(fill_state(f), err ? FILL_FAILED : FILL_DONE);
+    last_verified = fill_verified(f);
     fill_unref(f);
     return err;
 }
@@ -450,6 +459,7 @@ static void test_digest_mismatch_and_short(void)
     digest_of(REF_ALG_SHA256, other, len, digest);
 
     CHECK_INT(fill_once(c, digest, data, len, len, NULL), WE_DIGEST);
+    CHECK(!last_verified);
     cache_entry_t e;
     CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
     CHECK_INT(tmp_count(dir), 0);
