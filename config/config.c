@@ -8,6 +8,12 @@
  *
  * Nothing here resolves a host name: the listener must be an IP literal, and upstream hosts are
  * only checked for syntax (the upstream client resolves them when it connects).
+ *
+ * Files named by the configuration (TLS certificate and key, CA bundles, password files) are
+ * checked for readability here, so a typo stops winch at start with the field's name rather
+ * than failing every connection later. Upstream passwords are read here too (from a file or an
+ * environment variable) and never appear in any message: messages name the file or the
+ * variable instead. Their memory is wiped before it is freed.
  */
 #include "config/config.h"
 
@@ -17,11 +23,14 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* A config file is a few hundred bytes; the bound only stops a mistaken path (a disk image, a
  * device) from being read into memory. */
@@ -30,6 +39,10 @@
 #define URL_MAX 2048
 #define HOST_MAX 253
 #define PATH_MAX_LEN 4095
+/* Upstream credentials: generous bounds (registry tokens used as passwords are ~2 KiB). */
+#define USERNAME_MAX 256
+#define PASSWORD_MAX 4096
+#define ENV_NAME_MAX 255
 
 #define KIB 1024ull
 #define MIB (1024ull * 1024ull)
@@ -375,6 +388,7 @@ static const int_field_t int_fields[] = {
      30000},
     {"upstream_keepalive_ms", offsetof(config_t, upstream_keepalive_ms), false, 1, 3600000, 30000},
     {"upstream_max_conns", offsetof(config_t, upstream_max_conns), false, 1, 1024, 32},
+    {"upstream_max_redirects", offsetof(config_t, upstream_max_redirects), false, 0, 20, 5},
     {"client_header_timeout_ms", offsetof(config_t, client_header_timeout_ms), false, 1, 3600000,
      30000},
     {"client_idle_timeout_ms", offsetof(config_t, client_idle_timeout_ms), false, 1, 3600000,
@@ -398,12 +412,33 @@ static void int_field_set(config_t *c, const int_field_t *f, uint64_t v)
         *(uint32_t *)(void *)base = (uint32_t)v;
 }
 
+/* memset that the compiler may not drop as a dead store before free(). */
+static void wipe(void *p, size_t n)
+{
+    volatile unsigned char *v = p;
+    while (n--)
+        *v++ = 0;
+}
+
+static void free_secret(char *s)
+{
+    if (s) {
+        wipe(s, strlen(s));
+        free(s);
+    }
+}
+
 static void upstream_clear(config_upstream_t *u)
 {
     free(u->name);
     free(u->url);
     free(u->host);
     free(u->base_path);
+    free(u->ca_file);
+    free(u->username);
+    free_secret(u->password);
+    free(u->password_file);
+    free(u->password_env);
     memset(u, 0, sizeof *u);
 }
 
@@ -420,6 +455,9 @@ void config_free(config_t *c)
         return;
     upstreams_clear(c);
     free(c->listen_host);
+    free(c->tls_listen_host);
+    free(c->tls_cert);
+    free(c->tls_key);
     free(c->cache_dir);
     free(c->log_level);
     free(c);
@@ -497,8 +535,10 @@ fail:
 }
 
 /* The listener binds without resolving names, so only IP literals are accepted. Port 0 asks
- * the kernel for a free port; winch logs the one it got (tests and benches use that). */
-static int set_listen(config_t *c, const diag_t *d, const char *field, const char *s)
+ * the kernel for a free port; winch logs the one it got (tests and benches use that). Writes
+ * the host (owned) and port; "" is left to the callers (it turns a listener off). */
+static int parse_listen(const diag_t *d, const char *field, const char *s, char **host,
+                        uint16_t *port)
 {
     size_t n = strlen(s);
     hostport_t hp;
@@ -512,9 +552,85 @@ static int set_listen(config_t *c, const diag_t *d, const char *field, const cha
     char *h = dup_n(hp.host, hp.hlen);
     if (!h)
         return fail_oom(d);
+    *host = h;
+    *port = hp.port;
+    return 0;
+}
+
+/* "listen": "" (or null) turns the plain listener off (a TLS-only winch). */
+static int set_listen(config_t *c, const diag_t *d, const char *field, const char *s)
+{
+    char *h;
+    uint16_t port;
+    if (!s || s[0] == '\0') {
+        c->listen_enabled = false;
+        return 0;
+    }
+    int rc = parse_listen(d, field, s, &h, &port);
+    if (rc < 0)
+        return rc;
     free(c->listen_host);
     c->listen_host = h;
-    c->listen_port = hp.port;
+    c->listen_port = port;
+    c->listen_enabled = true;
+    return 0;
+}
+
+/* "tls_listen": "HOST:PORT" turns the TLS listener on; "" (or null) off. */
+static int set_tls_listen(config_t *c, const diag_t *d, const char *field, const char *s)
+{
+    char *h;
+    uint16_t port;
+    if (!s || s[0] == '\0') {
+        free(c->tls_listen_host);
+        c->tls_listen_host = NULL;
+        c->tls_listen_port = 0;
+        c->tls_listen_enabled = false;
+        return 0;
+    }
+    int rc = parse_listen(d, field, s, &h, &port);
+    if (rc < 0)
+        return rc;
+    free(c->tls_listen_host);
+    c->tls_listen_host = h;
+    c->tls_listen_port = port;
+    c->tls_listen_enabled = true;
+    return 0;
+}
+
+/* A file winch will read later (a certificate, a key, a CA bundle): it must be a readable
+ * regular file now. */
+static int check_readable_file(const diag_t *d, const char *field, const char *path)
+{
+    size_t n = strlen(path);
+    if (n == 0)
+        return fail(d, field, "must not be empty");
+    if (n > PATH_MAX_LEN)
+        return fail(d, field, "longer than %d bytes", PATH_MAX_LEN);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return fail(d, field, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) < 0)
+        rc = fail(d, field, "cannot stat %s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc = fail(d, field, "%s is not a regular file", path);
+    close(fd);
+    return rc;
+}
+
+/* Sets *slot to a copy of path after checking it is readable. */
+static int set_file(const diag_t *d, const char *field, const char *path, char **slot)
+{
+    int rc = check_readable_file(d, field, path);
+    if (rc < 0)
+        return rc;
+    char *p = strdup(path);
+    if (!p)
+        return fail_oom(d);
+    free(*slot);
+    *slot = p;
     return 0;
 }
 
@@ -552,6 +668,7 @@ static int config_defaults(config_t **out, const diag_t *d)
     config_t *c = calloc(1, sizeof *c);
     if (!c)
         return fail_oom(d);
+    c->listen_enabled = true;
     c->listen_host = strdup("0.0.0.0");
     c->listen_port = 5000;
     c->cache_dir = strdup("./winch-cache");
@@ -620,6 +737,182 @@ static int want_string(const diag_t *d, const char *field, const json_t *v, cons
     return 0;
 }
 
+/* Reads an upstream password from a file: at most PASSWORD_MAX bytes, trailing newlines
+ * (\n, \r\n) stripped, not empty, no NUL. The message names the file, never the content. */
+static int read_password_file(const diag_t *d, const char *field, const char *path, char **out)
+{
+    char *buf = NULL;
+    int rc;
+    int fd = -1;
+    size_t n = 0;
+    if (path[0] == '\0')
+        return fail(d, field, "must not be empty");
+    if (strlen(path) > PATH_MAX_LEN)
+        return fail(d, field, "longer than %d bytes", PATH_MAX_LEN);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return fail(d, field, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        rc = fail(d, field, "cannot stat %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = fail(d, field, "%s is not a regular file", path);
+        goto fail;
+    }
+    buf = malloc(PASSWORD_MAX + 2);
+    if (!buf) {
+        rc = fail_oom(d);
+        goto fail;
+    }
+    /* One byte past the bound tells "too big" from "exactly the bound". */
+    while (n < PASSWORD_MAX + 1) {
+        ssize_t r = read(fd, buf + n, PASSWORD_MAX + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = fail(d, field, "cannot read %s: %s", path, strerror(errno));
+            goto fail;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    if (n > PASSWORD_MAX) {
+        rc = fail(d, field, "%s is larger than %d bytes; is it the password file?", path,
+                  PASSWORD_MAX);
+        goto fail;
+    }
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    buf[n] = '\0';
+    if (n == 0) {
+        rc = fail(d, field, "%s is empty", path);
+        goto fail;
+    }
+    if (memchr(buf, '\0', n)) {
+        rc = fail(d, field, "%s contains a NUL byte", path);
+        goto fail;
+    }
+    close(fd);
+    *out = buf;
+    return 0;
+fail:
+    if (buf) {
+        wipe(buf, PASSWORD_MAX + 2);
+        free(buf);
+    }
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* Reads an upstream password from the environment variable `name`. */
+static int read_password_env(const diag_t *d, const char *field, const char *name, char **out)
+{
+    char q[80];
+    size_t n = strlen(name);
+    if (n == 0)
+        return fail(d, field, "must not be empty");
+    bool ok = n <= ENV_NAME_MAX && !(name[0] >= '0' && name[0] <= '9');
+    for (size_t i = 0; ok && i < n; i++)
+        ok = is_alnum(name[i]) || name[i] == '_';
+    if (!ok)
+        return fail(d, field, "%s is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                    quote(q, sizeof q, name, n));
+    const char *v = getenv(name);
+    if (!v)
+        return fail(d, field, "environment variable %s is not set", name);
+    size_t vn = strlen(v);
+    if (vn == 0)
+        return fail(d, field, "environment variable %s is empty", name);
+    if (vn > PASSWORD_MAX)
+        return fail(d, field, "environment variable %s is longer than %d bytes", name,
+                    PASSWORD_MAX);
+    char *p = strdup(v);
+    if (!p)
+        return fail_oom(d);
+    *out = p;
+    return 0;
+}
+
+/* The TLS and credential fields of one upstream, as found in its object. */
+typedef struct upstream_extra {
+    const char *ca_file;
+    int insecure; /* -1 absent, else 0/1 */
+    const char *username, *password_file, *password_env;
+} upstream_extra_t;
+
+static int apply_upstream_extra(config_upstream_t *u, const diag_t *d, const char *field,
+                                const upstream_extra_t *x)
+{
+    char sub[128], q[80];
+    int rc;
+    if (x->insecure == 1 && x->ca_file) {
+        snprintf(sub, sizeof sub, "%s.insecure_skip_verify", field);
+        return fail(d, sub, "true contradicts ca_file (which asks for verification)");
+    }
+    if (x->ca_file) {
+        snprintf(sub, sizeof sub, "%s.ca_file", field);
+        rc = set_file(d, sub, x->ca_file, &u->ca_file);
+        if (rc < 0)
+            return rc;
+    }
+    u->insecure_skip_verify = x->insecure == 1;
+    if (x->password_file && x->password_env) {
+        snprintf(sub, sizeof sub, "%s.password_env", field);
+        return fail(d, sub, "give either password_file or password_env, not both");
+    }
+    bool has_password = x->password_file || x->password_env;
+    if (x->username) {
+        size_t n = strlen(x->username);
+        snprintf(sub, sizeof sub, "%s.username", field);
+        if (n == 0)
+            return fail(d, sub, "must not be empty");
+        if (n > USERNAME_MAX)
+            return fail(d, sub, "longer than %d bytes", USERNAME_MAX);
+        for (size_t i = 0; i < n; i++) {
+            unsigned char ch = (unsigned char)x->username[i];
+            if (ch < 0x20 || ch == 0x7f)
+                return fail(d, sub, "must not contain control characters");
+            if (ch == ':')
+                return fail(d, sub, "%s must not contain ':' (HTTP Basic auth, RFC 7617)",
+                            quote(q, sizeof q, x->username, n));
+        }
+        if (!has_password)
+            return fail(d, sub,
+                        "is set but there is no password: add password_file or "
+                        "password_env");
+        u->username = strdup(x->username);
+        if (!u->username)
+            return fail_oom(d);
+    } else if (has_password) {
+        snprintf(sub, sizeof sub, "%s.%s", field,
+                 x->password_file ? "password_file" : "password_env");
+        return fail(d, sub, "is set but username is not");
+    }
+    if (x->password_file) {
+        snprintf(sub, sizeof sub, "%s.password_file", field);
+        u->password_file = strdup(x->password_file);
+        if (!u->password_file)
+            return fail_oom(d);
+        rc = read_password_file(d, sub, x->password_file, &u->password);
+        if (rc < 0)
+            return rc;
+    }
+    if (x->password_env) {
+        snprintf(sub, sizeof sub, "%s.password_env", field);
+        u->password_env = strdup(x->password_env);
+        if (!u->password_env)
+            return fail_oom(d);
+        rc = read_password_env(d, sub, x->password_env, &u->password);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
 static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *v)
 {
     char field[32], sub[128];
@@ -628,17 +921,40 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
         return fail(d, field, "expected an object {\"name\": ..., \"url\": ...}, got %s",
                     json_type_name(v));
     const char *key, *name = NULL, *url = NULL;
+    upstream_extra_t x = {.insecure = -1};
     json_t *val;
     int rc;
     json_object_foreach(v, key, val)
     {
         field_path(sub, sizeof sub, field, key);
-        if (strcmp(key, "name") == 0)
+        if (strcmp(key, "name") == 0) {
             rc = want_string(d, sub, val, &name);
-        else if (strcmp(key, "url") == 0)
+        } else if (strcmp(key, "url") == 0) {
             rc = want_string(d, sub, val, &url);
-        else
-            rc = fail(d, sub, "unknown field (an upstream has \"name\" and \"url\")");
+        } else if (strcmp(key, "ca_file") == 0) {
+            rc = want_string(d, sub, val, &x.ca_file);
+        } else if (strcmp(key, "insecure_skip_verify") == 0) {
+            rc = json_is_boolean(val)
+                     ? 0
+                     : fail(d, sub, "expected true or false, got %s", json_type_name(val));
+            x.insecure = json_is_true(val);
+        } else if (strcmp(key, "username") == 0) {
+            rc = want_string(d, sub, val, &x.username);
+        } else if (strcmp(key, "password_file") == 0) {
+            rc = want_string(d, sub, val, &x.password_file);
+        } else if (strcmp(key, "password_env") == 0) {
+            rc = want_string(d, sub, val, &x.password_env);
+        } else if (strcmp(key, "password") == 0) {
+            /* Said plainly, since it is the field people try first; the value is not echoed. */
+            rc = fail(d, sub,
+                      "not supported: passwords are read from password_file or "
+                      "password_env, never written in the config file");
+        } else {
+            rc = fail(d, sub,
+                      "unknown field (an upstream has \"name\", \"url\", \"ca_file\", "
+                      "\"insecure_skip_verify\", \"username\", \"password_file\", "
+                      "\"password_env\")");
+        }
         if (rc < 0)
             return rc;
     }
@@ -650,7 +966,11 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
         snprintf(sub, sizeof sub, "%s.url", field);
         return fail(d, sub, "missing");
     }
-    return upstream_add(c, d, field, name, url);
+    rc = upstream_add(c, d, field, name, url);
+    if (rc < 0)
+        return rc;
+    /* A failure leaves the upstream in the list; config_free (the caller's path) frees it. */
+    return apply_upstream_extra(&c->upstreams[c->n_upstreams - 1], d, field, &x);
 }
 
 static int parse_upstreams(config_t *c, const diag_t *d, json_t *v)
@@ -696,9 +1016,21 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
         const char *s = NULL;
         int rc;
         if (strcmp(key, "listen") == 0) {
-            rc = want_string(d, key, v, &s);
+            rc = json_is_null(v) ? 0 : want_string(d, key, v, &s);
             if (rc == 0)
                 rc = set_listen(c, d, key, s);
+        } else if (strcmp(key, "tls_listen") == 0) {
+            rc = json_is_null(v) ? 0 : want_string(d, key, v, &s);
+            if (rc == 0)
+                rc = set_tls_listen(c, d, key, s);
+        } else if (strcmp(key, "tls_cert") == 0) {
+            rc = want_string(d, key, v, &s);
+            if (rc == 0)
+                rc = set_file(d, key, s, &c->tls_cert);
+        } else if (strcmp(key, "tls_key") == 0) {
+            rc = want_string(d, key, v, &s);
+            if (rc == 0)
+                rc = set_file(d, key, s, &c->tls_key);
         } else if (strcmp(key, "cache_dir") == 0) {
             rc = want_string(d, key, v, &s);
             if (rc == 0)
@@ -754,6 +1086,23 @@ static int apply_json_text(config_t *c, const char *json, size_t len, const char
     return rc;
 }
 
+/* Checks that need every field: run once, after the file and the flags. */
+static int check_whole(const config_t *c, const diag_t *d)
+{
+    if (!c->listen_enabled && !c->tls_listen_enabled)
+        return fail(d, "listen", "no listener: listen is off (\"\") and tls_listen is not set");
+    if (c->tls_listen_enabled) {
+        if (!c->tls_cert)
+            return fail(d, "tls_cert", "missing: tls_listen needs tls_cert and tls_key");
+        if (!c->tls_key)
+            return fail(d, "tls_key", "missing: tls_listen needs tls_cert and tls_key");
+        if (c->listen_enabled && c->listen_port != 0 && c->listen_port == c->tls_listen_port &&
+            strcmp(c->listen_host, c->tls_listen_host) == 0)
+            return fail(d, "tls_listen", "same address as listen");
+    }
+    return 0;
+}
+
 int config_from_json(config_t **out, const char *json, size_t len, const char *origin, char *err,
                      size_t errlen)
 {
@@ -764,6 +1113,8 @@ int config_from_json(config_t **out, const char *json, size_t len, const char *o
     if (rc < 0)
         return rc;
     rc = apply_json_text(c, json, len, d.origin, err, errlen);
+    if (rc == 0)
+        rc = check_whole(c, &d);
     if (rc < 0) {
         config_free(c);
         return rc;
@@ -807,12 +1158,22 @@ fail:
 /* ---------------------------------------------------------------------------------------- */
 /* Flags.                                                                                    */
 
-enum flag_id { FLAG_CONFIG, FLAG_LISTEN, FLAG_CACHE_DIR, FLAG_UPSTREAM, FLAG_LOG_LEVEL };
+enum flag_id {
+    FLAG_CONFIG,
+    FLAG_LISTEN,
+    FLAG_CACHE_DIR,
+    FLAG_UPSTREAM,
+    FLAG_LOG_LEVEL,
+    FLAG_TLS_LISTEN,
+    FLAG_TLS_CERT,
+    FLAG_TLS_KEY,
+};
 
 static const char *const flag_names[] = {
     [FLAG_CONFIG] = "--config",       [FLAG_LISTEN] = "--listen",
     [FLAG_CACHE_DIR] = "--cache-dir", [FLAG_UPSTREAM] = "--upstream",
-    [FLAG_LOG_LEVEL] = "--log-level",
+    [FLAG_LOG_LEVEL] = "--log-level", [FLAG_TLS_LISTEN] = "--tls-listen",
+    [FLAG_TLS_CERT] = "--tls-cert",   [FLAG_TLS_KEY] = "--tls-key",
 };
 
 typedef struct flag_arg {
@@ -833,6 +1194,12 @@ static int apply_flag(config_t *c, const flag_arg_t *fa, bool *upstreams_replace
         return set_cache_dir(c, &d, NULL, fa->value);
     case FLAG_LOG_LEVEL:
         return set_log_level(c, &d, NULL, fa->value);
+    case FLAG_TLS_LISTEN:
+        return set_tls_listen(c, &d, NULL, fa->value);
+    case FLAG_TLS_CERT:
+        return set_file(&d, NULL, fa->value, &c->tls_cert);
+    case FLAG_TLS_KEY:
+        return set_file(&d, NULL, fa->value, &c->tls_key);
     case FLAG_UPSTREAM: {
         const char *eq = strchr(fa->value, '=');
         if (!eq || eq == fa->value)
@@ -889,7 +1256,7 @@ int config_load(config_t **out, int argc, char **argv, char *err, size_t errlen)
         if (id < 0) {
             rc = fail(&d, NULL,
                       "unknown flag %s (known: --config, --listen, --cache-dir, "
-                      "--upstream, --log-level)",
+                      "--upstream, --log-level, --tls-listen, --tls-cert, --tls-key)",
                       quote(q, sizeof q, arg, nlen));
             goto fail;
         }
@@ -940,6 +1307,10 @@ int config_load(config_t **out, int argc, char **argv, char *err, size_t errlen)
         if (rc < 0)
             goto fail;
     }
+    diag_t wd = {err, errlen, config_path ? config_path : "winch serve"};
+    rc = check_whole(c, &wd);
+    if (rc < 0)
+        goto fail;
     free(text);
     free(flags);
     *out = c;

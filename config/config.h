@@ -25,7 +25,7 @@ typedef struct config_upstream {
     bool dockerhub;
 
     /* TLS to the upstream (issue 3). The system CA store verifies by default. */
-    char *ca_file;             /* owned; PEM bundle trusted instead of the system store; NULL */
+    char *ca_file;             /* owned; PEM bundle trusted besides the system store; NULL */
     bool insecure_skip_verify; /* no certificate or hostname check; only when asked by name */
 
     /* Credentials for the upstream's Basic auth or token realm. Never logged. */
@@ -55,7 +55,8 @@ typedef struct config {
     uint32_t upstream_response_timeout_ms; /* request sent -> response headers; default 15000 */
     uint32_t upstream_idle_timeout_ms;     /* no body byte for this long fails a transfer; default 30000 */
     uint32_t upstream_keepalive_ms;        /* idle pooled connection lifetime; default 30000 */
-    uint32_t upstream_max_conns;           /* per upstream, busy + idle; default 32 */
+    uint32_t upstream_max_conns;           /* per origin (the registry, each CDN or token host it
+                                            * sends winch to), busy + idle; default 32 */
     uint32_t upstream_max_redirects;       /* redirects followed per request; default 5 */
 
     /* Client side. */

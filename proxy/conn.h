@@ -2,13 +2,15 @@
  * upstreams). winch owns the socket rather than using uv_tcp_t because it needs three things a
  * uv_stream_t cannot give: sendfile(2) straight from the cache to a non-blocking socket with
  * writability notification, reads that stop exactly where a parser paused (so upstream body
- * bytes can be written to disk from the read buffer without a copy), and TLS on the same fd
- * (issue 3), where OpenSSL reads and writes the socket itself. Every I/O call goes through one
- * transport switch (plain today) so TLS slots in without touching callers.
+ * bytes can be written to disk from the read buffer without a copy), and TLS on the same fd,
+ * where OpenSSL reads and writes the socket itself. Every I/O call goes through one transport
+ * switch (plain or TLS), so callers do not care which one a conn uses.
  *
  * Rules: one write operation (conn_write or conn_sendfile) in flight at a time; reading runs
  * independently. Callbacks run on the loop thread and never inside the call that started the
- * operation. After conn_close, no callback but the close callback fires.
+ * operation: an operation that completes at once reports as soon as the conn callback it was
+ * started from has returned (no extra loop iteration), or, when started elsewhere, on the next
+ * loop iteration. After conn_close, no callback but the close callback fires.
  */
 #ifndef WINCH_PROXY_CONN_H
 #define WINCH_PROXY_CONN_H
@@ -16,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <openssl/types.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -53,7 +56,7 @@ struct conn {
     conn_connect_cb connect_cb;
     conn_close_cb close_cb;
     uv_idle_t *unused; /* reserved */
-    void *tls; /* reserved for issue 3: the transport state */
+    void *tls; /* TLS transport state, NULL for plain sockets */
     void *data; /* the owner's */
 };
 
@@ -69,6 +72,31 @@ int conn_init(conn_t *c, uv_loop_t *loop, int fd, size_t rcap);
 int conn_connect(conn_t *c, uv_loop_t *loop, const struct sockaddr *addr, size_t rcap,
                  conn_connect_cb cb);
 
+/** Like conn_connect, then a TLS handshake as a client: cb runs once the handshake is done
+ * (0), or with -errno (connect failure, reset) or WE_TLS (handshake or certificate failure;
+ * conn_tls_error then says why). ctx is borrowed and must outlive the conn (SSL objects hold
+ * a reference). sni_host (borrowed, copied) is the server name: sent as SNI unless it is an
+ * IP literal, and, when verify_host, the name (or IP address) the certificate must match; the
+ * chain itself is verified as ctx says. On a negative return nothing was created. The connect
+ * timeout the caller arms covers the handshake. */
+int conn_connect_tls(conn_t *c, uv_loop_t *loop, const struct sockaddr *addr, size_t rcap,
+                     SSL_CTX *ctx, const char *sni_host, bool verify_host, conn_connect_cb cb);
+
+/** Like conn_init, for an accepted socket that speaks TLS as the server (ctx borrowed, must
+ * outlive the conn). The handshake runs inside the first reads: the read callback sees only
+ * application data, or an error (WE_TLS for a failed handshake, e.g. a plain-HTTP client). */
+int conn_init_tls_server(conn_t *c, uv_loop_t *loop, int fd, size_t rcap, SSL_CTX *ctx);
+
+/** Why the TLS handshake (or a TLS read/write) failed, e.g. "certificate verify failed: unable
+ * to get local issuer certificate"; NULL for plain conns and when nothing failed. Borrowed,
+ * valid until conn_close. Never holds secrets. */
+const char *conn_tls_error(const conn_t *c);
+
+/** True when c speaks TLS. */
+bool conn_is_tls(const conn_t *c);
+
+/** Reading runs until conn_read_stop or an error. Stopping is cheap and lazy: the fd stays
+ * in the poll set until it reports readability while nobody reads. */
 int conn_read_start(conn_t *c, conn_read_cb cb);
 void conn_read_stop(conn_t *c);
 
@@ -76,8 +104,9 @@ void conn_read_stop(conn_t *c);
  * once, then waits for writability. */
 int conn_write(conn_t *c, const uv_buf_t *bufs, int n, conn_write_cb cb);
 
-/** Sends len bytes of file fd (borrowed) from offset off with sendfile(2) (or a read+write
- * fallback where sendfile is not possible). cb when all len bytes went out or on error. */
+/** Sends len bytes of file fd (borrowed) from offset off with sendfile(2) (or a bounded
+ * pread+write fallback where sendfile is not possible, always with TLS). cb when all len bytes
+ * went out or on error. */
 int conn_sendfile(conn_t *c, int fd, off_t off, uint64_t len, conn_write_cb cb);
 
 /** True while a write or sendfile operation is in flight. */

@@ -17,6 +17,7 @@
 static const char usage[] =
     "usage: winch serve [--config FILE] [--listen HOST:PORT] [--cache-dir DIR]\n"
     "                   [--upstream NAME=URL]... [--log-level error|warn|info|debug]\n"
+    "                   [--tls-listen HOST:PORT --tls-cert FILE --tls-key FILE]\n"
     "       winch version\n"
     "\n"
     "With no configuration winch is a Docker Hub mirror on 0.0.0.0:5000:\n"
@@ -81,20 +82,45 @@ static int cmd_serve(int argc, char **argv)
         fprintf(stderr, "winch: %s\n", err_str(e));
         goto out;
     }
-    char bound[96];
-    e = server_listen(a.server, bound, sizeof bound);
-    if (e < 0) {
-        fprintf(stderr, "winch: cannot listen on %s:%u: %s\n", cfg->listen_host,
-                cfg->listen_port, err_str(e));
-        server_shutdown(a.server);
-        uv_run(a.loop, UV_RUN_DEFAULT);
-        goto out;
+    char bound[96] = "", tls_bound[96] = "";
+    if (cfg->listen_enabled) {
+        e = server_listen(a.server, bound, sizeof bound);
+        if (e < 0) {
+            fprintf(stderr, "winch: cannot listen on %s:%u: %s\n", cfg->listen_host,
+                    cfg->listen_port, err_str(e));
+            server_shutdown(a.server);
+            uv_run(a.loop, UV_RUN_DEFAULT);
+            goto out;
+        }
     }
-    for (size_t i = 0; i < cfg->n_upstreams; i++)
-        LOG_INFO("upstream %s%s = %s", cfg->upstreams[i].name, i == 0 ? " (default)" : "",
-                 cfg->upstreams[i].url);
-    /* Always printed, whatever the level: scripts read the bound port from it. */
-    log_write(WLOG_INFO, "winch %s listening on %s, cache %s", WINCH_VERSION, bound, cfg->cache_dir);
+    if (cfg->tls_listen_enabled) {
+        e = server_listen_tls(a.server, tls_bound, sizeof tls_bound, err, sizeof err);
+        if (e < 0) {
+            fprintf(stderr, "winch: %s\n", err);
+            server_shutdown(a.server);
+            uv_run(a.loop, UV_RUN_DEFAULT);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        const config_upstream_t *u = &cfg->upstreams[i];
+        LOG_INFO("upstream %s%s = %s%s", u->name, i == 0 ? " (default)" : "", u->url,
+                 u->username ? " (with credentials)" : "");
+        if (u->insecure_skip_verify)
+            LOG_WARN("upstream %s: insecure_skip_verify is on: its TLS certificates and host "
+                     "names are NOT verified", u->name);
+        if (u->username && !u->tls)
+            LOG_WARN("upstream %s: credentials configured for a plain-HTTP upstream: they "
+                     "travel unencrypted", u->name);
+    }
+    /* Always printed, whatever the level: scripts read the bound ports from them (the plain
+     * listener's line first: harnesses take the first "listening on"). */
+    if (cfg->listen_enabled)
+        log_write(WLOG_INFO, "winch %s listening on %s, cache %s", WINCH_VERSION, bound,
+                  cfg->cache_dir);
+    if (cfg->tls_listen_enabled)
+        log_write(WLOG_INFO, "winch %s listening on %s (tls), cache %s", WINCH_VERSION,
+                  tls_bound, cfg->cache_dir);
 
     uv_signal_init(a.loop, &a.sigterm);
     uv_signal_init(a.loop, &a.sigint);

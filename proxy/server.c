@@ -31,6 +31,7 @@
 #include "policy/policy.h"
 #include "proxy/conn.h"
 #include "proxy/handlers.h"
+#include "proxy/tls.h"
 
 #define CLIENT_RBUF 16384
 #define URL_MAX 4096
@@ -96,15 +97,19 @@ struct server {
     const config_t *cfg;
     cache_t *cache;
     upstream_t *upstreams[CONFIG_MAX_UPSTREAMS];
-    int listen_fd;
-    uv_poll_t listen_poll;
-    bool listening;
-    bool accepting; /* polling the listener; paused at max_connections */
+    /* Listeners: [LIS_PLAIN] HTTP, [LIS_TLS] HTTPS with tls_ctx; fd -1 when not open. */
+    int listen_fd[2];
+    uv_poll_t listen_poll[2];
+    SSL_CTX *tls_ctx;
+    bool listening; /* at least one listener is open */
+    bool accepting; /* polling the listeners; paused at max_connections */
     bool shutting_down;
     client_t *clients;
     uint32_t nclients;
     uint64_t next_id;
 };
+
+enum { LIS_PLAIN, LIS_TLS };
 
 static const llhttp_settings_t *parser_settings(void);
 static void client_close(client_t *c);
@@ -719,7 +724,9 @@ static void client_free_if_closed(client_t *c)
     /* A slot is free again: resume accepting if the limit had paused it. */
     if (s->listening && !s->accepting && !s->shutting_down &&
         s->nclients < s->cfg->max_connections) {
-        uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_ready);
+        for (int i = 0; i < 2; i++)
+            if (s->listen_fd[i] >= 0)
+                uv_poll_start(&s->listen_poll[i], UV_READABLE, on_listen_ready);
         s->accepting = true;
     }
 }
@@ -761,7 +768,8 @@ static void client_close(client_t *c)
     conn_close(&c->conn, on_conn_closed);
 }
 
-static void accept_one(server_t *s, int fd)
+/* tls: the TLS listener's context, NULL for plain HTTP. */
+static void accept_one(server_t *s, int fd, SSL_CTX *tls)
 {
     client_t *c = calloc(1, sizeof *c);
     if (!c) {
@@ -771,7 +779,9 @@ static void accept_one(server_t *s, int fd)
     c->srv = s;
     c->file_fd = -1;
     c->state = CS_IDLE;
-    if (conn_init(&c->conn, s->loop, fd, CLIENT_RBUF) < 0) {
+    int rc = tls ? conn_init_tls_server(&c->conn, s->loop, fd, CLIENT_RBUF, tls)
+                 : conn_init(&c->conn, s->loop, fd, CLIENT_RBUF);
+    if (rc < 0) {
         close(fd);
         free(c);
         return;
@@ -791,20 +801,23 @@ static void accept_one(server_t *s, int fd)
 
 static void on_listen_ready(uv_poll_t *h, int status, int events)
 {
-    server_t *s = container_of(h, server_t, listen_poll);
+    server_t *s = h->data;
+    int li = h == &s->listen_poll[LIS_TLS] ? LIS_TLS : LIS_PLAIN;
     (void)events;
     if (status < 0)
         return;
     for (int i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
         if (s->nclients >= s->cfg->max_connections) {
             /* Leave further connections in the kernel's backlog until a slot frees up. */
-            uv_poll_stop(&s->listen_poll);
+            for (int k = 0; k < 2; k++)
+                if (s->listen_fd[k] >= 0)
+                    uv_poll_stop(&s->listen_poll[k]);
             s->accepting = false;
             LOG_WARN("max_connections (%u) reached; pausing accept", s->cfg->max_connections);
             return;
         }
         /* accept4 is a GNU extension; two fcntl calls per connection cost nothing here. */
-        int fd = accept(s->listen_fd, NULL, NULL);
+        int fd = accept(s->listen_fd[li], NULL, NULL);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 LOG_WARN("accept: %s", strerror(errno));
@@ -812,7 +825,7 @@ static void on_listen_ready(uv_poll_t *h, int status, int events)
         }
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-        accept_one(s, fd);
+        accept_one(s, fd, li == LIS_TLS ? s->tls_ctx : NULL);
     }
 }
 
@@ -827,7 +840,7 @@ int server_create(server_t **out, uv_loop_t *loop, const config_t *cfg, cache_t 
     s->loop = loop;
     s->cfg = cfg;
     s->cache = cache;
-    s->listen_fd = -1;
+    s->listen_fd[LIS_PLAIN] = s->listen_fd[LIS_TLS] = -1;
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
         err = upstream_create(&s->upstreams[i], loop, &cfg->upstreams[i], cfg);
         if (err < 0)
@@ -843,10 +856,11 @@ fail:
     return err;
 }
 
-int server_listen(server_t *s, char *bound, size_t len)
+/* Opens listener li on host:port (numeric). */
+static int open_listener(server_t *s, int li, const char *host, uint16_t lport, char *bound,
+                         size_t len)
 {
-    const config_t *cfg = s->cfg;
-    const char *host = cfg->listen_host;
+    const char *shown = host;
     /* The listen address is numeric (or "localhost"): no name lookup at start. */
     if (strcmp(host, "localhost") == 0)
         host = "127.0.0.1";
@@ -855,10 +869,10 @@ int server_listen(server_t *s, char *bound, size_t len)
                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE};
     struct addrinfo *ai = NULL;
     char port[8];
-    snprintf(port, sizeof port, "%u", cfg->listen_port);
+    snprintf(port, sizeof port, "%u", lport);
     int rc = getaddrinfo(host, port, &hints, &ai);
     if (rc != 0) {
-        LOG_ERROR("listen address %s: %s", cfg->listen_host, gai_strerror(rc));
+        LOG_ERROR("listen address %s: %s", shown, gai_strerror(rc));
         return -EINVAL;
     }
     int err;
@@ -885,31 +899,57 @@ int server_listen(server_t *s, char *bound, size_t len)
         snprintf(bound, len, "%s:%s", hbuf, sbuf_);
     freeaddrinfo(ai);
     ai = NULL;
-    s->listen_fd = fd;
-    err = uv_poll_init(s->loop, &s->listen_poll, fd);
+    err = uv_poll_init(s->loop, &s->listen_poll[li], fd);
     if (err < 0)
         goto fail;
+    s->listen_fd[li] = fd;
+    s->listen_poll[li].data = s;
     s->listening = true;
     s->accepting = true;
-    uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_ready);
+    uv_poll_start(&s->listen_poll[li], UV_READABLE, on_listen_ready);
     return 0;
 fail:
     if (ai)
         freeaddrinfo(ai);
     if (fd >= 0)
         close(fd);
-    s->listen_fd = -1;
     return err;
+}
+
+int server_listen(server_t *s, char *bound, size_t len)
+{
+    return open_listener(s, LIS_PLAIN, s->cfg->listen_host, s->cfg->listen_port, bound, len);
+}
+
+int server_listen_tls(server_t *s, char *bound, size_t len, char *err, size_t errlen)
+{
+    const config_t *cfg = s->cfg;
+    if (err && errlen)
+        err[0] = '\0';
+    if (!s->tls_ctx) {
+        int rc = tls_server_ctx_new(cfg->tls_cert, cfg->tls_key, &s->tls_ctx, err, errlen);
+        if (rc < 0)
+            return rc;
+    }
+    int rc = open_listener(s, LIS_TLS, cfg->tls_listen_host, cfg->tls_listen_port, bound, len);
+    if (rc < 0 && err && errlen)
+        snprintf(err, errlen, "cannot listen on %s:%u: %s", cfg->tls_listen_host,
+                 (unsigned)cfg->tls_listen_port, err_str(rc));
+    return rc;
 }
 
 void server_shutdown(server_t *s)
 {
     s->shutting_down = true;
     if (s->listening) {
-        uv_poll_stop(&s->listen_poll);
-        uv_close((uv_handle_t *)&s->listen_poll, NULL);
-        close(s->listen_fd);
-        s->listen_fd = -1;
+        for (int i = 0; i < 2; i++) {
+            if (s->listen_fd[i] < 0)
+                continue;
+            uv_poll_stop(&s->listen_poll[i]);
+            uv_close((uv_handle_t *)&s->listen_poll[i], NULL);
+            close(s->listen_fd[i]);
+            s->listen_fd[i] = -1;
+        }
         s->listening = false;
     }
     while (s->clients)
@@ -931,5 +971,6 @@ void server_destroy(server_t *s)
     for (size_t i = 0; i < s->cfg->n_upstreams; i++)
         if (s->upstreams[i])
             upstream_destroy(s->upstreams[i]);
+    tls_ctx_free(s->tls_ctx); /* every TLS conn is closed by now */
     free(s);
 }

@@ -30,6 +30,12 @@ int server_create(server_t **out, uv_loop_t *loop, const config_t *cfg, cache_t 
  * port when 0 was asked) into bound[len]. Returns 0 or -errno. */
 int server_listen(server_t *s, char *bound, size_t len);
 
+/** Same for the TLS listener, cfg->tls_listen_host:tls_listen_port, with the certificate and
+ * key of cfg->tls_cert / tls_key (loaded here). Connections accepted there speak HTTPS, and are
+ * otherwise served exactly like the plain ones. On failure returns WE_TLS or -errno and writes
+ * one line into err[errlen] (which file and why, or which address). */
+int server_listen_tls(server_t *s, char *bound, size_t len, char *err, size_t errlen);
+
 /** Stops accepting, closes idle connections, cuts active ones, cancels upstream work and
  * closes the upstream pools. The loop then drains; call server_destroy after uv_run returns. */
 void server_shutdown(server_t *s);

@@ -1,15 +1,41 @@
 /* HTTP/1.1 client for one upstream registry.
  *
  * Objects:
- * - upstream_t: one per configured upstream. Holds the resolved addresses (lazy DNS, 60 s
- *   cache), the connection pool (every live upconn; the idle ones also on a LIFO stack), the
- *   FIFO of requests waiting for a connection, and a "deferred" list drained by a 0 ms timer.
- * - upconn_t: one TCP connection (conn_t) plus one timer. States:
+ * - upstream_t: one per configured upstream. Holds its origins, the "deferred" list drained by
+ *   a 0 ms timer, the token cache and the token fetches in flight, and the last rate-limit
+ *   headers.
+ * - origin_t: one (scheme, host, port) this upstream talks to: the resolved addresses (lazy
+ *   DNS, 60 s cache), the connection pool (every live upconn; the idle ones also on a LIFO
+ *   stack) and the FIFO of requests waiting for a connection. origins[0] is the configured
+ *   upstream itself (the "primary" origin, never evicted); the others are created on demand
+ *   for redirect targets (a blob CDN) and token realms (auth.docker.io), at most
+ *   UP_MAX_ORIGINS, and the least recently used one without requests is evicted to make room.
+ *   Origins are only created (and so only evicted) from next_hop and start_fetch, never while
+ *   a caller's callback or complete() runs, so an origin pointer held across those stays valid.
+ * - upconn_t: one TCP connection (conn_t) plus one timer, belonging to one origin. States:
  *     CONNECTING (bound to the request that asked for it; connect timeout)
  *     -> ACTIVE (bound to a request; response timeout, then idle-body timeout)
  *     -> IDLE (in the pool, still reading so a server-side close is noticed; keep-alive timer)
  *     -> ACTIVE ... and finally closed (never reused after an error, a timeout or a cancel).
- * - upreq_t: one request. Lives in the wait queue, then bound to an upconn, then done.
+ * - upreq_t: one request as the caller sees it. It may travel several hops before the caller
+ *   sees any response: redirects (3xx with a Location, GET and HEAD only) and one answer to a
+ *   401 (Bearer: a token from the realm; Basic: the configured credentials). Such intercepted
+ *   responses never reach the caller: their bodies are read and dropped when small (so the
+ *   connection is reused) or the connection is closed, then the request is rebuilt and queued
+ *   on the next origin. on_headers sees the final response only.
+ *
+ * Auth. A 401 with a Bearer challenge makes the request wait on a token fetch (one per cache
+ * key in flight: concurrent 401s for the same scope share it), an internal GET to the realm
+ * (with Basic credentials when configured and the challenge came from the primary origin). The
+ * token is cached per (realm, service, scopes) until issued_at + expires_in; later requests to
+ * the primary origin for a repository the cached token covers send it up front, so a warm
+ * cache needs no 401 round trip. A second 401 reaches the caller. When no token can be had,
+ * the caller gets the original 401 (headers only) replayed from the deferred list.
+ * Authorization is only ever sent to the origin it was obtained for: a redirect to another
+ * scheme, host or port drops it (pre-signed CDN URLs fail when a token comes along), and the
+ * caller's own Authorization lines go to the primary origin only. No token, password or
+ * Authorization header is ever logged; request lines are logged without their query (pre-signed
+ * URLs carry signatures there).
  *
  * Callback discipline. The user's on_headers and on_body run inside llhttp_execute, which runs
  * over the conn's read buffer; so a cancel from inside them only marks the request, and the
@@ -32,6 +58,7 @@
 #include <llhttp.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,30 +67,54 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/timeutil.h"
+#include "proxy/auth.h"
 #include "proxy/conn.h"
+#include "proxy/tls.h"
+#include "proxy/url.h"
 
 /* Read buffer per upstream connection: large enough that a fast upstream fills few reads. */
 #define UP_RBUF (128 * 1024)
 /* Requests that may wait for a connection slot before upreq_start refuses with -EAGAIN. */
 #define UP_MAX_QUEUE 4096
-/* Bound of a request head (request line, Host, User-Agent, caller's headers). Bearer tokens
- * are the biggest thing in there and stay well under it. */
+/* Bound of a request head (request line, Host, User-Agent, caller's headers, Authorization).
+ * Bearer tokens (AUTH_MAX_TOKEN) and pre-signed URLs (URL_MAX) are the biggest things in
+ * there and fit together. */
 #define UP_MAX_HEAD (16 * 1024)
 #define UP_MAX_ADDRS 8
 #define UP_DNS_TTL_MS 60000
 /* After a failed re-resolution the previous addresses stay in use; try again this soon. */
 #define UP_DNS_RETRY_MS 5000
 #define UP_USER_AGENT "winch/0.1"
+/* Origins per upstream: the configured one, CDNs it redirects to, token realms. */
+#define UP_MAX_ORIGINS 16
+/* The body of an intercepted response (redirect, 401) is read and dropped up to this size, so
+ * its connection can be reused; a bigger one costs the connection instead. */
+#define UP_MAX_DRAIN (64 * 1024)
+/* Tokens cached per upstream, and token fetches running at once. */
+#define UP_MAX_TOKENS 64
+#define UP_MAX_TOKEN_FETCHES 32
+/* "scheme://host:port" */
+#define UP_OKEY_MAX (sizeof "https://[]:65535" + URL_MAX_HOST)
+/* A request line for logs: method, origin when not the primary one, path without query. */
+#define UP_LOGLINE 320
+/* Docker Hub's remaining pulls below this are logged at info. */
+#define UP_RATELIMIT_LOW 10
 
 typedef struct upconn upconn_t;
+typedef struct origin origin_t;
+typedef struct tokfetch tokfetch_t;
 
 enum uc_state { UC_CONNECTING, UC_ACTIVE, UC_IDLE };
-enum req_where { Q_NONE, Q_WAIT, Q_DEFER };
+enum req_where { Q_NONE, Q_WAIT, Q_DEFER, Q_TOKEN };
+/* What a finished response means for its request: shown to the caller, or a hop. */
+enum intercept { IC_NONE, IC_REDIRECT, IC_AUTH };
 
 struct upconn {
     conn_t conn;
     uv_timer_t timer;
     upstream_t *u;
+    origin_t *o;
     upreq_t *req; /* bound request (CONNECTING, ACTIVE), NULL when idle */
     enum uc_state state;
     int open_handles; /* after close: handles whose close callback is still due */
@@ -71,25 +122,41 @@ struct upconn {
     bool in_idle;                    /* on the idle stack */
     bool reused;                     /* served a request before: may be a stale keep-alive */
     int addr_idx;                    /* address being tried */
-    upconn_t *prev, *next;           /* every live conn */
+    upconn_t *prev, *next;           /* every live conn of the origin */
     upconn_t *idle_prev, *idle_next; /* idle stack */
 };
 
 struct upreq {
     upstream_t *u;
+    origin_t *o; /* where the current hop goes; counted in o->nreqs */
     upconn_t *uc;
     const upreq_cbs_t *cbs;
     void *arg;
-    char *head; /* request head, owned */
+    char method[17];
+    char *path;     /* current hop's path and query, owned */
+    char *extra;    /* the caller's header lines, "Name: value\r\n" each, owned; NULL if none */
+    char *auth_hdr; /* "Authorization: ..." winch adds, owned; NULL if none */
+    char auth_okey[UP_OKEY_MAX]; /* the origin auth_hdr belongs to */
+    uint64_t auth_gen;           /* cache generation of the Bearer token in auth_hdr, 0 if none */
+    bool auth_basic;             /* auth_hdr holds the configured Basic credentials */
+    char *head;                  /* request head, owned */
     size_t head_len;
-    size_t line_len; /* request line length, for logs (never headers: they carry tokens) */
+    char logline[UP_LOGLINE]; /* for logs: never headers (they carry tokens), never a query */
     bool is_head, idempotent;
-    /* Queues (wait or deferred). */
+    bool internal;  /* a token fetch: no auth handling, callbacks are ours */
+    int redirects;  /* followed so far */
+    int auth_tries; /* 401s answered so far */
+    enum intercept intercept;
+    url_t *next_url;        /* IC_REDIRECT: where to, owned */
+    auth_challenge_t *chal; /* IC_AUTH: the challenge to answer, owned */
+    tokfetch_t *tf;         /* Q_TOKEN: the fetch r waits for */
+    /* Queues (wait, deferred or token). */
     upreq_t *prev, *next;
     enum req_where where;
     bool fresh;   /* must not take a pooled connection (retry after a stale one) */
     bool retried; /* the one stale-connection retry was used */
     bool defer_resume;
+    bool defer_replay; /* show the stored 401 to the caller */
     int defer_status;
     /* Response. */
     llhttp_t parser;
@@ -98,6 +165,7 @@ struct upreq {
     size_t hdone; /* bytes of hdr holding complete entries */
     int status;
     uint64_t clen;
+    uint64_t drained; /* body bytes of an intercepted response read and dropped */
     bool headers_done, complete, keepalive, got_bytes, paused, cancelled, toobig;
     int in_parser;    /* > 0 while llhttp runs over the conn's buffer for this request */
     const char *pend; /* unparsed rest of the read buffer while paused */
@@ -108,15 +176,18 @@ struct upreq {
 
 typedef struct dns_req {
     uv_getaddrinfo_t req;
-    upstream_t *u; /* NULL once the upstream is destroyed */
+    origin_t *o; /* NULL once the origin is gone */
 } dns_req_t;
 
-struct upstream {
-    uv_loop_t *loop;
-    const config_upstream_t *ucfg;
-    const config_t *gcfg;
-    char host_hdr[300]; /* value of Host */
+struct origin {
+    upstream_t *u;
+    bool tls;
+    bool primary; /* the configured upstream's own origin */
+    uint16_t port;
+    char host[URL_MAX_HOST + 1];      /* no brackets for IPv6 */
+    char host_hdr[URL_MAX_HOST + 10]; /* value of Host */
     char port_str[8];
+    char key[UP_OKEY_MAX]; /* "http://host:port", for comparisons and logs */
     /* Addresses. */
     struct sockaddr_storage addrs[UP_MAX_ADDRS];
     int naddrs;
@@ -128,14 +199,47 @@ struct upstream {
     uint32_t nconns; /* live: connecting + active + idle */
     upreq_t *wait_head, *wait_tail;
     size_t nwait;
-    upreq_t *defer_head, *defer_tail;
-    uv_timer_t defer_timer;
-    bool destroying;
+    uint32_t nreqs;     /* requests whose current hop is here (waiting, bound, parked) */
+    uint64_t last_used; /* upstream tick, for LRU eviction */
 };
 
-static void dispatch(upstream_t *u);
+/* One token fetch in flight, shared by every request that needs the same token. */
+struct tokfetch {
+    upstream_t *u;
+    tokfetch_t *prev, *next;
+    char *key;      /* cache key, owned */
+    bool proactive; /* the challenge came from the primary origin */
+    upreq_t *req;   /* the internal GET to the realm; NULL once it ended */
+    upreq_t *wait_head, *wait_tail;
+    int status;
+    char *body; /* owned, AUTH_MAX_BODY + 1 */
+    size_t len;
+    bool too_big;
+};
+
+struct upstream {
+    uv_loop_t *loop;
+    const config_upstream_t *ucfg;
+    const config_t *gcfg;
+    origin_t *origins[UP_MAX_ORIGINS]; /* [0] is the primary origin */
+    int norigins;
+    uint64_t tick;
+    upreq_t *defer_head, *defer_tail;
+    uv_timer_t defer_timer;
+    /* Auth. */
+    auth_cache_t *tokens;
+    tokfetch_t *fetches;
+    int nfetches;
+    bool basic; /* the upstream asked for Basic: send the credentials up front from now on */
+    upstream_ratelimit_t rl;
+    bool destroying;
+    SSL_CTX *tls_ctx; /* every https origin's client context (ca_file, insecure_skip_verify) */
+};
+
+static void dispatch(origin_t *o);
 static void on_conn_read(conn_t *c, ssize_t nread, const char *data);
 static int feed(upconn_t *uc, upreq_t *r, const char *data, size_t len);
+static void next_hop(upreq_t *r);
 
 /* ---- Small lists. ---- */
 
@@ -178,34 +282,37 @@ static void unqueue(upreq_t *r)
 {
     upstream_t *u = r->u;
     if (r->where == Q_WAIT) {
-        q_remove(&u->wait_head, &u->wait_tail, r);
-        u->nwait--;
+        q_remove(&r->o->wait_head, &r->o->wait_tail, r);
+        r->o->nwait--;
     } else if (r->where == Q_DEFER) {
         q_remove(&u->defer_head, &u->defer_tail, r);
+    } else if (r->where == Q_TOKEN) {
+        q_remove(&r->tf->wait_head, &r->tf->wait_tail, r);
+        r->tf = NULL;
     }
     r->where = Q_NONE;
 }
 
 static void enqueue_wait(upreq_t *r, bool front)
 {
-    upstream_t *u = r->u;
+    origin_t *o = r->o;
     if (front)
-        q_push_front(&u->wait_head, &u->wait_tail, r);
+        q_push_front(&o->wait_head, &o->wait_tail, r);
     else
-        q_push_back(&u->wait_head, &u->wait_tail, r);
-    u->nwait++;
+        q_push_back(&o->wait_head, &o->wait_tail, r);
+    o->nwait++;
     r->where = Q_WAIT;
 }
 
 static void idle_remove(upconn_t *uc)
 {
-    upstream_t *u = uc->u;
+    origin_t *o = uc->o;
     if (!uc->in_idle)
         return;
     if (uc->idle_prev)
         uc->idle_prev->idle_next = uc->idle_next;
     else
-        u->idle = uc->idle_next;
+        o->idle = uc->idle_next;
     if (uc->idle_next)
         uc->idle_next->idle_prev = uc->idle_prev;
     uc->idle_prev = uc->idle_next = NULL;
@@ -214,35 +321,80 @@ static void idle_remove(upconn_t *uc)
 
 /* ---- Requests: free and complete. ---- */
 
+static void set_origin(upreq_t *r, origin_t *o)
+{
+    if (r->o)
+        r->o->nreqs--;
+    r->o = o;
+    o->nreqs++;
+    o->last_used = ++r->u->tick;
+}
+
+static void clear_auth(upreq_t *r)
+{
+    if (r->auth_hdr)
+        OPENSSL_cleanse(r->auth_hdr, strlen(r->auth_hdr));
+    free(r->auth_hdr);
+    r->auth_hdr = NULL;
+    r->auth_okey[0] = '\0';
+    r->auth_gen = 0;
+    r->auth_basic = false;
+}
+
 static void free_req(upreq_t *r)
 {
+    if (r->o)
+        r->o->nreqs--;
+    clear_auth(r);
+    if (r->head)
+        OPENSSL_cleanse(r->head, r->head_len); /* it may hold a token */
     free(r->head);
     free(r->hdr);
+    free(r->path);
+    free(r->extra);
+    free(r->next_url);
+    free(r->chal);
     free(r);
 }
 
 static void on_defer(uv_timer_t *t);
 
-/* Reports status through on_done on the next loop iteration. */
-static void fail_later(upreq_t *r, int status)
+static void defer(upreq_t *r)
 {
     upstream_t *u = r->u;
-    unqueue(r);
-    r->defer_resume = false;
-    r->defer_status = status;
     q_push_back(&u->defer_head, &u->defer_tail, r);
     r->where = Q_DEFER;
     uv_timer_start(&u->defer_timer, on_defer, 0, 0);
 }
 
+/* Reports status through on_done on the next loop iteration. */
+static void fail_later(upreq_t *r, int status)
+{
+    unqueue(r);
+    r->defer_resume = r->defer_replay = false;
+    r->defer_status = status;
+    defer(r);
+}
+
+/* Shows the caller, on the next loop iteration, the 401 that could not be answered. */
+static void replay_later(upreq_t *r)
+{
+    unqueue(r);
+    r->defer_resume = false;
+    r->defer_replay = true;
+    defer(r);
+}
+
 static void complete(upreq_t *r, int status)
 {
     upstream_t *u = r->u;
-    if (status == 0)
-        LOG_DEBUG("upstream %s: %.*s -> %d", u->ucfg->name, (int)r->line_len, r->head, r->status);
+    if (status == 0 && r->redirects > 0)
+        LOG_DEBUG("upstream %s: %s -> %d (after %d redirect%s)", u->ucfg->name, r->logline,
+                  r->status, r->redirects, r->redirects == 1 ? "" : "s");
+    else if (status == 0)
+        LOG_DEBUG("upstream %s: %s -> %d", u->ucfg->name, r->logline, r->status);
     else
-        LOG_DEBUG("upstream %s: %.*s failed: %s", u->ucfg->name, (int)r->line_len, r->head,
-                  err_str(status));
+        LOG_DEBUG("upstream %s: %s failed: %s", u->ucfg->name, r->logline, err_str(status));
     r->cbs->on_done(r, r->arg, status);
     free_req(r);
 }
@@ -265,10 +417,11 @@ static void on_uc_conn_closed(conn_t *c)
     on_uc_closed_part(c->data);
 }
 
-/* Closes a connection that no request uses any more (the caller detached it). */
+/* Closes a connection that no request uses any more (the caller detached it). After this only
+ * the close callbacks touch uc, and they do not touch its origin. */
 static void close_conn(upconn_t *uc)
 {
-    upstream_t *u = uc->u;
+    origin_t *o = uc->o;
     if (uc->closing)
         return;
     uc->closing = true;
@@ -276,10 +429,10 @@ static void close_conn(upconn_t *uc)
     if (uc->prev)
         uc->prev->next = uc->next;
     else
-        u->conns = uc->next;
+        o->conns = uc->next;
     if (uc->next)
         uc->next->prev = uc->prev;
-    u->nconns--;
+    o->nconns--;
     uc->open_handles = 2;
     uv_close((uv_handle_t *)&uc->timer, on_uc_timer_closed);
     conn_close(&uc->conn, on_uc_conn_closed);
@@ -313,21 +466,21 @@ static void arm_idle_body(upreq_t *r)
 
 static void pool_put(upconn_t *uc)
 {
-    upstream_t *u = uc->u;
+    origin_t *o = uc->o;
     uc->state = UC_IDLE;
     uc->reused = true;
     uc->idle_prev = NULL;
-    uc->idle_next = u->idle;
-    if (u->idle)
-        u->idle->idle_prev = uc;
-    u->idle = uc;
+    uc->idle_next = o->idle;
+    if (o->idle)
+        o->idle->idle_prev = uc;
+    o->idle = uc;
     uc->in_idle = true;
     /* Keep reading while idle: a server-side close (or stray bytes) is noticed at once. */
     if (conn_read_start(&uc->conn, on_conn_read) < 0) {
         close_conn(uc);
         return;
     }
-    arm(uc, u->gcfg->upstream_keepalive_ms);
+    arm(uc, uc->u->gcfg->upstream_keepalive_ms);
 }
 
 static bool retryable(const upconn_t *uc, const upreq_t *r)
@@ -335,28 +488,40 @@ static bool retryable(const upconn_t *uc, const upreq_t *r)
     return uc->reused && !r->got_bytes && r->idempotent && !r->retried;
 }
 
+/* The request's connection is gone (already detached and closed) with err: an intercepted
+ * response had told us all we needed, so go on with the next hop; otherwise report err. */
+static void lost_conn(upreq_t *r, int err)
+{
+    if (r->intercept != IC_NONE)
+        next_hop(r);
+    else
+        fail_later(r, err);
+}
+
 /* The connection failed under request r: retry once if it looks like a stale keep-alive,
  * else report err. The connection is closed either way. */
 static void conn_failed(upconn_t *uc, int err)
 {
-    upstream_t *u = uc->u;
+    origin_t *o = uc->o;
     upreq_t *r = detach(uc);
     bool retry = r && retryable(uc, r);
     close_conn(uc);
     if (r) {
         if (retry) {
-            LOG_DEBUG("upstream %s: %.*s: pooled connection failed (%s), retrying on a new one",
-                      u->ucfg->name, (int)r->line_len, r->head, err_str(err));
+            LOG_DEBUG("upstream %s: %s: pooled connection failed (%s), retrying on a new one",
+                      uc->u->ucfg->name, r->logline, err_str(err));
             r->retried = r->fresh = true;
             enqueue_wait(r, true);
         } else {
-            fail_later(r, err);
+            lost_conn(r, err);
         }
     }
-    dispatch(u);
+    dispatch(o);
 }
 
 /* ---- Sending a request on a connected conn. ---- */
+
+static const llhttp_settings_t parser_settings;
 
 static void on_req_written(conn_t *c, int status)
 {
@@ -385,6 +550,11 @@ static void send_request(upconn_t *uc)
     r->hlen = r->hdone = r->vstart = 0;
     r->status = 0;
     r->clen = UINT64_MAX;
+    r->drained = 0;
+    r->intercept = IC_NONE;
+    /* A fresh parser per send: a request may be sent again after a whole response (a hop). */
+    llhttp_init(&r->parser, HTTP_RESPONSE, &parser_settings);
+    r->parser.data = r;
     uv_buf_t b = uv_buf_init(r->head, (unsigned)r->head_len);
     rc = conn_write(&uc->conn, &b, 1, on_req_written);
     if (rc == 0 && !r->paused)
@@ -401,30 +571,38 @@ static void send_request(upconn_t *uc)
 
 static void on_connected(conn_t *c, int status);
 
-/* Opens connection number idx for r. Returns 0 (r is bound to the new conn) or an error. */
-static int start_connect(upstream_t *u, upreq_t *r, int idx)
+/* Opens connection number idx of origin o for r: the one place where connections are made.
+ * Returns 0 (r is bound to the new conn) or an error. */
+static int start_connect(origin_t *o, upreq_t *r, int idx)
 {
+    upstream_t *u = o->u;
     upconn_t *uc = calloc(1, sizeof *uc);
     if (!uc)
         return -ENOMEM;
     uc->u = u;
+    uc->o = o;
     uc->addr_idx = idx;
     uc->state = UC_CONNECTING;
     uv_timer_init(u->loop, &uc->timer);
     uc->timer.data = uc;
-    int rc = conn_connect(&uc->conn, u->loop, (const struct sockaddr *)&u->addrs[idx], UP_RBUF,
-                          on_connected);
+    const struct sockaddr *addr = (const struct sockaddr *)&o->addrs[idx];
+    int rc;
+    if (o->tls)
+        rc = conn_connect_tls(&uc->conn, u->loop, addr, UP_RBUF, u->tls_ctx, o->host,
+                              !u->ucfg->insecure_skip_verify, on_connected);
+    else
+        rc = conn_connect(&uc->conn, u->loop, addr, UP_RBUF, on_connected);
     if (rc < 0) {
         uc->open_handles = 1;
         uv_close((uv_handle_t *)&uc->timer, on_uc_timer_closed);
         return rc;
     }
     uc->conn.data = uc;
-    uc->next = u->conns;
-    if (u->conns)
-        u->conns->prev = uc;
-    u->conns = uc;
-    u->nconns++;
+    uc->next = o->conns;
+    if (o->conns)
+        o->conns->prev = uc;
+    o->conns = uc;
+    o->nconns++;
     uc->req = r;
     r->uc = uc;
     arm(uc, u->gcfg->upstream_connect_timeout_ms);
@@ -434,29 +612,32 @@ static int start_connect(upstream_t *u, upreq_t *r, int idx)
 static void on_connected(conn_t *c, int status)
 {
     upconn_t *uc = c->data;
-    upstream_t *u = uc->u;
+    origin_t *o = uc->o;
     if (status == 0) {
         send_request(uc);
         return;
     }
+    if (conn_tls_error(c))
+        LOG_WARN("upstream %s: %s: %s", o->u->ucfg->name, o->key, conn_tls_error(c));
     /* Refused or unreachable: try the next address (localhost is often ::1 then 127.0.0.1). */
     int next = uc->addr_idx + 1;
     upreq_t *r = detach(uc);
     close_conn(uc);
-    if (next < u->naddrs && start_connect(u, r, next) == 0)
+    if (next < o->naddrs && start_connect(o, r, next) == 0)
         return;
     fail_later(r, status);
-    dispatch(u);
+    dispatch(o);
 }
 
 static void on_uc_timer(uv_timer_t *t)
 {
     upconn_t *uc = t->data;
     upstream_t *u = uc->u;
+    origin_t *o = uc->o;
     upreq_t *r = uc->req;
     if (uc->state == UC_IDLE || !r) {
         close_conn(uc);
-        dispatch(u);
+        dispatch(o);
         return;
     }
     if (uc->state == UC_ACTIVE && r->headers_done) {
@@ -468,14 +649,168 @@ static void on_uc_timer(uv_timer_t *t)
             return;
         }
     }
-    LOG_DEBUG("upstream %s: %.*s: timed out %s", u->ucfg->name, (int)r->line_len, r->head,
+    LOG_DEBUG("upstream %s: %s: timed out %s", u->ucfg->name, r->logline,
               uc->state == UC_CONNECTING ? "connecting"
               : r->headers_done          ? "waiting for body bytes"
                                          : "waiting for response headers");
     detach(uc);
     close_conn(uc);
-    fail_later(r, -ETIMEDOUT);
-    dispatch(u);
+    lost_conn(r, -ETIMEDOUT);
+    dispatch(o);
+}
+
+/* ---- Rate limits (Docker Hub). ---- */
+
+/* The leading number of "100;w=21600" (-1 if none), and its w= window (0 if none). */
+static int64_t rl_number(const char *v, uint32_t *window)
+{
+    int64_t n = -1;
+    const char *p = v;
+    while (*p == ' ')
+        p++;
+    if (*p >= '0' && *p <= '9') {
+        n = 0;
+        for (int i = 0; *p >= '0' && *p <= '9' && i < 15; p++, i++)
+            n = n * 10 + (*p - '0');
+    }
+    const char *w = strstr(v, "w=");
+    if (w) {
+        uint32_t s = 0;
+        int i = 0;
+        for (w += 2; *w >= '0' && *w <= '9' && i < 9; w++, i++)
+            s = s * 10 + (uint32_t)(*w - '0');
+        if (i > 0)
+            *window = s;
+    }
+    return n;
+}
+
+static void note_ratelimit(upreq_t *r)
+{
+    const char *lim = upreq_header(r, "RateLimit-Limit");
+    const char *rem = upreq_header(r, "RateLimit-Remaining");
+    if (!lim && !rem)
+        return;
+    upstream_ratelimit_t *rl = &r->u->rl;
+    const char *src = upreq_header(r, "Docker-RateLimit-Source");
+    int64_t before = rl->known ? rl->remaining : -2;
+    rl->known = true;
+    rl->window_s = 0;
+    rl->limit = lim ? rl_number(lim, &rl->window_s) : -1;
+    rl->remaining = rem ? rl_number(rem, &rl->window_s) : -1;
+    size_t k = 0;
+    for (const char *s = src; s && *s && k + 1 < sizeof rl->source; s++)
+        if ((unsigned char)*s > ' ' && (unsigned char)*s < 0x7f)
+            rl->source[k++] = *s; /* printable only: it goes into logs and metrics */
+    rl->source[k] = '\0';
+    rl->updated_ms = time_wall_ms();
+    /* Low values are worth an info line each time they drop, not on every response. */
+    if (rl->remaining >= 0 && rl->remaining < UP_RATELIMIT_LOW && rl->remaining != before)
+        LOG_INFO("upstream %s: rate limit nearly used up: %lld of %lld pulls left (window %us)",
+                 r->u->ucfg->name, (long long)rl->remaining, (long long)rl->limit,
+                 (unsigned)rl->window_s);
+    else
+        LOG_DEBUG("upstream %s: rate limit: %lld of %lld pulls left (window %us)", r->u->ucfg->name,
+                  (long long)rl->remaining, (long long)rl->limit, (unsigned)rl->window_s);
+}
+
+/* ---- Deciding what a response means. ---- */
+
+static bool is_redirect(int status)
+{
+    return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+static bool has_credentials(const upstream_t *u)
+{
+    return u->ucfg->username && u->ucfg->password;
+}
+
+static bool starts_http(const char *s)
+{
+    return strncasecmp(s, "http://", 7) == 0 || strncasecmp(s, "https://", 8) == 0;
+}
+
+/* True when the caller passed its own Authorization for this origin. */
+static bool caller_auth(const upreq_t *r)
+{
+    if (!r->extra || !r->o->primary)
+        return false;
+    for (const char *l = r->extra; *l; l = strstr(l, "\r\n") + 2)
+        if (strncasecmp(l, "Authorization:", 14) == 0)
+            return true;
+    return false;
+}
+
+static enum intercept decide_redirect(upreq_t *r, int status)
+{
+    upstream_t *u = r->u;
+    const char *loc = upreq_header(r, "Location");
+    if (!loc || !*loc)
+        return IC_NONE;
+    if ((uint32_t)r->redirects >= u->gcfg->upstream_max_redirects) {
+        LOG_WARN("upstream %s: %s: %d redirect not followed: at most %u redirects are followed",
+                 u->ucfg->name, r->logline, status, (unsigned)u->gcfg->upstream_max_redirects);
+        return IC_NONE;
+    }
+    url_t *base = malloc(sizeof *base);
+    url_t *next = malloc(sizeof *next);
+    int rc = -ENOMEM;
+    if (base && next) {
+        base->tls = r->o->tls;
+        base->port = r->o->port;
+        snprintf(base->host, sizeof base->host, "%s", r->o->host);
+        snprintf(base->path, sizeof base->path, "%s", r->path);
+        rc = url_resolve(next, base, loc);
+    }
+    free(base);
+    if (rc < 0) {
+        /* Never log the Location: a pre-signed URL is a credential. */
+        LOG_WARN("upstream %s: %s: %d redirect not followed: unusable Location (%s)", u->ucfg->name,
+                 r->logline, status, err_str(rc));
+        free(next);
+        return IC_NONE;
+    }
+    free(r->next_url);
+    r->next_url = next;
+    return IC_REDIRECT;
+}
+
+static enum intercept decide_auth(upreq_t *r)
+{
+    upstream_t *u = r->u;
+    if (r->internal || r->auth_tries > 0 || caller_auth(r))
+        return IC_NONE;
+    auth_challenge_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return IC_NONE;
+    for (const char *v = upreq_header_next(r, "WWW-Authenticate", NULL); v;
+         v = upreq_header_next(r, "WWW-Authenticate", v))
+        (void)auth_challenge_parse(v, c);
+    bool ok = false;
+    if (c->scheme == AUTH_BEARER)
+        ok = starts_http(c->realm);
+    else if (c->scheme == AUTH_BASIC)
+        /* Credentials go to the configured upstream only, and only once. */
+        ok = r->o->primary && has_credentials(u) &&
+             !(r->auth_basic && strcmp(r->auth_okey, r->o->key) == 0);
+    if (!ok) {
+        free(c);
+        return IC_NONE;
+    }
+    free(r->chal);
+    r->chal = c;
+    return IC_AUTH;
+}
+
+/* Runs when a response's headers are in (inside llhttp, so it must not call user code). */
+static enum intercept decide(upreq_t *r, int status)
+{
+    if (is_redirect(status) && r->idempotent)
+        return decide_redirect(r, status);
+    if (status == 401)
+        return decide_auth(r);
+    return IC_NONE;
 }
 
 /* ---- Response parsing (llhttp callbacks; r is parser.data). ---- */
@@ -553,6 +888,16 @@ static int on_hdrs_done(llhttp_t *p)
         r->clen = UINT64_MAX;
     if (r->uc)
         arm_idle_body(r);
+    if (r->o->primary && !r->internal)
+        note_ratelimit(r);
+    r->intercept = decide(r, status);
+    if (r->intercept != IC_NONE) {
+        if (r->is_head)
+            return 1;
+        if (r->clen != UINT64_MAX && r->clen > UP_MAX_DRAIN)
+            return HPE_PAUSED; /* not worth reading: after_execute drops the connection */
+        return 0;
+    }
     r->cbs->on_headers(r, r->arg, status);
     if (r->cancelled)
         return -1;
@@ -569,6 +914,11 @@ static int on_body_span(llhttp_t *p, const char *at, size_t len)
     if (len == 0 || !r->headers_done)
         return 0;
     r->last_body = uv_now(r->u->loop);
+    if (r->intercept != IC_NONE) {
+        /* An intercepted response's body is nobody's: drop it, up to a bound. */
+        r->drained += len;
+        return r->drained > UP_MAX_DRAIN ? HPE_PAUSED : 0;
+    }
     r->cbs->on_body(r, r->arg, at, len);
     if (r->cancelled)
         return -1;
@@ -604,6 +954,7 @@ static const llhttp_settings_t parser_settings = {
 static void finish_ok(upconn_t *uc, upreq_t *r, size_t leftover)
 {
     upstream_t *u = uc->u;
+    origin_t *o = uc->o;
     uv_timer_stop(&uc->timer);
     detach(uc);
     /* Bytes after the message, or a request still being written, leave the connection in an
@@ -613,13 +964,16 @@ static void finish_ok(upconn_t *uc, upreq_t *r, size_t leftover)
         pool_put(uc);
     else
         close_conn(uc);
-    complete(r, 0);
-    dispatch(u);
+    if (r->intercept != IC_NONE)
+        next_hop(r);
+    else
+        complete(r, 0);
+    dispatch(o);
 }
 
 static void cancel_now(upreq_t *r)
 {
-    upstream_t *u = r->u;
+    origin_t *o = r->o;
     unqueue(r);
     upconn_t *uc = r->uc;
     if (uc) {
@@ -627,7 +981,7 @@ static void cancel_now(upreq_t *r)
         close_conn(uc);
     }
     free_req(r);
-    dispatch(u);
+    dispatch(o);
 }
 
 /* Handles what llhttp_execute returned. Returns 1 when the caller may keep feeding the
@@ -646,6 +1000,15 @@ static int after_execute(upconn_t *uc, upreq_t *r, llhttp_errno_t e, const char 
             finish_ok(uc, r, (size_t)(end - pos));
             return 0;
         }
+        if (r->intercept != IC_NONE) {
+            /* An intercepted response with a body not worth reading: drop the connection. */
+            origin_t *o = uc->o;
+            detach(uc);
+            close_conn(uc);
+            next_hop(r);
+            dispatch(o);
+            return 0;
+        }
         /* Paused by the caller: the rest of this buffer waits for upreq_resume. */
         r->pend = pos;
         r->pend_len = (size_t)(end - pos);
@@ -653,8 +1016,8 @@ static int after_execute(upconn_t *uc, upreq_t *r, llhttp_errno_t e, const char 
         conn_read_stop(&uc->conn);
         return 0;
     }
-    LOG_DEBUG("upstream %s: %.*s: bad response: %s (%s)", r->u->ucfg->name, (int)r->line_len,
-              r->head, llhttp_errno_name(e), llhttp_get_error_reason(&r->parser));
+    LOG_DEBUG("upstream %s: %s: bad response: %s (%s)", r->u->ucfg->name, r->logline,
+              llhttp_errno_name(e), llhttp_get_error_reason(&r->parser));
     conn_failed(uc, r->toobig ? WE_TOOBIG : WE_PROTO);
     return 0;
 }
@@ -696,11 +1059,11 @@ static void on_conn_read(conn_t *c, ssize_t nread, const char *data)
     upreq_t *r = uc->req;
     if (!r) {
         /* Idle pooled connection: the server closed it, or sent bytes nobody asked for. */
-        LOG_DEBUG("upstream %s: pooled connection %s", uc->u->ucfg->name,
+        LOG_DEBUG("upstream %s: pooled connection to %s %s", uc->u->ucfg->name, uc->o->key,
                   nread < 0 ? "closed by the server" : "got unexpected bytes");
-        upstream_t *u = uc->u;
+        origin_t *o = uc->o;
         close_conn(uc);
-        dispatch(u);
+        dispatch(o);
         return;
     }
     if (nread < 0) {
@@ -711,7 +1074,7 @@ static void on_conn_read(conn_t *c, ssize_t nread, const char *data)
     feed(uc, r, data, (size_t)nread);
 }
 
-/* ---- Deferred work: failures and resumes. ---- */
+/* ---- Deferred work: failures, replays and resumes. ---- */
 
 static void do_resume(upreq_t *r)
 {
@@ -734,6 +1097,22 @@ static void do_resume(upreq_t *r)
         conn_failed(uc, -EBADF);
 }
 
+/* The 401 that winch could not answer reaches the caller as it came, without its body: its
+ * headers are still in r->hdr (nothing was sent since). */
+static void replay(upreq_t *r)
+{
+    r->intercept = IC_NONE;
+    r->clen = 0;
+    r->in_parser++; /* a cancel from on_headers only marks r */
+    r->cbs->on_headers(r, r->arg, r->status);
+    r->in_parser--;
+    if (r->cancelled) {
+        cancel_now(r);
+        return;
+    }
+    complete(r, 0);
+}
+
 static void on_defer(uv_timer_t *t)
 {
     upstream_t *u = t->data;
@@ -748,6 +1127,9 @@ static void on_defer(uv_timer_t *t)
         if (r->defer_resume) {
             r->defer_resume = false;
             do_resume(r);
+        } else if (r->defer_replay) {
+            r->defer_replay = false;
+            replay(r);
         } else {
             complete(r, r->defer_status);
         }
@@ -759,98 +1141,102 @@ static void on_defer(uv_timer_t *t)
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     dns_req_t *d = (dns_req_t *)req;
-    upstream_t *u = d->u;
+    origin_t *o = d->o;
     free(d);
-    if (!u) {
+    if (!o) {
         uv_freeaddrinfo(res);
         return;
     }
-    u->dns = NULL;
+    upstream_t *u = o->u;
+    o->dns = NULL;
     int n = 0;
     for (struct addrinfo *ai = res; status == 0 && ai && n < UP_MAX_ADDRS; ai = ai->ai_next) {
         if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
-            ai->ai_addrlen > sizeof u->addrs[0])
+            ai->ai_addrlen > sizeof o->addrs[0])
             continue;
-        memcpy(&u->addrs[n++], ai->ai_addr, ai->ai_addrlen);
+        memcpy(&o->addrs[n++], ai->ai_addr, ai->ai_addrlen);
     }
     uv_freeaddrinfo(res);
     if (status == 0 && n == 0)
         status = UV_EAI_NODATA;
     uint64_t now = uv_now(u->loop);
     if (status == 0) {
-        u->naddrs = n;
-        u->addrs_expire = now + UP_DNS_TTL_MS;
-    } else if (u->naddrs > 0) {
+        o->naddrs = n;
+        o->addrs_expire = now + UP_DNS_TTL_MS;
+    } else if (o->naddrs > 0) {
         LOG_WARN("upstream %s: resolving %s failed (%s); keeping the previous addresses",
-                 u->ucfg->name, u->ucfg->host, err_str(status));
-        u->addrs_expire = now + UP_DNS_RETRY_MS;
+                 u->ucfg->name, o->host, err_str(status));
+        o->addrs_expire = now + UP_DNS_RETRY_MS;
     } else {
-        LOG_WARN("upstream %s: resolving %s failed: %s", u->ucfg->name, u->ucfg->host,
-                 err_str(status));
+        LOG_WARN("upstream %s: resolving %s failed: %s", u->ucfg->name, o->host, err_str(status));
         /* Nothing was ever resolved, so no connection exists: every waiting request waited
          * for this answer. */
-        while (u->wait_head)
-            fail_later(u->wait_head, status);
+        while (o->wait_head)
+            fail_later(o->wait_head, status);
         return;
     }
-    dispatch(u);
+    dispatch(o);
 }
 
 /* 1: addresses usable now; 0: a resolution is running (dispatch runs again when it ends);
  * < 0: the resolution could not start. */
-static int ensure_addrs(upstream_t *u)
+static int ensure_addrs(origin_t *o)
 {
+    upstream_t *u = o->u;
     uint64_t now = uv_now(u->loop);
-    if (u->naddrs > 0 && now < u->addrs_expire)
+    if (o->naddrs > 0 && now < o->addrs_expire)
         return 1;
-    if (u->naddrs == 0) {
+    if (o->naddrs == 0) {
         /* Literal addresses never go through the resolver. */
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&u->addrs[0];
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&u->addrs[0];
-        memset(&u->addrs[0], 0, sizeof u->addrs[0]);
-        if (inet_pton(AF_INET, u->ucfg->host, &s4->sin_addr) == 1) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&o->addrs[0];
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&o->addrs[0];
+        memset(&o->addrs[0], 0, sizeof o->addrs[0]);
+        if (inet_pton(AF_INET, o->host, &s4->sin_addr) == 1) {
             s4->sin_family = AF_INET;
-            s4->sin_port = htons(u->ucfg->port);
-        } else if (inet_pton(AF_INET6, u->ucfg->host, &s6->sin6_addr) == 1) {
+            s4->sin_port = htons(o->port);
+        } else if (inet_pton(AF_INET6, o->host, &s6->sin6_addr) == 1) {
             s6->sin6_family = AF_INET6;
-            s6->sin6_port = htons(u->ucfg->port);
+            s6->sin6_port = htons(o->port);
         }
-        if (u->addrs[0].ss_family != 0) {
-            u->naddrs = 1;
-            u->addrs_expire = UINT64_MAX;
+        if (o->addrs[0].ss_family != 0) {
+            o->naddrs = 1;
+            o->addrs_expire = UINT64_MAX;
             return 1;
         }
     }
-    if (!u->dns) {
+    if (!o->dns) {
         dns_req_t *d = calloc(1, sizeof *d);
         if (!d)
-            return u->naddrs > 0 ? 1 : -ENOMEM;
-        d->u = u;
+            return o->naddrs > 0 ? 1 : -ENOMEM;
+        d->o = o;
         struct addrinfo hints;
         memset(&hints, 0, sizeof hints);
         hints.ai_family = AF_UNSPEC;
         hints.ai_socktype = SOCK_STREAM;
         hints.ai_flags = AI_NUMERICSERV;
-        int rc = uv_getaddrinfo(u->loop, &d->req, on_resolved, u->ucfg->host, u->port_str, &hints);
+        int rc = uv_getaddrinfo(u->loop, &d->req, on_resolved, o->host, o->port_str, &hints);
         if (rc < 0) {
             free(d);
-            return u->naddrs > 0 ? 1 : rc;
+            return o->naddrs > 0 ? 1 : rc;
         }
-        u->dns = d;
+        o->dns = d;
     }
     /* While a refresh runs, the expired addresses keep serving. */
-    return u->naddrs > 0 ? 1 : 0;
+    return o->naddrs > 0 ? 1 : 0;
 }
 
 /* ---- Dispatch: give waiting requests a connection. Never calls user callbacks. ---- */
 
-static void dispatch(upstream_t *u)
+static void dispatch(origin_t *o)
 {
+    upstream_t *u = o->u;
+    /* The connection bound applies per origin: the registry and its CDN are different
+     * servers. */
     uint32_t max = u->gcfg->upstream_max_conns ? u->gcfg->upstream_max_conns : 1;
-    while (u->wait_head && !u->destroying) {
-        upreq_t *r = u->wait_head;
-        if (!r->fresh && u->idle) {
-            upconn_t *uc = u->idle;
+    while (o->wait_head && !u->destroying) {
+        upreq_t *r = o->wait_head;
+        if (!r->fresh && o->idle) {
+            upconn_t *uc = o->idle;
             idle_remove(uc);
             unqueue(r);
             uc->req = r;
@@ -859,22 +1245,521 @@ static void dispatch(upstream_t *u)
             send_request(uc);
             continue;
         }
-        if (u->nconns >= max) {
-            if (r->fresh && u->idle) {
-                close_conn(u->idle); /* make room for the fresh connection */
+        if (o->nconns >= max) {
+            if (r->fresh && o->idle) {
+                close_conn(o->idle); /* make room for the fresh connection */
                 continue;
             }
             break;
         }
-        int rc = ensure_addrs(u);
+        int rc = ensure_addrs(o);
         if (rc == 0)
             break;
         unqueue(r);
         if (rc > 0)
-            rc = start_connect(u, r, 0);
+            rc = start_connect(o, r, 0);
         if (rc < 0)
             fail_later(r, rc);
     }
+}
+
+/* ---- Origins. ---- */
+
+static int origin_init(origin_t *o, upstream_t *u, bool tls, const char *host, uint16_t port)
+{
+    if (strlen(host) > URL_MAX_HOST || !*host)
+        return WE_INVALID;
+    o->u = u;
+    o->tls = tls;
+    o->port = port;
+    snprintf(o->host, sizeof o->host, "%s", host);
+    bool v6 = strchr(host, ':') != NULL;
+    bool dflt = port == (tls ? 443 : 80);
+    if (dflt)
+        snprintf(o->host_hdr, sizeof o->host_hdr, v6 ? "[%s]" : "%s", host);
+    else
+        snprintf(o->host_hdr, sizeof o->host_hdr, v6 ? "[%s]:%u" : "%s:%u", host, (unsigned)port);
+    snprintf(o->port_str, sizeof o->port_str, "%u", (unsigned)port);
+    snprintf(o->key, sizeof o->key, v6 ? "%s://[%s]:%u" : "%s://%s:%u", tls ? "https" : "http",
+             host, (unsigned)port);
+    return 0;
+}
+
+/* Frees an origin nobody uses: its idle connections close, a resolution in flight is
+ * orphaned. */
+static void origin_free(origin_t *o)
+{
+    while (o->conns) {
+        upconn_t *uc = o->conns;
+        detach(uc);
+        close_conn(uc);
+    }
+    if (o->dns) {
+        o->dns->o = NULL;
+        (void)uv_cancel((uv_req_t *)&o->dns->req);
+        o->dns = NULL;
+    }
+    free(o);
+}
+
+/* The origin for (tls, host, port), created when new. Returns 0, -EAGAIN when the table is
+ * full of origins in use, WE_INVALID, -ENOMEM. */
+static int origin_get(upstream_t *u, bool tls, const char *host, uint16_t port, origin_t **out)
+{
+    for (int i = 0; i < u->norigins; i++) {
+        origin_t *o = u->origins[i];
+        if (o->tls == tls && o->port == port && strcmp(o->host, host) == 0) {
+            *out = o;
+            return 0;
+        }
+    }
+    if (u->norigins == UP_MAX_ORIGINS) {
+        /* Evict the least recently used origin that no request needs; its idle connections
+         * go with it. A request bound to, waiting on or parked at an origin counts in
+         * nreqs, and every connection that is not idle has a request. */
+        int victim = -1;
+        for (int i = 1; i < u->norigins; i++) {
+            origin_t *o = u->origins[i];
+            if (o->nreqs == 0 && (victim < 0 || o->last_used < u->origins[victim]->last_used))
+                victim = i;
+        }
+        if (victim < 0)
+            return -EAGAIN;
+        LOG_DEBUG("upstream %s: forgetting origin %s", u->ucfg->name, u->origins[victim]->key);
+        origin_free(u->origins[victim]);
+        u->origins[victim] = u->origins[--u->norigins];
+    }
+    origin_t *o = calloc(1, sizeof *o);
+    if (!o)
+        return -ENOMEM;
+    int rc = origin_init(o, u, tls, host, port);
+    if (rc < 0) {
+        free(o);
+        return rc;
+    }
+    u->origins[u->norigins++] = o;
+    *out = o;
+    return 0;
+}
+
+/* ---- Request heads. ---- */
+
+static bool line_is_auth(const char *l)
+{
+    return strncasecmp(l, "Authorization:", 14) == 0;
+}
+
+/* (Re)builds r's request head for its current origin and path. Authorization goes only where
+ * it belongs: winch's own to the origin it was obtained for, the caller's to the primary. */
+static int build_head(upreq_t *r)
+{
+    static const char ua[] = "User-Agent: " UP_USER_AGENT "\r\n";
+    static const char keep[] = "Connection: keep-alive\r\n";
+    origin_t *o = r->o;
+    bool own_auth = r->auth_hdr && strcmp(r->auth_okey, o->key) == 0;
+    size_t need = strlen(r->method) + 1 + strlen(r->path) + sizeof " HTTP/1.1\r\n" - 1;
+    need += sizeof "Host: \r\n" - 1 + strlen(o->host_hdr) + sizeof ua - 1 + sizeof keep - 1 + 2;
+    if (r->extra)
+        need += strlen(r->extra);
+    if (own_auth)
+        need += strlen(r->auth_hdr) + 2;
+    if (need > UP_MAX_HEAD)
+        return WE_TOOBIG;
+    char *h = malloc(need + 1);
+    if (!h)
+        return -ENOMEM;
+    int n = snprintf(h, need + 1, "%s %s HTTP/1.1\r\nHost: %s\r\n%s%s", r->method, r->path,
+                     o->host_hdr, ua, keep);
+    size_t len = (size_t)n;
+    for (const char *l = r->extra; l && *l;) {
+        const char *e = strstr(l, "\r\n") + 2;
+        if (o->primary || !line_is_auth(l)) {
+            memcpy(h + len, l, (size_t)(e - l));
+            len += (size_t)(e - l);
+        }
+        l = e;
+    }
+    if (own_auth) {
+        size_t k = strlen(r->auth_hdr);
+        memcpy(h + len, r->auth_hdr, k);
+        memcpy(h + len + k, "\r\n", 2);
+        len += k + 2;
+    }
+    memcpy(h + len, "\r\n", 2);
+    len += 2;
+    h[len] = '\0';
+    if (r->head)
+        OPENSSL_cleanse(r->head, r->head_len);
+    free(r->head);
+    r->head = h;
+    r->head_len = len;
+    snprintf(r->logline, sizeof r->logline, "%s %s%.*s", r->method, o->primary ? "" : o->key,
+             (int)strcspn(r->path, "?"), r->path);
+    return 0;
+}
+
+/* Queues r (rebuilt) on origin o: the next hop of a request, or its first. */
+static int send_to(upreq_t *r, origin_t *o)
+{
+    set_origin(r, o);
+    int rc = build_head(r);
+    if (rc < 0)
+        return rc;
+    r->fresh = r->retried = false;
+    enqueue_wait(r, false);
+    dispatch(o);
+    return 0;
+}
+
+static int set_bearer(upreq_t *r, const origin_t *o, const char *token, uint64_t gen)
+{
+    static const char prefix[] = "Authorization: Bearer ";
+    size_t n = sizeof prefix + strlen(token);
+    char *h = malloc(n);
+    if (!h)
+        return -ENOMEM;
+    snprintf(h, n, "%s%s", prefix, token);
+    clear_auth(r);
+    r->auth_hdr = h;
+    snprintf(r->auth_okey, sizeof r->auth_okey, "%s", o->key);
+    r->auth_gen = gen;
+    return 0;
+}
+
+static int set_basic(upreq_t *r, const origin_t *o)
+{
+    const config_upstream_t *c = r->u->ucfg;
+    char buf[1500];
+    int rc = auth_basic_header(c->username, c->password, buf, sizeof buf);
+    if (rc == 0) {
+        char *h = strdup(buf);
+        if (!h) {
+            rc = -ENOMEM;
+        } else {
+            clear_auth(r);
+            r->auth_hdr = h;
+            snprintf(r->auth_okey, sizeof r->auth_okey, "%s", o->key);
+            r->auth_basic = true;
+        }
+    }
+    OPENSSL_cleanse(buf, sizeof buf);
+    return rc;
+}
+
+/* Before the first hop: credentials the upstream is known to want, so a warm cache needs no
+ * 401 round trip. */
+static void attach_known_auth(upreq_t *r)
+{
+    upstream_t *u = r->u;
+    origin_t *o = u->origins[0];
+    if (caller_auth(r))
+        return;
+    if (u->basic && has_credentials(u)) {
+        (void)set_basic(r, o);
+        return;
+    }
+    char scope[600];
+    if (auth_repo_scope(r->path, u->ucfg->base_path, scope, sizeof scope) < 0)
+        return;
+    uint64_t gen;
+    const char *tok = auth_cache_find_scope(u->tokens, scope, time_wall_ms(), &gen);
+    if (tok)
+        (void)set_bearer(r, o, tok, gen);
+}
+
+/* ---- Hops: redirects and auth. ---- */
+
+static int follow_redirect(upreq_t *r)
+{
+    upstream_t *u = r->u;
+    url_t *nu = r->next_url;
+    r->next_url = NULL;
+    origin_t *o;
+    int rc = origin_get(u, nu->tls, nu->host, nu->port, &o);
+    if (rc < 0) {
+        LOG_WARN("upstream %s: %s: cannot follow a redirect to %s://%s:%u: %s", u->ucfg->name,
+                 r->logline, nu->tls ? "https" : "http", nu->host, (unsigned)nu->port, err_str(rc));
+        goto out;
+    }
+    char *p = strdup(nu->path);
+    if (!p) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    free(r->path);
+    r->path = p;
+    if (r->status == 303 && !r->is_head)
+        snprintf(r->method, sizeof r->method, "GET");
+    r->redirects++;
+    LOG_DEBUG("upstream %s: %s -> %d, redirect %d to %s%.*s", u->ucfg->name, r->logline, r->status,
+              r->redirects, o->key, (int)strcspn(r->path, "?"), r->path);
+    rc = send_to(r, o);
+out:
+    free(nu);
+    return rc;
+}
+
+static tokfetch_t *find_fetch(upstream_t *u, const char *key)
+{
+    for (tokfetch_t *tf = u->fetches; tf; tf = tf->next)
+        if (strcmp(tf->key, key) == 0)
+            return tf;
+    return NULL;
+}
+
+static void tokfetch_free(tokfetch_t *tf)
+{
+    upstream_t *u = tf->u;
+    if (tf->prev)
+        tf->prev->next = tf->next;
+    else
+        u->fetches = tf->next;
+    if (tf->next)
+        tf->next->prev = tf->prev;
+    u->nfetches--;
+    if (tf->body)
+        OPENSSL_cleanse(tf->body, tf->len);
+    free(tf->body);
+    free(tf->key);
+    free(tf);
+}
+
+static void tf_on_headers(upreq_t *t, void *arg, int status)
+{
+    tokfetch_t *tf = arg;
+    tf->status = status;
+    uint64_t cl = upreq_content_length(t);
+    if (status == 200 && cl != UINT64_MAX && cl > AUTH_MAX_BODY)
+        tf->too_big = true;
+}
+
+static void tf_on_body(upreq_t *t, void *arg, const char *data, size_t len)
+{
+    tokfetch_t *tf = arg;
+    (void)t;
+    if (tf->status != 200 || tf->too_big)
+        return;
+    if (len > AUTH_MAX_BODY - tf->len) {
+        tf->too_big = true;
+        return;
+    }
+    memcpy(tf->body + tf->len, data, len);
+    tf->len += len;
+}
+
+/* The token fetch ended: every waiting request goes on with the token, or fails. */
+static void tf_on_done(upreq_t *t, void *arg, int err)
+{
+    tokfetch_t *tf = arg;
+    upstream_t *u = tf->u;
+    (void)t;
+    tf->req = NULL;
+    char *token = NULL;
+    int64_t expires = 0;
+    uint64_t gen = 0;
+    int perr = 0;
+    if (err == 0 && tf->status == 200 && !tf->too_big) {
+        int64_t now = time_wall_ms();
+        perr = auth_token_parse(tf->body, tf->len, now, &token, &expires);
+        if (perr == 0) {
+            if (auth_cache_put(u->tokens, tf->key, tf->proactive, token, expires, &gen) < 0)
+                gen = 0;
+            LOG_DEBUG("upstream %s: got a token, valid for %llds", u->ucfg->name,
+                      (long long)((expires - now) / 1000));
+        }
+    }
+    if (!token) {
+        if (err)
+            LOG_WARN("upstream %s: token request failed: %s", u->ucfg->name, err_str(err));
+        else if (tf->status != 200)
+            LOG_WARN("upstream %s: token request answered %d", u->ucfg->name, tf->status);
+        else
+            LOG_WARN("upstream %s: token request gave no usable token (%s)", u->ucfg->name,
+                     err_str(tf->too_big ? WE_TOOBIG : perr));
+    }
+    while (tf->wait_head) {
+        upreq_t *r = tf->wait_head;
+        unqueue(r);
+        int rc = 0;
+        if (token) {
+            rc = set_bearer(r, r->o, token, gen);
+            if (rc == 0)
+                rc = send_to(r, r->o);
+            if (rc < 0)
+                fail_later(r, rc);
+        } else if (err) {
+            fail_later(r, err); /* the realm is unreachable: say so, like the upstream itself */
+        } else {
+            replay_later(r);
+        }
+    }
+    if (token) {
+        OPENSSL_cleanse(token, strlen(token));
+        free(token);
+    }
+    tokfetch_free(tf);
+}
+
+static const upreq_cbs_t tokfetch_cbs = {
+    .on_headers = tf_on_headers,
+    .on_body = tf_on_body,
+    .on_done = tf_on_done,
+};
+
+static int req_create(upreq_t **out, upstream_t *u, const char *method, const char *path,
+                      const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg);
+
+/* Starts the token fetch for challenge c (cache key key). */
+static int start_fetch(upstream_t *u, const auth_challenge_t *c, const char *key, bool from_primary,
+                       tokfetch_t **out)
+{
+    int rc;
+    tokfetch_t *tf = NULL;
+    upreq_t *t = NULL;
+    char *turl = NULL;
+    url_t *tu = NULL;
+    if (u->nfetches >= UP_MAX_TOKEN_FETCHES)
+        return -EAGAIN;
+    turl = malloc(URL_MAX + 1);
+    tu = malloc(sizeof *tu);
+    tf = calloc(1, sizeof *tf);
+    if (!turl || !tu || !tf) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    rc = auth_token_url(c, turl, URL_MAX + 1);
+    if (rc == 0)
+        rc = url_parse(tu, turl);
+    if (rc < 0)
+        goto fail;
+    origin_t *o;
+    rc = origin_get(u, tu->tls, tu->host, tu->port, &o);
+    if (rc < 0)
+        goto fail;
+    tf->u = u;
+    tf->key = strdup(key);
+    tf->body = malloc(AUTH_MAX_BODY + 1);
+    tf->proactive = from_primary;
+    if (!tf->key || !tf->body) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    static const char *const hdrs[] = {"Accept: application/json", NULL};
+    rc = req_create(&t, u, "GET", tu->path, hdrs, &tokfetch_cbs, tf);
+    if (rc < 0)
+        goto fail;
+    t->internal = true;
+    /* The configured credentials go to the realm the configured upstream named, never to one
+     * a redirect target named. */
+    if (from_primary && has_credentials(u)) {
+        rc = set_basic(t, o);
+        if (rc < 0)
+            goto fail;
+    }
+    rc = send_to(t, o);
+    if (rc < 0)
+        goto fail;
+    tf->req = t;
+    tf->next = u->fetches;
+    if (u->fetches)
+        u->fetches->prev = tf;
+    u->fetches = tf;
+    u->nfetches++;
+    LOG_DEBUG("upstream %s: fetching a token from %s%.*s (%s)", u->ucfg->name, o->key,
+              (int)strcspn(tu->path, "?"), tu->path, c->scope[0] ? c->scope : "no scope");
+    free(turl);
+    free(tu);
+    *out = tf;
+    return 0;
+fail:
+    if (t)
+        free_req(t);
+    if (tf) {
+        free(tf->key);
+        free(tf->body);
+        free(tf);
+    }
+    free(turl);
+    free(tu);
+    return rc;
+}
+
+/* Answers the 401 r got. Returns 0 when r is on its way (sent again, waiting for a token, or
+ * replaying the 401 to its caller), else an error to report. */
+static int start_auth(upreq_t *r)
+{
+    upstream_t *u = r->u;
+    auth_challenge_t *c = r->chal;
+    r->chal = NULL;
+    r->auth_tries++;
+    int rc;
+    if (c->scheme == AUTH_BASIC) {
+        rc = set_basic(r, r->o);
+        if (rc == 0) {
+            if (!u->basic)
+                LOG_INFO("upstream %s: asks for Basic auth; sending the configured credentials",
+                         u->ucfg->name);
+            u->basic = true;
+            rc = send_to(r, r->o);
+        } else {
+            LOG_WARN("upstream %s: cannot use the configured credentials: %s", u->ucfg->name,
+                     err_str(rc));
+            replay_later(r);
+            rc = 0;
+        }
+        goto out;
+    }
+    LOG_DEBUG("upstream %s: %s -> 401, answering its Bearer challenge (%s)", u->ucfg->name,
+              r->logline, c->error[0] ? c->error : "no error given");
+    char key[AUTH_MAX_KEY];
+    rc = auth_token_key(c, key, sizeof key);
+    if (rc < 0) {
+        LOG_WARN("upstream %s: %s: unusable Bearer challenge (%s)", u->ucfg->name, r->logline,
+                 err_str(rc));
+        replay_later(r);
+        rc = 0;
+        goto out;
+    }
+    uint64_t gen = 0;
+    const char *tok = auth_cache_get(u->tokens, key, time_wall_ms(), &gen);
+    if (tok && gen != r->auth_gen) {
+        /* Someone else already has a fresh token for this challenge. */
+        rc = set_bearer(r, r->o, tok, gen);
+        if (rc == 0)
+            rc = send_to(r, r->o);
+        goto out;
+    }
+    if (tok)
+        auth_cache_drop(u->tokens, gen); /* the token r carried was refused: forget it */
+    tokfetch_t *tf = find_fetch(u, key);
+    if (!tf) {
+        rc = start_fetch(u, c, key, r->o->primary, &tf);
+        if (rc < 0) {
+            LOG_WARN("upstream %s: %s: cannot fetch a token: %s", u->ucfg->name, r->logline,
+                     err_str(rc));
+            replay_later(r);
+            rc = 0;
+            goto out;
+        }
+    }
+    unqueue(r);
+    q_push_back(&tf->wait_head, &tf->wait_tail, r);
+    r->where = Q_TOKEN;
+    r->tf = tf;
+    rc = 0;
+out:
+    free(c);
+    return rc;
+}
+
+/* The response r got was intercepted and has been read (or its connection dropped): go on. */
+static void next_hop(upreq_t *r)
+{
+    enum intercept ic = r->intercept;
+    r->intercept = IC_NONE;
+    int rc = ic == IC_REDIRECT ? follow_redirect(r) : start_auth(r);
+    if (rc < 0)
+        fail_later(r, rc);
 }
 
 /* ---- Public API. ---- */
@@ -882,29 +1767,44 @@ static void dispatch(upstream_t *u)
 int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *ucfg,
                     const config_t *gcfg)
 {
+    int rc;
     upstream_t *u = calloc(1, sizeof *u);
     if (!u)
         return -ENOMEM;
     u->loop = loop;
     u->ucfg = ucfg;
     u->gcfg = gcfg;
-    bool v6 = strchr(ucfg->host, ':') != NULL;
-    bool dflt = ucfg->port == (ucfg->tls ? 443 : 80);
-    int n;
-    if (dflt)
-        n = snprintf(u->host_hdr, sizeof u->host_hdr, v6 ? "[%s]" : "%s", ucfg->host);
-    else
-        n = snprintf(u->host_hdr, sizeof u->host_hdr, v6 ? "[%s]:%u" : "%s:%u", ucfg->host,
-                     (unsigned)ucfg->port);
-    if (n < 0 || (size_t)n >= sizeof u->host_hdr) {
-        free(u);
-        return WE_INVALID;
+    u->rl.limit = u->rl.remaining = -1;
+    origin_t *o = calloc(1, sizeof *o);
+    if (!o) {
+        rc = -ENOMEM;
+        goto fail;
     }
-    snprintf(u->port_str, sizeof u->port_str, "%u", (unsigned)ucfg->port);
+    u->origins[0] = o;
+    u->norigins = 1;
+    rc = origin_init(o, u, ucfg->tls, ucfg->host, ucfg->port);
+    if (rc < 0)
+        goto fail;
+    o->primary = true;
+    rc = auth_cache_create(&u->tokens, UP_MAX_TOKENS);
+    if (rc < 0)
+        goto fail;
+    /* Made for http upstreams too: their redirects and token realms may be https. */
+    char tls_err[512];
+    rc = tls_client_ctx_for(ucfg, &u->tls_ctx, tls_err, sizeof tls_err);
+    if (rc < 0) {
+        LOG_ERROR("upstream %s: %s", ucfg->name, tls_err);
+        auth_cache_free(u->tokens);
+        goto fail;
+    }
     uv_timer_init(loop, &u->defer_timer);
     u->defer_timer.data = u;
     *out = u;
     return 0;
+fail:
+    free(u->origins[0]);
+    free(u);
+    return rc;
 }
 
 static void on_upstream_closed(uv_handle_t *h)
@@ -918,37 +1818,63 @@ void upstream_destroy(upstream_t *u)
         return;
     u->destroying = true;
     /* Requests should all be finished; any left over are dropped without callbacks. */
-    while (u->wait_head) {
-        upreq_t *r = u->wait_head;
-        LOG_WARN("upstream %s: destroyed with a request still waiting", u->ucfg->name);
-        unqueue(r);
-        free_req(r);
+    while (u->fetches) {
+        tokfetch_t *tf = u->fetches;
+        while (tf->wait_head) {
+            upreq_t *r = tf->wait_head;
+            LOG_WARN("upstream %s: destroyed with a request waiting for a token", u->ucfg->name);
+            unqueue(r);
+            free_req(r);
+        }
+        tokfetch_free(tf); /* its internal request is on an origin: freed below */
+    }
+    for (int i = 0; i < u->norigins; i++) {
+        origin_t *o = u->origins[i];
+        while (o->wait_head) {
+            upreq_t *r = o->wait_head;
+            if (!r->internal)
+                LOG_WARN("upstream %s: destroyed with a request still waiting", u->ucfg->name);
+            unqueue(r);
+            free_req(r);
+        }
     }
     while (u->defer_head) {
         upreq_t *r = u->defer_head;
         unqueue(r);
         free_req(r);
     }
-    while (u->conns) {
-        upconn_t *uc = u->conns;
-        upreq_t *r = detach(uc);
-        if (r) {
-            LOG_WARN("upstream %s: destroyed with a request in flight", u->ucfg->name);
-            free_req(r);
+    for (int i = 0; i < u->norigins; i++) {
+        origin_t *o = u->origins[i];
+        while (o->conns) {
+            upconn_t *uc = o->conns;
+            upreq_t *r = detach(uc);
+            if (r) {
+                if (!r->internal)
+                    LOG_WARN("upstream %s: destroyed with a request in flight", u->ucfg->name);
+                free_req(r);
+            }
+            close_conn(uc);
         }
-        close_conn(uc);
     }
-    if (u->dns) {
-        u->dns->u = NULL;
-        (void)uv_cancel((uv_req_t *)&u->dns->req);
-        u->dns = NULL;
-    }
+    for (int i = 0; i < u->norigins; i++)
+        origin_free(u->origins[i]);
+    u->norigins = 0;
+    auth_cache_free(u->tokens);
+    u->tokens = NULL;
+    tls_ctx_free(u->tls_ctx); /* live SSL objects hold their own reference */
+    u->tls_ctx = NULL;
     uv_close((uv_handle_t *)&u->defer_timer, on_upstream_closed);
 }
 
 const config_upstream_t *upstream_config(const upstream_t *u)
 {
     return u->ucfg;
+}
+
+bool upstream_ratelimit(const upstream_t *u, upstream_ratelimit_t *out)
+{
+    *out = u->rl;
+    return u->rl.known;
 }
 
 static bool valid_token(const char *s, size_t max)
@@ -982,57 +1908,45 @@ static bool valid_header_line(const char *s)
     return strpbrk(s, "\r\n") == NULL;
 }
 
-int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *path,
-                const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg)
+/* A request, not yet queued anywhere (send_to does that). */
+static int req_create(upreq_t **out, upstream_t *u, const char *method, const char *path,
+                      const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg)
 {
     int rc;
-    upreq_t *r = NULL;
-    if (u->ucfg->tls)
-        return WE_TLS; /* TLS upstreams arrive with issue 3 */
-    if (u->destroying || !cbs || !cbs->on_headers || !cbs->on_body || !cbs->on_done)
-        return -EINVAL;
+    size_t xlen = 0;
     if (!valid_token(method, 16) || !valid_path(path))
         return WE_INVALID;
-    if (u->nwait >= UP_MAX_QUEUE)
-        return -EAGAIN;
-
-    static const char ua[] = "User-Agent: " UP_USER_AGENT "\r\n";
-    static const char keep[] = "Connection: keep-alive\r\n";
-    size_t need = strlen(method) + 1 + strlen(path) + sizeof " HTTP/1.1\r\n" - 1;
-    size_t line = need - 2;
-    need += sizeof "Host: \r\n" - 1 + strlen(u->host_hdr) + sizeof ua - 1 + sizeof keep - 1 + 2;
     for (const char *const *h = extra_headers; h && *h; h++) {
         if (!valid_header_line(*h))
             return WE_INVALID;
-        need += strlen(*h) + 2;
-        if (need > UP_MAX_HEAD)
+        xlen += strlen(*h) + 2;
+        if (xlen > UP_MAX_HEAD)
             return WE_TOOBIG;
     }
-    if (need > UP_MAX_HEAD)
-        return WE_TOOBIG;
-
-    r = calloc(1, sizeof *r);
+    upreq_t *r = calloc(1, sizeof *r);
     if (!r)
         return -ENOMEM;
-    r->head = malloc(need + 1);
-    if (!r->head) {
+    r->path = strdup(path);
+    if (!r->path) {
         rc = -ENOMEM;
         goto fail;
     }
-    int n = snprintf(r->head, need + 1, "%s %s HTTP/1.1\r\nHost: %s\r\n%s%s", method, path,
-                     u->host_hdr, ua, keep);
-    size_t len = (size_t)n;
-    for (const char *const *h = extra_headers; h && *h; h++) {
-        size_t k = strlen(*h);
-        memcpy(r->head + len, *h, k);
-        memcpy(r->head + len + k, "\r\n", 2);
-        len += k + 2;
+    if (xlen > 0) {
+        r->extra = malloc(xlen + 1);
+        if (!r->extra) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        size_t len = 0;
+        for (const char *const *h = extra_headers; *h; h++) {
+            size_t k = strlen(*h);
+            memcpy(r->extra + len, *h, k);
+            memcpy(r->extra + len + k, "\r\n", 2);
+            len += k + 2;
+        }
+        r->extra[len] = '\0';
     }
-    memcpy(r->head + len, "\r\n", 2);
-    len += 2;
-    r->head[len] = '\0';
-    r->head_len = len;
-    r->line_len = line;
+    snprintf(r->method, sizeof r->method, "%s", method);
     r->u = u;
     r->cbs = cbs;
     r->arg = arg;
@@ -1041,12 +1955,37 @@ int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *pa
     r->clen = UINT64_MAX;
     llhttp_init(&r->parser, HTTP_RESPONSE, &parser_settings);
     r->parser.data = r;
+    *out = r;
+    return 0;
+fail:
+    free_req(r);
+    return rc;
+}
+
+int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *path,
+                const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg)
+{
+    int rc;
+    upreq_t *r = NULL;
+    if (u->destroying || !cbs || !cbs->on_headers || !cbs->on_body || !cbs->on_done)
+        return -EINVAL;
+    origin_t *o = u->origins[0];
+    if (o->nwait >= UP_MAX_QUEUE)
+        return -EAGAIN;
+    rc = req_create(&r, u, method, path, extra_headers, cbs, arg);
+    if (rc < 0)
+        return rc;
+    set_origin(r, o);
+    attach_known_auth(r);
+    rc = build_head(r);
+    if (rc < 0)
+        goto fail;
     enqueue_wait(r, false);
     *out = r;
     /* The loop's clock is stale when the caller spent time since the last poll; timeouts
      * armed now should count from now. */
     uv_update_time(u->loop);
-    dispatch(u);
+    dispatch(o);
     return 0;
 fail:
     if (r)
@@ -1090,9 +2029,7 @@ void upreq_resume(upreq_t *r)
     if (r->where == Q_DEFER)
         return;
     r->defer_resume = true;
-    q_push_back(&r->u->defer_head, &r->u->defer_tail, r);
-    r->where = Q_DEFER;
-    uv_timer_start(&r->u->defer_timer, on_defer, 0, 0);
+    defer(r);
 }
 
 void upreq_cancel(upreq_t *r)
@@ -1133,4 +2070,9 @@ const char *upreq_header(const upreq_t *r, const char *name)
 uint64_t upreq_content_length(const upreq_t *r)
 {
     return r->clen;
+}
+
+int upreq_redirects(const upreq_t *r)
+{
+    return r->redirects;
 }

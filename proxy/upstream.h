@@ -1,7 +1,12 @@
 /** HTTP/1.1 client for one upstream registry: a keep-alive connection pool, lazy DNS (names
  * are resolved at first use, never at start), connect / response / idle timeouts, and
- * pull-based body delivery. Plain HTTP today; TLS, auth and redirects arrive with issue 3 and
- * stay behind this interface.
+ * pull-based body delivery. Redirects and upstream auth are handled inside and invisible to
+ * callers: 301/302/303/307/308 answers to GET and HEAD are followed (up to the config's
+ * upstream_max_redirects, to http/https only, dropping Authorization when the scheme, host or
+ * port changes), and a 401 is answered once (Bearer: a token fetched from the challenge's
+ * realm, cached and sent up front on later requests for the same repository; Basic: the
+ * configured credentials). Callers see the final response only; when auth cannot succeed they
+ * see the upstream's 401 (headers, no body).
  *
  * Lifecycle of a request: upreq_start -> on_headers once -> on_body zero or more times ->
  * on_done exactly once (0 after a complete message, else an error). upreq_cancel before on_done
@@ -33,6 +38,20 @@ void upstream_destroy(upstream_t *u);
 /** The configured upstream this client serves (borrowed). */
 const config_upstream_t *upstream_config(const upstream_t *u);
 
+/** The last rate-limit headers the upstream sent (Docker Hub's RateLimit-Limit,
+ * RateLimit-Remaining, Docker-RateLimit-Source), for logs and metrics. */
+typedef struct upstream_ratelimit {
+    bool known;         /* such headers were seen at least once */
+    int64_t limit;      /* pulls per window; -1 when not sent */
+    int64_t remaining;  /* pulls left; -1 when not sent */
+    uint32_t window_s;  /* the w= window in seconds; 0 when not sent */
+    char source[64];    /* Docker-RateLimit-Source (an IP or account id); "" when not sent */
+    int64_t updated_ms; /* wall clock (Unix ms) of the response that carried them */
+} upstream_ratelimit_t;
+
+/** Copies the last rate-limit values into *out; returns out->known. */
+bool upstream_ratelimit(const upstream_t *u, upstream_ratelimit_t *out);
+
 typedef struct upreq_cbs {
     /** Status line and headers arrived. Read headers with upreq_header*, length with
      * upreq_content_length. May call upreq_cancel. */
@@ -47,7 +66,9 @@ typedef struct upreq_cbs {
 
 /** Sends `method path` (path is absolute and already includes the upstream's base path and
  * query). extra_headers is a NULL-terminated array of "Name: value" lines (borrowed, copied
- * before return); Host, User-Agent and Connection are added by the client. cbs and arg are
+ * before return; an Authorization line among them goes to this upstream's own origin only);
+ * Host, User-Agent, Connection and any Authorization winch obtained are added by the client
+ * (a caller's own Authorization turns winch's auth handling off for the request). cbs and arg are
  * borrowed until on_done. *out is valid until on_done or upreq_cancel. No callback fires
  * before this returns. */
 int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *path,
@@ -70,5 +91,7 @@ const char *upreq_header(const upreq_t *r, const char *name);
 const char *upreq_header_next(const upreq_t *r, const char *name, const char *prev);
 /** Content-Length of the response, or UINT64_MAX when absent (chunked or close-delimited). */
 uint64_t upreq_content_length(const upreq_t *r);
+/** Redirects followed to reach the response on_headers saw (for logs and tests). */
+int upreq_redirects(const upreq_t *r);
 
 #endif

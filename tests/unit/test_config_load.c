@@ -13,12 +13,12 @@
 
 static char tmpdir[] = "/tmp/winch-test-config-XXXXXX";
 static int nfiles;
-static char files[16][256];
+static char files[48][256];
 
 /* Writes text into a fresh file under tmpdir; returns its path (static storage). */
 static const char *write_file(const char *name, const char *text)
 {
-    CHECK(nfiles < 16);
+    CHECK(nfiles < 48);
     char *path = files[nfiles++];
     snprintf(path, 256, "%s/%s", tmpdir, name);
     FILE *f = fopen(path, "w");
@@ -507,6 +507,273 @@ static void test_ipv6(void)
     config_free(c);
 }
 
+/* ---- TLS listener, upstream TLS and credentials (issue 3). ---- */
+
+/* Like expect_json_err, and the message must not contain `secret`. */
+static void expect_json_err_secret(const char *json, const char *want, const char *secret)
+{
+    config_t *c = (config_t *)1;
+    char err[512] = "";
+    int rc = config_from_json(&c, json, strlen(json), "t.json", err, sizeof err);
+    if (rc != WE_CONFIG || !strstr(err, want) || strstr(err, secret)) {
+        fprintf(stderr, "json: %s\nwant: %s\ngot rc=%d err: %s\n", json, want, rc, err);
+        CHECK(0);
+    }
+    CHECK(c == NULL);
+}
+
+static void test_listeners(void)
+{
+    const char *cert = write_file("cert.pem", "-----BEGIN CERTIFICATE-----\n");
+    const char *key = write_file("key.pem", "-----BEGIN PRIVATE KEY-----\n");
+    char json[1024];
+    config_t *c;
+
+    c = json_ok("{}");
+    CHECK(c->listen_enabled);
+    CHECK(!c->tls_listen_enabled);
+    CHECK(c->tls_listen_host == NULL && c->tls_cert == NULL && c->tls_key == NULL);
+    CHECK_INT(c->upstream_max_redirects, 5);
+    config_free(c);
+
+    snprintf(json, sizeof json,
+             "{\"tls_listen\": \"127.0.0.1:0\", \"tls_cert\": \"%s\", \"tls_key\": \"%s\"}", cert,
+             key);
+    c = json_ok(json);
+    CHECK(c->listen_enabled);
+    CHECK(c->tls_listen_enabled);
+    CHECK_STR(c->tls_listen_host, "127.0.0.1");
+    CHECK_INT(c->tls_listen_port, 0);
+    CHECK_STR(c->tls_cert, cert);
+    CHECK_STR(c->tls_key, key);
+    config_free(c);
+
+    /* TLS only: "listen" "" or null. */
+    for (int i = 0; i < 2; i++) {
+        snprintf(json, sizeof json,
+                 "{\"listen\": %s, \"tls_listen\": \"[::1]:5443\", \"tls_cert\": \"%s\", "
+                 "\"tls_key\": \"%s\"}",
+                 i ? "null" : "\"\"", cert, key);
+        c = json_ok(json);
+        CHECK(!c->listen_enabled);
+        CHECK(c->tls_listen_enabled);
+        CHECK_STR(c->tls_listen_host, "::1");
+        CHECK_INT(c->tls_listen_port, 5443);
+        config_free(c);
+    }
+    /* A certificate without tls_listen is fine (the listener is just off). */
+    snprintf(json, sizeof json, "{\"tls_listen\": \"\", \"tls_cert\": \"%s\"}", cert);
+    c = json_ok(json);
+    CHECK(!c->tls_listen_enabled);
+    config_free(c);
+
+    expect_json_err("{\"listen\": \"\"}", "t.json: listen: no listener");
+    expect_json_err("{\"listen\": null, \"tls_listen\": null}", "listen: no listener");
+    expect_json_err("{\"tls_listen\": \"127.0.0.1:5443\"}",
+                    "t.json: tls_cert: missing: tls_listen needs tls_cert and tls_key");
+    snprintf(json, sizeof json, "{\"tls_listen\": \"127.0.0.1:5443\", \"tls_cert\": \"%s\"}", cert);
+    expect_json_err(json, "t.json: tls_key: missing");
+    expect_json_err("{\"tls_listen\": \"localhost:5443\"}", "tls_listen: host must be an IP");
+    expect_json_err("{\"tls_listen\": \"127.0.0.1\"}", "tls_listen: expected HOST:PORT");
+    expect_json_err("{\"tls_listen\": 5443}", "tls_listen: expected a string");
+    expect_json_err("{\"tls_cert\": \"/nonexistent/cert.pem\"}",
+                    "tls_cert: cannot open /nonexistent/cert.pem: No such file or directory");
+    expect_json_err("{\"tls_key\": \"/tmp\"}", "tls_key: /tmp is not a regular file");
+    expect_json_err("{\"tls_key\": \"\"}", "tls_key: must not be empty");
+    snprintf(json, sizeof json,
+             "{\"listen\": \"127.0.0.1:5000\", \"tls_listen\": \"127.0.0.1:5000\", "
+             "\"tls_cert\": \"%s\", \"tls_key\": \"%s\"}",
+             cert, key);
+    expect_json_err(json, "tls_listen: same address as listen");
+
+    /* Flags; the whole-config checks run after them. */
+    const char *a1[] = {"--tls-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key=", key};
+    char keyflag[300];
+    snprintf(keyflag, sizeof keyflag, "--tls-key=%s", key);
+    a1[4] = keyflag;
+    c = NULL;
+    char err[512] = "";
+    CHECK_INT(load(&c, err, sizeof err, 5, a1), 0);
+    CHECK(c->tls_listen_enabled && c->listen_enabled);
+    CHECK_STR(c->tls_key, key);
+    config_free(c);
+    const char *a2[] = {"--listen",  "", "--tls-listen=127.0.0.1:8443", "--tls-cert", cert,
+                        "--tls-key", key};
+    CHECK_INT(load(&c, err, sizeof err, 7, a2), 0);
+    CHECK(!c->listen_enabled);
+    CHECK_INT(c->tls_listen_port, 8443);
+    config_free(c);
+    const char *a3[] = {"--listen="};
+    expect_flag_err(1, a3, "winch serve: listen: no listener");
+    const char *a4[] = {"--tls-listen", "127.0.0.1:8443"};
+    expect_flag_err(2, a4, "winch serve: tls_cert: missing");
+    const char *a5[] = {"--tls-cert", "/nonexistent.pem"};
+    expect_flag_err(2, a5, "--tls-cert: cannot open /nonexistent.pem");
+    /* The file says tls_listen, a flag gives the missing key: fine. */
+    snprintf(json, sizeof json, "{\"tls_listen\": \"127.0.0.1:0\", \"tls_cert\": \"%s\"}", cert);
+    const char *path = write_file("tls.json", json);
+    const char *a6[] = {"--config", path, "--tls-key", key};
+    CHECK_INT(load(&c, err, sizeof err, 4, a6), 0);
+    CHECK(c->tls_listen_enabled);
+    config_free(c);
+    const char *a7[] = {"--config", path};
+    expect_flag_err(2, a7, "tls.json: tls_key: missing");
+
+    /* upstream_max_redirects. */
+    c = json_ok("{\"upstream_max_redirects\": 0}");
+    CHECK_INT(c->upstream_max_redirects, 0);
+    config_free(c);
+    c = json_ok("{\"upstream_max_redirects\": 20}");
+    CHECK_INT(c->upstream_max_redirects, 20);
+    config_free(c);
+    expect_json_err("{\"upstream_max_redirects\": 21}", "upstream_max_redirects: must be 0..20");
+}
+
+#define SECRET "TOPSECRET-7f3a"
+
+static void test_upstream_tls_and_credentials(void)
+{
+    const char *ca = write_file("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+    const char *pw = write_file("pw", SECRET "\n");
+    const char *pw_crlf = write_file("pw-crlf", SECRET "\r\n\n");
+    const char *pw_plain = write_file("pw-plain", SECRET);
+    const char *pw_empty = write_file("pw-empty", "");
+    const char *pw_nl = write_file("pw-nl", "\n\r\n");
+    const char *pw_nul = write_file("pw-nul", "ab");
+    /* Make pw_nul really hold a NUL: "a\0b". */
+    FILE *f = fopen(pw_nul, "w");
+    CHECK(f != NULL);
+    CHECK_INT(fwrite("a\0b\n", 1, 4, f), 4);
+    fclose(f);
+    static char big[4098];
+    memset(big, 'x', 4096);
+    big[4096] = '\0';
+    const char *pw_max = write_file("pw-max", big);
+    big[4096] = '\n'; /* 4096 bytes + newline: still fine, the newline is stripped... */
+    big[4097] = '\0';
+    const char *pw_max_nl = write_file("pw-max-nl", big);
+    big[4096] = 'x'; /* ...but 4097 real bytes are too many. */
+    const char *pw_big = write_file("pw-big", big);
+    char json[2048];
+    config_t *c;
+#define UP(extra) "{\"upstreams\": [{\"name\": \"r.io\", \"url\": \"https://r.io\", " extra "}]}"
+
+    snprintf(json, sizeof json,
+             UP("\"ca_file\": \"%s\", \"username\": \"bob\", \"password_file\": \"%s\""), ca, pw);
+    c = json_ok(json);
+    const config_upstream_t *u = &c->upstreams[0];
+    CHECK_STR(u->ca_file, ca);
+    CHECK(!u->insecure_skip_verify);
+    CHECK_STR(u->username, "bob");
+    CHECK_STR(u->password, SECRET);
+    CHECK_STR(u->password_file, pw);
+    CHECK(u->password_env == NULL);
+    config_free(c);
+
+    const char *files_ok[] = {pw_crlf, pw_plain};
+    for (int i = 0; i < 2; i++) {
+        snprintf(json, sizeof json, UP("\"username\": \"bob\", \"password_file\": \"%s\""),
+                 files_ok[i]);
+        c = json_ok(json);
+        CHECK_STR(c->upstreams[0].password, SECRET);
+        config_free(c);
+    }
+    snprintf(json, sizeof json, UP("\"username\": \"bob\", \"password_file\": \"%s\""), pw_max);
+    c = json_ok(json);
+    CHECK_INT(strlen(c->upstreams[0].password), 4096);
+    config_free(c);
+    snprintf(json, sizeof json, UP("\"username\": \"bob\", \"password_file\": \"%s\""), pw_max_nl);
+    expect_json_err(json, "is larger than 4096 bytes"); /* the bound counts the raw file */
+    snprintf(json, sizeof json, UP("\"username\": \"bob\", \"password_file\": \"%s\""), pw_big);
+    expect_json_err(json, "upstreams[0].password_file: ");
+    snprintf(json, sizeof json, UP("\"username\": \"bob\", \"password_file\": \"%s\""), pw_empty);
+    expect_json_err(json, "upstreams[0].password_file: ");
+    expect_json_err(json, "is empty");
+    snprintf(json, sizeof json, UP("\"username\": \"bob\", \"password_file\": \"%s\""), pw_nl);
+    expect_json_err(json, "is empty");
+    snprintf(json, sizeof json, UP("\"username\": \"bob\", \"password_file\": \"%s\""), pw_nul);
+    expect_json_err(json, "contains a NUL byte");
+    expect_json_err(UP("\"username\": \"bob\", \"password_file\": \"/nonexistent/pw\""),
+                    "upstreams[0].password_file: cannot open /nonexistent/pw: No such file");
+    expect_json_err(UP("\"username\": \"bob\", \"password_file\": \"\""),
+                    "password_file: must not be empty");
+
+    /* From the environment. */
+    setenv("WINCH_TEST_PW", SECRET, 1);
+    setenv("WINCH_TEST_EMPTY", "", 1);
+    unsetenv("WINCH_TEST_UNSET");
+    c = json_ok(UP("\"username\": \"bob\", \"password_env\": \"WINCH_TEST_PW\""));
+    CHECK_STR(c->upstreams[0].password, SECRET);
+    CHECK_STR(c->upstreams[0].password_env, "WINCH_TEST_PW");
+    CHECK(c->upstreams[0].password_file == NULL);
+    config_free(c);
+    expect_json_err(UP("\"username\": \"bob\", \"password_env\": \"WINCH_TEST_UNSET\""),
+                    "upstreams[0].password_env: environment variable WINCH_TEST_UNSET is not set");
+    expect_json_err(UP("\"username\": \"bob\", \"password_env\": \"WINCH_TEST_EMPTY\""),
+                    "environment variable WINCH_TEST_EMPTY is empty");
+    expect_json_err(UP("\"username\": \"bob\", \"password_env\": \"1BAD\""),
+                    "password_env: \"1BAD\" is not an environment variable name");
+    expect_json_err(UP("\"username\": \"bob\", \"password_env\": \"\""),
+                    "password_env: must not be empty");
+
+    /* Combinations; the password never shows up in a message. */
+    snprintf(json, sizeof json,
+             UP("\"username\": \"bob\", \"password_file\": \"%s\", \"password_env\": "
+                "\"WINCH_TEST_PW\""),
+             pw);
+    expect_json_err_secret(json,
+                           "upstreams[0].password_env: give either password_file or "
+                           "password_env, not both",
+                           SECRET);
+    expect_json_err_secret(UP("\"username\": \"bob\""),
+                           "upstreams[0].username: is set but there is no password", SECRET);
+    snprintf(json, sizeof json, UP("\"password_file\": \"%s\""), pw);
+    expect_json_err_secret(json, "upstreams[0].password_file: is set but username is not", SECRET);
+    expect_json_err_secret(UP("\"password_env\": \"WINCH_TEST_PW\""),
+                           "upstreams[0].password_env: is set but username is not", SECRET);
+    snprintf(json, sizeof json, UP("\"username\": \"bo:b\", \"password_file\": \"%s\""), pw);
+    expect_json_err_secret(json, "username: \"bo:b\" must not contain ':'", SECRET);
+    expect_json_err_secret(UP("\"username\": \"\", \"password_env\": \"WINCH_TEST_PW\""),
+                           "username: must not be empty", SECRET);
+    expect_json_err_secret(UP("\"username\": \"b\\nob\", \"password_env\": \"WINCH_TEST_PW\""),
+                           "username: must not contain control characters", SECRET);
+    expect_json_err_secret(UP("\"username\": \"bob\", \"password\": \"" SECRET "\""),
+                           "upstreams[0].password: not supported", SECRET);
+    /* A later field fails after the password was read: still not echoed. */
+    expect_json_err_secret(UP("\"username\": \"bob\", \"password_env\": \"WINCH_TEST_PW\"}, "
+                              "{\"name\": \"r.io\", \"url\": \"https://r.io\""),
+                           "duplicate upstream", SECRET);
+
+    /* TLS fields. */
+    c = json_ok(UP("\"insecure_skip_verify\": true"));
+    CHECK(c->upstreams[0].insecure_skip_verify);
+    CHECK(c->upstreams[0].ca_file == NULL);
+    config_free(c);
+    c = json_ok(UP("\"insecure_skip_verify\": false"));
+    CHECK(!c->upstreams[0].insecure_skip_verify);
+    config_free(c);
+    expect_json_err(UP("\"insecure_skip_verify\": \"yes\""),
+                    "upstreams[0].insecure_skip_verify: expected true or false, got a string");
+    snprintf(json, sizeof json, UP("\"insecure_skip_verify\": true, \"ca_file\": \"%s\""), ca);
+    expect_json_err(json, "upstreams[0].insecure_skip_verify: true contradicts ca_file");
+    expect_json_err(UP("\"ca_file\": \"/nonexistent/ca.pem\""),
+                    "upstreams[0].ca_file: cannot open /nonexistent/ca.pem");
+    expect_json_err(UP("\"ca_file\": 1"), "upstreams[0].ca_file: expected a string");
+    expect_json_err(UP("\"bogus\": 1"), "upstreams[0].bogus: unknown field");
+
+    /* Replacing the list with --upstream frees (and wipes) what the file had. */
+    snprintf(json, sizeof json,
+             UP("\"ca_file\": \"%s\", \"username\": \"bob\", \"password_file\": \"%s\""), ca, pw);
+    const char *path = write_file("creds.json", json);
+    const char *a1[] = {"--config", path, "--upstream", "x.io=https://x.io"};
+    char err[512];
+    CHECK_INT(load(&c, err, sizeof err, 4, a1), 0);
+    CHECK_INT(c->n_upstreams, 1);
+    CHECK(c->upstreams[0].username == NULL && c->upstreams[0].password == NULL);
+    config_free(c);
+#undef UP
+}
+
 static void test_small_err_buffer(void)
 {
     /* A short buffer truncates, never overflows; NULL is allowed. */
@@ -531,6 +798,8 @@ int main(void)
     test_find();
     test_listen_port_zero();
     test_ipv6();
+    test_listeners();
+    test_upstream_tls_and_credentials();
     test_small_err_buffer();
     cleanup();
     printf("test_config_load: ok\n");
