@@ -10,6 +10,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
@@ -50,6 +51,21 @@ static int ctx_common(SSL_CTX *ctx)
     return 0;
 }
 
+/* The system store as a hashed directory (/etc/ssl/certs on Debian), whose certificates are
+ * read when a chain needs them. SSL_CTX_set_default_verify_paths would also parse the whole
+ * bundle file at once: ~50 ms of start-up, on the loop, for every TLS upstream. The usual
+ * SSL_CERT_FILE and SSL_CERT_DIR overrides still apply. */
+static int system_store(SSL_CTX *ctx)
+{
+    const char *file = getenv(X509_get_default_cert_file_env());
+    const char *dir = getenv(X509_get_default_cert_dir_env());
+    if (file && *file && SSL_CTX_load_verify_file(ctx, file) != 1)
+        return -1;
+    if (!dir || !*dir)
+        dir = X509_get_default_cert_dir();
+    return SSL_CTX_load_verify_dir(ctx, dir) == 1 ? 0 : -1;
+}
+
 int tls_client_ctx_new(const char *ca_file, bool insecure, SSL_CTX **out, char *err, size_t errlen)
 {
     char what[320];
@@ -70,7 +86,7 @@ int tls_client_ctx_new(const char *ca_file, bool insecure, SSL_CTX **out, char *
         /* ca_file adds to the system store rather than replacing it (as docker's and
          * containers/image's per-registry CAs do): an upstream's redirects to a CDN and its
          * token realm usually carry public certificates. */
-        if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        if (system_store(ctx) < 0) {
             rc = tls_fail(err, errlen, "cannot load the system CA store");
             goto fail;
         }
