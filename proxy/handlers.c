@@ -164,132 +164,214 @@ bool etag_matches(const char *inm, const char *digest)
     return false;
 }
 
-/* ---- Buffered upstream fetch ------------------------------------------------------------- */
+/* ---- Shared buffered upstream fetches ------------------------------------------------------
+ * Identical GETs and HEADs in flight at once share one upstream request (a flight); every
+ * request waiting for it is answered from the same response. A rollout makes dozens of nodes
+ * ask for the same manifests in the same second, and on Docker Hub each manifest GET counts
+ * against the pull rate limit. The flight belongs to its waiters: when the last one goes away
+ * (its client died), the upstream request is cancelled. */
 
-typedef struct ufetch {
+typedef struct flight flight_t;
+
+typedef struct waiter {
     req_t *r;
-    upreq_t *up;
+    flight_t *fl;
     ufetch_cb cb;
     void *ctx;
     void (*ctx_free)(void *);
+    struct waiter *next;
+} waiter_t;
+
+struct flight {
+    flight_t *next; /* in `flights` while in flight */
+    upstream_t *u;
+    upreq_t *up;
+    waiter_t *waiters;
     char *buf;
     size_t len, cap, max;
     int status;
     bool head; /* HEAD: Content-Length describes what a GET would send, not a body */
     bool too_big;
-} ufetch_t;
+    char key[]; /* "METHOD path\nAccept" */
+};
 
-static void ufetch_free(ufetch_t *f)
-{
-    free(f->buf);
-    free(f);
-}
+static flight_t *flights;
 
-static void ufetch_cancel(req_t *r)
+static void flight_unlink(flight_t *fl)
 {
-    ufetch_t *f = r->op;
-    r->op = NULL;
-    upreq_cancel(f->up);
-    if (f->ctx_free)
-        f->ctx_free(f->ctx);
-    ufetch_free(f);
-}
-
-static void uf_on_headers(upreq_t *up, void *arg, int status)
-{
-    ufetch_t *f = arg;
-    f->status = status;
-    uint64_t cl = upreq_content_length(up);
-    if (!f->head && status == 200 && cl != UINT64_MAX && cl > f->max)
-        f->too_big = true;
-}
-
-static void uf_on_body(upreq_t *up, void *arg, const char *data, size_t len)
-{
-    ufetch_t *f = arg;
-    (void)up;
-    if (f->too_big)
-        return;
-    /* Error bodies are read but not kept beyond a small bound: we never relay them. */
-    size_t max = f->status == 200 ? f->max : 4096;
-    if (len > max - f->len) {
-        if (f->status == 200)
-            f->too_big = true;
-        return;
-    }
-    if (f->len + len + 1 > f->cap) {
-        size_t cap = f->cap ? f->cap : 4096;
-        while (cap < f->len + len + 1)
-            cap *= 2;
-        char *nb = realloc(f->buf, cap);
-        if (!nb) {
-            f->too_big = true;
+    for (flight_t **p = &flights; *p; p = &(*p)->next) {
+        if (*p == fl) {
+            *p = fl->next;
             return;
         }
-        f->buf = nb;
-        f->cap = cap;
     }
-    memcpy(f->buf + f->len, data, len);
-    f->len += len;
 }
 
-static void uf_on_done(upreq_t *up, void *arg, int err)
+static void flight_free(flight_t *fl)
 {
-    ufetch_t *f = arg;
-    req_t *r = f->r;
-    r->cancel = NULL;
-    r->op = NULL;
-    if (err == 0 && f->too_big)
-        err = WE_TOOBIG;
-    char *body = NULL;
-    size_t len = 0;
-    if (err == 0 && f->status == 200) {
-        if (!f->buf)
-            f->buf = malloc(1);
-        if (f->buf)
-            f->buf[f->len] = '\0';
-        body = f->buf;
-        len = f->len;
-        f->buf = NULL;
-    }
-    ufetch_cb cb = f->cb;
-    void *ctx = f->ctx;
-    int status = f->status;
-    ufetch_free(f);
-    cb(r, ctx, status, err, up, body, len);
+    free(fl->buf);
+    free(fl);
 }
 
-static const upreq_cbs_t ufetch_cbs = {
-    .on_headers = uf_on_headers,
-    .on_body = uf_on_body,
-    .on_done = uf_on_done,
+/* A waiting client went away. */
+static void waiter_cancel(req_t *r)
+{
+    waiter_t *w = r->op;
+    flight_t *fl = w->fl;
+    r->op = NULL;
+    for (waiter_t **p = &fl->waiters; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    }
+    if (w->ctx_free)
+        w->ctx_free(w->ctx);
+    free(w);
+    if (!fl->waiters) {
+        flight_unlink(fl);
+        upreq_cancel(fl->up);
+        flight_free(fl);
+    }
+}
+
+static void fl_on_headers(upreq_t *up, void *arg, int status)
+{
+    flight_t *fl = arg;
+    fl->status = status;
+    uint64_t cl = upreq_content_length(up);
+    if (!fl->head && status == 200 && cl != UINT64_MAX && cl > fl->max)
+        fl->too_big = true;
+}
+
+static void fl_on_body(upreq_t *up, void *arg, const char *data, size_t len)
+{
+    flight_t *fl = arg;
+    (void)up;
+    if (fl->too_big)
+        return;
+    /* Error bodies are read but not kept beyond a small bound: they are never relayed. */
+    size_t max = fl->status == 200 ? fl->max : 4096;
+    if (len > max - fl->len) {
+        if (fl->status == 200)
+            fl->too_big = true;
+        return;
+    }
+    if (fl->len + len + 1 > fl->cap) {
+        size_t cap = fl->cap ? fl->cap : 4096;
+        while (cap < fl->len + len + 1)
+            cap *= 2;
+        char *nb = realloc(fl->buf, cap);
+        if (!nb) {
+            fl->too_big = true;
+            return;
+        }
+        fl->buf = nb;
+        fl->cap = cap;
+    }
+    memcpy(fl->buf + fl->len, data, len);
+    fl->len += len;
+}
+
+static void fl_on_done(upreq_t *up, void *arg, int err)
+{
+    flight_t *fl = arg;
+    /* Out of the list first: a waiter's callback that asks again starts a new flight. */
+    flight_unlink(fl);
+    waiter_t *ws = fl->waiters;
+    fl->waiters = NULL;
+    for (waiter_t *w = ws; w; w = w->next) {
+        w->r->cancel = NULL;
+        w->r->op = NULL;
+    }
+    if (err == 0 && fl->too_big)
+        err = WE_TOOBIG;
+    bool ok = err == 0 && fl->status == 200;
+    while (ws) {
+        waiter_t *w = ws;
+        ws = w->next;
+        char *body = NULL;
+        size_t len = 0;
+        if (ok) {
+            /* The last waiter takes the buffer; the others get copies. */
+            if (!ws && fl->buf) {
+                body = fl->buf;
+                fl->buf = NULL;
+            } else {
+                body = malloc(fl->len + 1);
+                if (body && fl->len)
+                    memcpy(body, fl->buf, fl->len);
+            }
+            if (!body) {
+                err = -ENOMEM;
+                ok = false;
+            } else {
+                body[fl->len] = '\0';
+                len = fl->len;
+            }
+        }
+        w->cb(w->r, w->ctx, fl->status, ok ? 0 : err, up, body, len);
+        free(w);
+    }
+    flight_free(fl);
+}
+
+static const upreq_cbs_t flight_cbs = {
+    .on_headers = fl_on_headers,
+    .on_body = fl_on_body,
+    .on_done = fl_on_done,
 };
 
 int ufetch_start(req_t *r, const char *method, const char *path, const char *accept, size_t max,
                  ufetch_cb cb, void *ctx, void (*ctx_free)(void *))
 {
-    ufetch_t *f = calloc(1, sizeof *f);
-    if (!f)
+    upstream_t *u = req_upstream(r);
+    char key[REF_NAME_MAX + 1024];
+    int kl = snprintf(key, sizeof key, "%s %s\n%s", method, path, accept ? accept : "");
+    if (kl < 0 || (size_t)kl >= sizeof key)
+        return WE_TOOBIG;
+    waiter_t *w = calloc(1, sizeof *w);
+    if (!w)
         return -ENOMEM;
-    f->r = r;
-    f->cb = cb;
-    f->ctx = ctx;
-    f->ctx_free = ctx_free;
-    f->max = max;
-    f->head = strcmp(method, "HEAD") == 0;
-    char acc[512];
-    const char *hdrs[2] = {NULL, NULL};
-    if (accept) {
-        snprintf(acc, sizeof acc, "Accept: %s", accept);
-        hdrs[0] = acc;
+    w->r = r;
+    w->cb = cb;
+    w->ctx = ctx;
+    w->ctx_free = ctx_free;
+    flight_t *fl = flights;
+    while (fl && !(fl->u == u && fl->max == max && strcmp(fl->key, key) == 0))
+        fl = fl->next;
+    if (!fl) {
+        fl = calloc(1, sizeof *fl + (size_t)kl + 1);
+        if (!fl) {
+            free(w);
+            return -ENOMEM;
+        }
+        memcpy(fl->key, key, (size_t)kl + 1);
+        fl->u = u;
+        fl->max = max;
+        fl->head = strcmp(method, "HEAD") == 0;
+        char acc[512];
+        const char *hdrs[2] = {NULL, NULL};
+        if (accept) {
+            snprintf(acc, sizeof acc, "Accept: %s", accept);
+            hdrs[0] = acc;
+        }
+        int err = upreq_start(&fl->up, u, method, path, hdrs, &flight_cbs, fl);
+        if (err < 0) {
+            free(fl);
+            free(w);
+            return err;
+        }
+        fl->next = flights;
+        flights = fl;
+    } else {
+        LOG_DEBUG("req=%llu joins the upstream %s in flight", (unsigned long long)r->id, method);
     }
-    int err = upreq_start(&f->up, req_upstream(r), method, path, hdrs, &ufetch_cbs, f);
-    if (err < 0) {
-        free(f);
-        return err;
-    }
-    r->op = f;
-    r->cancel = ufetch_cancel;
+    w->fl = fl;
+    w->next = fl->waiters;
+    fl->waiters = w;
+    r->op = w;
+    r->cancel = waiter_cancel;
     return 0;
 }
 

@@ -34,7 +34,7 @@ typedef void (*ufetch_cb)(req_t *r, void *ctx, int status, int err, upreq_t *up,
 
 /** Sends method (GET or HEAD) for path (absolute, from upstream_path) to r's upstream with the
  * given Accept (may be NULL) and collects at most max body bytes (a larger body fails with
- * WE_TOOBIG). Sets r->cancel for the duration. cb runs exactly once unless the client
+ * WE_TOOBIG). An identical request already in flight is joined instead of sent again. Sets r->cancel for the duration. cb runs exactly once unless the client
  * connection dies first, in which case ctx_free(ctx) runs instead (ctx_free may be NULL).
  * Returns 0, or an error and neither runs. */
 int ufetch_start(req_t *r, const char *method, const char *path, const char *accept, size_t max,

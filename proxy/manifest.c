@@ -196,6 +196,17 @@ static void on_manifest_fetched(req_t *r, void *ctx, int status, int err, upreq_
         digester_free(d);
     }
     const char *tag = r->route.ref_is_digest ? NULL : r->route.ref;
+    cache_entry_t have;
+    if (cache_lookup(req_cache(r), digest, &have) == 0 && have.kind == CACHE_MANIFEST) {
+        /* Another request sharing this upstream fetch stored it already. */
+        if (tag)
+            cache_tag_set(req_cache(r), r->route.upstream->name, r->route.name, tag, digest,
+                          NULL, NULL);
+        r->cache_status = "miss";
+        free(m);
+        serve_bytes(r, digest, mt, body, len);
+        return;
+    }
     cache_manifest_put_t put = {
         .digest = digest,
         .media_type = mt,

@@ -4,7 +4,9 @@
   - a Range GET of a cold blob: 206 with the right bytes and Content-Range, one upstream GET;
   - Range GETs while another client's fill is in progress (fake upstream that pauses mid-blob):
     bytes already written come at once, bytes past the fill point come when they arrive, all
-    from the one upstream fetch."""
+    from the one upstream fetch;
+  - 12 concurrent cold requests for one manifest (by tag and by digest): one upstream HEAD and
+    one upstream GET."""
 
 import os
 import random
@@ -242,6 +244,50 @@ class RangeDuringFill(lab.TestCase):
                          "upstream GETs: %s" % [(x.method, x.target) for x in self.fake.seen()])
         lab.wait_for(lambda: os.path.exists(self.winch.blob_path(digest)), 10,
                      what="the blob to be published in the store")
+
+
+class ManifestSingleFlight(lab.TestCase):
+    """A rollout: many nodes ask for the same cold tag at the same moment. Every manifest GET
+    counts against Docker Hub's pull limit, so they must share one upstream HEAD and one GET."""
+
+    def setUp(self):
+        self.fake = lab.FakeUpstream()
+        self.winch = lab.Winch([("docker.io", self.fake.url)])
+
+    def tearDown(self):
+        self.fake.clear_faults()
+        self.winch.stop()
+        self.fake.stop()
+
+    def test_concurrent_cold_tag_and_digest(self):
+        md, mb, cd, lds = self.fake.add_image("lab/rollout", "v1", [b"r" * 1000])
+        tag_path = "/v2/lab/rollout/manifests/v1"
+        dig_path = "/v2/lab/rollout/manifests/" + md
+        # Slow answers keep every request in flight together.
+        self.fake.set_fault(tag_path, lab.Fault("delay", seconds=0.5))
+        self.fake.set_fault(dig_path, lab.Fault("delay", seconds=0.5))
+        n = 12
+        results = [None] * n
+
+        def client(i):
+            path = tag_path if i % 2 == 0 else dig_path
+            results[i] = lab.get(self.winch.hostport, path, lab.accept(lab.SKOPEO_ACCEPT))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for i, r in enumerate(results):
+            self.assertIsNotNone(r, "client %d got no answer" % i)
+            self.assertStatus(r, 200, "client %d" % i)
+            self.assertEqual(r.body, mb, "client %d: manifest bytes" % i)
+            self.assertEqual(r.header("Docker-Content-Digest"), md, "client %d" % i)
+        self.assertEqual(self.fake.count("HEAD", tag_path), 1, "upstream HEADs of the tag")
+        # The digest GETs share one fetch; the tag's HEAD names the same digest and its GET
+        # joins that fetch or finds the manifest already stored: one GET in all.
+        gets = self.fake.count("GET", dig_path) + self.fake.count("GET", tag_path)
+        self.assertEqual(gets, 1, "upstream manifest GETs: %s" % self.fake.seen())
 
 
 if __name__ == "__main__":
