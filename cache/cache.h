@@ -119,6 +119,12 @@ int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb 
 int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
                   const char *digest, cache_done_cb cb, void *arg);
 
+/** Visits the tags recorded for upstream/repo in byte order (committed ones; a tag recorded in
+ * the last moments may be missing). fn returns nonzero to stop. Read transaction on the loop
+ * thread. Returns 0 or WE_INDEX. */
+int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
+                    int (*fn)(void *arg, const char *tag, const char *digest), void *arg);
+
 /** Visits the cached repositories of one upstream in lexical order, starting after `after`
  * (exclusive; NULL or "" for the start). fn returns nonzero to stop. Read transaction on the
  * loop thread. Returns 0 or WE_INDEX. */

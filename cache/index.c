@@ -410,6 +410,48 @@ out:
     return rc;
 }
 
+int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
+                    int (*fn)(void *arg, const char *tag, const char *digest), void *arg)
+{
+    char prefix[512], tag[REF_TAG_MAX + 1], digest[REF_DIGEST_MAX + 1];
+    size_t pl;
+    MDB_txn *t = NULL;
+    MDB_cursor *cur = NULL;
+    int rc;
+
+    if (!upstream || !repo || make_key(prefix, sizeof prefix, upstream, repo, "", &pl) ||
+        pl > c->max_key)
+        return 0; /* names too long to be stored have no tags */
+    if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")))
+        goto out;
+    if ((rc = index_err(mdb_cursor_open(t, c->dbi_tags, &cur), "cursor")))
+        goto out;
+    MDB_val k = {pl, prefix}, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size < pl || memcmp(k.mv_data, prefix, pl) != 0)
+            break;
+        size_t tl = k.mv_size - pl;
+        size_t dl = v.mv_size > TAG_HDR ? v.mv_size - TAG_HDR : 0;
+        const unsigned char *p = v.mv_data;
+        if (tl == 0 || tl > REF_TAG_MAX || dl == 0 || dl > REF_DIGEST_MAX || p[0] != TAG_VERSION)
+            continue;
+        memcpy(tag, (const char *)k.mv_data + pl, tl);
+        tag[tl] = '\0';
+        memcpy(digest, p + TAG_HDR, dl);
+        digest[dl] = '\0';
+        if (fn(arg, tag, digest))
+            break;
+    }
+    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, "tags scan");
+out:
+    if (cur)
+        mdb_cursor_close(cur);
+    if (t)
+        mdb_txn_abort(t);
+    return rc;
+}
+
 int index_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, const cache_entry_t *e),
                        void *arg)
 {

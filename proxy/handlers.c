@@ -461,13 +461,45 @@ static void tags_reply(req_t *r, json_t *root)
     resp_send(r, b.len, body, b.len, true);
 }
 
+static int collect_tag(void *arg, const char *tag, const char *digest)
+{
+    (void)digest;
+    return json_array_append_new(arg, json_string(tag)) < 0;
+}
+
+/* The upstream cannot list tags (down, failing, rate-limited): list the ones winch has seen,
+ * as distribution allows a mirror to do. Returns false when there are none to show. */
+static bool tags_from_cache(req_t *r)
+{
+    json_t *root = json_object();
+    json_t *tags = json_array();
+    if (!root || !tags || json_object_set_new(root, "tags", tags) < 0) {
+        json_decref(root);
+        return false;
+    }
+    if (cache_tags_each(req_cache(r), r->route.upstream->name, r->route.name, collect_tag,
+                        tags) < 0 ||
+        json_array_size(tags) == 0) {
+        json_decref(root);
+        return false;
+    }
+    r->cache_status = "stale";
+    tags_reply(r, root);
+    json_decref(root);
+    return true;
+}
+
 static void on_tags_fetched(req_t *r, void *ctx, int status, int err, upreq_t *up, char *body,
                             size_t len)
 {
     (void)ctx;
-    (void)up;
     if (err || status != 200) {
         free(body);
+        if (status != 404 && tags_from_cache(r)) {
+            LOG_WARN("req=%llu upstream %s failed (status %d, %s); listing cached tags",
+                     (unsigned long long)r->id, r->route.upstream->name, status, err_str(err));
+            return;
+        }
         reply_upstream_failure(r, status, err, up ? upreq_header(up, "Retry-After") : NULL,
                                OCI_NAME_UNKNOWN);
         return;

@@ -288,6 +288,12 @@ static int collect_fn(void *arg, const char *repo)
     return col->stop_at && col->n >= col->stop_at;
 }
 
+static int collect_tag_fn(void *arg, const char *tag, const char *digest)
+{
+    CHECK(strncmp(digest, "sha256:", 7) == 0);
+    return collect_fn(arg, tag);
+}
+
 static void expect_repos(cache_t *c, const char *upstream, const char *after, int stop_at,
                          const char *const *want, int nwant)
 {
@@ -328,6 +334,21 @@ static void test_repos(void)
     static const char *const ghcr[] = {"z"};
     expect_repos(c, "ghcr.io", NULL, 0, ghcr, 1);
     expect_repos(c, "quay.io", NULL, 0, NULL, 0);
+
+    /* Tags of one repository, in order, not those of a repository whose name it prefixes. */
+    CHECK_INT(cache_tag_set(c, "docker.io", "library/a", "9", digest, on_done, &d), 0);
+    CHECK_INT(cache_tag_set(c, "docker.io", "library/a", "10", digest, on_done, &d), 0);
+    run();
+    CHECK_INT(d.status, 0);
+    struct collect tags = {0};
+    CHECK_INT(cache_tags_each(c, "docker.io", "library/a", collect_tag_fn, &tags), 0);
+    CHECK_INT(tags.n, 3);
+    CHECK_STR(tags.names[0], "10");
+    CHECK_STR(tags.names[1], "9");
+    CHECK_STR(tags.names[2], "latest");
+    struct collect none = {0};
+    CHECK_INT(cache_tags_each(c, "docker.io", "library", collect_tag_fn, &none), 0);
+    CHECK_INT(none.n, 0);
     cache_close(c);
 
     c = open_at(dir);
