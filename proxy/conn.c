@@ -5,7 +5,7 @@
  * closed.
  *
  * Two handles back a conn: the uv_poll_t embedded in the struct, which watches the fd, and a
- * uv_idle_t kept in a small private extension (conn->unused points at it). The idle handle
+ * uv_idle_t kept in a small private extension (conn->ext points at it). The idle handle
  * exists only to deliver callbacks "later": a write that completes inside conn_write, or a
  * connect that completes inside connect(2), must still report from the loop and never from
  * inside the caller's call. uv_idle (rather than uv_check) is used because an active idle
@@ -77,7 +77,7 @@
 #define DRAIN_ROUNDS 16
 
 typedef struct conn_ext {
-    uv_idle_t idle;   /* first member: conn->unused points here */
+    uv_idle_t idle;   /* first member: conn->ext points here */
     int open_handles; /* handles still to close after conn_close */
     bool connecting;  /* connect(2) in progress: waiting for writability */
     bool wr_wait;     /* write operation waiting for writability */
@@ -106,7 +106,7 @@ typedef struct tls_conn {
 
 static conn_ext_t *ext_of(const conn_t *c)
 {
-    return (conn_ext_t *)c->unused;
+    return (conn_ext_t *)c->ext;
 }
 
 static tls_conn_t *tls_of(const conn_t *c)
@@ -623,13 +623,13 @@ static int setup(conn_t *c, uv_loop_t *loop, int fd, size_t rcap)
     uv_idle_init(loop, &x->idle);
     c->poll.data = c;
     x->idle.data = c;
-    c->unused = &x->idle;
+    c->ext = &x->idle;
     return 0;
 fail:
     free(c->rbuf);
     free(x);
     c->rbuf = NULL;
-    c->unused = NULL;
+    c->ext = NULL;
     return rc;
 }
 
@@ -1130,7 +1130,7 @@ static void on_handle_closed(uv_handle_t *h)
     if (--x->open_handles > 0)
         return;
     free(x);
-    c->unused = NULL;
+    c->ext = NULL;
     if (c->close_cb)
         c->close_cb(c);
 }

@@ -55,7 +55,7 @@ struct conn {
     uint64_t file_left;
     conn_connect_cb connect_cb;
     conn_close_cb close_cb;
-    uv_idle_t *unused; /* reserved */
+    uv_idle_t *ext; /* conn.c's private extension (deferred callbacks, TLS buffers) */
     void *tls; /* TLS transport state, NULL for plain sockets */
     void *data; /* the owner's */
 };

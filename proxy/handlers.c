@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/sbuf.h"
+#include "common/util.h"
 
 #define CATALOG_DEFAULT_N 100
 #define CATALOG_MAX_N 1000
@@ -73,60 +74,56 @@ int upstream_status_err(int status)
     }
 }
 
+/* What the client hears for each way an upstream or the store can fail. The texts name the
+ * upstream as the client knows it, never its address or an errno. */
+static const struct {
+    int err;
+    enum oci_code code;
+    const char *what; /* follows "upstream <name>"; NULL: the failure is winch's own */
+} failures[] = {
+    {WE_DENIED, OCI_DENIED, "denied access"},
+    {WE_RATELIMIT, OCI_TOOMANYREQUESTS, "rate limit reached; retry later"},
+    {-ETIMEDOUT, OCI_GATEWAY_TIMEOUT, "did not answer in time"},
+    {WE_DIGEST, OCI_BAD_GATEWAY, "sent content that does not match its digest"},
+    {WE_TOOBIG, OCI_BAD_GATEWAY, "sent a response over winch's size limit"},
+    {WE_UPSTREAM, OCI_BAD_GATEWAY, "answered with an error"},
+    {WE_TLS, OCI_BAD_GATEWAY, "failed the TLS handshake or certificate check"},
+    {WE_INDEX, OCI_UNKNOWN, NULL},
+    {-ENOSPC, OCI_UNKNOWN, NULL},
+    {-EIO, OCI_UNKNOWN, NULL},
+};
+
 void reply_err(req_t *r, int err, enum oci_code notfound)
 {
     const char *name = r->route.upstream ? r->route.upstream->name : "upstream";
-    char msg[256];
-    switch (err) {
-    case WE_NOTFOUND:
-        resp_error(r, 0, notfound, notfound == OCI_BLOB_UNKNOWN       ? "blob unknown to registry"
-                                   : notfound == OCI_NAME_UNKNOWN     ? "repository name not known to registry"
-                                                                      : "manifest unknown",
+    if (err == WE_NOTFOUND) {
+        resp_error(r, 0, notfound,
+                   notfound == OCI_BLOB_UNKNOWN   ? "blob unknown to registry"
+                   : notfound == OCI_NAME_UNKNOWN ? "repository name not known to registry"
+                                                  : "manifest unknown",
                    NULL);
         return;
-    case WE_DENIED:
-        snprintf(msg, sizeof msg, "upstream %s denied access", name);
-        resp_error(r, 0, OCI_DENIED, msg, NULL);
-        return;
-    case WE_RATELIMIT:
-        if (!resp_begun(r)) {
-            resp_begin(r, 429);
-            resp_header(r, "Retry-After", "%s", ratelimit_retry_after(r->route.upstream));
-        }
-        snprintf(msg, sizeof msg, "upstream %s rate limit reached; retry later", name);
-        resp_error(r, 0, OCI_TOOMANYREQUESTS, msg, NULL);
-        return;
-    case -ETIMEDOUT:
-        snprintf(msg, sizeof msg, "upstream %s did not answer in time", name);
-        resp_error(r, 0, OCI_GATEWAY_TIMEOUT, msg, NULL);
-        return;
-    case WE_DIGEST:
-        snprintf(msg, sizeof msg, "upstream %s sent content that does not match its digest", name);
-        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
-        return;
-    case WE_TOOBIG:
-        snprintf(msg, sizeof msg, "upstream %s sent a response over winch's size limit", name);
-        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
-        return;
-    case WE_UPSTREAM:
-        snprintf(msg, sizeof msg, "upstream %s answered with an error", name);
-        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
-        return;
-    case WE_TLS:
-        snprintf(msg, sizeof msg, "upstream %s: TLS failure", name);
-        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
-        return;
-    case WE_INDEX:
-    case -ENOSPC:
-    case -EIO:
-        resp_error(r, 0, OCI_UNKNOWN, "cache storage failure", NULL);
-        return;
-    default:
-        /* Transport failures: say which upstream, never its address or the errno text. */
-        snprintf(msg, sizeof msg, "upstream %s is unreachable", name);
-        resp_error(r, 0, OCI_BAD_GATEWAY, msg, NULL);
-        return;
     }
+    if (err == WE_RATELIMIT && !resp_begun(r)) {
+        resp_begin(r, 429);
+        resp_header(r, "Retry-After", "%s", ratelimit_retry_after(r->route.upstream));
+    }
+    /* Anything else is a transport failure: the upstream is unreachable. */
+    enum oci_code code = OCI_BAD_GATEWAY;
+    const char *what = "is unreachable";
+    for (size_t i = 0; i < ARRAY_SIZE(failures); i++) {
+        if (failures[i].err == err) {
+            code = failures[i].code;
+            what = failures[i].what;
+            break;
+        }
+    }
+    char msg[256];
+    if (what)
+        snprintf(msg, sizeof msg, "upstream %s %s", name, what);
+    else
+        snprintf(msg, sizeof msg, "cache storage failure");
+    resp_error(r, 0, code, msg, NULL);
 }
 
 void reply_upstream_failure(req_t *r, int status, int err, const char *retry_after,
