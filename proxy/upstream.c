@@ -586,11 +586,20 @@ static int start_connect(origin_t *o, upreq_t *r, int idx)
     uv_timer_init(u->loop, &uc->timer);
     uc->timer.data = uc;
     const struct sockaddr *addr = (const struct sockaddr *)&o->addrs[idx];
-    int rc;
-    if (o->tls)
+    int rc = 0;
+    if (o->tls && !u->tls_ctx) {
+        /* An http upstream that sends winch to an https origin (a CDN, a token realm): its
+         * context is made now rather than at start, where it would cost every plain-HTTP
+         * upstream the CA store's loading time. */
+        char tls_err[512];
+        rc = tls_client_ctx_for(u->ucfg, &u->tls_ctx, tls_err, sizeof tls_err);
+        if (rc < 0)
+            LOG_ERROR("upstream %s: %s", u->ucfg->name, tls_err);
+    }
+    if (rc == 0 && o->tls)
         rc = conn_connect_tls(&uc->conn, u->loop, addr, UP_RBUF, u->tls_ctx, o->host,
                               !u->ucfg->insecure_skip_verify, on_connected);
-    else
+    else if (rc == 0)
         rc = conn_connect(&uc->conn, u->loop, addr, UP_RBUF, on_connected);
     if (rc < 0) {
         uc->open_handles = 1;
@@ -1789,13 +1798,16 @@ int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *
     rc = auth_cache_create(&u->tokens, UP_MAX_TOKENS);
     if (rc < 0)
         goto fail;
-    /* Made for http upstreams too: their redirects and token realms may be https. */
-    char tls_err[512];
-    rc = tls_client_ctx_for(ucfg, &u->tls_ctx, tls_err, sizeof tls_err);
-    if (rc < 0) {
-        LOG_ERROR("upstream %s: %s", ucfg->name, tls_err);
-        auth_cache_free(u->tokens);
-        goto fail;
+    /* An https upstream's context is made (and its CA file checked) at start; an http
+     * upstream gets one only if it ever redirects to an https origin (start_connect). */
+    if (ucfg->tls) {
+        char tls_err[512];
+        rc = tls_client_ctx_for(ucfg, &u->tls_ctx, tls_err, sizeof tls_err);
+        if (rc < 0) {
+            LOG_ERROR("upstream %s: %s", ucfg->name, tls_err);
+            auth_cache_free(u->tokens);
+            goto fail;
+        }
     }
     uv_timer_init(loop, &u->defer_timer);
     u->defer_timer.data = u;
