@@ -27,10 +27,33 @@ static const char usage[] =
 
 typedef struct app {
     uv_loop_t *loop;
+    uv_work_t warm;
     server_t *server;
     uv_signal_t sigterm, sigint;
     bool stopping;
 } app_t;
+
+static void warm_noop(uv_work_t *w)
+{
+    (void)w;
+}
+
+static void warm_done(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
+/* libuv starts its threadpool (16 threads here) on the first queued job, and OpenSSL reads its
+ * configuration on the first digest: both would land on the first cold request. Pay for them
+ * at start instead. */
+static void warm_up(uv_loop_t *loop, uv_work_t *w)
+{
+    digester_t *d;
+    if (digester_new(&d, REF_ALG_SHA256) == 0)
+        digester_free(d);
+    uv_queue_work(loop, w, warm_noop, warm_done);
+}
 
 static void on_signal(uv_signal_t *h, int signum)
 {
@@ -122,6 +145,7 @@ static int cmd_serve(int argc, char **argv)
         log_write(WLOG_INFO, "winch %s listening on %s (tls), cache %s", WINCH_VERSION,
                   tls_bound, cfg->cache_dir);
 
+    warm_up(a.loop, &a.warm);
     uv_signal_init(a.loop, &a.sigterm);
     uv_signal_init(a.loop, &a.sigint);
     a.sigterm.data = a.sigint.data = &a;
