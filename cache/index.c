@@ -362,46 +362,32 @@ int cache_tag_get(cache_t *c, const char *upstream, const char *repo, const char
     return rc;
 }
 
-int cache_repos_each(cache_t *c, const char *upstream, const char *after,
-                     int (*fn)(void *arg, const char *repo), void *arg)
+/* Walks the keys of dbi that start with prefix[0..pl), from start[0..sl) on (start begins with
+ * the prefix), handing visit the rest of each key and its value; visit returns nonzero to stop.
+ * A read transaction of its own, not the cached one: the visitors' callers may look things up
+ * meanwhile. */
+static int prefix_scan(cache_t *c, MDB_dbi dbi, const char *start, size_t sl, size_t pl,
+                       int (*visit)(void *arg, const char *rest, size_t rl, const MDB_val *v),
+                       void *arg, const char *what)
 {
-    char start[512], repo[REF_NAME_MAX + 1];
-    size_t sl, pl;
     MDB_txn *t = NULL;
     MDB_cursor *cur = NULL;
     int rc;
-
-    if (!upstream || !upstream[0])
-        return 0;
-    if (after && !after[0])
-        after = NULL;
-    if (make_key(start, sizeof start, upstream, "", NULL, &pl))
-        return 0; /* an upstream name too long to be stored has no repositories */
-    if (make_key(start, sizeof start, upstream, after ? after : "", NULL, &sl))
-        return 0;
     if (sl > c->max_key)
-        return 0;
-    /* A transaction of its own, not the cached one: fn may call cache_lookup. */
+        return 0; /* too long to have been stored */
     if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")))
         goto out;
-    if ((rc = index_err(mdb_cursor_open(t, c->dbi_repos, &cur), "cursor")))
+    if ((rc = index_err(mdb_cursor_open(t, dbi, &cur), "cursor")))
         goto out;
-    MDB_val k = {sl, start}, v;
+    MDB_val k = {sl, (void *)start}, v;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size < pl || memcmp(k.mv_data, start, pl) != 0)
             break;
-        size_t rl = k.mv_size - pl;
-        if (rl == 0 || rl > REF_NAME_MAX)
-            continue;
-        memcpy(repo, (const char *)k.mv_data + pl, rl);
-        repo[rl] = '\0';
-        if (after && strcmp(repo, after) == 0)
-            continue;
-        if (fn(arg, repo))
+        if (visit(arg, (const char *)k.mv_data + pl, k.mv_size - pl, &v))
             break;
     }
-    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, "repos scan");
+    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, what);
 out:
     if (cur)
         mdb_cursor_close(cur);
@@ -410,46 +396,72 @@ out:
     return rc;
 }
 
+struct repos_walk {
+    const char *after;
+    int (*fn)(void *arg, const char *repo);
+    void *arg;
+};
+
+static int visit_repo(void *arg, const char *rest, size_t rl, const MDB_val *v)
+{
+    struct repos_walk *w = arg;
+    char repo[REF_NAME_MAX + 1];
+    (void)v;
+    if (rl == 0 || rl > REF_NAME_MAX)
+        return 0;
+    memcpy(repo, rest, rl);
+    repo[rl] = '\0';
+    if (w->after && strcmp(repo, w->after) == 0)
+        return 0;
+    return w->fn(w->arg, repo);
+}
+
+int cache_repos_each(cache_t *c, const char *upstream, const char *after,
+                     int (*fn)(void *arg, const char *repo), void *arg)
+{
+    char start[512];
+    size_t sl, pl;
+    if (!upstream || !upstream[0])
+        return 0;
+    if (after && !after[0])
+        after = NULL;
+    if (make_key(start, sizeof start, upstream, "", NULL, &pl))
+        return 0; /* an upstream name too long to be stored has no repositories */
+    if (make_key(start, sizeof start, upstream, after ? after : "", NULL, &sl))
+        return 0;
+    struct repos_walk w = {after, fn, arg};
+    return prefix_scan(c, c->dbi_repos, start, sl, pl, visit_repo, &w, "repos scan");
+}
+
+struct tags_walk {
+    int (*fn)(void *arg, const char *tag, const char *digest);
+    void *arg;
+};
+
+static int visit_tag(void *arg, const char *rest, size_t tl, const MDB_val *v)
+{
+    struct tags_walk *w = arg;
+    char tag[REF_TAG_MAX + 1], digest[REF_DIGEST_MAX + 1];
+    const unsigned char *p = v->mv_data;
+    size_t dl = v->mv_size > TAG_HDR ? v->mv_size - TAG_HDR : 0;
+    if (tl == 0 || tl > REF_TAG_MAX || dl == 0 || dl > REF_DIGEST_MAX || p[0] != TAG_VERSION)
+        return 0;
+    memcpy(tag, rest, tl);
+    tag[tl] = '\0';
+    memcpy(digest, p + TAG_HDR, dl);
+    digest[dl] = '\0';
+    return w->fn(w->arg, tag, digest);
+}
+
 int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
                     int (*fn)(void *arg, const char *tag, const char *digest), void *arg)
 {
-    char prefix[512], tag[REF_TAG_MAX + 1], digest[REF_DIGEST_MAX + 1];
+    char prefix[512];
     size_t pl;
-    MDB_txn *t = NULL;
-    MDB_cursor *cur = NULL;
-    int rc;
-
-    if (!upstream || !repo || make_key(prefix, sizeof prefix, upstream, repo, "", &pl) ||
-        pl > c->max_key)
+    if (!upstream || !repo || make_key(prefix, sizeof prefix, upstream, repo, "", &pl))
         return 0; /* names too long to be stored have no tags */
-    if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")))
-        goto out;
-    if ((rc = index_err(mdb_cursor_open(t, c->dbi_tags, &cur), "cursor")))
-        goto out;
-    MDB_val k = {pl, prefix}, v;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < pl || memcmp(k.mv_data, prefix, pl) != 0)
-            break;
-        size_t tl = k.mv_size - pl;
-        size_t dl = v.mv_size > TAG_HDR ? v.mv_size - TAG_HDR : 0;
-        const unsigned char *p = v.mv_data;
-        if (tl == 0 || tl > REF_TAG_MAX || dl == 0 || dl > REF_DIGEST_MAX || p[0] != TAG_VERSION)
-            continue;
-        memcpy(tag, (const char *)k.mv_data + pl, tl);
-        tag[tl] = '\0';
-        memcpy(digest, p + TAG_HDR, dl);
-        digest[dl] = '\0';
-        if (fn(arg, tag, digest))
-            break;
-    }
-    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, "tags scan");
-out:
-    if (cur)
-        mdb_cursor_close(cur);
-    if (t)
-        mdb_txn_abort(t);
-    return rc;
+    struct tags_walk w = {fn, arg};
+    return prefix_scan(c, c->dbi_tags, prefix, pl, pl, visit_tag, &w, "tags scan");
 }
 
 int index_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, const cache_entry_t *e),
