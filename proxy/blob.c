@@ -33,7 +33,6 @@
 
 typedef struct bfetch {
     fill_t *fill;
-    const config_upstream_t *upstream; /* borrowed from the config */
     upreq_t *up;                       /* NULL once the upstream request is over */
     struct bfetch *prev, *next;
     bool linked;  /* on the fetches list */
@@ -173,8 +172,6 @@ static void bf_on_headers(upreq_t *up, void *arg, int status)
     bfetch_t *f = arg;
     if (status != 200) {
         LOG_WARN("upstream answered %d for blob %s", status, f->digest);
-        if (status == 429)
-            ratelimit_note(f->upstream, upreq_header(up, "Retry-After"));
         fetch_abort(f, upstream_status_err(status));
         return;
     }
@@ -231,7 +228,6 @@ static void fetch_start(req_t *r, fill_t *fill)
     f->buf[1] = b1;
     fill_ref(fill);
     f->fill = fill;
-    f->upstream = r->route.upstream;
     snprintf(f->digest, sizeof f->digest, "%s", r->route.ref);
     char path[REF_NAME_MAX + 400];
     upstream_path(r, "blobs", r->route.ref, path, sizeof path);

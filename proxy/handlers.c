@@ -20,36 +20,17 @@
 
 /* ---- Shared helpers --------------------------------------------------------------------- */
 
-/* The latest Retry-After per upstream; upstreams are few and fixed for the process. */
-static struct {
-    const config_upstream_t *u;
-    char value[64];
-} retry_after_seen[CONFIG_MAX_UPSTREAMS];
-
 /* Retry-After is seconds or an HTTP date: pass on any short single-line value. */
 static bool retry_after_ok(const char *v)
 {
     return v && *v && strlen(v) < 64 && strpbrk(v, "\r\n") == NULL;
 }
 
-void ratelimit_note(const config_upstream_t *u, const char *retry_after)
+/* The upstream's latest Retry-After, for a rate limit learned without the response at hand. */
+static const char *last_retry_after(req_t *r, upstream_ratelimit_t *rl)
 {
-    for (size_t i = 0; i < CONFIG_MAX_UPSTREAMS; i++) {
-        if (retry_after_seen[i].u == u || retry_after_seen[i].u == NULL) {
-            retry_after_seen[i].u = u;
-            snprintf(retry_after_seen[i].value, sizeof retry_after_seen[i].value, "%s",
-                     retry_after_ok(retry_after) ? retry_after : "");
-            return;
-        }
-    }
-}
-
-static const char *ratelimit_retry_after(const config_upstream_t *u)
-{
-    for (size_t i = 0; i < CONFIG_MAX_UPSTREAMS && retry_after_seen[i].u; i++)
-        if (retry_after_seen[i].u == u && retry_after_seen[i].value[0])
-            return retry_after_seen[i].value;
-    return "60";
+    upstream_ratelimit(req_upstream(r), rl);
+    return rl->retry_after[0] ? rl->retry_after : "60";
 }
 
 void upstream_path(req_t *r, const char *kind, const char *ref, char *out, size_t len)
@@ -105,8 +86,9 @@ void reply_err(req_t *r, int err, enum oci_code notfound)
         return;
     }
     if (err == WE_RATELIMIT && !resp_begun(r)) {
+        upstream_ratelimit_t rl;
         resp_begin(r, 429);
-        resp_header(r, "Retry-After", "%s", ratelimit_retry_after(r->route.upstream));
+        resp_header(r, "Retry-After", "%s", last_retry_after(r, &rl));
     }
     /* Anything else is a transport failure: the upstream is unreachable. */
     enum oci_code code = OCI_BAD_GATEWAY;
@@ -130,7 +112,6 @@ void reply_upstream_failure(req_t *r, int status, int err, const char *retry_aft
                             enum oci_code notfound)
 {
     if (status == 429) {
-        ratelimit_note(r->route.upstream, retry_after);
         resp_begin(r, 429);
         resp_header(r, "Retry-After", "%s", retry_after_ok(retry_after) ? retry_after : "60");
     }
@@ -662,8 +643,7 @@ void handlers_dispatch(req_t *r)
     resp_error(r, 0, OCI_UNSUPPORTED, "unsupported operation", NULL);
 }
 
-void handlers_shutdown(uv_loop_t *loop)
+void handlers_shutdown(void)
 {
-    (void)loop;
     blob_shutdown();
 }

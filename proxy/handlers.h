@@ -18,7 +18,7 @@
 void handlers_dispatch(req_t *r);
 
 /** Cancels background work that outlives clients (blob fills): called at shutdown. */
-void handlers_shutdown(uv_loop_t *loop);
+void handlers_shutdown(void);
 
 void handle_manifest(req_t *r);
 void handle_blob(req_t *r);
@@ -52,10 +52,6 @@ void reply_upstream_failure(req_t *r, int status, int err, const char *retry_aft
  * WE_UPSTREAM) and back to the client answer. */
 int upstream_status_err(int status);
 void reply_err(req_t *r, int err, enum oci_code notfound);
-
-/** Remembers the Retry-After an upstream sent with its latest 429 (borrowed, copied; NULL
- * forgets it), for answers that learn of the limit later, such as a blob fill that failed. */
-void ratelimit_note(const config_upstream_t *u, const char *retry_after);
 
 /** True if the If-None-Match value names digest ("\"sha256:..\"", a list, or *). */
 bool etag_matches(const char *if_none_match, const char *digest);

@@ -141,11 +141,6 @@ cache_t *req_cache(req_t *r)
     return r->srv->cache;
 }
 
-uv_loop_t *req_loop(req_t *r)
-{
-    return r->srv->loop;
-}
-
 /* ---- Timers ---------------------------------------------------------------------------- */
 
 static void on_client_timer(uv_timer_t *t)
@@ -954,7 +949,7 @@ void server_shutdown(server_t *s)
     }
     while (s->clients)
         client_close(s->clients);
-    handlers_shutdown(s->loop);
+    handlers_shutdown();
     /* Every request is finished or cancelled now, so the pools can go; their handles close
      * while the loop drains. */
     for (size_t i = 0; i < s->cfg->n_upstreams; i++) {

@@ -69,7 +69,6 @@ struct req {
 upstream_t *req_upstream(req_t *r);
 const config_t *req_config(req_t *r);
 cache_t *req_cache(req_t *r);
-uv_loop_t *req_loop(req_t *r);
 
 /** Begins the response head: status line plus the headers every response carries. */
 void resp_begin(req_t *r, int status);

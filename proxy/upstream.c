@@ -694,8 +694,18 @@ static int64_t rl_number(const char *v, uint32_t *window)
     return n;
 }
 
-static void note_ratelimit(upreq_t *r)
+static void note_ratelimit(upreq_t *r, int status)
 {
+    if (status == 429) {
+        /* Seconds or an HTTP date: keep any short single-line printable value. */
+        const char *ra = upreq_header(r, "Retry-After");
+        char *out = r->u->rl.retry_after;
+        size_t k = 0;
+        for (const char *s = ra; s && *s && k + 1 < sizeof r->u->rl.retry_after; s++)
+            if ((unsigned char)*s >= ' ' && (unsigned char)*s < 0x7f)
+                out[k++] = *s;
+        out[k] = '\0';
+    }
     const char *lim = upreq_header(r, "RateLimit-Limit");
     const char *rem = upreq_header(r, "RateLimit-Remaining");
     if (!lim && !rem)
@@ -898,7 +908,7 @@ static int on_hdrs_done(llhttp_t *p)
     if (r->uc)
         arm_idle_body(r);
     if (r->o->primary && !r->internal)
-        note_ratelimit(r);
+        note_ratelimit(r, status);
     r->intercept = decide(r, status);
     if (r->intercept != IC_NONE) {
         if (r->is_head)
