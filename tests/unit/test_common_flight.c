@@ -7,6 +7,8 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/flight.h"
+#include "common/util.h"
+#include "testutil.h"
 
 typedef struct waiter {
     flight_waiter_t w;
@@ -144,11 +146,14 @@ static void test_buf(void)
     buf_free(&b);
 }
 
-int main(void)
+static const test_case_t cases[] = {
+    TEST_CASE(test_join_and_land),
+    TEST_CASE(test_leave),
+    TEST_CASE(test_leave_while_landing),
+    TEST_CASE(test_buf),
+};
+
+int main(int argc, char **argv)
 {
-    test_join_and_land();
-    test_leave();
-    test_leave_while_landing();
-    test_buf();
-    return 0;
+    return test_main(argc, argv, cases, ARRAY_SIZE(cases));
 }
