@@ -1,10 +1,33 @@
 #include "policy/policy.h"
 
-policy_decision_t policy_check(const config_t *cfg, const policy_request_t *req)
+#include <errno.h>
+#include <stdlib.h>
+
+struct policy {
+    const config_t *cfg;
+};
+
+int policy_create(policy_t **out, const config_t *cfg, char *err, size_t errlen)
 {
-    /* No rules are configurable yet: the config has no policy section, so nothing is denied.
-     * This is the hook the policy issue fills in. */
-    (void)cfg;
+    (void)err;
+    (void)errlen;
+    policy_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->cfg = cfg;
+    *out = p;
+    return 0;
+}
+
+void policy_free(policy_t *p)
+{
+    free(p);
+}
+
+policy_decision_t policy_decide(const policy_t *p, const policy_request_t *req)
+{
+    /* The config has no policy section yet, so nothing is denied. */
+    (void)p;
     (void)req;
     return (policy_decision_t){.allow = true, .reason = NULL};
 }

@@ -1,9 +1,9 @@
 /* Blobs: hits from disk, misses through one fill per digest.
  *
- * A miss makes the first request the fill's producer: a fetch (bfetch_t) that belongs to no
- * client and pours the upstream body into the fill, pausing the upstream read while each
- * piece is written, so upstream speed drives it and a vanished client never cancels it. Every
- * request for the digest, the first included, is a subscriber (bsub_t): it sends its headers
+ * A miss makes the first request start the fill's producer (producer_t): an upstream GET that
+ * belongs to no client and pours the upstream body into the fill, pausing the upstream read
+ * while both buffers are busy, so upstream speed drives it and a vanished client never cancels
+ * it. Every request for the digest, the first included, is a subscriber (sub_t): it sends its headers
  * once the size is known and then sends the file from its own offset up to what has been
  * written, waking at each fill notification. A subscriber never holds more than its socket's
  * worth of data: the bytes go from the page cache to the socket with sendfile.
@@ -19,7 +19,10 @@
 
 #include "common/err.h"
 #include "common/log.h"
-#include "proxy/handlers.h"
+#include "common/util.h"
+#include "proxy/blob.h"
+#include "proxy/fetch.h"
+#include "proxy/reply.h"
 
 /* A subscriber sends at most this much per sendfile, so it sees progress (and stalls) often. */
 #define SUB_SLICE ((uint64_t)8 << 20)
@@ -29,13 +32,14 @@
  * at about the speed of a local upstream: done in turn, they halve the fill's speed). A write
  * starts whenever none is in flight and bytes are waiting, so a slow upstream still reaches
  * subscribers piece by piece; the upstream is paused only when both buffers are busy. */
-#define BF_BUF ((size_t)1 << 20)
+#define PRODUCER_BUF ((size_t)1 << 20)
 
-typedef struct bfetch {
+typedef struct producer {
+    blob_producers_t *owner;
     fill_t *fill;
     upreq_t *up;                       /* NULL once the upstream request is over */
-    struct bfetch *prev, *next;
-    bool linked;  /* on the fetches list */
+    struct producer *prev, *next;
+    bool linked;  /* on the owner's list */
     bool writing; /* a fill_write is in flight: its callback still needs this struct */
     bool paused;  /* the upstream is paused: `in` holds bytes that did not fit yet */
     bool ended;   /* the upstream is done; end_err says how */
@@ -46,23 +50,25 @@ typedef struct bfetch {
     size_t blen[2];
     char *buf[2];
     char digest[REF_DIGEST_MAX + 1];
-} bfetch_t;
+} producer_t;
 
-/* Every running fetch, so shutdown can stop them. */
-static bfetch_t *fetches;
+/* Every running producer, so shutdown can stop them. */
+struct blob_producers {
+    producer_t *head;
+};
 
-typedef struct bsub {
-    req_t *r;
+typedef struct sub {
+    call_t *c;
     fill_sub_t sub;
     fill_t *fill;
     bool busy;         /* a send is in flight */
     bool head_sent;
     uint64_t cur, end; /* next byte to send; one past the last byte to send */
-} bsub_t;
+} sub_t;
 
 /* ---- The producer ----------------------------------------------------------------------- */
 
-static void fetch_unlink(bfetch_t *f)
+static void producer_unlink(producer_t *f)
 {
     if (!f->linked)
         return;
@@ -70,15 +76,15 @@ static void fetch_unlink(bfetch_t *f)
     if (f->prev)
         f->prev->next = f->next;
     else
-        fetches = f->next;
+        f->owner->head = f->next;
     if (f->next)
         f->next->prev = f->prev;
 }
 
 /* Ends the fetch: finish or fail the fill, free everything. Never while a write is in flight. */
-static void fetch_end(bfetch_t *f, int err)
+static void producer_end(producer_t *f, int err)
 {
-    fetch_unlink(f);
+    producer_unlink(f);
     if (f->up) {
         upreq_cancel(f->up);
         f->up = NULL;
@@ -97,7 +103,7 @@ static void fetch_end(bfetch_t *f, int err)
 }
 
 /* Fails the fetch now, or as soon as the write in flight lands. */
-static void fetch_abort(bfetch_t *f, int err)
+static void producer_abort(producer_t *f, int err)
 {
     if (f->up) {
         upreq_cancel(f->up);
@@ -108,18 +114,18 @@ static void fetch_abort(bfetch_t *f, int err)
         f->end_err = err;
         return;
     }
-    fetch_end(f, err);
+    producer_end(f, err);
 }
 
-static void bf_on_written(void *arg, int status);
+static void producer_on_written(void *arg, int status);
 
 /* Moves bytes along: input into the filling buffer, a full-enough buffer to the disk, the
  * upstream paused or resumed, and the end once everything is written. */
-static void bf_pump(bfetch_t *f)
+static void producer_pump(producer_t *f)
 {
     for (;;) {
         size_t *bl = &f->blen[f->fillidx];
-        size_t n = BF_BUF - *bl < f->in_len ? BF_BUF - *bl : f->in_len;
+        size_t n = PRODUCER_BUF - *bl < f->in_len ? PRODUCER_BUF - *bl : f->in_len;
         if (n) {
             memcpy(f->buf[f->fillidx] + *bl, f->in, n);
             *bl += n;
@@ -131,10 +137,10 @@ static void bf_pump(bfetch_t *f)
         int idx = f->fillidx;
         f->fillidx ^= 1;
         f->writing = true;
-        int err = fill_write(f->fill, f->buf[idx], f->blen[idx], bf_on_written, f);
+        int err = fill_write(f->fill, f->buf[idx], f->blen[idx], producer_on_written, f);
         if (err < 0) {
             f->writing = false;
-            fetch_abort(f, err);
+            producer_abort(f, err);
             return;
         }
     }
@@ -148,75 +154,75 @@ static void bf_pump(bfetch_t *f)
         }
     }
     if (f->ended && !f->writing && f->blen[f->fillidx] == 0)
-        fetch_end(f, f->end_err);
+        producer_end(f, f->end_err);
 }
 
-static void bf_on_written(void *arg, int status)
+static void producer_on_written(void *arg, int status)
 {
-    bfetch_t *f = arg;
+    producer_t *f = arg;
     f->writing = false;
     f->blen[f->fillidx ^ 1] = 0;
     if (status < 0) {
-        fetch_abort(f, status);
+        producer_abort(f, status);
         return;
     }
     if (f->ended && f->end_err) {
-        fetch_end(f, f->end_err);
+        producer_end(f, f->end_err);
         return;
     }
-    bf_pump(f);
+    producer_pump(f);
 }
 
-static void bf_on_headers(upreq_t *up, void *arg, int status)
+static void producer_on_headers(upreq_t *up, void *arg, int status)
 {
-    bfetch_t *f = arg;
+    producer_t *f = arg;
     if (status != 200) {
         LOG_WARN("upstream answered %d for blob %s", status, f->digest);
-        fetch_abort(f, upstream_status_err(status));
+        producer_abort(f, fetch_status_err(status));
         return;
     }
     const char *ct = upreq_header(up, "Content-Type");
     int err = fill_set_size(f->fill, upreq_content_length(up), ct);
     if (err < 0)
-        fetch_abort(f, err);
+        producer_abort(f, err);
 }
 
-static void bf_on_body(upreq_t *up, void *arg, const char *data, size_t len)
+static void producer_on_body(upreq_t *up, void *arg, const char *data, size_t len)
 {
-    bfetch_t *f = arg;
+    producer_t *f = arg;
     (void)up;
     f->in = data;
     f->in_len = len;
-    bf_pump(f);
+    producer_pump(f);
 }
 
-static void bf_on_done(upreq_t *up, void *arg, int err)
+static void producer_on_done(upreq_t *up, void *arg, int err)
 {
-    bfetch_t *f = arg;
+    producer_t *f = arg;
     (void)up;
     f->up = NULL; /* freed by the client after this returns */
     f->ended = true;
     f->end_err = err;
     if (err && f->writing)
-        return; /* bf_on_written ends it */
+        return; /* producer_on_written ends it */
     if (err) {
-        fetch_end(f, err);
+        producer_end(f, err);
         return;
     }
-    bf_pump(f);
+    producer_pump(f);
 }
 
-static const upreq_cbs_t bfetch_cbs = {
-    .on_headers = bf_on_headers,
-    .on_body = bf_on_body,
-    .on_done = bf_on_done,
+static const upreq_cbs_t producer_cbs = {
+    .on_headers = producer_on_headers,
+    .on_body = producer_on_body,
+    .on_done = producer_on_done,
 };
 
 /* Starts the producer for a fill this request created. On failure the fill is failed. */
-static void fetch_start(req_t *r, fill_t *fill)
+static void producer_start(call_t *c, fill_t *fill)
 {
-    bfetch_t *f = calloc(1, sizeof *f);
-    char *b0 = malloc(BF_BUF), *b1 = malloc(BF_BUF);
+    producer_t *f = calloc(1, sizeof *f);
+    char *b0 = malloc(PRODUCER_BUF), *b1 = malloc(PRODUCER_BUF);
     if (!f || !b0 || !b1) {
         free(f);
         free(b0);
@@ -228,128 +234,118 @@ static void fetch_start(req_t *r, fill_t *fill)
     f->buf[1] = b1;
     fill_ref(fill);
     f->fill = fill;
-    snprintf(f->digest, sizeof f->digest, "%s", r->route.ref);
+    snprintf(f->digest, sizeof f->digest, "%s", c->route.ref);
     char path[REF_NAME_MAX + 400];
-    upstream_path(r, "blobs", r->route.ref, path, sizeof path);
-    f->next = fetches;
-    if (fetches)
-        fetches->prev = f;
-    fetches = f;
+    fetch_path(c, "blobs", c->route.ref, path, sizeof path);
+    f->owner = c->env->producers;
+    f->next = f->owner->head;
+    if (f->next)
+        f->next->prev = f;
+    f->owner->head = f;
     f->linked = true;
-    int err = upreq_start(&f->up, req_upstream(r), "GET", path, NULL, &bfetch_cbs, f);
+    int err = upreq_start(&f->up, c->up, "GET", path, NULL, &producer_cbs, f);
     if (err < 0) {
         f->up = NULL;
-        fetch_end(f, err);
+        producer_end(f, err);
     }
 }
 
-void blob_shutdown(void)
+int blob_producers_create(blob_producers_t **out)
 {
-    while (fetches) {
-        bfetch_t *f = fetches;
+    *out = calloc(1, sizeof **out);
+    return *out ? 0 : -ENOMEM;
+}
+
+void blob_producers_free(blob_producers_t *p)
+{
+    free(p);
+}
+
+void blob_producers_cancel_all(blob_producers_t *p)
+{
+    while (p->head) {
+        producer_t *f = p->head;
         /* A fetch with a write in flight leaves the list now and ends in its write callback. */
-        fetch_unlink(f);
-        fetch_abort(f, WE_CANCELLED);
+        producer_unlink(f);
+        producer_abort(f, WE_CANCELLED);
     }
 }
 
 /* ---- Ranges and headers ------------------------------------------------------------------ */
 
-/* Resolves the request's Range against size. Returns 200, 206 (with [*first, *last]) or 416. */
-static int resolve_range(req_t *r, uint64_t size, uint64_t *first, uint64_t *last)
+static void blob_headers(call_t *c, const char *digest)
 {
-    *first = 0;
-    *last = size ? size - 1 : 0;
-    if (r->range != REQ_RANGE_OK)
-        return 200;
-    if (r->range_suffix) {
-        if (size == 0)
-            return 416;
-        uint64_t n = r->range_last < size ? r->range_last : size;
-        *first = size - n;
-        *last = size - 1;
-        return 206;
-    }
-    if (r->range_first >= size)
-        return 416;
-    *first = r->range_first;
-    *last = r->range_last < size - 1 ? r->range_last : size - 1;
-    return 206;
+    resp_header(c->req, "Content-Type", "application/octet-stream");
+    resp_header(c->req, "Docker-Content-Digest", "%s", digest);
+    resp_header(c->req, "ETag", "\"%s\"", digest);
+    resp_header(c->req, "Accept-Ranges", "bytes");
+    resp_header(c->req, "Cache-Control", "max-age=31536000");
 }
 
-static void blob_headers(req_t *r, const char *digest)
+static void reply_416(call_t *c, uint64_t size)
 {
-    resp_header(r, "Content-Type", "application/octet-stream");
-    resp_header(r, "Docker-Content-Digest", "%s", digest);
-    resp_header(r, "ETag", "\"%s\"", digest);
-    resp_header(r, "Accept-Ranges", "bytes");
-    resp_header(r, "Cache-Control", "max-age=31536000");
-}
-
-static void reply_416(req_t *r, uint64_t size)
-{
-    resp_begin(r, 416);
-    resp_header(r, "Content-Range", "bytes */%llu", (unsigned long long)size);
-    resp_error(r, 0, OCI_RANGE_INVALID, "requested range not satisfiable", NULL);
+    reply_begin(c, 416);
+    resp_header(c->req, "Content-Range", "bytes */%llu", (unsigned long long)size);
+    reply_error(c, 0, OCI_RANGE_INVALID, "requested range not satisfiable", NULL);
 }
 
 /* Begins the head for a blob of size; returns the status, and the byte span to send. */
-static int begin_blob_head(req_t *r, const char *digest, uint64_t size, uint64_t *first,
+static int begin_blob_head(call_t *c, const char *digest, uint64_t size, uint64_t *first,
                            uint64_t *count)
 {
     uint64_t last;
-    int status = resolve_range(r, size, first, &last);
+    int status = http_range_resolve(&c->range, size, first, &last);
     if (status == 416)
         return 416;
     *count = size ? last - *first + 1 : 0;
-    resp_begin(r, status);
-    blob_headers(r, digest);
+    reply_begin(c, status);
+    blob_headers(c, digest);
     if (status == 206)
-        resp_header(r, "Content-Range", "bytes %llu-%llu/%llu", (unsigned long long)*first,
+        resp_header(c->req, "Content-Range", "bytes %llu-%llu/%llu", (unsigned long long)*first,
                     (unsigned long long)last, (unsigned long long)size);
     return status;
 }
 
 /* ---- Hits -------------------------------------------------------------------------------- */
 
-static int serve_hit(req_t *r, const cache_entry_t *e)
+static int serve_hit(call_t *c, const cache_entry_t *e)
 {
-    const char *digest = r->route.ref;
-    if (etag_matches(r->if_none_match, digest)) {
-        resp_begin(r, 304);
-        blob_headers(r, digest);
-        resp_send(r, 0, NULL, 0, false);
+    const char *digest = c->route.ref;
+    if (http_etag_matches(c->if_none_match, digest)) {
+        reply_begin(c, 304);
+        blob_headers(c, digest);
+        resp_send(c->req, 0, NULL, 0, false);
         return 0;
     }
     uint64_t first, count;
-    if (r->route.head) {
-        resp_begin(r, 200);
-        blob_headers(r, digest);
-        resp_send(r, e->size, NULL, 0, false);
+    if (req_is_head(c->req)) {
+        reply_begin(c, 200);
+        blob_headers(c, digest);
+        resp_send(c->req, e->size, NULL, 0, false);
         return 0;
     }
     int fd;
-    int err = cache_open_content(req_cache(r), digest, &fd);
+    int err = cache_open_content(c->env->cache, digest, &fd);
     if (err < 0) {
-        LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching", (unsigned long long)r->id,
+        LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching", (unsigned long long)req_id(c->req),
                  digest, err_str(err));
         return err;
     }
-    if (begin_blob_head(r, digest, e->size, &first, &count) == 416) {
+    if (begin_blob_head(c, digest, e->size, &first, &count) == 416) {
         close(fd);
-        reply_416(r, e->size);
+        reply_416(c, e->size);
         return 0;
     }
-    resp_send_file(r, count, fd, (off_t)first, count);
-    cache_note_access(req_cache(r), digest);
+    resp_send_file(c->req, count, fd, (off_t)first, count);
+    cache_note_access(c->env->cache, digest);
     return 0;
 }
 
 /* ---- Subscribers -------------------------------------------------------------------------- */
 
-static void sub_pump(bsub_t *s);
+static void sub_pump(sub_t *s);
 
-static void sub_free(bsub_t *s)
+static void sub_free(sub_t *s)
 {
     if (s->sub.fill)
         fill_unsubscribe(&s->sub);
@@ -358,34 +354,35 @@ static void sub_free(bsub_t *s)
 }
 
 /* The client connection died while the subscriber waited. */
-static void sub_cancel(req_t *r)
+static void sub_cancel(call_t *c)
 {
-    bsub_t *s = r->op;
-    r->op = NULL;
+    sub_t *s = c->op;
+    c->op = NULL;
     sub_free(s);
 }
 
-static void sub_done(bsub_t *s)
+static void sub_done(sub_t *s)
 {
-    req_t *r = s->r;
-    r->cancel = NULL;
-    r->op = NULL;
+    call_t *c = s->c;
+    c->cancel = NULL;
+    c->op = NULL;
     sub_free(s);
-    req_finish(r);
+    req_finish(c->req);
 }
 
-static void sub_abort(bsub_t *s)
+static void sub_abort(sub_t *s)
 {
-    req_t *r = s->r;
-    r->cancel = NULL;
-    r->op = NULL;
+    call_t *c = s->c;
+    c->cancel = NULL;
+    c->op = NULL;
     sub_free(s);
-    req_abort(r);
+    req_abort(c->req);
 }
 
 static void sub_on_io(req_t *r, int status)
 {
-    bsub_t *s = r->op;
+    call_t *c = req_data(r);
+    sub_t *s = c->op;
     s->busy = false;
     if (status < 0) {
         sub_abort(s);
@@ -396,17 +393,17 @@ static void sub_on_io(req_t *r, int status)
 
 static void sub_notify(fill_sub_t *fs)
 {
-    bsub_t *s = (bsub_t *)((char *)fs - offsetof(bsub_t, sub));
+    sub_t *s = container_of(fs, sub_t, sub);
     sub_pump(s);
 }
 
 /* Moves the subscriber as far as the fill allows; called at every notification and after every
  * send completes. Level-triggered: it reads the fill's state each time. */
-static void sub_pump(bsub_t *s)
+static void sub_pump(sub_t *s)
 {
     if (s->busy)
         return;
-    req_t *r = s->r;
+    call_t *c = s->c;
     fill_t *f = s->fill;
     enum fill_state st = fill_state(f);
     /* Verified bytes are final: a publish that fails afterwards (disk full at fsync) loses the
@@ -418,10 +415,10 @@ static void sub_pump(bsub_t *s)
             sub_abort(s);
             return;
         }
-        r->cancel = NULL;
-        r->op = NULL;
+        c->cancel = NULL;
+        c->op = NULL;
         sub_free(s);
-        reply_err(r, err, OCI_BLOB_UNKNOWN);
+        reply_failure(c, err, OCI_BLOB_UNKNOWN);
         return;
     }
     uint64_t size = fill_size(f);
@@ -433,18 +430,18 @@ static void sub_pump(bsub_t *s)
         if (size == 0 && !verified)
             return; /* nothing to hold back: wait for the verdict before answering */
         uint64_t first, count;
-        if (begin_blob_head(r, r->route.ref, size, &first, &count) == 416) {
-            r->cancel = NULL;
-            r->op = NULL;
+        if (begin_blob_head(c, c->route.ref, size, &first, &count) == 416) {
+            c->cancel = NULL;
+            c->op = NULL;
             sub_free(s);
-            reply_416(r, size);
+            reply_416(c, size);
             return;
         }
         s->cur = first;
         s->end = first + count;
         s->head_sent = true;
         s->busy = true;
-        resp_send_head(r, count, sub_on_io);
+        resp_send_head(c->req, count, sub_on_io);
         return;
     }
     if (s->cur >= s->end) {
@@ -467,7 +464,7 @@ static void sub_pump(bsub_t *s)
         off_t off = (off_t)s->cur;
         s->cur += n;
         s->busy = true;
-        resp_send_chunk(r, fill_fd(f), off, n, sub_on_io);
+        resp_send_chunk(c->req, fill_fd(f), off, n, sub_on_io);
         return;
     }
     if (verified) {
@@ -477,74 +474,74 @@ static void sub_pump(bsub_t *s)
     /* Otherwise wait for the next notification. */
 }
 
-static void serve_fill(req_t *r, fill_t *fill)
+static void serve_fill(call_t *c, fill_t *fill)
 {
-    bsub_t *s = calloc(1, sizeof *s);
+    sub_t *s = calloc(1, sizeof *s);
     if (!s) {
         fill_unref(fill);
-        resp_error(r, 0, OCI_UNKNOWN, "out of memory", NULL);
+        reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
         return;
     }
-    s->r = r;
+    s->c = c;
     s->fill = fill; /* takes the caller's reference */
-    r->op = s;
-    r->cancel = sub_cancel;
+    c->op = s;
+    c->cancel = sub_cancel;
     fill_subscribe(fill, &s->sub, sub_notify);
 }
 
 /* ---- HEAD on a miss ------------------------------------------------------------------------ */
 
-static void on_blob_head(req_t *r, void *ctx, int status, int err, upreq_t *up, char *body,
+static void on_blob_head(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
                          size_t len)
 {
     (void)ctx;
     (void)len;
     free(body);
     if (err || status != 200) {
-        reply_upstream_failure(r, status, err, up ? upreq_header(up, "Retry-After") : NULL,
+        reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
                                OCI_BLOB_UNKNOWN);
         return;
     }
     uint64_t size = upreq_content_length(up);
     if (size == UINT64_MAX) {
-        reply_err(r, WE_UPSTREAM, OCI_BLOB_UNKNOWN);
+        reply_failure(c, WE_UPSTREAM, OCI_BLOB_UNKNOWN);
         return;
     }
-    r->cache_status = "upstream";
-    resp_begin(r, 200);
-    blob_headers(r, r->route.ref);
-    resp_send(r, size, NULL, 0, false);
+    c->cache_status = "upstream";
+    reply_begin(c, 200);
+    blob_headers(c, c->route.ref);
+    resp_send(c->req, size, NULL, 0, false);
 }
 
 /* ---- Entry ---------------------------------------------------------------------------------- */
 
-void handle_blob(req_t *r)
+void blob_handle(call_t *c)
 {
     cache_entry_t e;
-    if (cache_lookup(req_cache(r), r->route.ref, &e) == 0) {
-        r->cache_status = "hit";
-        if (serve_hit(r, &e) == 0)
+    if (cache_lookup(c->env->cache, c->route.ref, &e) == 0) {
+        c->cache_status = "hit";
+        if (serve_hit(c, &e) == 0)
             return;
     }
-    if (r->route.head) {
+    if (req_is_head(c->req)) {
         char path[REF_NAME_MAX + 400];
-        upstream_path(r, "blobs", r->route.ref, path, sizeof path);
-        int err = ufetch_start(r, "HEAD", path, NULL, 0, on_blob_head, NULL, NULL);
+        fetch_path(c, "blobs", c->route.ref, path, sizeof path);
+        int err = fetch_start(c, "HEAD", path, NULL, 0, on_blob_head, NULL, NULL);
         if (err < 0)
-            reply_err(r, err, OCI_BLOB_UNKNOWN);
+            reply_failure(c, err, OCI_BLOB_UNKNOWN);
         return;
     }
     fill_t *fill;
     bool created;
-    int err = fill_get(req_cache(r), r->route.ref, &fill, &created);
+    int err = fill_get(c->env->cache, c->route.ref, &fill, &created);
     if (err < 0) {
-        LOG_ERROR("req=%llu cannot start a fill for %s: %s", (unsigned long long)r->id,
-                  r->route.ref, err_str(err));
-        reply_err(r, err, OCI_BLOB_UNKNOWN);
+        LOG_ERROR("req=%llu cannot start a fill for %s: %s", (unsigned long long)req_id(c->req),
+                  c->route.ref, err_str(err));
+        reply_failure(c, err, OCI_BLOB_UNKNOWN);
         return;
     }
-    r->cache_status = created ? "miss" : "coalesced";
+    c->cache_status = created ? "miss" : "coalesced";
     if (created)
-        fetch_start(r, fill);
-    serve_fill(r, fill);
+        producer_start(c, fill);
+    serve_fill(c, fill);
 }

@@ -10,7 +10,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "config/config.h"
-#include "proxy/server.h"
+#include "proxy/app.h"
 
 #define WINCH_VERSION "0.1.0"
 
@@ -25,13 +25,14 @@ static const char usage[] =
     "The first --upstream is the default; clients reach the others with ?ns=NAME or a\n"
     "/v2/NAME/... path prefix. See README.md for every configuration field.\n";
 
-typedef struct app {
+/* The process around the application: its loop and the signals that stop it. */
+typedef struct process {
     uv_loop_t *loop;
     uv_work_t warm;
-    server_t *server;
+    app_t *app;
     uv_signal_t sigterm, sigint;
     bool stopping;
-} app_t;
+} process_t;
 
 static void warm_noop(uv_work_t *w)
 {
@@ -57,12 +58,12 @@ static void warm_up(uv_loop_t *loop, uv_work_t *w)
 
 static void on_signal(uv_signal_t *h, int signum)
 {
-    app_t *a = h->data;
+    process_t *a = h->data;
     if (a->stopping)
         return;
     a->stopping = true;
     LOG_INFO("signal %d: shutting down", signum);
-    server_shutdown(a->server);
+    app_shutdown(a->app);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
 }
@@ -72,7 +73,7 @@ static int cmd_serve(int argc, char **argv)
     char err[512];
     config_t *cfg = NULL;
     cache_t *cache = NULL;
-    app_t a = {0};
+    process_t a = {0};
     int rc = 1;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -100,30 +101,18 @@ static int cmd_serve(int argc, char **argv)
                 e == -EBUSY ? "in use by another winch process" : err_str(e));
         goto out;
     }
-    e = server_create(&a.server, a.loop, cfg, cache);
+    e = app_create(&a.app, a.loop, cfg, cache, err, sizeof err);
     if (e < 0) {
-        fprintf(stderr, "winch: %s\n", err_str(e));
+        fprintf(stderr, "winch: %s\n", err);
         goto out;
     }
-    char bound[96] = "", tls_bound[96] = "";
-    if (cfg->listen_enabled) {
-        e = server_listen(a.server, bound, sizeof bound);
-        if (e < 0) {
-            fprintf(stderr, "winch: cannot listen on %s:%u: %s\n", cfg->listen_host,
-                    cfg->listen_port, err_str(e));
-            server_shutdown(a.server);
-            uv_run(a.loop, UV_RUN_DEFAULT);
-            goto out;
-        }
-    }
-    if (cfg->tls_listen_enabled) {
-        e = server_listen_tls(a.server, tls_bound, sizeof tls_bound, err, sizeof err);
-        if (e < 0) {
-            fprintf(stderr, "winch: %s\n", err);
-            server_shutdown(a.server);
-            uv_run(a.loop, UV_RUN_DEFAULT);
-            goto out;
-        }
+    char bound[96], tls_bound[96];
+    e = app_listen(a.app, bound, tls_bound, sizeof bound, err, sizeof err);
+    if (e < 0) {
+        fprintf(stderr, "winch: %s\n", err);
+        app_shutdown(a.app);
+        uv_run(a.loop, UV_RUN_DEFAULT);
+        goto out;
     }
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
         const config_upstream_t *u = &cfg->upstreams[i];
@@ -154,7 +143,7 @@ static int cmd_serve(int argc, char **argv)
     uv_run(a.loop, UV_RUN_DEFAULT);
     rc = 0;
 out:
-    server_destroy(a.server);
+    app_destroy(a.app);
     cache_close(cache);
     if (a.loop)
         uv_loop_close(a.loop);

@@ -1,110 +1,146 @@
-/** The HTTP/1.1 server: listener, client connections, request parsing (llhttp), and the
- * response primitives the registry handlers compose. Internal to proxy/.
+/** The HTTP/1.1 server: listeners, client connections, request heads (llhttp), and the response
+ * primitives an application composes its answers from. It knows nothing of registries: every
+ * request head that arrives goes to the one on_request callback the application gave, as h2o's
+ * server hands requests to handlers it never names. Internal to proxy/.
  *
  * A connection serves one request at a time (pipelined requests wait in the read buffer):
- * read head -> route -> handler -> response primitives -> req_finish -> next request.
- * While a request is being answered the connection does not read, which is the backpressure.
+ * head arrives -> on_request -> the application answers with the resp_* primitives, at once
+ * or later -> the response completes (on_complete) -> next request. While a request is being
+ * answered the connection does not read, which is the backpressure. Request bodies are never
+ * read: a request that announces one is answered and its connection closed.
  */
 #ifndef WINCH_PROXY_SERVER_H
 #define WINCH_PROXY_SERVER_H
 
+#include <openssl/types.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <uv.h>
-
-#include "cache/cache.h"
-#include "config/config.h"
-#include "proxy/oci.h"
-#include "proxy/route.h"
-#include "proxy/upstream.h"
 
 typedef struct server server_t;
 typedef struct req req_t;
 
-/** Creates the server. cfg and cache are borrowed and must outlive it. Creates one upstream
- * client per configured upstream (no network activity yet). */
-int server_create(server_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache);
-
-/** Binds and listens on cfg->listen_host:listen_port. Writes the bound "host:port" (the real
- * port when 0 was asked) into bound[len]. Returns 0 or -errno. */
-int server_listen(server_t *s, char *bound, size_t len);
-
-/** Same for the TLS listener, cfg->tls_listen_host:tls_listen_port, with the certificate and
- * key of cfg->tls_cert / tls_key (loaded here). Connections accepted there speak HTTPS, and are
- * otherwise served exactly like the plain ones. On failure returns WE_TLS or -errno and writes
- * one line into err[errlen] (which file and why, or which address). */
-int server_listen_tls(server_t *s, char *bound, size_t len, char *err, size_t errlen);
-
-/** Stops accepting, closes idle connections, cuts active ones, cancels upstream work and
- * closes the upstream pools. The loop then drains; call server_destroy after uv_run returns. */
-void server_shutdown(server_t *s);
-void server_destroy(server_t *s);
-
-/* ---- What handlers see ---------------------------------------------------------------- */
-
-#define REQ_RANGE_NONE 0
-#define REQ_RANGE_OK 1
-#define REQ_RANGE_BAD 2 /* syntactically unusable: ignored, as RFC 9110 allows */
-
-struct req {
-    uint64_t id;
-    server_t *srv;
-    route_t route;
-    const char *target; /* borrowed request-target, NUL-terminated, valid until req_finish */
-    unsigned accept;    /* ACCEPT_* bits from every Accept line */
-    int range;          /* REQ_RANGE_* */
-    uint64_t range_first; /* Range: bytes=first-last; last = UINT64_MAX when open-ended */
-    uint64_t range_last;
-    bool range_suffix;  /* bytes=-N: range_last holds N */
-    char if_none_match[REF_DIGEST_MAX + 8]; /* raw header value, "" when absent */
-    const char *cache_status; /* static text for the access log: hit, miss, stale, ... */
-    /* The handler's pending asynchronous operation: cancel(op_arg) runs if the connection dies
-     * before the response finished. The handler clears it when the operation completes. */
-    void (*cancel)(req_t *r);
-    void *op;
+/** How a request ended, for on_complete. */
+enum req_outcome {
+    REQ_DONE,    /* the response went out whole */
+    REQ_ABORTED, /* the application cut it short (req_abort): the client saw a short read */
+    REQ_GONE,    /* the connection died (client gone, timeout, shutdown) before it completed */
 };
 
-/** The upstream client for r's route (borrowed). */
-upstream_t *req_upstream(req_t *r);
-const config_t *req_config(req_t *r);
-cache_t *req_cache(req_t *r);
+/** Limits the server enforces; every size and time that a client controls is bounded here. */
+typedef struct server_limits {
+    uint32_t header_timeout_ms; /* a request head must arrive whole within this */
+    uint32_t idle_timeout_ms;   /* keep-alive idle time, and a stalled send */
+    uint32_t max_connections;   /* accepted at once; beyond, accepting pauses */
+    uint32_t max_header_bytes;  /* request line + headers */
+} server_limits_t;
 
-/** Begins the response head: status line plus the headers every response carries. */
+typedef struct server_opts {
+    uv_loop_t *loop;        /* borrowed */
+    server_limits_t limits; /* copied */
+    /** A request head arrived (or failed to parse: req_bad says how). The application answers it
+     * with the resp_* primitives, now or later. Runs on the loop thread. */
+    void (*on_request)(req_t *r, void *arg);
+    /** The request r ended (always called once per on_request, even when the connection died
+     * first: REQ_GONE is the moment to cancel what the application still does for r). r is
+     * readable during the call (req_status, req_bytes_sent, req_duration_ms, req_data) and gone
+     * after. The application must not answer r from here. */
+    void (*on_complete)(req_t *r, void *arg, enum req_outcome outcome);
+    void *arg;        /* borrowed; passed to both callbacks */
+    size_t data_size; /* bytes of per-request application storage (req_data), zeroed per request */
+} server_opts_t;
+
+/** Creates the server (no listener yet). *out owned by the caller (server_destroy). */
+int server_create(server_t **out, const server_opts_t *o);
+
+/** Replaces the limits (a reload); connections pick them up from their next timer or request. */
+void server_set_limits(server_t *s, const server_limits_t *l);
+
+/** Listens on host:port (numeric host, or "localhost"). tls_ctx (borrowed, must outlive the
+ * server) makes it an HTTPS listener; NULL for plain HTTP. Writes the bound "host:port" (the
+ * real port when 0 was asked) into bound[len]. At most two listeners. Returns 0 or -errno. */
+int server_listen(server_t *s, const char *host, uint16_t port, SSL_CTX *tls_ctx, char *bound,
+                  size_t len);
+
+/** Stops accepting and closes every connection (on_complete(REQ_GONE) for requests in progress).
+ * The loop then drains; call server_destroy after uv_run returns. */
+void server_shutdown(server_t *s);
+/** Frees the server; NULL is fine. */
+void server_destroy(server_t *s);
+
+/** Connections open now. */
+uint32_t server_connections(const server_t *s);
+
+/* ---- The request --------------------------------------------------------------------------
+ * Every string returned is borrowed and valid until the request completes. */
+
+/** Unique (per process) request id, for logs. */
+uint64_t req_id(const req_t *r);
+/** "GET", "HEAD", ...; "-" when the head did not parse. */
+const char *req_method(const req_t *r);
+bool req_is_head(const req_t *r);
+bool req_is_get(const req_t *r);
+/** The request-target as sent (path and query), NUL-terminated; "" when it did not parse. */
+const char *req_target(const req_t *r);
+size_t req_target_len(const req_t *r);
+/** 0 for a request the application should route; otherwise the status the server found:
+ * 400 (malformed), 414 (target over 4096 bytes), 431 (head over max_header_bytes). The
+ * application answers those too (with its own error body); the connection closes after. */
+int req_bad(const req_t *r);
+/** The first header named name (case-insensitive), NUL-terminated; NULL if absent. A value over
+ * 4096 bytes is kept whole only if the head stays within max_header_bytes. */
+const char *req_header(const req_t *r, const char *name);
+/** Every header named name in order: pass NULL first, then the previous result. */
+const char *req_header_next(const req_t *r, const char *name, const char *prev);
+/** The client's address (the socket's peer). */
+const struct sockaddr_storage *req_peer(const req_t *r);
+/** The peer as text ("127.0.0.1", "::1"), for logs. */
+const char *req_peer_str(const req_t *r);
+/** True when the request came over the TLS listener. */
+bool req_is_tls(const req_t *r);
+/** The application's per-request storage (opts.data_size bytes, zeroed for each request). */
+void *req_data(req_t *r);
+
+/** What went out (for on_complete): the status of the response, body bytes sent, and the
+ * milliseconds since the head arrived. */
+int req_status(const req_t *r);
+uint64_t req_bytes_sent(const req_t *r);
+int64_t req_duration_ms(const req_t *r);
+
+/* ---- Responses --------------------------------------------------------------------------- */
+
+/** Begins the response head: the status line. Calling it again starts the head over. */
 void resp_begin(req_t *r, int status);
 /** True once resp_begin ran for this response. */
-bool resp_begun(req_t *r);
-/** Adds one header line; the head is bounded (overflow turns the response into a 500). */
+bool resp_begun(const req_t *r);
+/** Adds one header line; the head is bounded (overflow turns the response into a bare 500). */
 void resp_header(req_t *r, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /** Finishes the head with Content-Length: length, and sends it followed by body[0..body_len)
  * (skipped for HEAD; body_len may be shorter than length only for HEAD). body is taken when
- * free_body (freed after sending), else borrowed until the response finishes. Then the
- * request finishes. */
+ * free_body (freed after sending), else borrowed until the response completes. Then the
+ * request completes. */
 void resp_send(req_t *r, uint64_t length, char *body, size_t body_len, bool free_body);
 
 /** Finishes the head with Content-Length: length and sends it, then len bytes of fd from off
- * (fd taken: closed after; skipped for HEAD). Then the request finishes. */
+ * (fd taken: closed after; skipped for HEAD). Then the request completes. */
 void resp_send_file(req_t *r, uint64_t length, int fd, off_t off, uint64_t len);
-
-/** Answers the OCI error JSON for code (message/detail as in oci_error_json) with status, or
- * oci_status(code) when status is 0. If the handler already began the head (resp_begin plus
- * extra headers such as Retry-After), that head is kept and status is ignored. */
-void resp_error(req_t *r, int status, enum oci_code code, const char *message,
-                const char *detail_json);
 
 /* Streaming primitives for bodies that grow (a fill). */
 typedef void (*req_io_cb)(req_t *r, int status);
-/** Finishes the head with Content-Length: length and sends it; cb when sent. */
+/** Finishes the head with Content-Length: length and sends it; cb when sent (never inside this
+ * call). status < 0: the connection is gone; the application cleans up and calls req_abort. */
 void resp_send_head(req_t *r, uint64_t length, req_io_cb cb);
-/** Sends len bytes of fd (borrowed) from off; cb when sent (status < 0: the connection is
- * gone; the handler cleans up and calls req_abort). */
+/** Sends len bytes of fd (borrowed) from off; cb when sent, as for resp_send_head. */
 void resp_send_chunk(req_t *r, int fd, off_t off, uint64_t len, req_io_cb cb);
-/** The response is complete: log it, then serve the next request on the connection. */
+/** A streamed response is complete: on_complete(REQ_DONE), then the next request. */
 void req_finish(req_t *r);
 /** The response cannot be completed (upstream failed mid-body): cut the connection so the
- * client sees a short read, never a complete-looking short body. */
+ * client sees a short read, never a complete-looking short body. on_complete(REQ_ABORTED). */
 void req_abort(req_t *r);
 
 #endif

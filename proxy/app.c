@@ -1,0 +1,281 @@
+/* The application context (app.h): what a running winch owns, and the path of every request
+ * from the server to a handler:
+ *
+ *   server (HTTP/1.1) --on_request--> app: registry headers, route, policy --> handler
+ *   handler answers through reply.c / resp_* --> server --on_complete--> app: access log
+ *
+ * Rooms (proxy/): app.c (this), route.c (target -> operation, upstream choice), oci.c (error
+ * bodies, Accept negotiation), reply.c (answers in registry terms), fetch.c (shared buffered
+ * upstream fetches), manifest.c, blob.c, lists.c (the handlers), upstream*.c (the upstream
+ * client), server.c and conn.c (HTTP/1.1 and sockets), tls.c, url.c, auth.c, http.c. The
+ * arrows and the reasons for them: docs/architecture.md.
+ */
+#include "proxy/app.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/flight.h"
+#include "common/log.h"
+#include "policy/policy.h"
+#include "proxy/blob.h"
+#include "proxy/call.h"
+#include "proxy/lists.h"
+#include "proxy/manifest.h"
+#include "proxy/oci.h"
+#include "proxy/reply.h"
+#include "proxy/server.h"
+#include "proxy/tls.h"
+#include "proxy/upstream.h"
+
+struct app {
+    uv_loop_t *loop;
+    const config_t *cfg;
+    cache_t *cache;
+    upstream_t *upstreams[CONFIG_MAX_UPSTREAMS];
+    flight_table_t *fetches;
+    blob_producers_t *producers;
+    policy_t *policy;
+    server_t *server;
+    SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
+    call_env_t env;
+    bool shut;
+};
+
+/* ---- Requests -------------------------------------------------------------------------- */
+
+static void handle_ping(call_t *c)
+{
+    static char body[] = "{}";
+    c->cache_status = "local";
+    reply_begin(c, 200);
+    resp_header(c->req, "Content-Type", "application/json; charset=utf-8");
+    resp_send(c->req, 2, body, 2, false);
+}
+
+/* The registry headers a handler may need, read once. */
+static void read_headers(call_t *c)
+{
+    req_t *r = c->req;
+    for (const char *v = req_header(r, "Accept"); v; v = req_header_next(r, "Accept", v))
+        c->accept = oci_accept_parse(c->accept, v, strlen(v));
+    const char *range = req_header(r, "Range");
+    if (range)
+        http_range_parse(range, &c->range);
+    c->if_none_match = req_header(r, "If-None-Match");
+}
+
+/* Answers what the server could not parse (400 malformed, 414, 431). */
+static void answer_bad(call_t *c, int status)
+{
+    switch (status) {
+    case 414:
+        reply_error(c, 414, OCI_NAME_INVALID, "request target too long", NULL);
+        return;
+    case 431:
+        reply_error(c, 431, OCI_UNKNOWN, "request header fields too large", NULL);
+        return;
+    default:
+        reply_error(c, 400, OCI_UNKNOWN, "malformed HTTP request", NULL);
+        return;
+    }
+}
+
+static bool policy_allows(app_t *a, call_t *c)
+{
+    if (c->route.op == ROUTE_PING || c->route.op == ROUTE_CATALOG)
+        return true;
+    policy_request_t pr = {
+        .upstream = c->route.upstream->name,
+        .repo = c->route.name,
+        .ref = c->route.op == ROUTE_TAGS ? NULL : c->route.ref,
+        .ref_is_digest = c->route.ref_is_digest,
+    };
+    policy_decision_t d = policy_decide(a->policy, &pr);
+    if (d.allow)
+        return true;
+    reply_error(c, 0, OCI_DENIED, d.reason ? d.reason : "denied by policy", NULL);
+    return false;
+}
+
+static void on_request(req_t *r, void *arg)
+{
+    app_t *a = arg;
+    call_t *c = req_data(r);
+    c->req = r;
+    c->env = &a->env;
+    c->cache_status = "-";
+    if (req_bad(r)) {
+        answer_bad(c, req_bad(r));
+        return;
+    }
+    read_headers(c);
+    enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
+    route_error_t rerr;
+    if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {
+        reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
+        return;
+    }
+    if (c->route.upstream)
+        c->up = a->upstreams[c->route.upstream - a->cfg->upstreams];
+    if (!policy_allows(a, c))
+        return;
+    switch (c->route.op) {
+    case ROUTE_PING:
+        handle_ping(c);
+        return;
+    case ROUTE_MANIFEST:
+        manifest_handle(c);
+        return;
+    case ROUTE_BLOB:
+        blob_handle(c);
+        return;
+    case ROUTE_TAGS:
+        lists_tags(c);
+        return;
+    case ROUTE_CATALOG:
+        lists_catalog(c);
+        return;
+    case ROUTE_REFERRERS:
+        lists_referrers(c);
+        return;
+    }
+    reply_error(c, 0, OCI_UNSUPPORTED, "unsupported operation", NULL);
+}
+
+static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
+{
+    (void)arg;
+    call_t *c = req_data(r);
+    if (outcome == REQ_GONE && c->cancel) {
+        void (*cancel)(call_t *) = c->cancel;
+        c->cancel = NULL;
+        cancel(c);
+    }
+    if (outcome == REQ_ABORTED)
+        LOG_WARN("req=%llu %s: response cut short after %llu body bytes",
+                 (unsigned long long)req_id(r), req_target(r),
+                 (unsigned long long)req_bytes_sent(r));
+    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld%s", (unsigned long long)req_id(r),
+             req_method(r), req_target(r)[0] ? req_target(r) : "-", req_status(r),
+             (unsigned long long)req_bytes_sent(r), c->cache_status ? c->cache_status : "-",
+             (long long)req_duration_ms(r), outcome == REQ_GONE ? " (client gone)" : "");
+}
+
+/* ---- Lifecycle ------------------------------------------------------------------------- */
+
+int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache, char *err,
+               size_t errlen)
+{
+    int rc = -ENOMEM;
+    app_t *a = calloc(1, sizeof *a);
+    if (!a)
+        goto fail;
+    a->loop = loop;
+    a->cfg = cfg;
+    a->cache = cache;
+    if ((rc = flight_table_create(&a->fetches)) < 0 ||
+        (rc = blob_producers_create(&a->producers)) < 0)
+        goto fail;
+    if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
+        goto fail_said;
+    for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        rc = upstream_create(&a->upstreams[i], loop, &cfg->upstreams[i], cfg);
+        if (rc < 0)
+            goto fail;
+    }
+    server_opts_t so = {
+        .loop = loop,
+        .limits = {.header_timeout_ms = cfg->client_header_timeout_ms,
+                   .idle_timeout_ms = cfg->client_idle_timeout_ms,
+                   .max_connections = cfg->max_connections,
+                   .max_header_bytes = cfg->max_header_bytes},
+        .on_request = on_request,
+        .on_complete = on_complete,
+        .arg = a,
+        .data_size = sizeof(call_t),
+    };
+    if ((rc = server_create(&a->server, &so)) < 0)
+        goto fail;
+    a->env = (call_env_t){
+        .cfg = cfg,
+        .cache = cache,
+        .upstreams = a->upstreams,
+        .fetches = a->fetches,
+        .producers = a->producers,
+    };
+    *out = a;
+    return 0;
+fail:
+    snprintf(err, errlen, "%s", err_str(rc));
+fail_said:
+    app_destroy(a);
+    return rc;
+}
+
+int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, size_t errlen)
+{
+    const config_t *cfg = a->cfg;
+    bound[0] = tls_bound[0] = '\0';
+    int rc;
+    if (cfg->listen_enabled) {
+        rc = server_listen(a->server, cfg->listen_host, cfg->listen_port, NULL, bound, len);
+        if (rc < 0) {
+            snprintf(err, errlen, "cannot listen on %s:%u: %s", cfg->listen_host,
+                     (unsigned)cfg->listen_port, err_str(rc));
+            return rc;
+        }
+    }
+    if (cfg->tls_listen_enabled) {
+        rc = tls_server_ctx_new(cfg->tls_cert, cfg->tls_key, &a->tls_ctx, err, errlen);
+        if (rc < 0)
+            return rc;
+        rc = server_listen(a->server, cfg->tls_listen_host, cfg->tls_listen_port, a->tls_ctx,
+                           tls_bound, len);
+        if (rc < 0) {
+            snprintf(err, errlen, "cannot listen on %s:%u: %s", cfg->tls_listen_host,
+                     (unsigned)cfg->tls_listen_port, err_str(rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void close_upstreams(app_t *a)
+{
+    for (size_t i = 0; i < a->cfg->n_upstreams; i++) {
+        if (a->upstreams[i])
+            upstream_destroy(a->upstreams[i]);
+        a->upstreams[i] = NULL;
+    }
+}
+
+void app_shutdown(app_t *a)
+{
+    if (a->shut)
+        return;
+    a->shut = true;
+    server_shutdown(a->server);
+    blob_producers_cancel_all(a->producers);
+    /* Every request is finished or cancelled now, so the pools can go; their handles close
+     * while the loop drains. */
+    close_upstreams(a);
+}
+
+void app_destroy(app_t *a)
+{
+    if (!a)
+        return;
+    close_upstreams(a);
+    server_destroy(a->server);
+    tls_ctx_free(a->tls_ctx); /* every TLS conn is closed by now */
+    policy_free(a->policy);
+    blob_producers_free(a->producers);
+    if (a->fetches && flight_table_count(a->fetches))
+        LOG_ERROR("%zu upstream fetches still in flight at exit", flight_table_count(a->fetches));
+    flight_table_free(a->fetches);
+    free(a);
+}

@@ -1,0 +1,42 @@
+/** The application: winch as a registry mirror. It owns everything a running winch has — the
+ * configuration (borrowed from main), the upstream clients, the tables of work in flight (shared
+ * upstream fetches, blob producers), the policy and the HTTP server — and turns each request the
+ * server hands it into a registry call for one handler (manifest.c, blob.c, lists.c).
+ *
+ * Background work that no client request starts (platform prefetch, eviction, tag
+ * revalidation) belongs here too: it runs on the app's loop with the app's upstream clients and
+ * cache, and stops in app_shutdown. Nothing in proxy/ is process-wide: two apps on two loops
+ * would not share a byte. Internal to proxy/; main.c drives it.
+ */
+#ifndef WINCH_PROXY_APP_H
+#define WINCH_PROXY_APP_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "cache/cache.h"
+#include "config/config.h"
+
+typedef struct app app_t;
+
+/** Creates the application on loop: one upstream client per configured upstream (no network
+ * activity yet), the policy, the server (not listening yet). cfg and cache are borrowed and
+ * must outlive it. On success *out is owned by the caller (app_destroy). On failure returns an
+ * error and writes one line into err[errlen]. */
+int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache, char *err,
+               size_t errlen);
+
+/** Opens the configured listeners (plain and/or TLS). Writes the bound "host:port" of each into
+ * bound[len] and tls_bound[len] ("" for one not configured). On failure returns an error and
+ * writes one line into err[errlen] (which address or file, and why). */
+int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, size_t errlen);
+
+/** Stops accepting, closes every connection (cancelling what their requests still wait for),
+ * stops blob producers and closes the upstream pools. The loop then drains; call app_destroy
+ * after uv_run returns. Idempotent. */
+void app_shutdown(app_t *a);
+
+/** Frees the application; NULL is fine. */
+void app_destroy(app_t *a);
+
+#endif

@@ -1,0 +1,49 @@
+/** A registry call: one routed request as the handlers (manifest.c, blob.c, lists.c) see it,
+ * and what the application lends every call. Internal to proxy/.
+ *
+ * app.c makes a call of every request the server hands it: it parses the registry headers,
+ * routes the target, asks the policy, and passes the call to one handler, which answers through
+ * reply.h and the server's resp_* primitives, now or later. A handler that waits for something
+ * (an upstream fetch, a fill) sets `cancel` and `op`: if the client goes away first, the app
+ * calls cancel(c), after which the handler must not touch the call again.
+ *
+ * The struct lives in the server's per-request storage (req_data): valid from the request's
+ * arrival to its completion, zeroed for every request.
+ */
+#ifndef WINCH_PROXY_CALL_H
+#define WINCH_PROXY_CALL_H
+
+#include "cache/cache.h"
+#include "common/flight.h"
+#include "config/config.h"
+#include "proxy/http.h"
+#include "proxy/route.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
+
+typedef struct blob_producers blob_producers_t; /* blob.c */
+
+/** What the application owns and every call borrows. Filled once by app.c. */
+typedef struct call_env {
+    const config_t *cfg;
+    cache_t *cache;
+    upstream_t *const *upstreams;    /* [i] serves cfg->upstreams[i] */
+    flight_table_t *fetches;         /* shared buffered upstream fetches (fetch.c) */
+    blob_producers_t *producers;     /* blob fills' upstream producers running (blob.c) */
+} call_env_t;
+
+typedef struct call call_t;
+struct call {
+    req_t *req;              /* the HTTP exchange, borrowed */
+    const call_env_t *env;   /* borrowed */
+    route_t route;
+    upstream_t *up;          /* the client of route.upstream; NULL for /v2/ */
+    unsigned accept;         /* ACCEPT_* bits from every Accept line */
+    http_range_t range;
+    const char *if_none_match; /* the header value (borrowed), NULL when absent */
+    const char *cache_status;  /* static text for the access log: hit, miss, stale, ... */
+    void (*cancel)(call_t *c); /* the pending operation's cancel, NULL when none */
+    void *op;                  /* the pending operation, the handler's */
+};
+
+#endif

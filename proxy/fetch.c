@@ -1,0 +1,218 @@
+#include "proxy/fetch.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/err.h"
+#include "common/log.h"
+
+/* Error bodies are read but not kept beyond this: they are never relayed. */
+#define ERROR_BODY_MAX 4096
+
+/* The operation of a flight: one upstream request and the body it collects. */
+typedef struct fetch_op {
+    flight_t *fl;
+    upreq_t *up;
+    buf_t body;
+    size_t max;
+    int status;
+    bool head; /* HEAD: Content-Length describes what a GET would send, not a body */
+    bool too_big;
+} fetch_op_t;
+
+/* One call waiting for a flight. */
+typedef struct fetch_waiter {
+    flight_waiter_t w; /* first: the land callback gets it back */
+    call_t *c;
+    fetch_cb cb;
+    void *ctx;
+    void (*ctx_free)(void *);
+} fetch_waiter_t;
+
+/* What a landing flight tells its waiters. */
+typedef struct fetch_result {
+    int status;
+    int err;
+    upreq_t *up;
+    const buf_t *body;
+} fetch_result_t;
+
+int fetch_status_err(int status)
+{
+    switch (status) {
+    case 404:
+        return WE_NOTFOUND;
+    case 401:
+    case 403:
+        return WE_DENIED;
+    case 429:
+        return WE_RATELIMIT;
+    default:
+        return WE_UPSTREAM;
+    }
+}
+
+void fetch_path(const call_t *c, const char *kind, const char *ref, char *out, size_t len)
+{
+    const config_upstream_t *u = c->route.upstream;
+    snprintf(out, len, "%s/v2/%s/%s%s%s", u->base_path, c->route.name, kind, ref ? "/" : "",
+             ref ? ref : "");
+}
+
+static void op_free(fetch_op_t *op)
+{
+    buf_free(&op->body);
+    free(op);
+}
+
+/* A waiting client went away: the flight goes on for the others, or is cancelled. */
+static void waiter_cancel(call_t *c)
+{
+    fetch_waiter_t *fw = c->op;
+    c->op = NULL;
+    flight_t *last = flight_leave(&fw->w);
+    if (fw->ctx_free)
+        fw->ctx_free(fw->ctx);
+    free(fw);
+    if (last) {
+        fetch_op_t *op = flight_op(last);
+        upreq_cancel(op->up);
+        flight_drop(last);
+        op_free(op);
+    }
+}
+
+static void op_on_headers(upreq_t *up, void *arg, int status)
+{
+    fetch_op_t *op = arg;
+    op->status = status;
+    uint64_t cl = upreq_content_length(up);
+    if (!op->head && status == 200 && cl != UINT64_MAX && cl > op->max)
+        op->too_big = true;
+    /* Only a 200's body is kept; an error body is bounded and dropped. */
+    op->body.max = status == 200 ? op->max : ERROR_BODY_MAX;
+}
+
+static void op_on_body(upreq_t *up, void *arg, const char *data, size_t len)
+{
+    fetch_op_t *op = arg;
+    (void)up;
+    if (op->too_big)
+        return;
+    if (buf_append(&op->body, data, len) < 0 && op->status == 200)
+        op->too_big = true;
+}
+
+static void on_land(flight_waiter_t *w, void *result)
+{
+    fetch_waiter_t *fw = (fetch_waiter_t *)w;
+    const fetch_result_t *res = result;
+    call_t *c = fw->c;
+    c->cancel = NULL;
+    c->op = NULL;
+    int err = res->err;
+    char *body = NULL;
+    size_t len = 0;
+    if (err == 0 && res->status == 200) {
+        body = malloc(res->body->len + 1);
+        if (body) {
+            if (res->body->len)
+                memcpy(body, res->body->p, res->body->len);
+            body[res->body->len] = '\0';
+            len = res->body->len;
+        } else {
+            err = -ENOMEM;
+        }
+    }
+    fetch_cb cb = fw->cb;
+    void *ctx = fw->ctx;
+    free(fw);
+    cb(c, ctx, res->status, err, res->up, body, len);
+}
+
+static void op_on_done(upreq_t *up, void *arg, int err)
+{
+    fetch_op_t *op = arg;
+    if (err == 0 && op->too_big)
+        err = WE_TOOBIG;
+    fetch_result_t res = {.status = op->status, .err = err, .up = up, .body = &op->body};
+    /* The flight leaves the table before anyone is told: a waiter that asks again from its
+     * callback starts a new flight. */
+    flight_land(op->fl, &res);
+    op_free(op);
+}
+
+static const upreq_cbs_t op_cbs = {
+    .on_headers = op_on_headers,
+    .on_body = op_on_body,
+    .on_done = op_on_done,
+};
+
+/* Starts the upstream request of a new flight. */
+static int op_start(call_t *c, flight_t *fl, const char *method, const char *path,
+                    const char *accept, size_t max)
+{
+    fetch_op_t *op = calloc(1, sizeof *op);
+    if (!op)
+        return -ENOMEM;
+    op->fl = fl;
+    op->max = max;
+    op->head = strcmp(method, "HEAD") == 0;
+    buf_init(&op->body, max);
+    char acc[512];
+    const char *hdrs[2] = {NULL, NULL};
+    if (accept) {
+        snprintf(acc, sizeof acc, "Accept: %s", accept);
+        hdrs[0] = acc;
+    }
+    int err = upreq_start(&op->up, c->up, method, path, hdrs, &op_cbs, op);
+    if (err < 0) {
+        op_free(op);
+        return err;
+    }
+    flight_set_op(fl, op);
+    return 0;
+}
+
+int fetch_start(call_t *c, const char *method, const char *path, const char *accept, size_t max,
+                fetch_cb cb, void *ctx, void (*ctx_free)(void *))
+{
+    /* Identical means: same upstream, method, path, Accept and bound. */
+    char key[REF_NAME_MAX + 1200];
+    int kl = snprintf(key, sizeof key, "%s\n%s %s\n%s\n%zu", c->route.upstream->name, method,
+                      path, accept ? accept : "", max);
+    if (kl < 0 || (size_t)kl >= sizeof key)
+        return WE_TOOBIG;
+    fetch_waiter_t *fw = calloc(1, sizeof *fw);
+    if (!fw)
+        return -ENOMEM;
+    fw->c = c;
+    fw->cb = cb;
+    fw->ctx = ctx;
+    fw->ctx_free = ctx_free;
+    flight_t *fl;
+    bool created;
+    int err = flight_join(c->env->fetches, key, &fw->w, on_land, &fl, &created);
+    if (err < 0) {
+        free(fw);
+        return err;
+    }
+    if (created) {
+        err = op_start(c, fl, method, path, accept, max);
+        if (err < 0) {
+            flight_leave(&fw->w);
+            flight_drop(fl);
+            free(fw);
+            return err;
+        }
+    } else {
+        LOG_DEBUG("req=%llu joins the upstream %s in flight", (unsigned long long)req_id(c->req),
+                  method);
+    }
+    c->op = fw;
+    c->cancel = waiter_cancel;
+    return 0;
+}

@@ -1,0 +1,113 @@
+#include "proxy/reply.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/util.h"
+#include "proxy/fetch.h"
+
+#define ERRBODY_MAX 1024
+
+void reply_begin(call_t *c, int status)
+{
+    resp_begin(c->req, status);
+    resp_header(c->req, "Docker-Distribution-API-Version", "registry/2.0");
+    if (c->route.ns_given)
+        resp_header(c->req, "OCI-Namespace", "%s", c->route.ns);
+}
+
+void reply_error(call_t *c, int status, enum oci_code code, const char *message,
+                 const char *detail_json)
+{
+    if (!resp_begun(c->req))
+        reply_begin(c, status ? status : oci_status(code));
+    resp_header(c->req, "Content-Type", "application/json; charset=utf-8");
+    char *body = malloc(ERRBODY_MAX);
+    size_t n = 0;
+    if (body) {
+        n = oci_error_json(body, ERRBODY_MAX, code, message, detail_json);
+        if (n == 0)
+            n = oci_error_json(body, ERRBODY_MAX, code, NULL, NULL);
+    }
+    if (c->cache_status == NULL || strcmp(c->cache_status, "-") == 0)
+        c->cache_status = "error";
+    resp_send(c->req, n, body, n, true);
+}
+
+/* Retry-After is seconds or an HTTP date: pass on any short single-line value. */
+static bool retry_after_ok(const char *v)
+{
+    return v && *v && strlen(v) < 64 && strpbrk(v, "\r\n") == NULL;
+}
+
+/* What the client hears for each way an upstream or the store can fail. */
+static const struct {
+    int err;
+    enum oci_code code;
+    const char *what; /* follows "upstream <name>"; NULL: the failure is winch's own */
+} failures[] = {
+    {WE_DENIED, OCI_DENIED, "denied access"},
+    {WE_RATELIMIT, OCI_TOOMANYREQUESTS, "rate limit reached; retry later"},
+    {-ETIMEDOUT, OCI_GATEWAY_TIMEOUT, "did not answer in time"},
+    {WE_DIGEST, OCI_BAD_GATEWAY, "sent content that does not match its digest"},
+    {WE_TOOBIG, OCI_BAD_GATEWAY, "sent a response over winch's size limit"},
+    {WE_UPSTREAM, OCI_BAD_GATEWAY, "answered with an error"},
+    {WE_TLS, OCI_BAD_GATEWAY, "failed the TLS handshake or certificate check"},
+    {WE_INDEX, OCI_UNKNOWN, NULL},
+    {-ENOSPC, OCI_UNKNOWN, NULL},
+    {-EIO, OCI_UNKNOWN, NULL},
+};
+
+void reply_failure(call_t *c, int err, enum oci_code notfound)
+{
+    const char *name = c->route.upstream ? c->route.upstream->name : "upstream";
+    if (err == WE_NOTFOUND) {
+        reply_error(c, 0, notfound,
+                    notfound == OCI_BLOB_UNKNOWN   ? "blob unknown to registry"
+                    : notfound == OCI_NAME_UNKNOWN ? "repository name not known to registry"
+                                                   : "manifest unknown",
+                    NULL);
+        return;
+    }
+    if (err == WE_RATELIMIT && !resp_begun(c->req)) {
+        /* A rate limit learned without the response at hand (a blob fill that failed): the
+         * upstream's latest Retry-After. */
+        upstream_ratelimit_t rl;
+        upstream_ratelimit(c->up, &rl);
+        reply_begin(c, 429);
+        resp_header(c->req, "Retry-After", "%s", rl.retry_after[0] ? rl.retry_after : "60");
+    }
+    /* Anything else is a transport failure: the upstream is unreachable. */
+    enum oci_code code = OCI_BAD_GATEWAY;
+    const char *what = "is unreachable";
+    for (size_t i = 0; i < ARRAY_SIZE(failures); i++) {
+        if (failures[i].err == err) {
+            code = failures[i].code;
+            what = failures[i].what;
+            break;
+        }
+    }
+    char msg[256];
+    if (what)
+        snprintf(msg, sizeof msg, "upstream %s %s", name, what);
+    else
+        snprintf(msg, sizeof msg, "cache storage failure");
+    reply_error(c, 0, code, msg, NULL);
+}
+
+void reply_upstream_failure(call_t *c, int status, int err, const char *retry_after,
+                            enum oci_code notfound)
+{
+    if (status == 429) {
+        reply_begin(c, 429);
+        resp_header(c->req, "Retry-After", "%s", retry_after_ok(retry_after) ? retry_after : "60");
+    }
+    if (err == 0 && status != 0 && status != 200)
+        err = fetch_status_err(status);
+    if (err == 0)
+        err = WE_UPSTREAM;
+    reply_failure(c, err, notfound);
+}
