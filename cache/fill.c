@@ -39,6 +39,7 @@
 
 #include "cache/internal.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -89,10 +90,7 @@ static void fill_fail_now(fill_t *f, int err);
 
 static unsigned bucket_of(const char *digest)
 {
-    uint32_t h = 2166136261u;
-    for (const char *p = digest; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    return h % CACHE_FILL_BUCKETS;
+    return hash_str(digest) % CACHE_FILL_BUCKETS;
 }
 
 static fill_t *table_find(cache_t *c, const char *digest)

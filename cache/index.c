@@ -24,6 +24,7 @@
 
 #include "cache/internal.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/timeutil.h"
 #include "common/util.h"
@@ -621,10 +622,7 @@ static void wq_work(uv_work_t *w)
 
 static unsigned guard_bucket(const char *digest)
 {
-    uint32_t h = 2166136261u;
-    for (const char *p = digest; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    return h % CACHE_GUARD_BUCKETS;
+    return hash_str(digest) % CACHE_GUARD_BUCKETS;
 }
 
 static void guard_remove(cache_t *c, wop_t *op)
