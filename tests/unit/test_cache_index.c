@@ -99,12 +99,14 @@ static void test_layout_lock_sweep(void)
 
 /* ---- Manifests, content records, tags ----------------------------------------------------- */
 
+static const char manifest_body[] = "{\"schemaVersion\":2,\"mediaType\":\"" MT_OCI "\"}";
+
 static void test_manifest_roundtrip(void)
 {
     char dir[256], path[512], digest[REF_DIGEST_MAX + 1], got[REF_DIGEST_MAX + 1];
     snprintf(dir, sizeof dir, "%s/manifests", root);
     cache_t *c = open_at(dir);
-    static const char body[] = "{\"schemaVersion\":2,\"mediaType\":\"" MT_OCI "\"}";
+    const char *body = manifest_body;
     cachetest_digest_of(REF_ALG_SHA256, body, strlen(body), digest);
 
     cache_entry_t e;
@@ -159,11 +161,6 @@ static void test_manifest_roundtrip(void)
     CHECK(memcmp(bytes, body, len) == 0);
     free(bytes);
     CHECK_INT(cache_read_manifest(c, digest, 10, &bytes, &len), WE_TOOBIG);
-    CHECK_INT(cache_read_manifest(
-                  c, "sha256:0000000000000000000000000000000000000000000000000000000000000000", 100,
-                  &bytes, &len),
-              WE_NOTFOUND);
-    CHECK_INT(cache_read_manifest(c, "../../etc/passwd", 100, &bytes, &len), WE_INVALID);
 
     /* The published file sits at its content path. */
     snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", dir, digest + 7, digest + 7);
@@ -172,10 +169,6 @@ static void test_manifest_roundtrip(void)
     CHECK_INT(cache_open_content(c, digest, &fd), 0);
     CHECK(fd >= 0);
     close(fd);
-    CHECK_INT(
-        cache_open_content(
-            c, "sha256:1111111111111111111111111111111111111111111111111111111111111111", &fd),
-        -ENOENT);
 
     int64_t checked = 0;
     CHECK_INT(cache_tag_get(c, "docker.io", "library/alpine", "3.19", got, &checked), 0);
@@ -193,6 +186,47 @@ static void test_manifest_roundtrip(void)
     CHECK_INT(d.status, 0);
     CHECK_INT(cache_lookup(c, digest, &e), 0);
     CHECK_INT(e.created_ms, created);
+    cache_close(c);
+
+    /* Everything survives a reopen. */
+    c = open_at(dir);
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK_INT(e.kind, CACHE_MANIFEST);
+    CHECK_STR(e.media_type, MT_OCI);
+    CHECK_INT(cache_tag_get(c, "docker.io", "library/alpine", "3.19", got, &checked), 0);
+    CHECK_STR(got, digest);
+    cache_close(c);
+}
+
+static void test_manifest_refused(void)
+{
+    char dir[256], path[512], digest[REF_DIGEST_MAX + 1];
+    snprintf(dir, sizeof dir, "%s/refused", root);
+    cache_t *c = open_at(dir);
+    const char *body = manifest_body;
+    cachetest_digest_of(REF_ALG_SHA256, body, strlen(body), digest);
+    cache_manifest_put_t p = {.digest = digest,
+                              .media_type = MT_OCI,
+                              .bytes = body,
+                              .len = strlen(body),
+                              .upstream = "docker.io",
+                              .repo = "library/alpine"};
+    cache_entry_t e;
+    struct done d;
+    char *bytes = NULL;
+    size_t len = 0;
+    int fd = -1;
+
+    /* Nothing there, and names that are not digests. */
+    CHECK_INT(cache_read_manifest(
+                  c, "sha256:0000000000000000000000000000000000000000000000000000000000000000", 100,
+                  &bytes, &len),
+              WE_NOTFOUND);
+    CHECK_INT(cache_read_manifest(c, "../../etc/passwd", 100, &bytes, &len), WE_INVALID);
+    CHECK_INT(
+        cache_open_content(
+            c, "sha256:1111111111111111111111111111111111111111111111111111111111111111", &fd),
+        -ENOENT);
 
     /* Bytes that do not match the digest are refused and nothing is indexed or left behind. */
     static const char other[] = "{\"schemaVersion\":2}";
@@ -225,16 +259,6 @@ static void test_manifest_roundtrip(void)
     CHECK_INT(cache_tag_set(c, "docker.io", "library/alpine", "x", "sha256:00", NULL, NULL),
               WE_INVALID);
     CHECK_INT(cache_tag_set(c, "", "library/alpine", "x", digest, NULL, NULL), WE_INVALID);
-
-    cache_close(c);
-
-    /* Everything survives a reopen. */
-    c = open_at(dir);
-    CHECK_INT(cache_lookup(c, digest, &e), 0);
-    CHECK_INT(e.kind, CACHE_MANIFEST);
-    CHECK_STR(e.media_type, MT_OCI);
-    CHECK_INT(cache_tag_get(c, "docker.io", "library/alpine", "3.19", got, &checked), 0);
-    CHECK_STR(got, digest);
     cache_close(c);
 }
 
@@ -500,13 +524,10 @@ static void test_lookup_speed(void)
 }
 
 static const test_case_t cases[] = {
-    TEST_CASE(test_layout_lock_sweep),
-    TEST_CASE(test_manifest_roundtrip),
-    TEST_CASE(test_repos),
-    TEST_CASE(test_group_commit),
-    TEST_CASE(test_chained_writes),
-    TEST_CASE(test_note_access),
-    TEST_CASE(test_map_full),
+    TEST_CASE(test_layout_lock_sweep), TEST_CASE(test_manifest_roundtrip),
+    TEST_CASE(test_manifest_refused),  TEST_CASE(test_repos),
+    TEST_CASE(test_group_commit),      TEST_CASE(test_chained_writes),
+    TEST_CASE(test_note_access),       TEST_CASE(test_map_full),
     TEST_CASE(test_lookup_speed),
 };
 
