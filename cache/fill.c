@@ -1,6 +1,6 @@
 /* Fills: one download per digest, read by every waiting client while it grows.
  *
- * Lifecycle
+ * Lifecycle (states WAITING -> STREAMING -> DONE | FAILED; fill_state() tells which)
  *
  *   fill_get (miss)        creates tmp/<seq>.<hex>.part (write fd) and a read-only fd on it,
  *                          enters the single-flight table; state WAITING; the caller is the
@@ -9,27 +9,40 @@
  *   fill_write (repeated)  one at a time: a threadpool job hashes the chunk and pwrites it at
  *                          `written`; back on the loop, written grows, subscribers are
  *                          notified, then the producer's callback runs (and sends the next).
- *   fill_finish            a threadpool job checks size (WE_SHORT) and digest (WE_DIGEST),
- *                          fsyncs, renames into blobs/, fsyncs the directory; then the
- *                          content entry is queued on the index write queue. Only when that
- *                          commit succeeds: DONE, out of the table, subscribers notified.
+ *   fill_finish            once the last write has landed (at once, or when the write in
+ *                          flight completes), the loop checks the size (WE_SHORT) and the
+ *                          digest (WE_DIGEST); the fill is then `verified` and subscribers are
+ *                          notified, so they may send the last byte. A threadpool job fsyncs,
+ *                          renames into blobs/ and fsyncs the directories; back on the loop
+ *                          the content entry is queued on the index write queue. Only when that
+ *                          commit succeeds: DONE, out of the table, subscribers notified. After
+ *                          fill_finish, fill_fail is ignored: the finish decides.
  *   fill_fail / any error  FAILED at once, out of the table (so the next request starts a new
  *                          fill), subscribers notified; a threadpool job unlinks the temp file
- *                          as soon as no other job is using it.
+ *                          as soon as no other job is using it. A failed publish removes the
+ *                          temp file itself; a failed index commit leaves a published file the
+ *                          index never names, which the next fill of the digest overwrites.
  *
  * The read fd (fill_fd) lives until the last reference goes: it survives the rename and the
  * unlink, so subscribers of a DONE or FAILED fill can still read the bytes below fill_written.
  *
- * References: the producer and every subscriber hold one. Each threadpool job and the pending
- * index commit hold one more, so nobody dropping references can free memory a job uses. The
- * last reference of a fill that was never finished nor failed (a producer that vanished)
- * cancels it, which removes the temp file. Memory is freed once the fill's timer handle has
- * closed (the next loop iteration); fds and the temp file go immediately.
+ * References: the producer and every subscriber hold one. Each threadpool job, the pending
+ * index commit and a notification round in progress hold one more, so nobody dropping
+ * references can free memory a job or a round uses. The last reference of a fill that was
+ * never finished nor failed (a producer that vanished) cancels it, which removes the temp file.
+ * Memory is freed once the fill's timer handle has closed (the next loop iteration); fds and
+ * the temp file go immediately.
  *
  * Notifications never run inside the call that caused them: fill_subscribe, fill_set_size
  * and failures arm a zero-timeout timer ("kick") that notifies on the next loop iteration;
- * write completions and DONE notify from their own loop callbacks. Notifying a subscriber who
- * has seen nothing new is harmless: a notification means "look at the fill again".
+ * write completions, the verdict and DONE notify from their own loop callbacks. Notifying a
+ * subscriber who has seen nothing new is harmless: a notification means "look at the fill
+ * again".
+ *
+ * On a crash (kill -9 at any instant) a fill leaves at most its temp file, which the next
+ * cache_open sweeps, and perhaps a published file the index never heard of (harmless, see
+ * above). The index names a blob only after its bytes were verified, fsynced and renamed into
+ * place with the directory fsynced, so every indexed digest verifies after any crash.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +52,7 @@
 
 #include "cache/internal.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -85,14 +99,11 @@ struct fill {
 
 static void fill_fail_now(fill_t *f, int err);
 
-/* ---- The single-flight table -------------------------------------------------------------- */
+/* ---- The single-flight table ----------------------------------------------------------------- */
 
 static unsigned bucket_of(const char *digest)
 {
-    uint32_t h = 2166136261u;
-    for (const char *p = digest; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    return h % CACHE_FILL_BUCKETS;
+    return hash_str(digest) % CACHE_FILL_BUCKETS;
 }
 
 static fill_t *table_find(cache_t *c, const char *digest)
@@ -128,7 +139,7 @@ static void table_remove(fill_t *f)
     f->in_table = false;
 }
 
-/* ---- References and notifications --------------------------------------------------------- */
+/* ---- References and notifications ------------------------------------------------------------ */
 
 static void fill_closed(uv_handle_t *h)
 {
@@ -249,7 +260,7 @@ void fill_unsubscribe(fill_sub_t *s)
     s->fill = NULL;
 }
 
-/* ---- Jobs ----------------------------------------------------------------------------------- */
+/* ---- Jobs ------------------------------------------------------------------------------------ */
 
 static void start_job(fill_t *f, enum fill_job job, uv_work_cb work, uv_after_work_cb done)
 {
@@ -298,7 +309,7 @@ static void fill_fail_now(fill_t *f, int err)
     start_cleanup(f);
 }
 
-/* ---- Producer ----------------------------------------------------------------------------- */
+/* ---- Producer -------------------------------------------------------------------------------- */
 
 int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created)
 {
@@ -532,7 +543,7 @@ void fill_fail(fill_t *f, int err)
     fill_fail_now(f, err);
 }
 
-/* ---- Accessors ---------------------------------------------------------------------------- */
+/* ---- Accessors ------------------------------------------------------------------------------- */
 
 bool fill_verified(const fill_t *f)
 {

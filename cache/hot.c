@@ -2,10 +2,12 @@
  * sees (a manifest by tag, dozens of nodes at once) costs an index lookup and a memcpy rather
  * than an open, a read and a close. Content-addressed entries never go stale; the tier is
  * bounded by bytes and entries and evicts least recently used. Loop thread only. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cache/internal.h"
+#include "common/hash.h"
 
 #define HOT_BUCKETS 1024
 #define HOT_MAX_ENTRY (256u << 10) /* larger manifests are rare: read them from disk */
@@ -29,11 +31,7 @@ struct hot {
 
 static unsigned hot_hash(const char *digest)
 {
-    /* Digests are uniformly random past the algorithm prefix: a few hex bytes suffice. */
-    unsigned h = 2166136261u;
-    for (const char *p = digest; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    return h % HOT_BUCKETS;
+    return hash_str(digest) % HOT_BUCKETS;
 }
 
 static void lru_unlink(hot_t *t, hot_entry_t *e)

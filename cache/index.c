@@ -1,5 +1,6 @@
-/* The LMDB index: opening and closing the cache, the record formats, the loop thread's reads,
- * and the one write queue every index write goes through.
+/* The LMDB index: opening and closing the environment, the record formats, the loop thread's
+ * reads, and the one write queue every index write goes through. It knows nothing of files or
+ * of manifest puts in progress (cache.c combines its reads with those).
  *
  * Schema (three named databases, all keys compared bytewise):
  *   content  digest string -> content record (below)
@@ -24,6 +25,7 @@
 
 #include "cache/internal.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/timeutil.h"
 #include "common/util.h"
@@ -36,7 +38,7 @@
 /* Bounds one write transaction's dirty pages; the rest waits for the next batch. */
 #define MAX_BATCH 1024
 
-/* ---- Errors -------------------------------------------------------------------------------- */
+/* ---- Errors ---------------------------------------------------------------------------------- */
 
 /* LMDB returns positive errnos and its own negative codes; neither leaves this file raw. */
 static int index_err(int rc, const char *what)
@@ -57,7 +59,7 @@ static int index_err(int rc, const char *what)
     return WE_INDEX;
 }
 
-/* ---- Record formats ------------------------------------------------------------------------ */
+/* ---- Record formats -------------------------------------------------------------------------- */
 
 static void put_u64(unsigned char *p, uint64_t v)
 {
@@ -130,41 +132,17 @@ static int make_key(char *buf, size_t cap, const char *a, const char *b, const c
     return 0;
 }
 
-/* ---- Open and close ------------------------------------------------------------------------ */
+/* ---- Open and close -------------------------------------------------------------------------- */
 
-int cache_open(cache_t **out, const cache_opts_t *o)
+int index_open(cache_t *c, uint64_t map_size)
 {
     char path[CACHE_PATH_MAX];
     MDB_txn *t = NULL;
-    cache_t *c = NULL;
     int rc;
-
-    if (!o || !o->loop || !o->dir || !o->dir[0])
-        return WE_INVALID;
-    if (strlen(o->dir) > CACHE_DIR_MAX)
-        return -ENAMETOOLONG;
-    c = calloc(1, sizeof *c);
-    if (!c)
-        return -ENOMEM;
-    c->lock_fd = -1;
-    c->loop = o->loop;
-    c->dir = strdup(o->dir);
-    if (!c->dir) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    c->io.pwrite = o->io && o->io->pwrite ? o->io->pwrite : pwrite;
-    c->io.fsync = o->io && o->io->fsync ? o->io->fsync : fsync;
-    c->io.rename = o->io && o->io->rename ? o->io->rename : rename;
-
-    if ((rc = store_open(c)))
-        goto fail;
-    if ((rc = hot_new(&c->hot)))
-        goto fail;
 
     if ((rc = index_err(mdb_env_create(&c->env), "create")))
         goto fail;
-    if ((rc = index_err(mdb_env_set_mapsize(c->env, o->map_size ? o->map_size : DEFAULT_MAP_SIZE),
+    if ((rc = index_err(mdb_env_set_mapsize(c->env, map_size ? map_size : DEFAULT_MAP_SIZE),
                         "set map size")) ||
         (rc = index_err(mdb_env_set_maxdbs(c->env, 4), "set max dbs")))
         goto fail;
@@ -194,52 +172,42 @@ int cache_open(cache_t **out, const cache_opts_t *o)
     if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &c->rtxn), "begin read")))
         goto fail;
     mdb_txn_reset(c->rtxn);
-    *out = c;
     return 0;
 fail:
     if (t)
         mdb_txn_abort(t);
     if (c->rtxn)
         mdb_txn_abort(c->rtxn);
+    c->rtxn = NULL;
     if (c->env)
         mdb_env_close(c->env);
-    if (c->lock_fd >= 0)
-        close(c->lock_fd);
-    hot_free(c->hot);
-    free(c->dir);
-    free(c);
+    c->env = NULL;
     return rc;
 }
 
-void cache_close(cache_t *c)
+int index_close(cache_t *c)
 {
-    if (!c)
-        return;
-    if (c->live_fills)
-        LOG_ERROR("cache: closing with %u fill(s) still referenced (a bug)", c->live_fills);
-    if (c->live_puts || c->wq_head)
+    if (c->wq_head)
         LOG_ERROR("cache: closing with index writes pending; they are lost (a bug)");
     for (wop_t *op = c->wq_head, *next; op; op = next) {
         next = op->next;
         free(op);
     }
-    if (c->wq_running) {
-        /* The job in flight uses the environment: freeing it under the job would be worse
-         * than leaking it. */
-        LOG_ERROR("cache: closing while an index commit runs (a bug); leaking the index");
-        return;
-    }
+    c->wq_head = c->wq_tail = NULL;
+    /* The job in flight uses the environment: the caller leaks it rather than free it under
+     * the job. */
+    if (c->wq_running)
+        return -EBUSY;
     if (c->rtxn)
         mdb_txn_abort(c->rtxn);
-    mdb_env_close(c->env);
-    if (c->lock_fd >= 0)
-        close(c->lock_fd);
-    hot_free(c->hot);
-    free(c->dir);
-    free(c);
+    c->rtxn = NULL;
+    if (c->env)
+        mdb_env_close(c->env);
+    c->env = NULL;
+    return 0;
 }
 
-/* ---- Reads on the loop thread ------------------------------------------------------------ */
+/* ---- Reads on the loop thread ---------------------------------------------------------------- */
 
 static int rtxn_begin(cache_t *c, MDB_txn **t)
 {
@@ -265,7 +233,7 @@ static void rtxn_end(cache_t *c)
     mdb_txn_reset(c->rtxn);
 }
 
-int cache_lookup(cache_t *c, const char *digest, cache_entry_t *out)
+int index_lookup(cache_t *c, const char *digest, cache_entry_t *out)
 {
     struct content_rec r;
     MDB_txn *t;
@@ -285,59 +253,45 @@ int cache_lookup(cache_t *c, const char *digest, cache_entry_t *out)
         rc = index_err(rc, "lookup");
     }
     rtxn_end(c);
-    if (rc == 0) {
+    if (rc == 0)
         *out = r.e;
-    } else if (rc == WE_NOTFOUND) {
-        const struct pending_put *pp = pending_find(c, digest);
-        if (pp) {
-            memset(out, 0, sizeof *out);
-            out->size = pp->size;
-            out->kind = CACHE_MANIFEST;
-            snprintf(out->media_type, sizeof out->media_type, "%s", pp->media_type);
-            rc = 0;
-        }
-    }
     return rc;
 }
 
-/* Keeps the newest of a pending tag op that matches key. The ops' keys, digests and times
- * are immutable once queued, so reading them beside a batch job in flight is safe. */
-static void newest_tag(const wop_t *op, const char *key, size_t kl, const wop_t **best)
+const wop_t *wop_newest_tag(const wop_t *op, const char *key, size_t kl, const wop_t *best)
 {
     if ((op->what & WOP_TAG) && op->tag_key_len == kl && memcmp(op->key, key, kl) == 0 &&
-        (!*best || op->now_ms >= (*best)->now_ms))
-        *best = op;
-}
-
-/* A tag written by this process but not committed yet: reads must see it, or a client that
- * pulls right after the request that recorded it makes winch ask the upstream again. */
-static const wop_t *pending_tag(const cache_t *c, const char *key, size_t kl)
-{
-    const wop_t *best = NULL;
-    for (const wop_t *op = c->wq_head; op; op = op->next)
-        newest_tag(op, key, kl, &best);
-    for (const wop_t *op = c->wq_batch; op; op = op->next)
-        newest_tag(op, key, kl, &best);
-    for (const struct pending_put *pp = c->pending; pp; pp = pp->next)
-        newest_tag(pp->op, key, kl, &best);
+        (!best || op->now_ms >= best->now_ms))
+        return op;
     return best;
 }
 
-int cache_tag_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
-                  char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms)
+const wop_t *index_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best)
 {
-    char key[512];
+    for (const wop_t *op = c->wq_head; op; op = op->next)
+        best = wop_newest_tag(op, key, kl, best);
+    for (const wop_t *op = c->wq_batch; op; op = op->next)
+        best = wop_newest_tag(op, key, kl, best);
+    return best;
+}
+
+int index_tag_key(const cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  char key[CACHE_KEY_MAX], size_t *kl)
+{
+    if (!upstream || !repo || !tag)
+        return WE_INVALID;
+    return make_key(key, CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key, upstream, repo,
+                    tag, kl);
+}
+
+int index_tag_read(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                   char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms)
+{
+    char key[CACHE_KEY_MAX];
     size_t kl;
     MDB_txn *t;
-    if (!upstream || !repo || !tag ||
-        make_key(key, sizeof key < c->max_key ? sizeof key : c->max_key, upstream, repo, tag, &kl))
+    if (index_tag_key(c, upstream, repo, tag, key, &kl))
         return WE_NOTFOUND;
-    const wop_t *pend = pending_tag(c, key, kl);
-    if (pend) {
-        *checked_ms = pend->now_ms;
-        snprintf(digest_out, REF_DIGEST_MAX + 1, "%s", pend->digest);
-        return 0;
-    }
     int rc = rtxn_begin(c, &t);
     if (rc)
         return rc;
@@ -419,7 +373,7 @@ static int visit_repo(void *arg, const char *rest, size_t rl, const MDB_val *v)
 int cache_repos_each(cache_t *c, const char *upstream, const char *after,
                      int (*fn)(void *arg, const char *repo), void *arg)
 {
-    char start[512];
+    char start[CACHE_KEY_MAX];
     size_t sl, pl;
     if (!upstream || !upstream[0])
         return 0;
@@ -456,7 +410,7 @@ static int visit_tag(void *arg, const char *rest, size_t tl, const MDB_val *v)
 int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
                     int (*fn)(void *arg, const char *tag, const char *digest), void *arg)
 {
-    char prefix[512];
+    char prefix[CACHE_KEY_MAX];
     size_t pl;
     if (!upstream || !repo || make_key(prefix, sizeof prefix, upstream, repo, "", &pl))
         return 0; /* names too long to be stored have no tags */
@@ -496,11 +450,11 @@ out:
     return rc;
 }
 
-/* ---- The write queue --------------------------------------------------------------------- */
+/* ---- The write queue ------------------------------------------------------------------------- */
 
 int wop_new(cache_t *c, const char *upstream, const char *repo, const char *tag, wop_t **out)
 {
-    char key[512];
+    char key[CACHE_KEY_MAX];
     size_t rl = 0, tl = 0;
     int rc;
 
@@ -509,7 +463,7 @@ int wop_new(cache_t *c, const char *upstream, const char *repo, const char *tag,
             return WE_INVALID;
         if (tag && !ref_tag_valid(tag, strlen(tag)))
             return WE_INVALID;
-        size_t cap = sizeof key < c->max_key ? sizeof key : c->max_key;
+        size_t cap = CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key;
         if ((rc = make_key(key, cap, upstream, repo, NULL, &rl)))
             return rc;
         if (tag && (rc = make_key(key, cap, upstream, repo, tag, &tl)))
@@ -621,10 +575,7 @@ static void wq_work(uv_work_t *w)
 
 static unsigned guard_bucket(const char *digest)
 {
-    uint32_t h = 2166136261u;
-    for (const char *p = digest; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    return h % CACHE_GUARD_BUCKETS;
+    return hash_str(digest) % CACHE_GUARD_BUCKETS;
 }
 
 static void guard_remove(cache_t *c, wop_t *op)
@@ -686,15 +637,9 @@ void index_queue(cache_t *c, wop_t *op)
     wq_start(c);
 }
 
-void cache_note_access(cache_t *c, const char *digest)
+void index_note_access(cache_t *c, const char *digest)
 {
-    cache_entry_t e;
     wop_t *op;
-    if (cache_lookup(c, digest, &e))
-        return;
-    int64_t now = time_wall_ms();
-    if (e.accessed_ms > now - CACHE_ACCESS_SLACK_MS)
-        return;
     /* The record changes only when the batch commits; until then the guard stops a hot
      * digest from queueing one op per request. */
     unsigned b = guard_bucket(digest);

@@ -1,5 +1,19 @@
-/* Private to cache/: the cache struct and the helpers store.c, index.c and fill.c share.
- * Nothing outside cache/ (tests excepted) includes this. */
+/* Private to cache/: the cache struct and what the files of cache/ offer each other. Nothing
+ * outside cache/ includes this, except the unit tests and bench/mkindex (which feeds the write
+ * queue directly).
+ *
+ * Who calls whom inside cache/ (a -> b: a calls functions b defines; no arrow points back):
+ *
+ *   cache.c      -> manifests.c, index.c, store.c
+ *   manifests.c  -> index.c, store.c, hot.c, digest.c
+ *   fill.c       -> index.c, store.c, digest.c
+ *   index.c, store.c, hot.c, digest.c -> nothing in cache/
+ *
+ * index.c, store.c, hot.c and digest.c are leaves: they call nothing else in cache/. So the
+ * index never learns about files and the store never about the index; only the layers on top
+ * (cache.c: open, close and the reads that must see uncommitted writes; manifests.c: manifest
+ * puts and reads; fill.c: blob fills) order "publish the file, then index it", which is the
+ * crash-consistency rule of the whole cache. */
 #ifndef WINCH_CACHE_INTERNAL_H
 #define WINCH_CACHE_INTERNAL_H
 
@@ -19,6 +33,9 @@
 #define CACHE_ACCESS_SLACK_MS 60000
 #define CACHE_GUARD_BUCKETS 256
 #define CACHE_FILL_BUCKETS 64
+/* Room for the longest index key this process builds ("upstream\0repo\0tag"); LMDB's own key
+ * limit (c->max_key) is usually lower and is what is checked. */
+#define CACHE_KEY_MAX 512
 
 /* ---- The index write queue (index.c) ------------------------------------------------------
  * One op is one caller's request; a batch of ops commits in one LMDB write transaction. */
@@ -30,13 +47,14 @@ enum wop_what {
 };
 
 typedef struct hot hot_t;
+struct pending_put; /* manifests.c */
 
 typedef struct wop wop_t;
 struct wop {
     wop_t *next;       /* queue / batch chain */
     wop_t *guard_next; /* access-guard bucket chain (WOP_ACCESS only) */
     unsigned what;     /* enum wop_what bits */
-    int status;        /* result, set by the batch job */
+    int status;        /* result, set by the batch job (the only field it writes) */
     cache_done_cb cb;  /* may be NULL */
     void *arg;
     int64_t now_ms; /* wall time at queueing: "checked now" means when the caller asked */
@@ -49,58 +67,67 @@ struct wop {
     char key[];          /* the longer of the two keys; the repo key is its prefix */
 };
 
+/* One per cache_open. Each group of fields belongs to the file named on it: only that file
+ * writes them. All of it lives on the loop thread; threadpool jobs (index.c's commit, and the
+ * writes and publishes fill.c and manifests.c run through store.c) read only the fields set
+ * at open, and index.c's job the batch it owns. */
 struct cache {
+    /* cache.c; set at open, read-only afterwards (threadpool jobs read dir and io) */
     uv_loop_t *loop;
     char *dir; /* owned copy of opts->dir */
     cache_io_t io;
-    int lock_fd;
 
+    /* store.c */
+    int lock_fd;
+    uint64_t tmp_seq; /* names temp files; the lock makes it unique; advanced on the loop by
+                         fill.c and manifests.c when they reserve a name */
+
+    /* index.c */
     MDB_env *env;
     MDB_dbi dbi_content, dbi_tags, dbi_repos;
     MDB_txn *rtxn; /* the loop thread's cached read transaction, kept reset between reads */
     size_t max_key;
-
     wop_t *wq_head, *wq_tail; /* waiting for the next batch */
     wop_t *wq_batch;          /* owned by the job in flight */
     bool wq_running;
     uv_work_t wq_work;
     wop_t *guard[CACHE_GUARD_BUCKETS]; /* access ops queued or in flight, by digest */
 
+    /* fill.c */
     fill_t *fills[CACHE_FILL_BUCKETS]; /* the single-flight table: fills not yet DONE/FAILED */
     unsigned live_fills;               /* allocated fills, for cache_close's check */
-    unsigned live_puts;                /* cache_put_manifest jobs in flight */
-    uint64_t tmp_seq;                  /* names temp files; the lock makes it unique */
-    hot_t *hot;                        /* recently read manifests (hot.c) */
-    /* Manifests accepted by cache_put_manifest but not yet committed: cache_lookup sees them,
-     * so a client's GET by digest right after the HEAD that fetched the manifest is a hit. */
-    struct pending_put *pending;
+
+    /* manifests.c */
+    hot_t *hot;                  /* recently read manifests (hot.c) */
+    unsigned live_puts;          /* cache_put_manifest jobs in flight */
+    struct pending_put *pending; /* puts accepted but not committed yet */
 };
 
-struct pending_put {
-    struct pending_put *next;
-    wop_t *op;        /* the index op it will queue; valid while pending (tag lookups) */
-    cache_done_cb cb; /* the caller's */
-    void *arg;
-    cache_t *c;
-    uint64_t size;
-    char digest[REF_DIGEST_MAX + 1];
-    char media_type[CACHE_MEDIA_MAX + 1];
-};
+/* ---- index.c: the LMDB index ----------------------------------------------------------------- */
 
-/** The pending put for digest, or NULL (store.c). */
-const struct pending_put *pending_find(const cache_t *c, const char *digest);
-
-/* ---- hot.c: the in-memory tier of manifests ------------------------------------------------ */
-
-int hot_new(hot_t **out);
-void hot_free(hot_t *t);
-/** On a hit, *bytes is a malloc'd copy (owned by the caller, NUL-terminated). */
-bool hot_get(hot_t *t, const char *digest, char **bytes, size_t *len);
-/** Remembers a copy of bytes (borrowed) unless too large; evicts as needed. */
-void hot_put(hot_t *t, const char *digest, const char *bytes, size_t len);
-
-/* ---- index.c ------------------------------------------------------------------------------ */
-
+/** Opens the environment under <dir>/index, its databases and the loop's read transaction.
+ * map_size 0 means the default. On failure nothing of the index stays open. */
+int index_open(cache_t *c, uint64_t map_size);
+/** Frees ops still queued (logging them as lost: a bug) and closes the environment. Returns
+ * -EBUSY, leaving the environment open, when a commit job is still running. */
+int index_close(cache_t *c);
+/** The committed content record of digest: 0, WE_NOTFOUND or WE_INDEX. Sees no queued op. */
+int index_lookup(cache_t *c, const char *digest, cache_entry_t *out);
+/** Writes the tags key of upstream/repo/tag into key; WE_INVALID if one is NULL or the key
+ * would exceed LMDB's limit. */
+int index_tag_key(const cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  char key[CACHE_KEY_MAX], size_t *kl);
+/** Returns op if it writes the tag key[0..kl) and is at least as recent as best (NULL: none
+ * yet), else best. */
+const wop_t *wop_newest_tag(const wop_t *op, const char *key, size_t kl, const wop_t *best);
+/** The newest of best and the queued or in-flight ops that write tag key[0..kl). The ops'
+ * keys, digests and times never change once queued, so reading them beside a job is safe. */
+const wop_t *index_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+/** The committed tag record of upstream/repo/tag: 0, WE_NOTFOUND or WE_INDEX. */
+int index_tag_read(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                   char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms);
+/** Queues an access-time update for digest unless one is already queued or in flight. */
+void index_note_access(cache_t *c, const char *digest);
 /** Allocates an op with room for the keys of upstream/repo/tag (each may be NULL: then no
  * repo/tag key). Validates lengths against the LMDB key limit. Returns 0, WE_INVALID or
  * -ENOMEM; *out owned by the caller until index_queue takes it. */
@@ -111,10 +138,15 @@ void index_queue(cache_t *c, wop_t *op);
 int index_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, const cache_entry_t *e),
                        void *arg);
 
-/* ---- store.c ------------------------------------------------------------------------------ */
+/* ---- store.c: files on disk ------------------------------------------------------------------ */
 
 /** Creates the directory layout, takes the lock and sweeps tmp/. Sets c->lock_fd. */
 int store_open(cache_t *c);
+/** Releases the lock (after the index is closed); fine after a failed store_open. */
+void store_close(cache_t *c);
+/** Validates a NUL-terminated digest (ref_digest_parse) and gives its algorithm: 0,
+ * WE_INVALID or -ENOTSUP. */
+int store_digest_parse(const char *digest, enum ref_alg *alg);
 /** Writes <dir>/blobs/<alg>/<2 hex>/<hex> for a digest that passes ref_digest_parse. */
 int store_content_path(const cache_t *c, const char *digest, char *buf, size_t cap);
 /** Creates tmp/<seq>.<hex>.part exclusively (O_RDWR); *path is malloc'd, owned by the caller.
@@ -125,5 +157,26 @@ int store_write_all(const cache_t *c, int fd, const void *buf, size_t len, uint6
 /** fsyncs fd, renames tmp_path to the content path (creating the 2-hex directory), fsyncs the
  * directory. Threadpool. Does not close fd nor unlink tmp_path on failure. */
 int store_publish(const cache_t *c, int fd, const char *tmp_path, const char *digest);
+
+/* ---- manifests.c: manifest puts and reads ---------------------------------------------------- */
+
+/** Creates the hot tier. */
+int manifests_open(cache_t *c);
+/** Frees the hot tier; fine after a failed manifests_open. */
+void manifests_close(cache_t *c);
+/** A manifest accepted by cache_put_manifest but not committed yet: true and *out filled (as
+ * cache_lookup would after the commit, times zero), or false. */
+bool manifests_pending_entry(const cache_t *c, const char *digest, cache_entry_t *out);
+/** The newest of best and the pending puts' tag writes of key[0..kl) (wop_newest_tag). */
+const wop_t *manifests_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+
+/* ---- hot.c: the in-memory tier of manifests -------------------------------------------------- */
+
+int hot_new(hot_t **out);
+void hot_free(hot_t *t);
+/** On a hit, *bytes is a malloc'd copy (owned by the caller, NUL-terminated). */
+bool hot_get(hot_t *t, const char *digest, char **bytes, size_t *len);
+/** Remembers a copy of bytes (borrowed) unless too large; evicts as needed. */
+void hot_put(hot_t *t, const char *digest, const char *bytes, size_t len);
 
 #endif

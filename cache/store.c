@@ -1,5 +1,6 @@
-/* The content store on disk: directory layout, the lock, temp files, publishing, reads of
- * published content and the manifest put.
+/* The content store on disk: directory layout, the lock, temp files, publishing, the startup
+ * sweep and opening published content. It knows nothing of the index: the callers (fill.c,
+ * manifests.c) publish first and index afterwards.
  *
  * Publishing is the crash-consistency rule of the whole cache: a file is fsynced, renamed to
  * its content path and its directory fsynced before the index learns about it, so after a
@@ -26,15 +27,20 @@
 #include "common/log.h"
 #include "common/util.h"
 
-/* ---- Paths ---------------------------------------------------------------------------------- */
+/* ---- Paths ----------------------------------------------------------------------------------- */
 
-/* Validates digest and returns its algorithm and the hex part. */
-static int digest_split(const char *digest, enum ref_alg *alg, const char **hex)
+int store_digest_parse(const char *digest, enum ref_alg *alg)
 {
     size_t n = strnlen(digest, REF_DIGEST_MAX + 1);
     if (n > REF_DIGEST_MAX)
         return WE_INVALID;
-    int rc = ref_digest_parse(digest, n, alg);
+    return ref_digest_parse(digest, n, alg);
+}
+
+/* Validates digest and returns its algorithm and the hex part. */
+static int digest_split(const char *digest, enum ref_alg *alg, const char **hex)
+{
+    int rc = store_digest_parse(digest, alg);
     if (rc)
         return rc;
     *hex = strchr(digest, ':') + 1;
@@ -64,7 +70,7 @@ int store_content_path(const cache_t *c, const char *digest, char *buf, size_t c
     return path_printf(buf, cap, "%s/blobs/%s/%.2s/%s", c->dir, ref_alg_name(alg), hex, hex);
 }
 
-/* ---- File helpers --------------------------------------------------------------------------- */
+/* ---- File helpers ---------------------------------------------------------------------------- */
 
 static int fsync_dir(const cache_t *c, const char *path)
 {
@@ -205,7 +211,7 @@ int store_publish(const cache_t *c, int fd, const char *tmp_path, const char *di
     return 0;
 }
 
-/* ---- Open: layout, lock, sweep ----------------------------------------------------------- */
+/* ---- Open and close: layout, lock, sweep ----------------------------------------------------- */
 
 /* Removes every entry of tmp/: at open no fill is running, so all of them are leftovers of a
  * previous process. */
@@ -281,7 +287,14 @@ fail:
     return rc;
 }
 
-/* ---- Reads of published content ---------------------------------------------------------- */
+void store_close(cache_t *c)
+{
+    if (c->lock_fd >= 0)
+        close(c->lock_fd);
+    c->lock_fd = -1;
+}
+
+/* ---- Reads of published content -------------------------------------------------------------- */
 
 int cache_open_content(cache_t *c, const char *digest, int *fd)
 {
@@ -294,230 +307,4 @@ int cache_open_content(cache_t *c, const char *digest, int *fd)
         return -errno;
     *fd = f;
     return 0;
-}
-
-int cache_read_manifest(cache_t *c, const char *digest, size_t max, char **bytes, size_t *len)
-{
-    char *buf = NULL;
-    int fd = -1, rc;
-    struct stat st;
-
-    if (hot_get(c->hot, digest, bytes, len)) {
-        if (*len <= max)
-            return 0;
-        free(*bytes);
-        *bytes = NULL;
-        return WE_TOOBIG;
-    }
-    if ((rc = cache_open_content(c, digest, &fd))) {
-        if (rc == -ENOENT)
-            rc = WE_NOTFOUND;
-        goto fail;
-    }
-    if (fstat(fd, &st) < 0) {
-        rc = -errno;
-        goto fail;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = -EINVAL;
-        goto fail;
-    }
-    if ((uint64_t)st.st_size > max) {
-        rc = WE_TOOBIG;
-        goto fail;
-    }
-    size_t size = (size_t)st.st_size;
-    /* One spare byte keeps the buffer NUL-terminated for callers that parse it as text. */
-    buf = malloc(size + 1);
-    if (!buf) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    size_t got = 0;
-    while (got < size) {
-        ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            rc = -errno;
-            goto fail;
-        }
-        if (n == 0) {
-            /* Published files never change; a shrink means someone else touched the store. */
-            rc = -EIO;
-            goto fail;
-        }
-        got += (size_t)n;
-    }
-    buf[size] = '\0';
-    close(fd);
-    hot_put(c->hot, digest, buf, size);
-    *bytes = buf;
-    *len = size;
-    return 0;
-fail:
-    if (fd >= 0)
-        close(fd);
-    free(buf);
-    return rc;
-}
-
-/* ---- Manifest put ------------------------------------------------------------------------- */
-
-struct mput {
-    uv_work_t work;
-    cache_t *c;
-    wop_t *op; /* queued once the file is published; carries digest, cb and arg */
-    void *bytes;
-    size_t len;
-    uint64_t seq; /* temp file name, reserved on the loop thread */
-    int status;
-};
-
-/* Threadpool: verify, write the temp file, publish. */
-static void mput_work(uv_work_t *w)
-{
-    struct mput *m = container_of(w, struct mput, work);
-    char *tmp = NULL;
-    int fd = -1, rc;
-
-    /* The caller verified the digest already; checking again is cheap for a manifest and
-     * keeps "every indexed digest verifies" independent of the caller. */
-    if ((rc = digest_verify(m->op->digest, m->bytes, m->len)))
-        goto fail;
-    if ((rc = store_create_temp(m->c, m->seq, m->op->digest, &fd, &tmp)))
-        goto fail;
-    if ((rc = store_write_all(m->c, fd, m->bytes, m->len, 0)))
-        goto fail;
-    if ((rc = store_publish(m->c, fd, tmp, m->op->digest)))
-        goto fail;
-    close(fd);
-    free(tmp);
-    m->status = 0;
-    return;
-fail:
-    if (fd >= 0)
-        close(fd);
-    if (tmp) {
-        /* After a failed rename the temp file is still there; after a failed directory fsync
-         * it is gone and ENOENT is expected. */
-        unlink(tmp);
-        free(tmp);
-    }
-    m->status = rc;
-}
-
-static void mput_done(uv_work_t *w, int status)
-{
-    struct mput *m = container_of(w, struct mput, work);
-    cache_t *c = m->c;
-    wop_t *op = m->op;
-    int rc = status ? status : m->status;
-
-    c->live_puts--;
-    free(m->bytes);
-    free(m);
-    if (rc) {
-        LOG_WARN("cache: storing manifest %s failed: %s", op->digest, err_str(rc));
-        if (op->cb)
-            op->cb(op->arg, rc);
-        free(op);
-        return;
-    }
-    index_queue(c, op);
-}
-
-const struct pending_put *pending_find(const cache_t *c, const char *digest)
-{
-    for (const struct pending_put *pp = c->pending; pp; pp = pp->next)
-        if (strcmp(pp->digest, digest) == 0)
-            return pp;
-    return NULL;
-}
-
-/* The put's last step (committed, or failed anywhere): it stops being pending. */
-static void pending_done(void *arg, int status)
-{
-    struct pending_put *pp = arg;
-    cache_t *c = pp->c;
-    for (struct pending_put **q = &c->pending; *q; q = &(*q)->next) {
-        if (*q == pp) {
-            *q = pp->next;
-            break;
-        }
-    }
-    if (pp->cb)
-        pp->cb(pp->arg, status);
-    free(pp);
-}
-
-int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb cb, void *arg)
-{
-    enum ref_alg alg;
-    const char *hex;
-    struct mput *m = NULL;
-    struct pending_put *pp = NULL;
-    wop_t *op = NULL;
-    int rc;
-
-    if ((rc = digest_split(p->digest, &alg, &hex)))
-        goto fail;
-    if (!p->media_type || strlen(p->media_type) > CACHE_MEDIA_MAX || (!p->bytes && p->len) ||
-        (p->tag && (!p->upstream || !p->repo)) || (!p->upstream != !p->repo)) {
-        rc = WE_INVALID;
-        goto fail;
-    }
-    if ((rc = wop_new(c, p->upstream, p->repo, p->tag, &op)))
-        goto fail;
-    m = calloc(1, sizeof *m);
-    if (!m) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    m->bytes = malloc(p->len ? p->len : 1);
-    if (!m->bytes) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    if (p->len)
-        memcpy(m->bytes, p->bytes, p->len);
-    m->len = p->len;
-    m->c = c;
-    m->seq = c->tmp_seq++;
-    op->what = WOP_CONTENT | (p->repo ? WOP_REPO : 0) | (p->tag ? WOP_TAG : 0);
-    op->kind = CACHE_MANIFEST;
-    op->size = p->len;
-    snprintf(op->digest, sizeof op->digest, "%s", p->digest);
-    snprintf(op->media_type, sizeof op->media_type, "%s", p->media_type);
-    pp = calloc(1, sizeof *pp);
-    if (!pp) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    pp->c = c;
-    pp->cb = cb;
-    pp->arg = arg;
-    pp->size = p->len;
-    snprintf(pp->digest, sizeof pp->digest, "%s", p->digest);
-    snprintf(pp->media_type, sizeof pp->media_type, "%s", p->media_type);
-    op->cb = pending_done;
-    op->arg = pp;
-    pp->op = op;
-    m->op = op;
-    if ((rc = uv_queue_work(c->loop, &m->work, mput_work, mput_done)))
-        goto fail;
-    c->live_puts++;
-    pp->next = c->pending;
-    c->pending = pp;
-    /* The bytes are verified (by the caller, and again before publishing): readers may have
-     * them from memory before the file lands. */
-    hot_put(c->hot, p->digest, p->bytes, p->len);
-    return 0;
-fail:
-    if (m)
-        free(m->bytes);
-    free(m);
-    free(op);
-    free(pp);
-    return rc;
 }

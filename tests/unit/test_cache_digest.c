@@ -3,8 +3,10 @@
 #include <string.h>
 
 #include "cache/cache.h"
+#include "check.h"
 #include "common/err.h"
-#include "unit/check.h"
+#include "common/util.h"
+#include "testutil.h"
 
 #define SHA256_EMPTY "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 #define SHA256_ABC "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -76,11 +78,13 @@ static void test_verify(void)
     CHECK_INT(digest_verify("blake3:0123456789abcdef", "abc", 3), -ENOTSUP);
 }
 
-int main(void)
+static const test_case_t cases[] = {
+    TEST_CASE(test_vectors),
+    TEST_CASE(test_final_once),
+    TEST_CASE(test_verify),
+};
+
+int main(int argc, char **argv)
 {
-    test_vectors();
-    test_final_once();
-    test_verify();
-    printf("test_cache_digest: ok\n");
-    return 0;
+    return test_main(argc, argv, cases, ARRAY_SIZE(cases));
 }

@@ -1,31 +1,27 @@
 /* Fills on real files and a real loop: single flight, subscribers reading the growing file,
- * publishing, verification failures, injected I/O faults, reference handling, and a
- * crash-consistency test that SIGKILLs a filling child process and verifies the store. */
-#include <dirent.h>
+ * publishing, verification failures, injected I/O faults and reference handling. (The
+ * crash-consistency test that SIGKILLs a filling child is test_cache_crash.) */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cache/cache.h"
 #include "cache/internal.h"
+#include "cachetest.h"
+#include "check.h"
 #include "common/err.h"
 #include "common/log.h"
-#include "common/timeutil.h"
 #include "common/util.h"
-#include "unit/check.h"
+#include "testutil.h"
 
 #define MT_LAYER "application/vnd.oci.image.layer.v1.tar+gzip"
 
 static uv_loop_t loop;
-static char root[64];
+static const char *root; /* test_tmpdir, made in main */
 static int dir_seq;
 
 /* ---- Fault injection through cache_io_t -------------------------------------------------- */
@@ -105,67 +101,9 @@ static void close_cache(cache_t *c)
     cache_close(c);
 }
 
-static int tmp_count(const char *dir)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/tmp", dir);
-    DIR *d = opendir(path);
-    CHECK(d != NULL);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-            n++;
-    closedir(d);
-    return n;
-}
-
-static uint32_t rng_next(uint32_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 17;
-    *s ^= *s << 5;
-    return *s;
-}
-
-static unsigned char *random_bytes(size_t len, uint32_t seed)
-{
-    unsigned char *b = malloc(len ? len : 1);
-    CHECK(b != NULL);
-    uint32_t s = seed ? seed : 1;
-    for (size_t i = 0; i < len; i++)
-        b[i] = (unsigned char)rng_next(&s);
-    return b;
-}
-
-static void digest_of(enum ref_alg alg, const void *data, size_t len, char out[REF_DIGEST_MAX + 1])
-{
-    digester_t *d;
-    CHECK_INT(digester_new(&d, alg), 0);
-    digester_update(d, data, len);
-    CHECK_INT(digester_final(d, out), 0);
-    digester_free(d);
-}
-
 static void status_cb(void *arg, int status)
 {
     *(int *)arg = status;
-}
-
-/* Reads a whole fd with pread into a fresh buffer. */
-static unsigned char *read_all(int fd, size_t len)
-{
-    unsigned char *b = malloc(len ? len : 1);
-    CHECK(b != NULL);
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = pread(fd, b + got, len - got, (off_t)got);
-        CHECK(n > 0);
-        got += (size_t)n;
-    }
-    unsigned char extra;
-    CHECK_INT(pread(fd, &extra, 1, (off_t)len), 0);
-    return b;
 }
 
 static bool published_equals(cache_t *c, const char *digest, const void *data, size_t len)
@@ -173,53 +111,11 @@ static bool published_equals(cache_t *c, const char *digest, const void *data, s
     int fd;
     if (cache_open_content(c, digest, &fd))
         return false;
-    unsigned char *b = read_all(fd, len);
+    unsigned char *b = cachetest_read_all(fd, len);
     close(fd);
     bool eq = memcmp(b, data, len) == 0;
     free(b);
     return eq;
-}
-
-/* The producer: writes data in chunks, one in flight, then finishes. */
-struct producer {
-    fill_t *f;
-    const unsigned char *data;
-    size_t len, off, chunk, last;
-    int status;
-    bool no_finish;
-    bool unref_at_finish; /* drop the producer's reference right after fill_finish */
-};
-
-static void prod_next(struct producer *p);
-
-static void prod_cb(void *arg, int status)
-{
-    struct producer *p = arg;
-    if (status) {
-        p->status = status;
-        return;
-    }
-    p->off += p->last;
-    prod_next(p);
-}
-
-static void prod_next(struct producer *p)
-{
-    if (p->off == p->len) {
-        if (p->no_finish)
-            return;
-        fill_finish(p->f);
-        if (p->unref_at_finish) {
-            fill_unref(p->f);
-            p->f = NULL;
-        }
-        return;
-    }
-    size_t n = p->len - p->off < p->chunk ? p->len - p->off : p->chunk;
-    p->last = n;
-    int rc = fill_write(p->f, p->data + p->off, n, prod_cb, p);
-    if (rc)
-        p->status = rc;
 }
 
 /* A subscriber that copies the fill as it grows, like a client being served. */
@@ -290,8 +186,8 @@ static void test_single_flight_done(void)
     char digest[REF_DIGEST_MAX + 1];
     cache_t *c = open_cache(dir, sizeof dir, NULL);
     size_t len = 3 * 1024 * 1024 + 123;
-    unsigned char *data = random_bytes(len, 7);
-    digest_of(REF_ALG_SHA256, data, len, digest);
+    unsigned char *data = cachetest_random_bytes(len, 7);
+    cachetest_digest_of(REF_ALG_SHA256, data, len, digest);
 
     fill_t *f, *f2;
     bool created;
@@ -303,7 +199,7 @@ static void test_single_flight_done(void)
     CHECK(!created);
     CHECK(f2 == f);
     fill_unref(f2);
-    CHECK_INT(tmp_count(dir), 1);
+    CHECK_INT(cachetest_tmp_count(dir), 1);
     CHECK_INT(fill_state(f), FILL_WAITING);
     CHECK_INT(fill_size(f), FILL_SIZE_UNKNOWN);
     CHECK_STR(fill_digest(f), digest);
@@ -318,9 +214,9 @@ static void test_single_flight_done(void)
     CHECK_INT(a.notes, 0); /* notifications are never synchronous */
     reader_start(&b, f, len);
 
-    struct producer p = {.f = f, .data = data, .len = len, .chunk = 64 * 1024};
-    prod_next(&p);
-    CHECK_INT(fill_write(f, data, 1, prod_cb, &p), -EBUSY); /* one write in flight */
+    cachetest_producer_t p = {.f = f, .data = data, .len = len, .chunk = 64 * 1024};
+    cachetest_producer_next(&p);
+    CHECK_INT(fill_write(f, data, 1, cachetest_producer_cb, &p), -EBUSY); /* one write in flight */
     run();
 
     CHECK_INT(p.status, 0);
@@ -339,7 +235,7 @@ static void test_single_flight_done(void)
     }
 
     /* The read fd outlived the rename; the published file and the index agree with it. */
-    unsigned char *back = read_all(fill_fd(f), len);
+    unsigned char *back = cachetest_read_all(fill_fd(f), len);
     CHECK(memcmp(back, data, len) == 0);
     free(back);
     CHECK(published_equals(c, digest, data, len));
@@ -348,7 +244,7 @@ static void test_single_flight_done(void)
     CHECK_INT(e.kind, CACHE_BLOB);
     CHECK_INT(e.size, len);
     CHECK_STR(e.media_type, MT_LAYER);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
 
     /* A subscriber arriving after DONE gets one notification, on a later loop iteration. */
     reader_start(&late, f, len);
@@ -364,11 +260,11 @@ static void test_single_flight_done(void)
      * published one. */
     CHECK_INT(fill_get(c, digest, &f2, &created), 0);
     CHECK(created && f2 != f);
-    CHECK_INT(tmp_count(dir), 1);
+    CHECK_INT(cachetest_tmp_count(dir), 1);
     fill_unref(f2);
     fill_unref(f);
     run();
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     CHECK(published_equals(c, digest, data, len));
     free(data);
     close_cache(c);
@@ -382,24 +278,24 @@ static void test_many_concurrent(void)
     unsigned char *data[N];
     size_t lens[N];
     fill_t *fills[N];
-    struct producer prods[N];
+    cachetest_producer_t prods[N];
     struct reader readers[N];
     cache_t *c = open_cache(dir, sizeof dir, NULL);
     for (int i = 0; i < N; i++) {
         bool created;
         lens[i] = (size_t)(i * 37001) % 700000;
-        data[i] = random_bytes(lens[i], 100 + (uint32_t)i);
-        digest_of(i % 3 ? REF_ALG_SHA256 : REF_ALG_SHA512, data[i], lens[i], digests[i]);
+        data[i] = cachetest_random_bytes(lens[i], 100 + (uint32_t)i);
+        cachetest_digest_of(i % 3 ? REF_ALG_SHA256 : REF_ALG_SHA512, data[i], lens[i], digests[i]);
         CHECK_INT(fill_get(c, digests[i], &fills[i], &created), 0);
         CHECK(created);
         CHECK_INT(fill_set_size(fills[i], i % 2 ? lens[i] : FILL_SIZE_UNKNOWN, NULL), 0);
         reader_start(&readers[i], fills[i], lens[i]);
-        prods[i] = (struct producer){.f = fills[i],
-                                     .data = data[i],
-                                     .len = lens[i],
-                                     .chunk = 16384 + (size_t)i * 1000,
-                                     .unref_at_finish = true};
-        prod_next(&prods[i]);
+        prods[i] = (cachetest_producer_t){.f = fills[i],
+                                          .data = data[i],
+                                          .len = lens[i],
+                                          .chunk = 16384 + (size_t)i * 1000,
+                                          .unref_at_finish = true};
+        cachetest_producer_next(&prods[i]);
     }
     run();
     for (int i = 0; i < N; i++) {
@@ -415,7 +311,7 @@ static void test_many_concurrent(void)
         free(readers[i].copy);
         free(data[i]);
     }
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     close_cache(c);
 }
 
@@ -433,8 +329,8 @@ static int fill_once(cache_t *c, const char *digest, const unsigned char *data, 
     CHECK(created);
     CHECK_INT(fill_set_size(f, announce, NULL), 0);
     reader_start(&r, f, len);
-    struct producer p = {.f = f, .data = data, .len = len, .chunk = 100000};
-    prod_next(&p);
+    cachetest_producer_t p = {.f = f, .data = data, .len = len, .chunk = 100000};
+    cachetest_producer_next(&p);
     run();
     CHECK(r.ended);
     CHECK(r.copied <= len);
@@ -454,34 +350,34 @@ static void test_digest_mismatch_and_short(void)
     char dir[256], digest[REF_DIGEST_MAX + 1], path[512];
     cache_t *c = open_cache(dir, sizeof dir, NULL);
     size_t len = 500000;
-    unsigned char *data = random_bytes(len, 11);
-    unsigned char *other = random_bytes(len, 12);
-    digest_of(REF_ALG_SHA256, other, len, digest);
+    unsigned char *data = cachetest_random_bytes(len, 11);
+    unsigned char *other = cachetest_random_bytes(len, 12);
+    cachetest_digest_of(REF_ALG_SHA256, other, len, digest);
 
     CHECK_INT(fill_once(c, digest, data, len, len, NULL), WE_DIGEST);
     CHECK(!last_verified);
     cache_entry_t e;
     CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", dir, digest + 7, digest + 7);
     CHECK(access(path, F_OK) < 0);
 
     /* The stream ends before the announced size. */
-    digest_of(REF_ALG_SHA256, data, len, digest);
+    cachetest_digest_of(REF_ALG_SHA256, data, len, digest);
     CHECK_INT(fill_once(c, digest, data, len / 2, len, NULL), WE_SHORT);
     CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
 
     /* And then the right bytes go through. */
     CHECK_INT(fill_once(c, digest, data, len, len, NULL), 0);
     CHECK_INT(cache_lookup(c, digest, &e), 0);
 
     /* Unknown size and empty blobs. */
-    digest_of(REF_ALG_SHA512, data, 1000, digest);
+    cachetest_digest_of(REF_ALG_SHA512, data, 1000, digest);
     CHECK_INT(fill_once(c, digest, data, 1000, FILL_SIZE_UNKNOWN, NULL), 0);
     CHECK_INT(cache_lookup(c, digest, &e), 0);
     CHECK_INT(e.size, 1000);
-    digest_of(REF_ALG_SHA256, "", 0, digest);
+    cachetest_digest_of(REF_ALG_SHA256, "", 0, digest);
     CHECK_INT(fill_once(c, digest, data, 0, 0, NULL), 0);
     CHECK_INT(cache_lookup(c, digest, &e), 0);
     CHECK_INT(e.size, 0);
@@ -495,8 +391,8 @@ static void test_too_big(void)
 {
     char dir[256], digest[REF_DIGEST_MAX + 1];
     cache_t *c = open_cache(dir, sizeof dir, NULL);
-    unsigned char *data = random_bytes(20, 13);
-    digest_of(REF_ALG_SHA256, data, 20, digest);
+    unsigned char *data = cachetest_random_bytes(20, 13);
+    cachetest_digest_of(REF_ALG_SHA256, data, 20, digest);
     fill_t *f, *f2;
     bool created;
     struct reader r;
@@ -520,7 +416,7 @@ static void test_too_big(void)
     CHECK_INT(r.err, WE_TOOBIG);
     free(r.copy);
     fill_unref(f);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     free(data);
     close_cache(c);
 }
@@ -529,8 +425,8 @@ static void test_injected_faults(void)
 {
     char dir[256], digest[REF_DIGEST_MAX + 1];
     size_t len = 3 * 1024 * 1024;
-    unsigned char *data = random_bytes(len, 21);
-    digest_of(REF_ALG_SHA256, data, len, digest);
+    unsigned char *data = cachetest_random_bytes(len, 21);
+    cachetest_digest_of(REF_ALG_SHA256, data, len, digest);
     cache_entry_t e;
     int ws;
 
@@ -543,7 +439,7 @@ static void test_injected_faults(void)
     CHECK_INT(fill_once(c, digest, data, len, len, &ws), -ENOSPC);
     CHECK_INT(ws, -ENOSPC);
     CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
 
     /* Short writes are continued, not failures. */
     inj_reset();
@@ -562,17 +458,17 @@ static void test_injected_faults(void)
     CHECK_INT(fill_once(c, digest, data, len, len, &ws), -EIO);
     CHECK_INT(ws, 0);
     CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     inj_reset();
     inj_rename_errno = EXDEV;
     CHECK_INT(fill_once(c, digest, data, len, len, &ws), -EXDEV);
     CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
 
     /* A manifest put sees the same faults. */
     static const char body[] = "{\"schemaVersion\":2}";
     char mdigest[REF_DIGEST_MAX + 1];
-    digest_of(REF_ALG_SHA256, body, strlen(body), mdigest);
+    cachetest_digest_of(REF_ALG_SHA256, body, strlen(body), mdigest);
     cache_manifest_put_t mp = {.digest = mdigest,
                                .media_type = "application/vnd.oci.image.index.v1+json",
                                .bytes = body,
@@ -584,7 +480,7 @@ static void test_injected_faults(void)
     run();
     CHECK_INT(status, -ENOSPC);
     CHECK_INT(cache_lookup(c, mdigest, &e), WE_NOTFOUND);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     log_set_level(saved);
     inj_reset();
     free(data);
@@ -610,8 +506,8 @@ static void test_fail_and_races(void)
     char dir[256], digest[REF_DIGEST_MAX + 1];
     cache_t *c = open_cache(dir, sizeof dir, NULL);
     size_t len = 200000;
-    unsigned char *data = random_bytes(len, 31);
-    digest_of(REF_ALG_SHA256, data, len, digest);
+    unsigned char *data = cachetest_random_bytes(len, 31);
+    cachetest_digest_of(REF_ALG_SHA256, data, len, digest);
     fill_t *f, *f2;
     bool created;
     struct reader r;
@@ -641,7 +537,7 @@ static void test_fail_and_races(void)
     unsigned char buf[1000];
     CHECK_INT(pread(fill_fd(f), buf, sizeof buf, 0), 1000);
     CHECK(memcmp(buf, data, 1000) == 0);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     fill_unref(f);
 
     /* A failure while a chunk is being written: the chunk's callback reports it. */
@@ -654,7 +550,7 @@ static void test_fail_and_races(void)
     run();
     CHECK_INT(sp.calls, 1);
     CHECK_INT(sp.status, WE_CANCELLED);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     CHECK_INT(c->live_fills, 0);
 
     /* The producer vanishes while a chunk is in flight: the fill cancels itself. */
@@ -666,7 +562,7 @@ static void test_fail_and_races(void)
     run();
     CHECK_INT(sp.calls, 1);
     CHECK_INT(sp.status, 0);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     CHECK_INT(c->live_fills, 0);
 
     /* fill_finish while the last chunk is in flight waits for it; the producer's reference
@@ -689,7 +585,7 @@ static void test_fail_and_races(void)
     free(r.copy);
     cache_entry_t e;
     CHECK_INT(cache_lookup(c, digest, &e), 0);
-    CHECK_INT(tmp_count(dir), 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     free(data);
     close_cache(c);
 }
@@ -729,7 +625,7 @@ static void test_unsubscribe_in_notify(void)
     cache_t *c = open_cache(dir, sizeof dir, NULL);
     fill_t *f;
     bool created;
-    digest_of(REF_ALG_SHA256, "x", 1, digest);
+    cachetest_digest_of(REF_ALG_SHA256, "x", 1, digest);
     CHECK_INT(fill_get(c, digest, &f, &created), 0);
     struct fickle a = {0}, b = {0}, d = {0}, late = {0};
     a.drop_self = true;
@@ -755,196 +651,18 @@ static void test_unsubscribe_in_notify(void)
     close_cache(c);
 }
 
-/* ---- Crash consistency ---------------------------------------------------------------------- */
-
-/* The child: fills blobs and stores manifests back to back until it is killed. */
-struct crasher {
-    cache_t *c;
-    uint32_t rng;
-    size_t big; /* first blob's size; 0 for none */
-    unsigned char *buf;
-    size_t cap;
-    fill_t *f;
-    fill_sub_t sub;
-    struct producer p;
-    int count;
+static const test_case_t cases[] = {
+    TEST_CASE(test_single_flight_done),        TEST_CASE(test_many_concurrent),
+    TEST_CASE(test_digest_mismatch_and_short), TEST_CASE(test_too_big),
+    TEST_CASE(test_injected_faults),           TEST_CASE(test_fail_and_races),
+    TEST_CASE(test_unsubscribe_in_notify),
 };
 
-static void crasher_next(struct crasher *cr);
-
-static void crasher_notify(fill_sub_t *s)
-{
-    struct crasher *cr = container_of(s, struct crasher, sub);
-    enum fill_state st = fill_state(cr->f);
-    if (st != FILL_DONE && st != FILL_FAILED)
-        return;
-    fill_unsubscribe(s);
-    fill_unref(cr->f);
-    cr->f = NULL;
-    crasher_next(cr);
-}
-
-static void crasher_next(struct crasher *cr)
-{
-    char digest[REF_DIGEST_MAX + 1], body[256], tag[32];
-    bool created;
-    size_t len = cr->big ? cr->big : rng_next(&cr->rng) % (2 * 1024 * 1024);
-    cr->big = 0;
-    if (len > cr->cap)
-        len = cr->cap;
-    for (size_t i = 0; i < len; i += 4) {
-        uint32_t v = rng_next(&cr->rng);
-        memcpy(cr->buf + i, &v, len - i < 4 ? len - i : 4);
-    }
-    int n = snprintf(body, sizeof body, "{\"schemaVersion\":2,\"n\":%d,\"r\":%u}", cr->count,
-                     rng_next(&cr->rng));
-    digest_of(REF_ALG_SHA256, body, (size_t)n, digest);
-    snprintf(tag, sizeof tag, "t%d", cr->count++);
-    cache_manifest_put_t mp = {.digest = digest,
-                               .media_type = "application/vnd.oci.image.manifest.v1+json",
-                               .bytes = body,
-                               .len = (size_t)n,
-                               .upstream = "docker.io",
-                               .repo = "library/crash",
-                               .tag = tag};
-    CHECK_INT(cache_put_manifest(cr->c, &mp, NULL, NULL), 0);
-
-    digest_of(cr->count % 2 ? REF_ALG_SHA256 : REF_ALG_SHA512, cr->buf, len, digest);
-    CHECK_INT(fill_get(cr->c, digest, &cr->f, &created), 0);
-    CHECK_INT(fill_set_size(cr->f, len, MT_LAYER), 0);
-    fill_subscribe(cr->f, &cr->sub, crasher_notify);
-    cr->p = (struct producer){.f = cr->f, .data = cr->buf, .len = len, .chunk = 256 * 1024};
-    prod_next(&cr->p);
-}
-
-static void crash_child(const char *dir, uint32_t seed, size_t big)
-{
-    uv_loop_t l;
-    cache_t *c;
-    CHECK_INT(uv_loop_init(&l), 0);
-    cache_opts_t o = {.loop = &l, .dir = dir};
-    CHECK_INT(cache_open(&c, &o), 0);
-    struct crasher cr = {.c = c, .rng = seed, .big = big, .cap = big > 4 << 20 ? big : 4 << 20};
-    cr.buf = malloc(cr.cap);
-    CHECK(cr.buf != NULL);
-    crasher_next(&cr);
-    uv_run(&l, UV_RUN_DEFAULT);
-    _exit(3); /* never reached: the chain does not end */
-}
-
-/* Size of the largest file in <dir>/tmp. */
-static off_t largest_tmp(const char *dir)
-{
-    char path[512], file[1024];
-    snprintf(path, sizeof path, "%s/tmp", dir);
-    DIR *d = opendir(path);
-    if (!d)
-        return 0;
-    off_t max = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        struct stat st;
-        snprintf(file, sizeof file, "%s/%s", path, e->d_name);
-        if (e->d_name[0] != '.' && stat(file, &st) == 0 && st.st_size > max)
-            max = st.st_size;
-    }
-    closedir(d);
-    return max;
-}
-
-struct verify {
-    cache_t *c;
-    int entries;
-};
-
-static int verify_entry(void *arg, const char *digest, const cache_entry_t *e)
-{
-    struct verify *v = arg;
-    enum ref_alg alg;
-    char got[REF_DIGEST_MAX + 1];
-    int fd;
-    CHECK_INT(ref_digest_parse(digest, strlen(digest), &alg), 0);
-    CHECK_INT(cache_open_content(v->c, digest, &fd), 0);
-    struct stat st;
-    CHECK_INT(fstat(fd, &st), 0);
-    CHECK_INT(st.st_size, e->size);
-    unsigned char *b = read_all(fd, e->size);
-    close(fd);
-    digest_of(alg, b, e->size, got);
-    free(b);
-    CHECK_STR(got, digest);
-    v->entries++;
-    return 0;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void test_crash_consistency(void)
-{
-    char dir[256];
-    snprintf(dir, sizeof dir, "%s/crash", root);
-    uint32_t rng = (uint32_t)time(NULL) | 1;
-    fprintf(stderr, "crash test seed %u\n", rng);
-    int total = 0;
-    for (int round = 0; round < 8; round++) {
-        size_t big = round == 0 ? 96u << 20 : 0;
-        uint32_t seed = rng_next(&rng);
-        pid_t pid = fork();
-        CHECK(pid >= 0);
-        if (pid == 0)
-            crash_child(dir, seed, big);
-        if (big) {
-            /* Kill it mid-way through the big blob: once its temp file is well under way. */
-            int64_t deadline = time_mono_ms() + 10000;
-            while (largest_tmp(dir) < (off_t)(big / 3) && time_mono_ms() < deadline)
-                sleep_ms(1);
-            fprintf(stderr, "crash test: killing with a %lld-byte temp file of %zu\n",
-                    (long long)largest_tmp(dir), big);
-        } else {
-            sleep_ms(20 + (long)(rng_next(&rng) % 400));
-        }
-        CHECK_INT(kill(pid, SIGKILL), 0);
-        int wstatus;
-        CHECK_INT(waitpid(pid, &wstatus, 0), pid);
-        CHECK(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL);
-
-        /* Reopen: temp files are swept, every index entry hashes to its digest. */
-        cache_t *c;
-        cache_opts_t o = {.loop = &loop, .dir = dir};
-        CHECK_INT(cache_open(&c, &o), 0);
-        CHECK_INT(tmp_count(dir), 0);
-        struct verify v = {.c = c};
-        CHECK_INT(index_content_each(c, verify_entry, &v), 0);
-        CHECK(v.entries >= total); /* nothing committed is ever lost */
-        total = v.entries;
-        cache_close(c);
-    }
-    fprintf(stderr, "crash test: %d index entries verified after 8 kills\n", total);
-    CHECK(total > 0);
-}
-
-int main(void)
+int main(int argc, char **argv)
 {
     CHECK_INT(uv_loop_init(&loop), 0);
-    snprintf(root, sizeof root, "/tmp/winch-test-XXXXXX");
-    CHECK(mkdtemp(root) != NULL);
-    /* First, while this process has no threadpool work in flight to confuse the fork. */
-    test_crash_consistency();
-    test_single_flight_done();
-    test_many_concurrent();
-    test_digest_mismatch_and_short();
-    test_too_big();
-    test_injected_faults();
-    test_fail_and_races();
-    test_unsubscribe_in_notify();
+    root = test_tmpdir("winch-cache-fill");
+    int rc = test_main(argc, argv, cases, ARRAY_SIZE(cases));
     CHECK_INT(uv_loop_close(&loop), 0);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    CHECK_INT(system(cmd), 0);
-    printf("test_cache_fill: ok\n");
-    return 0;
+    return rc;
 }

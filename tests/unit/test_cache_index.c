@@ -1,39 +1,27 @@
 /* The cache index on real files: content records, tags, repositories, reopening, the
  * directory lock, the temp sweep, the write queue's group commit and the access-time rule. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cache/cache.h"
 #include "cache/internal.h"
+#include "cachetest.h"
+#include "check.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/timeutil.h"
-#include "unit/check.h"
+#include "common/util.h"
+#include "testutil.h"
 
 #define MT_OCI "application/vnd.oci.image.manifest.v1+json"
 
 static uv_loop_t loop;
-static char root[64];
-
-static void make_root(void)
-{
-    snprintf(root, sizeof root, "/tmp/winch-test-XXXXXX");
-    CHECK(mkdtemp(root) != NULL);
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-    CHECK_INT(system(cmd), 0);
-}
+static const char *root; /* test_tmpdir, made in main */
 
 static cache_t *open_at(const char *dir)
 {
@@ -41,28 +29,6 @@ static cache_t *open_at(const char *dir)
     cache_opts_t o = {.loop = &loop, .dir = dir};
     CHECK_INT(cache_open(&c, &o), 0);
     return c;
-}
-
-static void sha256_of(const void *data, size_t len, char out[REF_DIGEST_MAX + 1])
-{
-    digester_t *d;
-    CHECK_INT(digester_new(&d, REF_ALG_SHA256), 0);
-    digester_update(d, data, len);
-    CHECK_INT(digester_final(d, out), 0);
-    digester_free(d);
-}
-
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    CHECK(d != NULL);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-            n++;
-    closedir(d);
-    return n;
 }
 
 /* Completion recorder for cache_done_cb. */
@@ -122,7 +88,7 @@ static void test_layout_lock_sweep(void)
 
     c = open_at(dir);
     snprintf(path, sizeof path, "%s/tmp", dir);
-    CHECK_INT(count_entries(path), 0);
+    CHECK_INT(cachetest_count_entries(path), 0);
     snprintf(path, sizeof path, "%s/blobs/sha256/zz", dir);
     CHECK_INT(stat(path, &st), 0);
     cache_close(c);
@@ -133,13 +99,15 @@ static void test_layout_lock_sweep(void)
 
 /* ---- Manifests, content records, tags ----------------------------------------------------- */
 
+static const char manifest_body[] = "{\"schemaVersion\":2,\"mediaType\":\"" MT_OCI "\"}";
+
 static void test_manifest_roundtrip(void)
 {
     char dir[256], path[512], digest[REF_DIGEST_MAX + 1], got[REF_DIGEST_MAX + 1];
     snprintf(dir, sizeof dir, "%s/manifests", root);
     cache_t *c = open_at(dir);
-    static const char body[] = "{\"schemaVersion\":2,\"mediaType\":\"" MT_OCI "\"}";
-    sha256_of(body, strlen(body), digest);
+    const char *body = manifest_body;
+    cachetest_digest_of(REF_ALG_SHA256, body, strlen(body), digest);
 
     cache_entry_t e;
     CHECK_INT(cache_lookup(c, digest, &e), WE_NOTFOUND);
@@ -193,11 +161,6 @@ static void test_manifest_roundtrip(void)
     CHECK(memcmp(bytes, body, len) == 0);
     free(bytes);
     CHECK_INT(cache_read_manifest(c, digest, 10, &bytes, &len), WE_TOOBIG);
-    CHECK_INT(cache_read_manifest(
-                  c, "sha256:0000000000000000000000000000000000000000000000000000000000000000", 100,
-                  &bytes, &len),
-              WE_NOTFOUND);
-    CHECK_INT(cache_read_manifest(c, "../../etc/passwd", 100, &bytes, &len), WE_INVALID);
 
     /* The published file sits at its content path. */
     snprintf(path, sizeof path, "%s/blobs/sha256/%.2s/%s", dir, digest + 7, digest + 7);
@@ -206,10 +169,6 @@ static void test_manifest_roundtrip(void)
     CHECK_INT(cache_open_content(c, digest, &fd), 0);
     CHECK(fd >= 0);
     close(fd);
-    CHECK_INT(
-        cache_open_content(
-            c, "sha256:1111111111111111111111111111111111111111111111111111111111111111", &fd),
-        -ENOENT);
 
     int64_t checked = 0;
     CHECK_INT(cache_tag_get(c, "docker.io", "library/alpine", "3.19", got, &checked), 0);
@@ -227,11 +186,52 @@ static void test_manifest_roundtrip(void)
     CHECK_INT(d.status, 0);
     CHECK_INT(cache_lookup(c, digest, &e), 0);
     CHECK_INT(e.created_ms, created);
+    cache_close(c);
+
+    /* Everything survives a reopen. */
+    c = open_at(dir);
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK_INT(e.kind, CACHE_MANIFEST);
+    CHECK_STR(e.media_type, MT_OCI);
+    CHECK_INT(cache_tag_get(c, "docker.io", "library/alpine", "3.19", got, &checked), 0);
+    CHECK_STR(got, digest);
+    cache_close(c);
+}
+
+static void test_manifest_refused(void)
+{
+    char dir[256], path[512], digest[REF_DIGEST_MAX + 1];
+    snprintf(dir, sizeof dir, "%s/refused", root);
+    cache_t *c = open_at(dir);
+    const char *body = manifest_body;
+    cachetest_digest_of(REF_ALG_SHA256, body, strlen(body), digest);
+    cache_manifest_put_t p = {.digest = digest,
+                              .media_type = MT_OCI,
+                              .bytes = body,
+                              .len = strlen(body),
+                              .upstream = "docker.io",
+                              .repo = "library/alpine"};
+    cache_entry_t e;
+    struct done d;
+    char *bytes = NULL;
+    size_t len = 0;
+    int fd = -1;
+
+    /* Nothing there, and names that are not digests. */
+    CHECK_INT(cache_read_manifest(
+                  c, "sha256:0000000000000000000000000000000000000000000000000000000000000000", 100,
+                  &bytes, &len),
+              WE_NOTFOUND);
+    CHECK_INT(cache_read_manifest(c, "../../etc/passwd", 100, &bytes, &len), WE_INVALID);
+    CHECK_INT(
+        cache_open_content(
+            c, "sha256:1111111111111111111111111111111111111111111111111111111111111111", &fd),
+        -ENOENT);
 
     /* Bytes that do not match the digest are refused and nothing is indexed or left behind. */
     static const char other[] = "{\"schemaVersion\":2}";
     char other_digest[REF_DIGEST_MAX + 1];
-    sha256_of(other, strlen(other), other_digest);
+    cachetest_digest_of(REF_ALG_SHA256, other, strlen(other), other_digest);
     p.digest = other_digest;
     p.bytes = body;
     d = (struct done){0};
@@ -241,7 +241,7 @@ static void test_manifest_roundtrip(void)
     CHECK_INT(d.status, WE_DIGEST);
     CHECK_INT(cache_lookup(c, other_digest, &e), WE_NOTFOUND);
     snprintf(path, sizeof path, "%s/tmp", dir);
-    CHECK_INT(count_entries(path), 0);
+    CHECK_INT(cachetest_count_entries(path), 0);
 
     /* Invalid inputs are refused at the call, without a callback. */
     p.digest = "sha256:xyz";
@@ -259,16 +259,6 @@ static void test_manifest_roundtrip(void)
     CHECK_INT(cache_tag_set(c, "docker.io", "library/alpine", "x", "sha256:00", NULL, NULL),
               WE_INVALID);
     CHECK_INT(cache_tag_set(c, "", "library/alpine", "x", digest, NULL, NULL), WE_INVALID);
-
-    cache_close(c);
-
-    /* Everything survives a reopen. */
-    c = open_at(dir);
-    CHECK_INT(cache_lookup(c, digest, &e), 0);
-    CHECK_INT(e.kind, CACHE_MANIFEST);
-    CHECK_STR(e.media_type, MT_OCI);
-    CHECK_INT(cache_tag_get(c, "docker.io", "library/alpine", "3.19", got, &checked), 0);
-    CHECK_STR(got, digest);
     cache_close(c);
 }
 
@@ -514,7 +504,7 @@ static void test_lookup_speed(void)
     snprintf(dir, sizeof dir, "%s/speed", root);
     cache_t *c = open_at(dir);
     static const char body[] = "{}";
-    sha256_of(body, 2, digest);
+    cachetest_digest_of(REF_ALG_SHA256, body, 2, digest);
     cache_manifest_put_t p = {.digest = digest, .media_type = MT_OCI, .bytes = body, .len = 2};
     struct done d = {0};
     CHECK_INT(cache_put_manifest(c, &p, on_done, &d), 0);
@@ -533,20 +523,19 @@ static void test_lookup_speed(void)
     cache_close(c);
 }
 
-int main(void)
+static const test_case_t cases[] = {
+    TEST_CASE(test_layout_lock_sweep), TEST_CASE(test_manifest_roundtrip),
+    TEST_CASE(test_manifest_refused),  TEST_CASE(test_repos),
+    TEST_CASE(test_group_commit),      TEST_CASE(test_chained_writes),
+    TEST_CASE(test_note_access),       TEST_CASE(test_map_full),
+    TEST_CASE(test_lookup_speed),
+};
+
+int main(int argc, char **argv)
 {
     CHECK_INT(uv_loop_init(&loop), 0);
-    make_root();
-    test_layout_lock_sweep();
-    test_manifest_roundtrip();
-    test_repos();
-    test_group_commit();
-    test_chained_writes();
-    test_note_access();
-    test_map_full();
-    test_lookup_speed();
+    root = test_tmpdir("winch-cache-index");
+    int rc = test_main(argc, argv, cases, ARRAY_SIZE(cases));
     CHECK_INT(uv_loop_close(&loop), 0);
-    rm_rf(root);
-    printf("test_cache_index: ok\n");
-    return 0;
+    return rc;
 }
