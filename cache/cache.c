@@ -128,3 +128,19 @@ void cache_note_access(cache_t *c, const char *digest)
         return;
     index_note_access(c, digest);
 }
+
+int cache_owner_get(cache_t *c, const char *upstream, const char *repo, const char *digest,
+                    uint64_t *size)
+{
+    char key[CACHE_KEY_MAX];
+    size_t kl;
+    uint64_t sz = 0;
+    enum ref_alg alg;
+    if (store_digest_parse(digest, &alg) || index_repo_key(c, upstream, repo, key, &kl))
+        return WE_NOTFOUND;
+    int rc = manifests_pending_owner(c, key, kl, digest, &sz) ? 0
+                                                             : index_owner_read(c, key, kl, digest, &sz);
+    if (rc == 0 && size)
+        *size = sz;
+    return rc;
+}

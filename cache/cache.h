@@ -82,6 +82,62 @@ int cache_read_manifest(cache_t *c, const char *digest, size_t max, char **bytes
  * time is older than a minute; writes are batched with other index writes. */
 void cache_note_access(cache_t *c, const char *digest);
 
+/* ---- Manifests as content (image.c) ----------------------------------------------------- */
+
+/** At most this many descriptors in one manifest or index (a 4 MiB manifest could hold ~40,000;
+ * real ones hold tens). */
+#define IMAGE_MAX_REFS 10000
+
+enum image_kind { IMAGE_MANIFEST = 1, IMAGE_INDEX = 2 };
+
+/** What a descriptor is to the manifest that holds it. */
+enum image_role {
+    IMAGE_CONFIG = 1,  /* an image manifest's config blob */
+    IMAGE_LAYER = 2,   /* one of its layers */
+    IMAGE_CHILD = 3,   /* an index's manifest */
+    IMAGE_SUBJECT = 4, /* the manifest this one refers to (OCI 1.1 referrers) */
+};
+
+typedef struct image_platform {
+    char os[32];
+    char arch[32];
+    char variant[32];
+    char os_version[64];
+} image_platform_t;
+
+typedef struct image_ref {
+    enum image_role role;
+    char digest[REF_DIGEST_MAX + 1];
+    uint64_t size;
+    char media_type[128]; /* "" when the descriptor has none */
+    bool has_platform;    /* index children only */
+    image_platform_t platform;
+    bool attestation; /* a BuildKit attestation manifest (index children only) */
+} image_ref_t;
+
+typedef struct image {
+    enum image_kind kind;
+    const char *media_type; /* static: one of the four modern manifest types */
+    size_t nrefs;
+    image_ref_t *refs; /* owned; config first, then layers, for an image manifest */
+} image_t;
+
+/** Parses and validates bytes[0..len) as a manifest or index of media_type (the type it claims:
+ * the upstream's Content-Type, or what the body's shape says). It must be a JSON object with
+ * schemaVersion 2, a mediaType field (if any) equal to the claim, the fields of its kind and
+ * well-formed descriptors (sha256/sha512 digests, sizes >= 0). On success *out is owned by the
+ * caller (image_free). Returns 0, WE_INVALID (with one line saying why in err[errlen]), or
+ * -ENOMEM. Schema 1 and unknown types are WE_INVALID. */
+int image_parse(const char *bytes, size_t len, const char *media_type, image_t **out, char *err,
+                size_t errlen);
+void image_free(image_t *img);
+/** Config plus layers, in bytes (0 for an index): what pulling the image transfers. */
+uint64_t image_bytes(const image_t *img);
+/** True for the index types (OCI index, Docker manifest list); parameters ignored. */
+bool image_type_is_index(const char *media_type);
+/** True for the four modern manifest and index types winch serves. */
+bool image_type_known(const char *media_type);
+
 /* ---- Tags and repositories -------------------------------------------------------------- */
 
 /** Looks up the digest a tag pointed to when last checked. upstream is the upstream's name
@@ -103,6 +159,9 @@ typedef struct cache_manifest_put {
     const char *upstream;   /* upstream name; with repo, recorded for _catalog */
     const char *repo;
     const char *tag;        /* NULL when fetched by digest; else the tag now points here */
+    const image_t *image;   /* the parsed manifest (borrowed; its references are copied): they
+                             * are recorded, and upstream/repo becomes an owner of each; NULL
+                             * records none */
 } cache_manifest_put_t;
 
 /** Stores a manifest: file written and published like a blob, then the content entry, the
@@ -118,6 +177,19 @@ int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb 
  * may be NULL. Returns 0 when queued, WE_INVALID (cb never runs) for bad names or digest. */
 int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
                   const char *digest, cache_done_cb cb, void *arg);
+
+/** Whether upstream/repo is known to hold digest: one of the repository's stored manifests
+ * references it (or is it), or cache_owner_set recorded that the upstream served it there.
+ * Sees writes this process queued but has not committed. On 0, *size (may be NULL) gets the
+ * size recorded with it (the descriptor's). Returns 0, WE_NOTFOUND, WE_INDEX. */
+int cache_owner_get(cache_t *c, const char *upstream, const char *repo, const char *digest,
+                    uint64_t *size);
+
+/** Records that upstream/repo holds digest of size bytes (the upstream served or confirmed it
+ * under that repository). Batched; cb may be NULL. Returns 0 when queued, WE_INVALID (cb never
+ * runs) for bad names or digest. */
+int cache_owner_set(cache_t *c, const char *upstream, const char *repo, const char *digest,
+                    uint64_t size, cache_done_cb cb, void *arg);
 
 /** Visits the tags recorded for upstream/repo in byte order (committed ones; a tag recorded in
  * the last moments may be missing). fn returns nonzero to stop. Read transaction on the loop

@@ -2,10 +2,15 @@
  * reads, and the one write queue every index write goes through. It knows nothing of files or
  * of manifest puts in progress (cache.c combines its reads with those).
  *
- * Schema (three named databases, all keys compared bytewise):
+ * Schema (five named databases, all keys compared bytewise):
  *   content  digest string -> content record (below)
  *   tags     "upstream\0repo\0tag" -> {u8 version, i64 checked_ms, digest string}
  *   repos    "upstream\0repo" -> i64 last_ms (when a manifest of the repo was last stored)
+ *   refs     manifest digest -> {u8 version, then per reference: u8 role, u64 size, u8 digest
+ *            length, digest bytes}: what the manifest references (retention keeps them)
+ *   owners   "upstream\0repo\0digest" -> {u8 version, i64 seen_ms, u64 size}: the repository is
+ *            known to hold digest (one of its stored manifests references it, or the upstream
+ *            served it under that repository); blobs are served per repository from this
  * Integers are little-endian. The content record is a fixed 32-byte header
  *   {u8 version, u8 kind, u16 flags, u32 reserved, u64 size, i64 created_ms, i64 accessed_ms}
  * followed by the media type bytes. flags and reserved are zero today and kept across updates:
@@ -34,6 +39,9 @@
 #define CONTENT_HDR 32
 #define TAG_VERSION 1
 #define TAG_HDR 9
+#define REFS_VERSION 1
+#define OWNER_VERSION 1
+#define OWNER_REC 17
 #define DEFAULT_MAP_SIZE (4ULL << 30)
 /* Bounds one write transaction's dirty pages; the rest waits for the next batch. */
 #define MAX_BATCH 1024
@@ -144,7 +152,7 @@ int index_open(cache_t *c, uint64_t map_size)
         goto fail;
     if ((rc = index_err(mdb_env_set_mapsize(c->env, map_size ? map_size : DEFAULT_MAP_SIZE),
                         "set map size")) ||
-        (rc = index_err(mdb_env_set_maxdbs(c->env, 4), "set max dbs")))
+        (rc = index_err(mdb_env_set_maxdbs(c->env, 8), "set max dbs")))
         goto fail;
     snprintf(path, sizeof path, "%s/index", c->dir);
     /* MDB_NOTLS: the loop's read transaction and the threadpool's write transactions are not
@@ -163,7 +171,9 @@ int index_open(cache_t *c, uint64_t map_size)
         goto fail;
     if ((rc = index_err(mdb_dbi_open(t, "content", MDB_CREATE, &c->dbi_content), "open content")) ||
         (rc = index_err(mdb_dbi_open(t, "tags", MDB_CREATE, &c->dbi_tags), "open tags")) ||
-        (rc = index_err(mdb_dbi_open(t, "repos", MDB_CREATE, &c->dbi_repos), "open repos")))
+        (rc = index_err(mdb_dbi_open(t, "repos", MDB_CREATE, &c->dbi_repos), "open repos")) ||
+        (rc = index_err(mdb_dbi_open(t, "refs", MDB_CREATE, &c->dbi_refs), "open refs")) ||
+        (rc = index_err(mdb_dbi_open(t, "owners", MDB_CREATE, &c->dbi_owners), "open owners")))
         goto fail;
     rc = mdb_txn_commit(t);
     t = NULL;
@@ -191,7 +201,7 @@ int index_close(cache_t *c)
         LOG_ERROR("cache: closing with index writes pending; they are lost (a bug)");
     for (wop_t *op = c->wq_head, *next; op; op = next) {
         next = op->next;
-        free(op);
+        wop_free(op);
     }
     c->wq_head = c->wq_tail = NULL;
     /* The job in flight uses the environment: the caller leaks it rather than free it under
@@ -516,6 +526,60 @@ static int apply_content(cache_t *c, MDB_txn *t, const wop_t *op)
     return mdb_put(t, c->dbi_content, &k, &v, 0);
 }
 
+/* owners[repo key + digest] = {now, size}. A key over LMDB's limit (a very long upstream name
+ * and repository) is skipped: that repository then proves each blob to the upstream. */
+static int put_owner(cache_t *c, MDB_txn *t, const wop_t *op, const char *digest, uint64_t size)
+{
+    if (!op->repo_key_len)
+        return 0;
+    char key[CACHE_KEY_MAX];
+    size_t dl = strlen(digest);
+    size_t kl = op->repo_key_len + 1 + dl;
+    if (kl > c->max_key || kl > sizeof key)
+        return 0;
+    memcpy(key, op->key, op->repo_key_len);
+    key[op->repo_key_len] = '\0';
+    memcpy(key + op->repo_key_len + 1, digest, dl);
+    unsigned char rec[OWNER_REC];
+    rec[0] = OWNER_VERSION;
+    put_u64(rec + 1, (uint64_t)op->now_ms);
+    put_u64(rec + 9, size);
+    MDB_val k = {kl, key}, v = {sizeof rec, rec};
+    return mdb_put(t, c->dbi_owners, &k, &v, 0);
+}
+
+/* refs[digest] = the packed references; owners for the manifest and each reference. */
+static int apply_refs(cache_t *c, MDB_txn *t, const wop_t *op)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < op->nrefs; i++)
+        len += 10 + strlen(op->refs[i].digest);
+    unsigned char *rec = malloc(len);
+    if (!rec)
+        return ENOMEM;
+    size_t n = 0;
+    rec[n++] = REFS_VERSION;
+    for (size_t i = 0; i < op->nrefs; i++) {
+        size_t dl = strlen(op->refs[i].digest);
+        rec[n++] = op->refs[i].role;
+        put_u64(rec + n, op->refs[i].size);
+        n += 8;
+        rec[n++] = (unsigned char)dl;
+        memcpy(rec + n, op->refs[i].digest, dl);
+        n += dl;
+    }
+    MDB_val k = {strlen(op->digest), (void *)op->digest}, v = {n, rec};
+    int rc = mdb_put(t, c->dbi_refs, &k, &v, 0);
+    free(rec);
+    if (rc)
+        return rc;
+    if ((rc = put_owner(c, t, op, op->digest, op->size)))
+        return rc;
+    for (size_t i = 0; i < op->nrefs && rc == 0; i++)
+        rc = put_owner(c, t, op, op->refs[i].digest, op->refs[i].size);
+    return rc;
+}
+
 static int apply_op(cache_t *c, MDB_txn *t, const wop_t *op)
 {
     int rc;
@@ -528,6 +592,10 @@ static int apply_op(cache_t *c, MDB_txn *t, const wop_t *op)
         if ((rc = mdb_put(t, c->dbi_repos, &k, &v, 0)))
             return rc;
     }
+    if ((op->what & WOP_REFS) && (rc = apply_refs(c, t, op)))
+        return rc;
+    if ((op->what & WOP_OWNER) && (rc = put_owner(c, t, op, op->digest, op->size)))
+        return rc;
     if (op->what & WOP_TAG) {
         unsigned char rec[TAG_HDR + REF_DIGEST_MAX];
         size_t dl = strlen(op->digest);
@@ -603,7 +671,7 @@ static void wq_done(uv_work_t *w, int status)
             guard_remove(c, op);
         if (op->cb)
             op->cb(op->arg, status ? status : op->status);
-        free(op);
+        wop_free(op);
     }
     c->wq_running = false;
     wq_start(c);
@@ -635,6 +703,86 @@ void index_queue(cache_t *c, wop_t *op)
         c->wq_head = op;
     c->wq_tail = op;
     wq_start(c);
+}
+
+void wop_free(wop_t *op)
+{
+    if (!op)
+        return;
+    free(op->refs);
+    free(op);
+}
+
+int wop_set_refs(wop_t *op, const image_t *img)
+{
+    op->refs = calloc(img->nrefs ? img->nrefs : 1, sizeof *op->refs);
+    if (!op->refs)
+        return -ENOMEM;
+    for (size_t i = 0; i < img->nrefs; i++) {
+        op->refs[i].role = (uint8_t)img->refs[i].role;
+        op->refs[i].size = img->refs[i].size;
+        memcpy(op->refs[i].digest, img->refs[i].digest, sizeof op->refs[i].digest);
+    }
+    op->nrefs = img->nrefs;
+    op->what |= WOP_REFS;
+    return 0;
+}
+
+bool wop_owns(const wop_t *op, const char *key, size_t kl, const char *digest, uint64_t *size)
+{
+    if (!(op->what & (WOP_REFS | WOP_OWNER)) || op->repo_key_len != kl ||
+        memcmp(op->key, key, kl) != 0)
+        return false;
+    if (strcmp(op->digest, digest) == 0) {
+        *size = op->size;
+        return true;
+    }
+    for (size_t i = 0; (op->what & WOP_REFS) && i < op->nrefs; i++) {
+        if (op->refs[i].role != IMAGE_SUBJECT && strcmp(op->refs[i].digest, digest) == 0) {
+            *size = op->refs[i].size;
+            return true;
+        }
+    }
+    return false;
+}
+
+int index_repo_key(const cache_t *c, const char *upstream, const char *repo,
+                   char key[CACHE_KEY_MAX], size_t *kl)
+{
+    if (!upstream || !upstream[0] || !repo || !ref_name_valid(repo, strlen(repo)))
+        return WE_INVALID;
+    size_t cap = CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key;
+    return make_key(key, cap, upstream, repo, NULL, kl);
+}
+
+int index_owner_read(cache_t *c, const char *key, size_t kl, const char *digest, uint64_t *size)
+{
+    /* Newest first is not needed: any op that records ownership proves it. */
+    for (const wop_t *op = c->wq_batch; op; op = op->next)
+        if (wop_owns(op, key, kl, digest, size))
+            return 0;
+    for (const wop_t *op = c->wq_head; op; op = op->next)
+        if (wop_owns(op, key, kl, digest, size))
+            return 0;
+    char k[CACHE_KEY_MAX];
+    size_t dl = strlen(digest);
+    if (kl + 1 + dl > sizeof k || kl + 1 + dl > c->max_key)
+        return WE_NOTFOUND;
+    memcpy(k, key, kl);
+    k[kl] = '\0';
+    memcpy(k + kl + 1, digest, dl);
+    MDB_txn *t;
+    int rc = rtxn_begin(c, &t);
+    if (rc)
+        return rc;
+    MDB_val mk = {kl + 1 + dl, k}, v;
+    rc = mdb_get(t, c->dbi_owners, &mk, &v);
+    if (rc == 0 && (v.mv_size != OWNER_REC || ((unsigned char *)v.mv_data)[0] != OWNER_VERSION))
+        rc = MDB_INCOMPATIBLE;
+    if (rc == 0)
+        *size = get_u64((unsigned char *)v.mv_data + 9);
+    mdb_txn_reset(t);
+    return rc == MDB_NOTFOUND ? WE_NOTFOUND : index_err(rc, "owners read");
 }
 
 void index_note_access(cache_t *c, const char *digest)
@@ -669,6 +817,28 @@ int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char
     if ((rc = wop_new(c, upstream, repo, tag, &op)))
         return rc;
     op->what = WOP_TAG | WOP_REPO;
+    memcpy(op->digest, digest, dl + 1);
+    op->cb = cb;
+    op->arg = arg;
+    index_queue(c, op);
+    return 0;
+}
+
+int cache_owner_set(cache_t *c, const char *upstream, const char *repo, const char *digest,
+                    uint64_t size, cache_done_cb cb, void *arg)
+{
+    enum ref_alg alg;
+    wop_t *op;
+    size_t dl = strnlen(digest, REF_DIGEST_MAX + 1);
+    if (dl > REF_DIGEST_MAX || !repo)
+        return WE_INVALID;
+    int rc = ref_digest_parse(digest, dl, &alg);
+    if (rc)
+        return rc;
+    if ((rc = wop_new(c, upstream, repo, NULL, &op)))
+        return rc;
+    op->what = WOP_OWNER;
+    op->size = size;
     memcpy(op->digest, digest, dl + 1);
     op->cb = cb;
     op->arg = arg;

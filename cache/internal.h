@@ -44,7 +44,17 @@ enum wop_what {
     WOP_REPO = 2,    /* put repos[key[0..repo_key_len)] = now */
     WOP_TAG = 4,     /* put tags[key[0..tag_key_len)] = {now, digest} */
     WOP_ACCESS = 8,  /* raise the content record's accessed_ms to now, if it exists */
+    WOP_REFS = 16,   /* put refs[digest] = the manifest's references; with a repo key, also
+                      * owners[repo key + each reference and digest itself] */
+    WOP_OWNER = 32,  /* put owners[repo key + digest] = {now, size}: the repo holds digest */
 };
+
+/* One reference of a manifest as the index keeps it. */
+typedef struct wop_ref {
+    uint8_t role; /* enum image_role */
+    uint64_t size;
+    char digest[REF_DIGEST_MAX + 1];
+} wop_ref_t;
 
 typedef struct hot hot_t;
 struct pending_put; /* manifests.c */
@@ -62,6 +72,8 @@ struct wop {
     int kind;
     char digest[REF_DIGEST_MAX + 1];
     char media_type[CACHE_MEDIA_MAX + 1];
+    wop_ref_t *refs;     /* WOP_REFS: owned, nrefs of them */
+    size_t nrefs;
     size_t repo_key_len; /* "upstream\0repo" */
     size_t tag_key_len;  /* "upstream\0repo\0tag" */
     char key[];          /* the longer of the two keys; the repo key is its prefix */
@@ -84,7 +96,7 @@ struct cache {
 
     /* index.c */
     MDB_env *env;
-    MDB_dbi dbi_content, dbi_tags, dbi_repos;
+    MDB_dbi dbi_content, dbi_tags, dbi_repos, dbi_refs, dbi_owners;
     MDB_txn *rtxn; /* the loop thread's cached read transaction, kept reset between reads */
     size_t max_key;
     wop_t *wq_head, *wq_tail; /* waiting for the next batch */
@@ -134,6 +146,19 @@ void index_note_access(cache_t *c, const char *digest);
 int wop_new(cache_t *c, const char *upstream, const char *repo, const char *tag, wop_t **out);
 /** Takes op; its cb runs on the loop thread after the batch holding it commits (or fails). */
 void index_queue(cache_t *c, wop_t *op);
+/** Frees an op that was never queued (and its refs). NULL is fine. */
+void wop_free(wop_t *op);
+/** Copies the references of img into op (WOP_REFS). Returns 0 or -ENOMEM. */
+int wop_set_refs(wop_t *op, const image_t *img);
+/** True when op records that its repository holds digest (WOP_OWNER for digest, or WOP_REFS
+ * naming it or being it, with a repo key equal to key[0..kl)); *size gets the size it records. */
+bool wop_owns(const wop_t *op, const char *key, size_t kl, const char *digest, uint64_t *size);
+/** The owners record of key[0..kl) ("upstream\0repo") and digest among the queued and in-flight
+ * ops, or committed: 0 with *size, WE_NOTFOUND, WE_INDEX. */
+int index_owner_read(cache_t *c, const char *key, size_t kl, const char *digest, uint64_t *size);
+/** Writes the repos key of upstream/repo into key; WE_INVALID if invalid or too long. */
+int index_repo_key(const cache_t *c, const char *upstream, const char *repo,
+                   char key[CACHE_KEY_MAX], size_t *kl);
 /** Visits every content record (test and maintenance use). fn returns nonzero to stop. */
 int index_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, const cache_entry_t *e),
                        void *arg);
@@ -167,6 +192,9 @@ void manifests_close(cache_t *c);
 /** A manifest accepted by cache_put_manifest but not committed yet: true and *out filled (as
  * cache_lookup would after the commit, times zero), or false. */
 bool manifests_pending_entry(const cache_t *c, const char *digest, cache_entry_t *out);
+/** True when a pending put records that repo key[0..kl) holds digest (wop_owns). */
+bool manifests_pending_owner(const cache_t *c, const char *key, size_t kl, const char *digest,
+                             uint64_t *size);
 /** The newest of best and the pending puts' tag writes of key[0..kl) (wop_newest_tag). */
 const wop_t *manifests_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
 

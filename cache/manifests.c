@@ -173,7 +173,7 @@ static void mput_done(uv_work_t *w, int status)
         LOG_WARN("cache: storing manifest %s failed: %s", op->digest, err_str(rc));
         if (op->cb)
             op->cb(op->arg, rc);
-        free(op);
+        wop_free(op);
         return;
     }
     index_queue(c, op);
@@ -190,6 +190,15 @@ bool manifests_pending_entry(const cache_t *c, const char *digest, cache_entry_t
         snprintf(out->media_type, sizeof out->media_type, "%s", pp->media_type);
         return true;
     }
+    return false;
+}
+
+bool manifests_pending_owner(const cache_t *c, const char *key, size_t kl, const char *digest,
+                             uint64_t *size)
+{
+    for (const struct pending_put *pp = c->pending; pp; pp = pp->next)
+        if (wop_owns(pp->op, key, kl, digest, size))
+            return true;
     return false;
 }
 
@@ -249,6 +258,8 @@ int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb 
     m->c = c;
     m->seq = c->tmp_seq++;
     op->what = WOP_CONTENT | (p->repo ? WOP_REPO : 0) | (p->tag ? WOP_TAG : 0);
+    if (p->image && (rc = wop_set_refs(op, p->image)))
+        goto fail;
     op->kind = CACHE_MANIFEST;
     op->size = p->len;
     snprintf(op->digest, sizeof op->digest, "%s", p->digest);
@@ -281,7 +292,7 @@ fail:
     if (m)
         free(m->bytes);
     free(m);
-    free(op);
+    wop_free(op);
     free(pp);
     return rc;
 }

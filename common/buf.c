@@ -51,6 +51,13 @@ char *buf_take(buf_t *b, size_t *len)
     return p;
 }
 
+void buf_clear(buf_t *b)
+{
+    b->len = 0;
+    if (b->p)
+        b->p[0] = '\0';
+}
+
 void buf_free(buf_t *b)
 {
     free(b->p);

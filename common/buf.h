@@ -26,6 +26,9 @@ int buf_append(buf_t *b, const void *data, size_t n);
  * and leaves b empty with the same bound. */
 char *buf_take(buf_t *b, size_t *len);
 
+/** Empties b but keeps its memory for the next use (a connection's request headers). */
+void buf_clear(buf_t *b);
+
 /** Frees the bytes; b is empty afterwards (same bound). */
 void buf_free(buf_t *b);
 

@@ -235,6 +235,17 @@ static void on_referrers_fetched(call_t *c, void *ctx, int status, int err, upre
                                OCI_MANIFEST_UNKNOWN);
         return;
     }
+    /* Only an index is relayed: whatever else the upstream (or a redirect) produced is not. */
+    image_t *img = NULL;
+    char why[160];
+    if (image_parse(body, len, MT_OCI_INDEX, &img, why, sizeof why) != 0) {
+        LOG_WARN("req=%llu upstream sent an invalid referrers index: %s",
+                 (unsigned long long)req_id(c->req), why);
+        free(body);
+        reply_failure(c, WE_UPSTREAM, OCI_MANIFEST_UNKNOWN);
+        return;
+    }
+    image_free(img);
     c->cache_status = "upstream";
     reply_begin(c, 200);
     resp_header(c->req, "Content-Type", "%s", MT_OCI_INDEX);

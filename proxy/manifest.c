@@ -141,6 +141,85 @@ static void serve_stale_or_fail(call_t *c, mreq_t *m, int status, int err, upreq
                            OCI_MANIFEST_UNKNOWN);
 }
 
+/* Checks what the upstream sent before anything of it is kept or served: its type, that it is
+ * a well-formed manifest of that type (image_parse: an error page or a document from wherever
+ * a redirect led is not), and its digest — the one asked for, or, fetched by tag, the SHA-256
+ * of exactly these bytes. Returns 0 with *mt (static or in mtbuf), digest and *img (owned by
+ * the caller), or the error to answer with. */
+static int check_fetched(call_t *c, const mreq_t *m, upreq_t *up, const char *body, size_t len,
+                         char *mtbuf, size_t mtcap, const char **mt,
+                         char digest[REF_DIGEST_MAX + 1], image_t **img)
+{
+    unsigned long long id = (unsigned long long)req_id(c->req);
+    *mt = fetched_media_type(up, body, len, mtbuf, mtcap);
+    if (!*mt) {
+        LOG_WARN("req=%llu upstream sent something that is not a manifest", id);
+        return WE_UPSTREAM;
+    }
+    /* Schema 1 digests are not the hash of the bytes (the JWS signature is excluded), so they
+     * cannot be verified or stored content-addressed. winch never asks for them. */
+    if (strcmp(*mt, MT_DOCKER_V1) == 0 || strcmp(*mt, MT_DOCKER_V1_SIGNED) == 0) {
+        LOG_WARN("req=%llu upstream answered with a schema1 manifest; refusing", id);
+        return WE_UPSTREAM;
+    }
+    char why[160];
+    if (image_parse(body, len, *mt, img, why, sizeof why) != 0) {
+        LOG_WARN("req=%llu upstream sent an invalid %s: %s", id, *mt, why);
+        return WE_UPSTREAM;
+    }
+    if (m->digest[0]) {
+        if (digest_verify(m->digest, body, len) < 0) {
+            LOG_WARN("req=%llu manifest from upstream does not match %s", id, m->digest);
+            image_free(*img);
+            *img = NULL;
+            return WE_DIGEST;
+        }
+        snprintf(digest, REF_DIGEST_MAX + 1, "%s", m->digest);
+        return 0;
+    }
+    digester_t *d;
+    if (digester_new(&d, REF_ALG_SHA256) < 0) {
+        image_free(*img);
+        *img = NULL;
+        return -ENOMEM;
+    }
+    digester_update(d, body, len);
+    digester_final(d, digest);
+    digester_free(d);
+    return 0;
+}
+
+/* Stores a checked manifest (unless a request sharing this fetch stored it already). */
+static void store_fetched(call_t *c, const char *digest, const char *mt, const char *body,
+                          size_t len, const image_t *img)
+{
+    const char *tag = c->route.ref_is_digest ? NULL : c->route.ref;
+    cache_entry_t have;
+    if (cache_lookup(c->env->cache, digest, &have) == 0 && have.kind == CACHE_MANIFEST) {
+        if (tag)
+            cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, tag, digest,
+                          NULL, NULL);
+        return;
+    }
+    cache_manifest_put_t put = {
+        .digest = digest,
+        .media_type = mt,
+        .bytes = body,
+        .len = len,
+        .upstream = c->route.upstream->name,
+        .repo = c->route.name,
+        .tag = tag,
+        .image = img,
+    };
+    char *arg = strdup(digest);
+    int perr = arg ? cache_put_manifest(c->env->cache, &put, on_manifest_stored, arg) : -ENOMEM;
+    if (perr < 0) {
+        free(arg);
+        LOG_ERROR("req=%llu caching manifest %s failed: %s", (unsigned long long)req_id(c->req),
+                  digest, err_str(perr));
+    }
+}
+
 static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up,
                                 char *body, size_t len)
 {
@@ -156,74 +235,17 @@ static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq
         return;
     }
     char mtbuf[128];
-    const char *mt = fetched_media_type(up, body, len, mtbuf, sizeof mtbuf);
-    if (!mt) {
-        free(body);
-        LOG_WARN("req=%llu upstream sent something that is not a manifest", (unsigned long long)req_id(c->req));
-        serve_stale_or_fail(c, m, 0, WE_UPSTREAM, NULL);
-        return;
-    }
-    bool schema1 = strcmp(mt, MT_DOCKER_V1) == 0 || strcmp(mt, MT_DOCKER_V1_SIGNED) == 0;
-    if (schema1) {
-        /* Schema 1 digests are not the hash of the bytes (the JWS signature is excluded), so
-         * they cannot be verified or stored content-addressed. winch never asks for them. */
-        free(body);
-        LOG_WARN("req=%llu upstream answered with a schema1 manifest; refusing", (unsigned long long)req_id(c->req));
-        serve_stale_or_fail(c, m, 0, WE_UPSTREAM, NULL);
-        return;
-    }
+    const char *mt;
     char digest[REF_DIGEST_MAX + 1];
-    if (m->digest[0]) {
-        int v = digest_verify(m->digest, body, len);
-        if (v < 0) {
-            free(body);
-            LOG_WARN("req=%llu manifest from upstream does not match %s", (unsigned long long)req_id(c->req),
-                     m->digest);
-            serve_stale_or_fail(c, m, 0, WE_DIGEST, NULL);
-            return;
-        }
-        snprintf(digest, sizeof digest, "%s", m->digest);
-    } else {
-        /* Fetched by tag: the digest is the SHA-256 of exactly these bytes. */
-        digester_t *d;
-        if (digester_new(&d, REF_ALG_SHA256) < 0) {
-            free(body);
-            free(m);
-            reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
-            return;
-        }
-        digester_update(d, body, len);
-        digester_final(d, digest);
-        digester_free(d);
-    }
-    const char *tag = c->route.ref_is_digest ? NULL : c->route.ref;
-    cache_entry_t have;
-    if (cache_lookup(c->env->cache, digest, &have) == 0 && have.kind == CACHE_MANIFEST) {
-        /* Another request sharing this upstream fetch stored it already. */
-        if (tag)
-            cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, tag, digest,
-                          NULL, NULL);
-        c->cache_status = "miss";
-        free(m);
-        serve_bytes(c, digest, mt, body, len);
+    image_t *img = NULL;
+    int rc = check_fetched(c, m, up, body, len, mtbuf, sizeof mtbuf, &mt, digest, &img);
+    if (rc < 0) {
+        free(body);
+        serve_stale_or_fail(c, m, 0, rc, NULL);
         return;
     }
-    cache_manifest_put_t put = {
-        .digest = digest,
-        .media_type = mt,
-        .bytes = body,
-        .len = len,
-        .upstream = c->route.upstream->name,
-        .repo = c->route.name,
-        .tag = tag,
-    };
-    char *arg = strdup(digest);
-    int perr = arg ? cache_put_manifest(c->env->cache, &put, on_manifest_stored, arg) : -ENOMEM;
-    if (perr < 0) {
-        free(arg);
-        LOG_ERROR("req=%llu caching manifest %s failed: %s", (unsigned long long)req_id(c->req), digest,
-                  err_str(perr));
-    }
+    store_fetched(c, digest, mt, body, len, img);
+    image_free(img);
     c->cache_status = "miss";
     free(m);
     serve_bytes(c, digest, mt, body, len);

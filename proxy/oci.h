@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "common/mediatype.h"
+
 #define OCI_CODES(X)                                                                               \
     X(OCI_BLOB_UNKNOWN, "BLOB_UNKNOWN", 404)                                                       \
     X(OCI_DIGEST_INVALID, "DIGEST_INVALID", 400)                                                   \
@@ -42,13 +44,6 @@ const char *oci_code_name(enum oci_code code);
 size_t oci_error_json(char *buf, size_t cap, enum oci_code code, const char *message,
                       const char *detail_json);
 
-/* Manifest media types. */
-#define MT_DOCKER_V2 "application/vnd.docker.distribution.manifest.v2+json"
-#define MT_DOCKER_LIST "application/vnd.docker.distribution.manifest.list.v2+json"
-#define MT_DOCKER_V1 "application/vnd.docker.distribution.manifest.v1+json"
-#define MT_DOCKER_V1_SIGNED "application/vnd.docker.distribution.manifest.v1+prettyjws"
-#define MT_OCI_MANIFEST "application/vnd.oci.image.manifest.v1+json"
-#define MT_OCI_INDEX "application/vnd.oci.image.index.v1+json"
 
 /** The Accept header winch sends upstream: every modern manifest type, never schema1, so the
  * cached manifest is the canonical one. */
