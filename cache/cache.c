@@ -43,6 +43,7 @@ int cache_open(cache_t **out, const cache_opts_t *o)
         return -ENOMEM;
     c->lock_fd = -1;
     c->loop = o->loop;
+    c->shared = o->shared;
     c->dir = strdup(o->dir);
     if (!c->dir) {
         rc = -ENOMEM;
@@ -85,6 +86,16 @@ void cache_close(cache_t *c)
     manifests_close(c);
     free(c->dir);
     free(c);
+}
+
+bool cache_server_running(const cache_t *c)
+{
+    return c->server_running;
+}
+
+const char *cache_dir(const cache_t *c)
+{
+    return c->dir;
 }
 
 /* ---- Reads that see uncommitted writes ------------------------------------------------------- */

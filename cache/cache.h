@@ -39,12 +39,23 @@ typedef struct cache_opts {
     const char *dir;         /* borrowed; created if missing */
     uint64_t map_size;       /* LMDB map size in bytes; 0 = 4 GiB */
     const cache_io_t *io;    /* borrowed; NULL = the real libc calls */
+    /* A tool (the CLI) opening the cache of a winch that may be serving it: the cache must
+     * exist already; tmp/ is never swept; the directory lock is taken when free (so no server
+     * starts under the tool) and otherwise left to the server (cache_server_running). LMDB
+     * serialises writers across processes, so the tool's index writes are safe beside it. */
+    bool shared;
 } cache_opts_t;
 
 /** Opens (creating if needed) the cache at o->dir: takes the directory lock, opens the index,
  * removes leftover temp files. Never scans blobs/. On success *out is owned by the caller.
  * Errors: -errno, WE_INDEX, -EBUSY when another process holds the lock. */
 int cache_open(cache_t **out, const cache_opts_t *o);
+
+/** True when c was opened shared while another process (a serving winch) held the lock. */
+bool cache_server_running(const cache_t *c);
+
+/** The directory the cache lives in (borrowed). */
+const char *cache_dir(const cache_t *c);
 
 /** Closes the index and frees the cache. Call after the loop has finished every fill and
  * pending index write (uv_run returned); NULL is fine. Fills still referenced or writes still

@@ -90,6 +90,8 @@ struct cache {
     cache_io_t io;
 
     /* store.c */
+    bool shared;         /* opened by a tool (cache_opts_t.shared) */
+    bool server_running; /* shared, and another process holds the lock */
     int lock_fd;
     uint64_t tmp_seq; /* names temp files; the lock makes it unique; advanced on the loop by
                          fill.c and manifests.c when they reserve a name */

@@ -244,12 +244,42 @@ static int sweep_tmp(const cache_t *c)
     return rc;
 }
 
+/* A tool beside a server: the cache must exist, and the lock is only taken when free. */
+static int open_shared(cache_t *c)
+{
+    char path[CACHE_PATH_MAX];
+    struct stat st;
+    int rc;
+    if ((rc = path_printf(path, sizeof path, "%s/index/data.mdb", c->dir)))
+        return rc;
+    if (stat(path, &st) < 0) {
+        rc = -errno;
+        LOG_ERROR("cache: no cache at %s (%s)", c->dir, err_str(rc));
+        return rc;
+    }
+    if ((rc = path_printf(path, sizeof path, "%s/lock", c->dir)))
+        return rc;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        c->lock_fd = fd;
+        return 0;
+    }
+    rc = errno == EWOULDBLOCK ? 0 : -errno;
+    close(fd);
+    c->server_running = rc == 0;
+    return rc;
+}
+
 int store_open(cache_t *c)
 {
     static const char *const subdirs[] = {"index", "tmp", "blobs/sha256", "blobs/sha512"};
     char path[CACHE_PATH_MAX];
     int rc, fd = -1;
 
+    if (c->shared)
+        return open_shared(c);
     if ((rc = make_dirs(c, c->dir)))
         goto fail;
     if ((rc = path_printf(path, sizeof path, "%s/lock", c->dir)))

@@ -1,5 +1,6 @@
 /* cache/image.c (what a manifest is, and what it references) and the owners records a stored
  * manifest leaves behind (cache_owner_get / cache_owner_set). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,7 +198,44 @@ static void test_owners(void)
     CHECK_INT(uv_loop_close(&loop), 0);
 }
 
+/* A tool (the CLI) beside a serving winch: both see each other's index writes; with no server,
+ * the tool holds the lock so that none starts under it. */
+static void test_shared_open(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    const char *dir = test_tmpdir("winch-test-shared");
+    cache_t *server, *tool;
+    cache_opts_t so = {.loop = &loop, .dir = dir};
+    cache_opts_t to = {.loop = &loop, .dir = dir, .shared = true};
+    char missing[600];
+    snprintf(missing, sizeof missing, "%s/none", dir);
+    cache_opts_t mo = {.loop = &loop, .dir = missing, .shared = true};
+    CHECK_INT(cache_open(&tool, &mo), -ENOENT);
+
+    CHECK_INT(cache_open(&server, &so), 0);
+    CHECK(!cache_server_running(server));
+    CHECK_INT(cache_open(&tool, &to), 0);
+    CHECK(cache_server_running(tool));
+    int done = 0;
+    CHECK_INT(cache_owner_set(tool, "docker.io", "library/a", D1, 5, on_done, &done), 0);
+    while (!done)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_INT(cache_owner_get(server, "docker.io", "library/a", D1, NULL), 0);
+    cache_close(tool);
+    cache_close(server);
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    CHECK_INT(cache_open(&tool, &to), 0);
+    CHECK(!cache_server_running(tool));
+    CHECK_INT(cache_open(&server, &so), -EBUSY);
+    cache_close(tool);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(uv_loop_close(&loop), 0);
+}
+
 static const test_case_t cases[] = {
+    TEST_CASE(test_shared_open),
     TEST_CASE(test_manifest),
     TEST_CASE(test_index),
     TEST_CASE(test_refusals),
