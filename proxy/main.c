@@ -1,173 +1,49 @@
-/* winch: the command line. `winch serve` runs the proxy; the cache commands (ls, df, inspect,
- * prune) arrive with the retention issue and live beside it here. */
-#include <signal.h>
+/* winch: the command line. main() finds the command and hands it its arguments; each command
+ * lives in a cli_*.c file of its own (cli_serve.c runs the mirror). */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <uv.h>
 
-#include "cache/cache.h"
-#include "common/err.h"
-#include "common/log.h"
-#include "config/config.h"
-#include "proxy/app.h"
+#include "common/util.h"
+#include "proxy/cli_commands.h"
 
-#define WINCH_VERSION "0.1.0"
-
-static const char usage[] =
-    "usage: winch serve [--config FILE] [--listen HOST:PORT] [--cache-dir DIR]\n"
-    "                   [--upstream NAME=URL]... [--log-level error|warn|info|debug]\n"
-    "                   [--tls-listen HOST:PORT --tls-cert FILE --tls-key FILE]\n"
-    "       winch version\n"
-    "\n"
-    "With no configuration winch is a Docker Hub mirror on 0.0.0.0:5000:\n"
-    "  --upstream docker.io=https://registry-1.docker.io --cache-dir ./winch-cache\n"
-    "The first --upstream is the default; clients reach the others with ?ns=NAME or a\n"
-    "/v2/NAME/... path prefix. See README.md for every configuration field.\n";
-
-/* The process around the application: its loop and the signals that stop it. */
-typedef struct process {
-    uv_loop_t *loop;
-    uv_work_t warm;
-    app_t *app;
-    uv_signal_t sigterm, sigint;
-    bool stopping;
-} process_t;
-
-static void warm_noop(uv_work_t *w)
+static int cli_print_version(int argc, char **argv)
 {
-    (void)w;
+    (void)argc;
+    (void)argv;
+    printf("winch %s\n", cli_version);
+    return 0;
 }
 
-static void warm_done(uv_work_t *w, int status)
+static int cli_help(int argc, char **argv)
 {
-    (void)w;
-    (void)status;
+    (void)argc;
+    (void)argv;
+    fputs(cli_usage, stdout);
+    return 0;
 }
 
-/* libuv starts its threadpool (16 threads here) on the first queued job, and OpenSSL reads its
- * configuration on the first digest: both would land on the first cold request. Pay for them
- * at start instead. */
-static void warm_up(uv_loop_t *loop, uv_work_t *w)
-{
-    digester_t *d;
-    if (digester_new(&d, REF_ALG_SHA256) == 0)
-        digester_free(d);
-    uv_queue_work(loop, w, warm_noop, warm_done);
-}
-
-static void on_signal(uv_signal_t *h, int signum)
-{
-    process_t *a = h->data;
-    if (a->stopping)
-        return;
-    a->stopping = true;
-    LOG_INFO("signal %d: shutting down", signum);
-    app_shutdown(a->app);
-    uv_close((uv_handle_t *)&a->sigterm, NULL);
-    uv_close((uv_handle_t *)&a->sigint, NULL);
-}
-
-static int cmd_serve(int argc, char **argv)
-{
-    char err[512];
-    config_t *cfg = NULL;
-    cache_t *cache = NULL;
-    process_t a = {0};
-    int rc = 1;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            fputs(usage, stdout);
-            return 0;
-        }
-    }
-    if (config_load(&cfg, argc, argv, err, sizeof err) < 0) {
-        fprintf(stderr, "winch: %s\n", err);
-        return 2;
-    }
-    log_set_level(log_level_parse(cfg->log_level));
-    /* A client that goes away mid-response must cost an EPIPE, not the process. */
-    signal(SIGPIPE, SIG_IGN);
-
-    /* Fills hash and write on libuv's threadpool, beside fsyncs and index commits; the default
-     * of 4 threads would let a few slow disks stall every fill. Set before the pool starts. */
-    if (!getenv("UV_THREADPOOL_SIZE"))
-        setenv("UV_THREADPOOL_SIZE", "16", 0);
-    a.loop = uv_default_loop();
-    cache_opts_t co = {.loop = a.loop, .dir = cfg->cache_dir, .map_size = cfg->index_map_size};
-    int e = cache_open(&cache, &co);
-    if (e < 0) {
-        fprintf(stderr, "winch: cache directory %s: %s\n", cfg->cache_dir,
-                e == -EBUSY ? "in use by another winch process" : err_str(e));
-        goto out;
-    }
-    e = app_create(&a.app, a.loop, cfg, cache, err, sizeof err);
-    if (e < 0) {
-        fprintf(stderr, "winch: %s\n", err);
-        goto out;
-    }
-    char bound[96], tls_bound[96];
-    e = app_listen(a.app, bound, tls_bound, sizeof bound, err, sizeof err);
-    if (e < 0) {
-        fprintf(stderr, "winch: %s\n", err);
-        app_shutdown(a.app);
-        uv_run(a.loop, UV_RUN_DEFAULT);
-        goto out;
-    }
-    for (size_t i = 0; i < cfg->n_upstreams; i++) {
-        const config_upstream_t *u = &cfg->upstreams[i];
-        LOG_INFO("upstream %s%s = %s%s", u->name, i == 0 ? " (default)" : "", u->url,
-                 u->username ? " (with credentials)" : "");
-        if (u->insecure_skip_verify)
-            LOG_WARN("upstream %s: insecure_skip_verify is on: its TLS certificates and host "
-                     "names are NOT verified", u->name);
-        if (u->username && !u->tls)
-            LOG_WARN("upstream %s: credentials configured for a plain-HTTP upstream: they "
-                     "travel unencrypted", u->name);
-    }
-    /* Always printed, whatever the level: scripts read the bound ports from them (the plain
-     * listener's line first: harnesses take the first "listening on"). */
-    if (cfg->listen_enabled)
-        log_write(WLOG_INFO, "winch %s listening on %s, cache %s", WINCH_VERSION, bound,
-                  cfg->cache_dir);
-    if (cfg->tls_listen_enabled)
-        log_write(WLOG_INFO, "winch %s listening on %s (tls), cache %s", WINCH_VERSION,
-                  tls_bound, cfg->cache_dir);
-
-    warm_up(a.loop, &a.warm);
-    uv_signal_init(a.loop, &a.sigterm);
-    uv_signal_init(a.loop, &a.sigint);
-    a.sigterm.data = a.sigint.data = &a;
-    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&a.sigint, on_signal, SIGINT);
-    uv_run(a.loop, UV_RUN_DEFAULT);
-    rc = 0;
-out:
-    app_destroy(a.app);
-    cache_close(cache);
-    if (a.loop)
-        uv_loop_close(a.loop);
-    config_free(cfg);
-    return rc;
-}
+static const struct {
+    const char *name;
+    cli_command_fn run;
+} commands[] = {
+    {"serve", cli_serve},
+    {"version", cli_print_version},
+    {"--version", cli_print_version},
+    {"help", cli_help},
+    {"--help", cli_help},
+    {"-h", cli_help},
+};
 
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fputs(usage, stderr);
+        fputs(cli_usage, stderr);
         return 2;
     }
-    if (strcmp(argv[1], "serve") == 0)
-        return cmd_serve(argc - 2, argv + 2);
-    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
-        printf("winch %s\n", WINCH_VERSION);
-        return 0;
+    for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
     }
-    if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
-        strcmp(argv[1], "-h") == 0) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    fprintf(stderr, "winch: unknown command \"%s\"\n\n%s", argv[1], usage);
+    fprintf(stderr, "winch: unknown command \"%s\"\n\n%s", argv[1], cli_usage);
     return 2;
 }

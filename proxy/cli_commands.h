@@ -1,0 +1,14 @@
+/** The commands of the winch binary, one per cli_*.c file, and what main.c tells them. Each
+ * takes its own name as argv[0] and returns the process's exit status. Internal to proxy/. */
+#ifndef WINCH_PROXY_CLI_COMMANDS_H
+#define WINCH_PROXY_CLI_COMMANDS_H
+
+#include "proxy/cli.h"
+
+extern const char cli_version[]; /* "0.1.0" */
+extern const char cli_usage[];   /* the whole usage text */
+
+/** winch serve: runs the mirror until SIGTERM or SIGINT (cli_serve.c). */
+int cli_serve(int argc, char **argv);
+
+#endif
