@@ -2,7 +2,7 @@
  *
  * Objects:
  * - upstream_t: one per configured upstream. Holds its origins, the "deferred" list drained by
- *   a 0 ms timer, the token cache and the token fetches in flight, and the last rate-limit
+ *   a 0 ms timer, the token cache and the token flights, and the last rate-limit
  *   headers.
  * - origin_t: one (scheme, host, port) this upstream talks to: the resolved addresses (lazy
  *   DNS, 60 s cache), the connection pool (every live upconn; the idle ones also on a LIFO
@@ -24,9 +24,10 @@
  *   connection is reused) or the connection is closed, then the request is rebuilt and queued
  *   on the next origin. on_headers sees the final response only.
  *
- * Auth. A 401 with a Bearer challenge makes the request wait on a token fetch (one per cache
- * key in flight: concurrent 401s for the same scope share it), an internal GET to the realm
- * (with Basic credentials when configured and the challenge came from the primary origin). The
+ * Auth. A 401 with a Bearer challenge makes the request join the token flight of its cache key
+ * (common/flight.h: concurrent 401s for the same scope share one fetch), whose operation is an
+ * internal GET to the realm (with Basic credentials when configured and the challenge came
+ * from the primary origin); the flight lands with the token, or with why there is none. The
  * token is cached per (realm, service, scopes) until issued_at + expires_in; later requests to
  * the primary origin for a repository the cached token covers send it up front, so a warm
  * cache needs no 401 round trip. A second 401 reaches the caller. When no token can be had,
@@ -65,9 +66,12 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include "common/buf.h"
 #include "common/err.h"
+#include "common/flight.h"
 #include "common/log.h"
 #include "common/timeutil.h"
+#include "common/util.h"
 #include "proxy/auth.h"
 #include "proxy/conn.h"
 #include "proxy/tls.h"
@@ -103,7 +107,7 @@
 
 typedef struct upconn upconn_t;
 typedef struct origin origin_t;
-typedef struct tokfetch tokfetch_t;
+typedef struct token_op token_op_t;
 
 enum uc_state { UC_CONNECTING, UC_ACTIVE, UC_IDLE };
 enum req_where { Q_NONE, Q_WAIT, Q_DEFER, Q_TOKEN };
@@ -149,8 +153,8 @@ struct upreq {
     enum intercept intercept;
     url_t *next_url;        /* IC_REDIRECT: where to, owned */
     auth_challenge_t *chal; /* IC_AUTH: the challenge to answer, owned */
-    tokfetch_t *tf;         /* Q_TOKEN: the fetch r waits for */
-    /* Queues (wait, deferred or token). */
+    flight_waiter_t token_wait; /* Q_TOKEN: r waits for a token flight */
+    /* Queues (wait or deferred). */
     upreq_t *prev, *next;
     enum req_where where;
     bool fresh;   /* must not take a pooled connection (retry after a stale one) */
@@ -203,19 +207,23 @@ struct origin {
     uint64_t last_used; /* upstream tick, for LRU eviction */
 };
 
-/* One token fetch in flight, shared by every request that needs the same token. */
-struct tokfetch {
+/* A token fetch: the operation of one flight in u->token_flights, keyed by the token cache key.
+ * Every request that needs the same token while it runs waits on that flight. */
+struct token_op {
     upstream_t *u;
-    tokfetch_t *prev, *next;
-    char *key;      /* cache key, owned */
+    flight_t *fl;
     bool proactive; /* the challenge came from the primary origin */
-    upreq_t *req;   /* the internal GET to the realm; NULL once it ended */
-    upreq_t *wait_head, *wait_tail;
     int status;
-    char *body; /* owned, AUTH_MAX_BODY + 1 */
-    size_t len;
     bool too_big;
+    buf_t body; /* the realm's answer, at most AUTH_MAX_BODY; freed with buf_free_secret */
 };
+
+/* What a token flight lands with: the token (borrowed for the land call) or why there is none. */
+typedef struct token_result {
+    const char *token; /* NULL when no token could be had */
+    uint64_t gen;      /* its cache generation, 0 when not cached */
+    int err;           /* the realm could not be reached (transport error), else 0 */
+} token_result_t;
 
 struct upstream {
     uv_loop_t *loop;
@@ -228,8 +236,7 @@ struct upstream {
     uv_timer_t defer_timer;
     /* Auth. */
     auth_cache_t *tokens;
-    tokfetch_t *fetches;
-    int nfetches;
+    flight_table_t *token_flights; /* token fetches running, at most UP_MAX_TOKEN_FETCHES */
     bool basic; /* the upstream asked for Basic: send the credentials up front from now on */
     upstream_ratelimit_t rl;
     bool destroying;
@@ -287,8 +294,8 @@ static void unqueue(upreq_t *r)
     } else if (r->where == Q_DEFER) {
         q_remove(&u->defer_head, &u->defer_tail, r);
     } else if (r->where == Q_TOKEN) {
-        q_remove(&r->tf->wait_head, &r->tf->wait_tail, r);
-        r->tf = NULL;
+        /* The last waiter leaving lets the fetch finish: its token will be cached. */
+        (void)flight_leave(&r->token_wait);
     }
     r->where = Q_NONE;
 }
@@ -1518,70 +1525,50 @@ out:
     return rc;
 }
 
-static tokfetch_t *find_fetch(upstream_t *u, const char *key)
-{
-    for (tokfetch_t *tf = u->fetches; tf; tf = tf->next)
-        if (strcmp(tf->key, key) == 0)
-            return tf;
-    return NULL;
-}
+/* ---- Token flights: one token fetch per cache key, however many requests need it. ---- */
 
-static void tokfetch_free(tokfetch_t *tf)
+static void token_op_free(token_op_t *op)
 {
-    upstream_t *u = tf->u;
-    if (tf->prev)
-        tf->prev->next = tf->next;
-    else
-        u->fetches = tf->next;
-    if (tf->next)
-        tf->next->prev = tf->prev;
-    u->nfetches--;
-    if (tf->body)
-        OPENSSL_cleanse(tf->body, tf->len);
-    free(tf->body);
-    free(tf->key);
-    free(tf);
+    buf_free_secret(&op->body);
+    free(op);
 }
 
 static void tf_on_headers(upreq_t *t, void *arg, int status)
 {
-    tokfetch_t *tf = arg;
-    tf->status = status;
+    token_op_t *op = arg;
+    op->status = status;
     uint64_t cl = upreq_content_length(t);
     if (status == 200 && cl != UINT64_MAX && cl > AUTH_MAX_BODY)
-        tf->too_big = true;
+        op->too_big = true;
 }
 
 static void tf_on_body(upreq_t *t, void *arg, const char *data, size_t len)
 {
-    tokfetch_t *tf = arg;
+    token_op_t *op = arg;
     (void)t;
-    if (tf->status != 200 || tf->too_big)
+    if (op->status != 200 || op->too_big)
         return;
-    if (len > AUTH_MAX_BODY - tf->len) {
-        tf->too_big = true;
-        return;
-    }
-    memcpy(tf->body + tf->len, data, len);
-    tf->len += len;
+    if (buf_append(&op->body, data, len) < 0)
+        op->too_big = true; /* over AUTH_MAX_BODY (or out of memory): no token from this */
 }
 
-/* The token fetch ended: every waiting request goes on with the token, or fails. */
+/* The token fetch ended: the flight lands, and every waiting request goes on with the token,
+ * or fails. */
 static void tf_on_done(upreq_t *t, void *arg, int err)
 {
-    tokfetch_t *tf = arg;
-    upstream_t *u = tf->u;
+    token_op_t *op = arg;
+    upstream_t *u = op->u;
     (void)t;
-    tf->req = NULL;
     char *token = NULL;
     int64_t expires = 0;
     uint64_t gen = 0;
     int perr = 0;
-    if (err == 0 && tf->status == 200 && !tf->too_big) {
+    if (err == 0 && op->status == 200 && !op->too_big) {
         int64_t now = time_wall_ms();
-        perr = auth_token_parse(tf->body, tf->len, now, &token, &expires);
+        perr = auth_token_parse(op->body.p ? op->body.p : "", op->body.len, now, &token, &expires);
         if (perr == 0) {
-            if (auth_cache_put(u->tokens, tf->key, tf->proactive, token, expires, &gen) < 0)
+            if (auth_cache_put(u->tokens, flight_key(op->fl), op->proactive, token, expires, &gen) <
+                0)
                 gen = 0;
             LOG_DEBUG("upstream %s: got a token, valid for %llds", u->ucfg->name,
                       (long long)((expires - now) / 1000));
@@ -1590,59 +1577,65 @@ static void tf_on_done(upreq_t *t, void *arg, int err)
     if (!token) {
         if (err)
             LOG_WARN("upstream %s: token request failed: %s", u->ucfg->name, err_str(err));
-        else if (tf->status != 200)
-            LOG_WARN("upstream %s: token request answered %d", u->ucfg->name, tf->status);
+        else if (op->status != 200)
+            LOG_WARN("upstream %s: token request answered %d", u->ucfg->name, op->status);
         else
             LOG_WARN("upstream %s: token request gave no usable token (%s)", u->ucfg->name,
-                     err_str(tf->too_big ? WE_TOOBIG : perr));
+                     err_str(op->too_big ? WE_TOOBIG : perr));
     }
-    while (tf->wait_head) {
-        upreq_t *r = tf->wait_head;
-        unqueue(r);
-        int rc = 0;
-        if (token) {
-            rc = set_bearer(r, r->o, token, gen);
-            if (rc == 0)
-                rc = send_to(r, r->o);
-            if (rc < 0)
-                fail_later(r, rc);
-        } else if (err) {
-            fail_later(r, err); /* the realm is unreachable: say so, like the upstream itself */
-        } else {
-            replay_later(r);
-        }
-    }
+    token_result_t res = {.token = token, .gen = gen, .err = token ? 0 : err};
+    flight_land(op->fl, &res);
     if (token) {
         OPENSSL_cleanse(token, strlen(token));
         free(token);
     }
-    tokfetch_free(tf);
+    token_op_free(op);
 }
 
-static const upreq_cbs_t tokfetch_cbs = {
+static const upreq_cbs_t token_op_cbs = {
     .on_headers = tf_on_headers,
     .on_body = tf_on_body,
     .on_done = tf_on_done,
 };
 
+/* A request's token flight landed: it goes on with the token, or fails. */
+static void on_token_landed(flight_waiter_t *w, void *result)
+{
+    upreq_t *r = container_of(w, upreq_t, token_wait);
+    const token_result_t *res = result;
+    r->where = Q_NONE;
+    if (r->u->destroying) {
+        LOG_WARN("upstream %s: destroyed with a request waiting for a token", r->u->ucfg->name);
+        free_req(r);
+        return;
+    }
+    int rc = 0;
+    if (res->token) {
+        rc = set_bearer(r, r->o, res->token, res->gen);
+        if (rc == 0)
+            rc = send_to(r, r->o);
+        if (rc < 0)
+            fail_later(r, rc);
+    } else if (res->err) {
+        fail_later(r, res->err); /* the realm is unreachable: say so, like the upstream itself */
+    } else {
+        replay_later(r);
+    }
+}
+
 static int req_create(upreq_t **out, upstream_t *u, const char *method, const char *path,
                       const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg);
 
-/* Starts the token fetch for challenge c (cache key key). */
-static int start_fetch(upstream_t *u, const auth_challenge_t *c, const char *key, bool from_primary,
-                       tokfetch_t **out)
+/* Starts the fetch of flight f, which answers challenge c. */
+static int start_fetch(upstream_t *u, flight_t *f, const auth_challenge_t *c, bool from_primary)
 {
     int rc;
-    tokfetch_t *tf = NULL;
+    token_op_t *op = NULL;
     upreq_t *t = NULL;
-    char *turl = NULL;
-    url_t *tu = NULL;
-    if (u->nfetches >= UP_MAX_TOKEN_FETCHES)
-        return -EAGAIN;
-    turl = malloc(URL_MAX + 1);
-    tu = malloc(sizeof *tu);
-    tf = calloc(1, sizeof *tf);
-    if (!turl || !tu || !tf) {
+    char *turl = malloc(URL_MAX + 1);
+    url_t *tu = malloc(sizeof *tu);
+    op = calloc(1, sizeof *op);
+    if (!turl || !tu || !op) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -1655,16 +1648,12 @@ static int start_fetch(upstream_t *u, const auth_challenge_t *c, const char *key
     rc = origin_get(u, tu->tls, tu->host, tu->port, &o);
     if (rc < 0)
         goto fail;
-    tf->u = u;
-    tf->key = strdup(key);
-    tf->body = malloc(AUTH_MAX_BODY + 1);
-    tf->proactive = from_primary;
-    if (!tf->key || !tf->body) {
-        rc = -ENOMEM;
-        goto fail;
-    }
+    op->u = u;
+    op->fl = f;
+    op->proactive = from_primary;
+    buf_init(&op->body, AUTH_MAX_BODY);
     static const char *const hdrs[] = {"Accept: application/json", NULL};
-    rc = req_create(&t, u, "GET", tu->path, hdrs, &tokfetch_cbs, tf);
+    rc = req_create(&t, u, "GET", tu->path, hdrs, &token_op_cbs, op);
     if (rc < 0)
         goto fail;
     t->internal = true;
@@ -1678,29 +1667,43 @@ static int start_fetch(upstream_t *u, const auth_challenge_t *c, const char *key
     rc = send_to(t, o);
     if (rc < 0)
         goto fail;
-    tf->req = t;
-    tf->next = u->fetches;
-    if (u->fetches)
-        u->fetches->prev = tf;
-    u->fetches = tf;
-    u->nfetches++;
+    flight_set_op(f, op);
     LOG_DEBUG("upstream %s: fetching a token from %s%.*s (%s)", u->ucfg->name, o->key,
               (int)strcspn(tu->path, "?"), tu->path, c->scope[0] ? c->scope : "no scope");
     free(turl);
     free(tu);
-    *out = tf;
     return 0;
 fail:
     if (t)
         free_req(t);
-    if (tf) {
-        free(tf->key);
-        free(tf->body);
-        free(tf);
-    }
+    free(op);
     free(turl);
     free(tu);
     return rc;
+}
+
+/* r waits for the token of challenge c (cache key key): it joins the flight for that key, or
+ * starts one. Returns 0 (r is waiting) or an error (r is not). */
+static int wait_token(upreq_t *r, const auth_challenge_t *c, const char *key)
+{
+    upstream_t *u = r->u;
+    flight_t *f;
+    bool created;
+    int rc = flight_join(u->token_flights, key, &r->token_wait, on_token_landed, &f, &created);
+    if (rc < 0)
+        return rc;
+    if (created) {
+        if (flight_table_count(u->token_flights) > UP_MAX_TOKEN_FETCHES)
+            rc = -EAGAIN;
+        else
+            rc = start_fetch(u, f, c, r->o->primary);
+        if (rc < 0) {
+            flight_drop(flight_leave(&r->token_wait));
+            return rc;
+        }
+    }
+    r->where = Q_TOKEN;
+    return 0;
 }
 
 /* Answers the 401 r got. Returns 0 when r is on its way (sent again, waiting for a token, or
@@ -1750,22 +1753,14 @@ static int start_auth(upreq_t *r)
     }
     if (tok)
         auth_cache_drop(u->tokens, gen); /* the token r carried was refused: forget it */
-    tokfetch_t *tf = find_fetch(u, key);
-    if (!tf) {
-        rc = start_fetch(u, c, key, r->o->primary, &tf);
-        if (rc < 0) {
-            LOG_WARN("upstream %s: %s: cannot fetch a token: %s", u->ucfg->name, r->logline,
-                     err_str(rc));
-            replay_later(r);
-            rc = 0;
-            goto out;
-        }
-    }
     unqueue(r);
-    q_push_back(&tf->wait_head, &tf->wait_tail, r);
-    r->where = Q_TOKEN;
-    r->tf = tf;
-    rc = 0;
+    rc = wait_token(r, c, key);
+    if (rc < 0) {
+        LOG_WARN("upstream %s: %s: cannot fetch a token: %s", u->ucfg->name, r->logline,
+                 err_str(rc));
+        replay_later(r);
+        rc = 0;
+    }
 out:
     free(c);
     return rc;
@@ -1806,6 +1801,8 @@ int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *
         goto fail;
     o->primary = true;
     rc = auth_cache_create(&u->tokens, UP_MAX_TOKENS);
+    if (rc == 0)
+        rc = flight_table_create(&u->token_flights);
     if (rc < 0)
         goto fail;
     /* An https upstream's context is made (and its CA file checked) at start; an http
@@ -1815,7 +1812,6 @@ int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *
         rc = tls_client_ctx_for(ucfg, &u->tls_ctx, tls_err, sizeof tls_err);
         if (rc < 0) {
             LOG_ERROR("upstream %s: %s", ucfg->name, tls_err);
-            auth_cache_free(u->tokens);
             goto fail;
         }
     }
@@ -1824,6 +1820,8 @@ int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *
     *out = u;
     return 0;
 fail:
+    flight_table_free(u->token_flights);
+    auth_cache_free(u->tokens);
     free(u->origins[0]);
     free(u);
     return rc;
@@ -1834,53 +1832,56 @@ static void on_upstream_closed(uv_handle_t *h)
     free(h->data);
 }
 
+/* Frees a request left over at destroy time, without callbacks. A token fetch's own request
+ * takes its flight down with it: the requests waiting for that token are freed as it lands. */
+static void abandon(upreq_t *r, const char *what)
+{
+    if (r->internal) {
+        token_op_t *op = r->arg;
+        token_result_t res = {.err = WE_CANCELLED};
+        flight_land(op->fl, &res);
+        token_op_free(op);
+    } else if (what) {
+        LOG_WARN("upstream %s: destroyed with a request %s", r->u->ucfg->name, what);
+    }
+    free_req(r);
+}
+
 void upstream_destroy(upstream_t *u)
 {
     if (!u)
         return;
     u->destroying = true;
-    /* Requests should all be finished; any left over are dropped without callbacks. */
-    while (u->fetches) {
-        tokfetch_t *tf = u->fetches;
-        while (tf->wait_head) {
-            upreq_t *r = tf->wait_head;
-            LOG_WARN("upstream %s: destroyed with a request waiting for a token", u->ucfg->name);
-            unqueue(r);
-            free_req(r);
-        }
-        tokfetch_free(tf); /* its internal request is on an origin: freed below */
-    }
+    /* Requests should all be finished; any left over are dropped without callbacks. Every
+     * token flight has its fetch's request in one of these places. */
     for (int i = 0; i < u->norigins; i++) {
         origin_t *o = u->origins[i];
         while (o->wait_head) {
             upreq_t *r = o->wait_head;
-            if (!r->internal)
-                LOG_WARN("upstream %s: destroyed with a request still waiting", u->ucfg->name);
             unqueue(r);
-            free_req(r);
+            abandon(r, "still waiting");
         }
     }
     while (u->defer_head) {
         upreq_t *r = u->defer_head;
         unqueue(r);
-        free_req(r);
+        abandon(r, NULL);
     }
     for (int i = 0; i < u->norigins; i++) {
         origin_t *o = u->origins[i];
         while (o->conns) {
             upconn_t *uc = o->conns;
             upreq_t *r = detach(uc);
-            if (r) {
-                if (!r->internal)
-                    LOG_WARN("upstream %s: destroyed with a request in flight", u->ucfg->name);
-                free_req(r);
-            }
+            if (r)
+                abandon(r, "in flight");
             close_conn(uc);
         }
     }
     for (int i = 0; i < u->norigins; i++)
         origin_free(u->origins[i]);
     u->norigins = 0;
+    flight_table_free(u->token_flights);
+    u->token_flights = NULL;
     auth_cache_free(u->tokens);
     u->tokens = NULL;
     tls_ctx_free(u->tls_ctx); /* live SSL objects hold their own reference */
