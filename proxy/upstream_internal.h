@@ -27,22 +27,27 @@
  * wire_send. Everything else a lower file learns about is in the request's state, or comes
  * back through the public callbacks (a token fetch is an upreq like any caller's).
  *
- * The request's life (enum upreq_state below; req_set_state checks every change):
+ * The request's life (enum upreq_state below; req_set_state checks every change against
+ * the table in upstream_req.c):
  *
- *   NEW --> QUEUED --> CONNECTING --> SENT --> BODY <--> PAUSED --> RESUMING --> BODY
- *             ^  \___________________^  |        \_________________________________\
- *             |    (a pooled conn)       |                                           v
- *             |                          +--> DRAINING (a hop: redirect, 401) --> COMPLETE
- *             |                          |                                           |
- *             +--------------------------+ (stale pooled connection: retried once)   |
- *             +---------------------------- the next hop <---------------------------+
- *             +---- TOKEN (a token flight) <-- the next hop, when it needs a token
- *
- *   COMPLETE (not a hop) -> DONE: on_done(0), then freed.
- *   Any failure, or a 401 that cannot be answered -> ENDING -> DONE: on_done(err), or the 401
- *   replayed, from the deferred list.
- *   upreq_cancel: freed at once; from inside a parser callback CANCELLED, freed when llhttp
- *   returns.
+ *   NEW             -> QUEUED      its first hop
+ *   QUEUED          -> SENT        a pooled connection serves it
+ *                   -> CONNECTING  a new connection is opened for it
+ *   CONNECTING      -> SENT        connected (-> CONNECTING again: the next address)
+ *   SENT            -> BODY        the answer's head goes to the caller
+ *                   -> DRAINING    the answer is a hop (redirect, 401): its body is dropped
+ *                   -> QUEUED      a stale pooled connection: retried once on a new one
+ *   BODY            -> PAUSED -> RESUMING -> BODY    flow control (upreq_pause, upreq_resume)
+ *   BODY, DRAINING  -> COMPLETE    the whole answer is in
+ *   COMPLETE        -> DONE        on_done(0), then freed
+ *   DRAINING, COMPLETE (a hop)
+ *                   -> QUEUED      the next hop, at the same or another origin
+ *                   -> TOKEN       waiting for a token flight; -> QUEUED when it lands
+ *   any of these    -> ENDING -> DONE   a failure, or a 401 that cannot be answered, reported
+ *                                       (on_done(err), or the 401 replayed) from the deferred
+ *                                       list
+ *   any but DONE    -> CANCELLED   upreq_cancel inside a parser callback, freed when llhttp
+ *                                  returns (outside one, the request is freed at once)
  */
 #ifndef WINCH_PROXY_UPSTREAM_INTERNAL_H
 #define WINCH_PROXY_UPSTREAM_INTERNAL_H
@@ -155,10 +160,10 @@ struct upreq {
     char logline[UP_LOGLINE]; /* for logs: never headers (they carry tokens), never a query */
     /* Facts that hold whatever the state. */
     bool is_head, idempotent;
-    bool internal; /* a token fetch: no auth handling, callbacks are upstream_auth.c's */
-    bool fresh;    /* must not take a pooled connection (retry after a stale one) */
-    bool retried;  /* the one stale-connection retry was used */
-    bool hold;     /* upreq_pause came before the head: pause as soon as the caller has it */
+    bool internal;  /* a token fetch: no auth handling, callbacks are upstream_auth.c's */
+    bool fresh;     /* must not take a pooled connection (retry after a stale one) */
+    bool retried;   /* the one stale-connection retry was used */
+    bool hold;      /* upreq_pause came before the head: pause as soon as the caller has it */
     int redirects;  /* followed so far */
     int auth_tries; /* 401s answered so far */
     /* The hop a DRAINING or COMPLETE answer asks for: one of them, or neither. */
@@ -176,12 +181,12 @@ struct upreq {
     size_t hdone; /* bytes of hdr holding complete entries */
     int status;
     uint64_t clen;
-    uint64_t drained;   /* body bytes of an intercepted response read and dropped */
-    bool keepalive;     /* COMPLETE: the connection may serve another request */
-    bool got_bytes;     /* some of the answer arrived */
-    bool toobig;        /* the head passed max_header_bytes */
-    int in_parser;      /* > 0 while llhttp runs over the conn's buffer for this request */
-    const char *pend;   /* PAUSED, RESUMING: unparsed rest of the read buffer, or NULL */
+    uint64_t drained; /* body bytes of an intercepted response read and dropped */
+    bool keepalive;   /* COMPLETE: the connection may serve another request */
+    bool got_bytes;   /* some of the answer arrived */
+    bool toobig;      /* the head passed max_header_bytes */
+    int in_parser;    /* > 0 while llhttp runs over the conn's buffer for this request */
+    const char *pend; /* PAUSED, RESUMING: unparsed rest of the read buffer, or NULL */
     size_t pend_len;
     uint64_t last_body; /* uv_now of the last body byte */
 };

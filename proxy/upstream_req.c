@@ -25,10 +25,18 @@
 #define BIT(s) (1u << (s))
 
 static const char *const state_names[] = {
-    [UR_NEW] = "new",           [UR_QUEUED] = "queued",     [UR_CONNECTING] = "connecting",
-    [UR_SENT] = "sent",         [UR_DRAINING] = "draining", [UR_BODY] = "body",
-    [UR_PAUSED] = "paused",     [UR_RESUMING] = "resuming", [UR_COMPLETE] = "complete",
-    [UR_TOKEN] = "token",       [UR_ENDING] = "ending",     [UR_DONE] = "done",
+    [UR_NEW] = "new",
+    [UR_QUEUED] = "queued",
+    [UR_CONNECTING] = "connecting",
+    [UR_SENT] = "sent",
+    [UR_DRAINING] = "draining",
+    [UR_BODY] = "body",
+    [UR_PAUSED] = "paused",
+    [UR_RESUMING] = "resuming",
+    [UR_COMPLETE] = "complete",
+    [UR_TOKEN] = "token",
+    [UR_ENDING] = "ending",
+    [UR_DONE] = "done",
     [UR_CANCELLED] = "cancelled",
 };
 
@@ -266,7 +274,8 @@ static size_t head_size(const upreq_t *r, const origin_t *o, bool own_auth)
 {
     size_t need = strlen(r->method) + 1 + strlen(r->path) + sizeof " HTTP/1.1\r\n" - 1;
     need += sizeof "Host: \r\n" - 1 + strlen(o->host_hdr) + 2;
-    need += sizeof "User-Agent: " UP_USER_AGENT "\r\n" - 1 + sizeof "Connection: keep-alive\r\n" - 1;
+    need +=
+        sizeof "User-Agent: " UP_USER_AGENT "\r\n" - 1 + sizeof "Connection: keep-alive\r\n" - 1;
     if (r->extra)
         need += strlen(r->extra);
     if (own_auth)
