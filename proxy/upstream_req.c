@@ -74,8 +74,11 @@ void req_set_state(upreq_t *r, enum upreq_state s)
         abort();
     }
     r->state = s;
-    LOG_DEBUG("upstream %s: %s: %s -> %s", r->u->ucfg->name, r->logline, state_names[from],
-              state_names[s]);
+    /* Flow control changes state once or twice per body piece: not worth a line each. */
+    unsigned flow = BIT(UR_BODY) | BIT(UR_PAUSED) | BIT(UR_RESUMING);
+    if (!((flow & BIT(from)) && (flow & BIT(s))))
+        LOG_DEBUG("upstream %s: %s: %s -> %s", r->u->ucfg->name, r->logline, state_names[from],
+                  state_names[s]);
 }
 
 /* ---- Lists. ---- */
