@@ -1,7 +1,7 @@
 /** Upstream authentication, the parts that do no I/O: WWW-Authenticate challenges (Bearer and
  * Basic), the token endpoint's URL and JSON answer, the token cache, Basic credentials, and
- * the repository scope a request path needs. The upstream client (upstream.c) drives the flow
- * (401 -> token fetch -> retry) with these.
+ * the repository scope a request path needs. The upstream client (upstream_auth.c) drives the
+ * flow (401 -> token flight -> retry) with these.
  *
  * Nothing here logs, and no error carries a token or a password.
  */

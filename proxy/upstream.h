@@ -77,7 +77,8 @@ typedef struct upreq_cbs {
 int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *path,
                 const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg);
 
-/** Flow control for the body: from within on_body (or later), stop delivering until resume.
+/** Flow control for the body: from within on_headers or on_body (or later), stop delivering
+ * until resume. Called before on_headers, the pause takes effect once on_headers has returned.
  * The response idle timeout does not run while paused (the caller is the slow side).
  * upreq_resume never calls back from inside itself: delivery (on_body, and possibly on_done)
  * restarts on a later loop iteration, first with the rest of the paused read buffer. */

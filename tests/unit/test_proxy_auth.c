@@ -6,9 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "common/err.h"
+#include "common/util.h"
 #include "proxy/url.h"
-#include "unit/check.h"
+#include "testutil.h"
 
 /* ---- Challenges ---------------------------------------------------------------------------- */
 
@@ -471,21 +473,23 @@ static void test_url_resolve(void)
     CHECK_INT(out.port, 443);
 }
 
-int main(void)
+static const test_case_t cases[] = {
+    TEST_CASE(test_challenge_docker_hub),
+    TEST_CASE(test_challenge_forms),
+    TEST_CASE(test_challenge_across_lines),
+    TEST_CASE(test_challenge_malformed),
+    TEST_CASE(test_token_key_and_url),
+    TEST_CASE(test_rfc3339),
+    TEST_CASE(test_token_parse),
+    TEST_CASE(test_basic),
+    TEST_CASE(test_repo_scope),
+    TEST_CASE(test_cache),
+    TEST_CASE(test_url_parse),
+    TEST_CASE(test_url_resolve),
+};
+
+int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    test_challenge_docker_hub();
-    test_challenge_forms();
-    test_challenge_across_lines();
-    test_challenge_malformed();
-    test_token_key_and_url();
-    test_rfc3339();
-    test_token_parse();
-    test_basic();
-    test_repo_scope();
-    test_cache();
-    test_url_parse();
-    test_url_resolve();
-    printf("test_proxy_auth: ok\n");
-    return 0;
+    return test_main(argc, argv, cases, ARRAY_SIZE(cases));
 }

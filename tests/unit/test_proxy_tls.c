@@ -22,11 +22,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "common/err.h"
-#include "unit/check.h"
+#include "common/util.h"
+#include "testutil.h"
 
 static uv_loop_t *loop;
-static char dir[256];
+static const char *dir;
 static char ca_pem[300], ca2_pem[300], cert_pem[300], key_pem[300], key2_pem[300];
 
 /* ---- Certificates. ---- */
@@ -96,8 +98,7 @@ static void write_key(const char *path, EVP_PKEY *k)
 
 static void make_pki(void)
 {
-    snprintf(dir, sizeof dir, "/tmp/winch-tls-test-XXXXXX");
-    CHECK(mkdtemp(dir) != NULL);
+    dir = test_tmpdir("winch-tls-test"); /* removed at exit */
     snprintf(ca_pem, sizeof ca_pem, "%s/ca.pem", dir);
     snprintf(ca2_pem, sizeof ca2_pem, "%s/other-ca.pem", dir);
     snprintf(cert_pem, sizeof cert_pem, "%s/cert.pem", dir);
@@ -120,29 +121,27 @@ static void make_pki(void)
     EVP_PKEY_free(k);
 }
 
-static void remove_pki(void)
+/* The PKI and the two contexts most cases use, made once per run; freed at exit. */
+static SSL_CTX *server_ctx, *client_ctx;
+
+static void free_contexts(void)
 {
-    const char *files[] = {ca_pem, ca2_pem, cert_pem, key_pem, key2_pem};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
-        unlink(files[i]);
-    rmdir(dir);
+    tls_ctx_free(client_ctx);
+    tls_ctx_free(server_ctx);
+}
+
+static void setup(void)
+{
+    if (dir)
+        return;
+    make_pki();
+    char err[512];
+    CHECK_INT(tls_server_ctx_new(cert_pem, key_pem, &server_ctx, err, sizeof err), 0);
+    CHECK_INT(tls_client_ctx_new(ca_pem, false, &client_ctx, err, sizeof err), 0);
+    atexit(free_contexts);
 }
 
 /* ---- Sockets and pairs. ---- */
-
-static int listen_any(struct sockaddr_in *addr)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0);
-    memset(addr, 0, sizeof *addr);
-    addr->sin_family = AF_INET;
-    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    CHECK_INT(bind(fd, (struct sockaddr *)addr, sizeof *addr), 0);
-    CHECK_INT(listen(fd, 16), 0);
-    socklen_t sl = sizeof *addr;
-    CHECK_INT(getsockname(fd, (struct sockaddr *)addr, &sl), 0);
-    return fd;
-}
 
 static int connect_status;
 static int connect_calls;
@@ -199,7 +198,7 @@ static int tls_pair(conn_t *cl, conn_t *sv, SSL_CTX *cctx, SSL_CTX *sctx, const 
                     bool verify_host, size_t rcap, sink_t *sv_sink)
 {
     struct sockaddr_in addr;
-    int lfd = listen_any(&addr);
+    int lfd = test_listen_any(&addr, NULL);
     connect_status = 1;
     connect_calls = 0;
     CHECK_INT(conn_connect_tls(cl, loop, (struct sockaddr *)&addr, rcap, cctx, host, verify_host,
@@ -243,6 +242,7 @@ static void on_back_written(conn_t *c, int status)
 
 static void test_contexts(void)
 {
+    setup();
     char err[512];
     SSL_CTX *ctx = NULL;
     CHECK_INT(tls_client_ctx_new("/nonexistent/ca.pem", false, &ctx, err, sizeof err), WE_TLS);
@@ -300,8 +300,9 @@ typedef struct hs_case {
     const char *msg; /* substring of conn_tls_error, or NULL */
 } hs_case_t;
 
-static void test_handshakes(SSL_CTX *sctx)
+static void test_handshakes(void)
 {
+    setup();
     static const hs_case_t cases[] = {
         {"name + CA", CA_TEST, false, "localhost", true, 0, NULL},
         {"IP + CA", CA_TEST, false, "127.0.0.1", true, 0, NULL},
@@ -324,7 +325,7 @@ static void test_handshakes(SSL_CTX *sctx)
         conn_t cl, sv;
         unsigned char buf[64];
         sink_t s = {.buf = buf, .cap = sizeof buf};
-        int st = tls_pair(&cl, &sv, cctx, sctx, k->host, k->verify_host, 4096, &s);
+        int st = tls_pair(&cl, &sv, cctx, server_ctx, k->host, k->verify_host, 4096, &s);
         const char *why = conn_tls_error(&cl);
         printf("handshake %-28s -> %s%s%s\n", k->label, err_str(st), why ? ": " : "",
                why ? why : "");
@@ -359,10 +360,11 @@ static void test_handshakes(SSL_CTX *sctx)
 
 /* ---- A plain client on a TLS server conn: the read fails with WE_TLS, nothing else. ---- */
 
-static void test_plain_client(SSL_CTX *sctx)
+static void test_plain_client(void)
 {
+    setup();
     struct sockaddr_in addr;
-    int lfd = listen_any(&addr);
+    int lfd = test_listen_any(&addr, NULL);
     int cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     CHECK_INT(connect(cfd, (struct sockaddr *)&addr, sizeof addr), 0);
     int sfd = accept(lfd, NULL, NULL);
@@ -370,7 +372,7 @@ static void test_plain_client(SSL_CTX *sctx)
     conn_t sv;
     unsigned char buf[64];
     sink_t s = {.buf = buf, .cap = sizeof buf};
-    CHECK_INT(conn_init_tls_server(&sv, loop, sfd, 4096, sctx), 0);
+    CHECK_INT(conn_init_tls_server(&sv, loop, sfd, 4096, server_ctx), 0);
     sv.data = &s;
     CHECK_INT(conn_read_start(&sv, on_sink_read), 0);
     static const char req[] = "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -388,15 +390,16 @@ static void test_plain_client(SSL_CTX *sctx)
 
 /* ---- The peer is not there / closes at once. ---- */
 
-static void test_connect_failures(SSL_CTX *cctx)
+static void test_connect_failures(void)
 {
+    setup();
     struct sockaddr_in addr;
-    int lfd = listen_any(&addr);
+    int lfd = test_listen_any(&addr, NULL);
     close(lfd);
     conn_t c;
     connect_calls = 0;
-    CHECK_INT(conn_connect_tls(&c, loop, (struct sockaddr *)&addr, 64, cctx, "localhost", true,
-                               on_connect),
+    CHECK_INT(conn_connect_tls(&c, loop, (struct sockaddr *)&addr, 64, client_ctx, "localhost",
+                               true, on_connect),
               0);
     while (connect_calls == 0)
         uv_run(loop, UV_RUN_ONCE);
@@ -404,10 +407,10 @@ static void test_connect_failures(SSL_CTX *cctx)
     close_one(&c);
 
     /* A server that accepts and closes without a word. */
-    lfd = listen_any(&addr);
+    lfd = test_listen_any(&addr, NULL);
     connect_calls = 0;
-    CHECK_INT(conn_connect_tls(&c, loop, (struct sockaddr *)&addr, 64, cctx, "localhost", true,
-                               on_connect),
+    CHECK_INT(conn_connect_tls(&c, loop, (struct sockaddr *)&addr, 64, client_ctx, "localhost",
+                               true, on_connect),
               0);
     int sfd = accept(lfd, NULL, NULL);
     close(sfd);
@@ -421,10 +424,10 @@ static void test_connect_failures(SSL_CTX *cctx)
     close_one(&c);
 
     /* Close while the handshake is running: no connect callback afterwards. */
-    lfd = listen_any(&addr);
+    lfd = test_listen_any(&addr, NULL);
     connect_calls = 0;
-    CHECK_INT(conn_connect_tls(&c, loop, (struct sockaddr *)&addr, 64, cctx, "localhost", true,
-                               on_connect),
+    CHECK_INT(conn_connect_tls(&c, loop, (struct sockaddr *)&addr, 64, client_ctx, "localhost",
+                               true, on_connect),
               0);
     for (int i = 0; i < 3; i++)
         uv_run(loop, UV_RUN_NOWAIT);
@@ -464,8 +467,9 @@ static void on_resume_timer(uv_timer_t *t)
 #define BULK ((size_t)20 << 20)
 #define BACK ((size_t)3 << 20)
 
-static void test_bulk(SSL_CTX *cctx, SSL_CTX *sctx)
+static void test_bulk(void)
 {
+    setup();
     unsigned char *src = malloc(BULK), *dst = malloc(BULK + 64), *back = malloc(BACK),
                   *back_got = malloc(BACK);
     CHECK(src && dst && back && back_got);
@@ -484,7 +488,7 @@ static void test_bulk(SSL_CTX *cctx, SSL_CTX *sctx)
     conn_t cl, sv;
     sink_t ss = {.buf = back_got, .cap = BACK};
     /* A small client read buffer: many reads, plaintext left inside OpenSSL between them. */
-    CHECK_INT(tls_pair(&cl, &sv, cctx, sctx, "localhost", true, 8192, &ss), 0);
+    CHECK_INT(tls_pair(&cl, &sv, client_ctx, server_ctx, "localhost", true, 8192, &ss), 0);
     sink_t cs = {.buf = dst, .cap = BULK + 64, .pause_each = true};
     cl.data = &cs;
     uv_timer_t rt;
@@ -573,12 +577,13 @@ static void on_ka_client_read(conn_t *c, ssize_t n, const char *data)
     ka_got_len += (size_t)n;
 }
 
-static void test_keepalive(SSL_CTX *cctx, SSL_CTX *sctx)
+static void test_keepalive(void)
 {
+    setup();
     conn_t cl, sv;
     unsigned char buf[16];
     sink_t s = {.buf = buf, .cap = sizeof buf};
-    CHECK_INT(tls_pair(&cl, &sv, cctx, sctx, "localhost", true, 4096, &s), 0);
+    CHECK_INT(tls_pair(&cl, &sv, client_ctx, server_ctx, "localhost", true, 4096, &s), 0);
     CHECK_INT(conn_read_start(&sv, on_ka_server_read), 0);
     CHECK_INT(conn_read_start(&cl, on_ka_client_read), 0);
     for (ka_rounds = 0; ka_rounds < 200; ka_rounds++) {
@@ -595,27 +600,18 @@ static void test_keepalive(SSL_CTX *cctx, SSL_CTX *sctx)
     close_one(&sv);
 }
 
-int main(void)
+static const test_case_t cases[] = {
+    TEST_CASE(test_contexts),         TEST_CASE(test_handshakes), TEST_CASE(test_plain_client),
+    TEST_CASE(test_connect_failures), TEST_CASE(test_keepalive),  TEST_CASE(test_bulk),
+};
+
+int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     loop = uv_default_loop();
-    make_pki();
-    test_contexts();
-    char err[512];
-    SSL_CTX *sctx, *cctx;
-    CHECK_INT(tls_server_ctx_new(cert_pem, key_pem, &sctx, err, sizeof err), 0);
-    CHECK_INT(tls_client_ctx_new(ca_pem, false, &cctx, err, sizeof err), 0);
-    test_handshakes(sctx);
-    test_plain_client(sctx);
-    test_connect_failures(cctx);
-    test_keepalive(cctx, sctx);
-    test_bulk(cctx, sctx);
-    tls_ctx_free(cctx);
-    tls_ctx_free(sctx);
+    int rc = test_main(argc, argv, cases, ARRAY_SIZE(cases));
     while (uv_run(loop, UV_RUN_NOWAIT))
         ;
     CHECK_INT(uv_loop_close(loop), 0);
-    remove_pki();
-    printf("ok\n");
-    return 0;
+    return rc;
 }
