@@ -437,8 +437,10 @@ int route_parse(route_t *out, const config_t *cfg, enum route_method method, con
     case ROUTE_MANIFEST:
         if (memchr(ref, ':', ref_len))
             return set_digest(out, ref, ref_len, err);
+        /* A tag the grammar rejects can name no manifest: 404 MANIFEST_UNKNOWN, as distribution
+         * answers and clients expect (400 would read as a broken request). */
         if (!ref_tag_valid(ref, ref_len))
-            return fail(err, OCI_MANIFEST_INVALID, "invalid tag");
+            return fail(err, OCI_MANIFEST_UNKNOWN, "manifest unknown: invalid tag");
         memcpy(out->ref, ref, ref_len);
         out->ref[ref_len] = '\0';
         return 0;

@@ -56,7 +56,7 @@ typedef struct route_error {
  * percent-decoded, since nothing legal in names, tags or digests needs it). Returns 0 and fills *out, or
  * WE_INVALID and fills *err with the OCI error to answer:
  *   bad name -> 400 NAME_INVALID; bad or unsupported digest -> 400 DIGEST_INVALID;
- *   bad tag -> 400 MANIFEST_INVALID (TAG_INVALID is legacy);
+ *   bad tag -> 404 MANIFEST_UNKNOWN (what distribution answers: no manifest has that name);
  *   ?ns= naming an unconfigured host, or a /v2/<host>/... prefix whose first component looks
  *   like a host (has '.' or ':' or is "localhost") but is not configured -> 403 DENIED with a
  *   message naming the host (never an open proxy);
