@@ -220,6 +220,34 @@ def functions(text):
     return found
 
 
+def cycle_edges(edges, h_edges, c_edges, with_c):
+    """The arrows cycles are looked for in. A header with no .c of its own (cache/internal.h,
+    common/util.h) has no implementation that could depend back on anything: what a .c file
+    gets through it is what it includes. So an arrow from a .c file into such a header stands
+    for the arrows out of it (followed through further such headers): config.c -> internal.h
+    -> config.h is config's own business, not a cycle, while a.c -> internal.h -> b.h together
+    with b.c -> a.h is one. Arrows from headers are kept as they are, so two headers that
+    include each other are a cycle whether or not they have a .c."""
+    def closure(start):
+        seen, todo, out = {start}, [start], set()
+        while todo:
+            for w in edges.get(todo.pop(), ()):
+                if w in with_c:
+                    out.add(w)
+                elif w not in seen:
+                    seen.add(w)
+                    todo.append(w)
+        return out
+    result = {}
+    for a in set(h_edges) | set(c_edges):
+        targets = set(h_edges.get(a, ()))
+        for b in c_edges.get(a, ()):
+            targets |= {b} if b in with_c else closure(b)
+        targets.discard(a)
+        result[a] = targets
+    return result
+
+
 def find_cycles(nodes, edges):
     """Strongly connected components with more than one node (Tarjan, iterative)."""
     index, low, on_stack, stack, sccs = {}, {}, set(), [], []
@@ -301,13 +329,15 @@ def analyse(root):
 
 def check(files, lines, incs, funcs):
     problems = []
-    edges = {}
+    edges, h_edges, c_edges = {}, {}, {}
     for inc in incs:
         src_mod = module_of(inc.src)
         if inc.resolved:
             a, b = node_of(inc.src), node_of(inc.resolved)
             if a != b:
                 edges.setdefault(a, set()).add(b)
+                by_kind = c_edges if inc.src.endswith(".c") else h_edges
+                by_kind.setdefault(a, set()).add(b)
             dst_mod = module_of(inc.resolved)
             if dst_mod != src_mod:
                 if dst_mod not in ALLOWED[src_mod]:
@@ -327,9 +357,11 @@ def check(files, lines, incs, funcs):
                 problems.append("%s:%d: %s includes <%s>: %s may not use %s" %
                                 (inc.src, inc.line, src_mod, inc.target, src_mod, lib))
     nodes = {node_of(f) for f in files}
-    cycles = find_cycles(nodes, edges)
+    with_c = {node_of(f) for f in files if f.endswith(".c")}
+    ce = cycle_edges(edges, h_edges, c_edges, with_c)
+    cycles = find_cycles(nodes, ce)
     for comp in cycles:
-        problems.append("include cycle: " + " -> ".join(cycle_path(comp, edges)))
+        problems.append("include cycle: " + " -> ".join(cycle_path(comp, ce)))
     for f in files:
         if lines[f] > MAX_FILE_LINES:
             problems.append("%s: %d lines (over %d)" % (f, lines[f], MAX_FILE_LINES))

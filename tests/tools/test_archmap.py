@@ -93,6 +93,26 @@ class ArchmapTest(unittest.TestCase):
                     "proxy/c.c": '#include "proxy/a.h"\n'})
         self.assert_fails_with("include cycle: proxy/a -> proxy/b -> proxy/c -> proxy/a")
 
+    def test_private_header_including_its_module_is_no_cycle(self):
+        # cache.c -> internal.h -> cache.h: internal.h is part of cache's own interface.
+        self.write({"cache/cache.c": '#include "cache/cache.h"\n#include "cache/internal.h"\n',
+                    "common/util.h": '#include "common/err.h"\n',
+                    "common/err.c": '#include "common/err.h"\n#include "common/util.h"\n'})
+        rc, out = self.run_map()
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(out, r"cache/internal +-> cache/cache\n")
+
+    def test_cycle_through_a_private_header(self):
+        # store.c -> internal.h -> fill.h, and fill.c -> store.h: store and fill need each other.
+        self.write({"cache/internal.h": '#include "cache/cache.h"\n#include "cache/fill.h"\n',
+                    "cache/fill.h": "", "cache/fill.c": '#include "cache/store.h"\n',
+                    "cache/store.h": ""})
+        self.assert_fails_with("include cycle: cache/fill -> cache/store -> cache/fill")
+
+    def test_cycle_between_headers(self):
+        self.write({"proxy/a.h": '#include "proxy/b.h"\n', "proxy/b.h": '#include "proxy/a.h"\n'})
+        self.assert_fails_with("include cycle: proxy/a -> proxy/b -> proxy/a")
+
     def test_arrow_against_module_order(self):
         self.write({"config/config.c": '#include "config/config.h"\n#include "cache/cache.h"\n'})
         out = self.assert_fails_with(
