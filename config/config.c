@@ -292,8 +292,8 @@ static int parse_listen(const diag_t *d, const char *field, const char *s, char 
 /* "listen": "" (or null) turns the plain listener off (a TLS-only winch). */
 int config_set_listen(config_t *c, const diag_t *d, const char *field, const char *s)
 {
-    char *h;
-    uint16_t port;
+    char *h = NULL;
+    uint16_t port = 0;
     if (!s || s[0] == '\0') {
         c->listen_enabled = false;
         return 0;
@@ -311,8 +311,8 @@ int config_set_listen(config_t *c, const diag_t *d, const char *field, const cha
 /* "tls_listen": "HOST:PORT" turns the TLS listener on; "" (or null) off. */
 int config_set_tls_listen(config_t *c, const diag_t *d, const char *field, const char *s)
 {
-    char *h;
-    uint16_t port;
+    char *h = NULL;
+    uint16_t port = 0;
     if (!s || s[0] == '\0') {
         free(c->tls_listen_host);
         c->tls_listen_host = NULL;
