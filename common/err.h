@@ -25,7 +25,7 @@
     X(WE_RATELIMIT, -20013, "upstream rate limit reached")
 
 enum winch_err {
-#define WINCH_ERR_ENUM(name, value, text) name = value,
+#define WINCH_ERR_ENUM(name, value, text) name = (value),
     WINCH_ERRORS(WINCH_ERR_ENUM)
 #undef WINCH_ERR_ENUM
 };
