@@ -15,17 +15,17 @@
     X(WE_TOOBIG, -20003, "size limit exceeded")                                                    \
     X(WE_DIGEST, -20004, "digest mismatch")                                                        \
     X(WE_PROTO, -20005, "protocol error from peer")                                                \
-    X(WE_UPSTREAM, -20006, "upstream answered with an error status")                              \
+    X(WE_UPSTREAM, -20006, "upstream answered with an error status")                               \
     X(WE_CONFIG, -20007, "configuration error")                                                    \
     X(WE_INDEX, -20008, "index (LMDB) error")                                                      \
     X(WE_CANCELLED, -20009, "cancelled")                                                           \
     X(WE_DENIED, -20010, "denied by policy")                                                       \
     X(WE_TLS, -20011, "TLS error")                                                                 \
-    X(WE_SHORT, -20012, "stream ended before the announced length")                               \
+    X(WE_SHORT, -20012, "stream ended before the announced length")                                \
     X(WE_RATELIMIT, -20013, "upstream rate limit reached")
 
 enum winch_err {
-#define WINCH_ERR_ENUM(name, value, text) name = value,
+#define WINCH_ERR_ENUM(name, value, text) name = (value),
     WINCH_ERRORS(WINCH_ERR_ENUM)
 #undef WINCH_ERR_ENUM
 };

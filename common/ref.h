@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define REF_NAME_MAX 255   /* distribution's RepositoryNameTotalLengthMax */
+#define REF_NAME_MAX 255 /* distribution's RepositoryNameTotalLengthMax */
 #define REF_TAG_MAX 128
 #define REF_DIGEST_MAX 160 /* "sha512:" + 128 hex, with room for other registered algorithms */
 

@@ -14,11 +14,11 @@
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */
 typedef struct config_upstream {
-    char *name;     /* owned; lowercase host[:port], e.g. "docker.io", "127.0.0.1:5001" */
-    char *url;      /* owned; as written, e.g. "https://registry-1.docker.io" */
-    bool tls;       /* scheme was https */
-    char *host;     /* owned; host part of url (no brackets for IPv6) */
-    uint16_t port;  /* port of url; 80/443 by default */
+    char *name;      /* owned; lowercase host[:port], e.g. "docker.io", "127.0.0.1:5001" */
+    char *url;       /* owned; as written, e.g. "https://registry-1.docker.io" */
+    bool tls;        /* scheme was https */
+    char *host;      /* owned; host part of url (no brackets for IPv6) */
+    uint16_t port;   /* port of url; 80/443 by default */
     char *base_path; /* owned; path of url without trailing '/', "" when none */
     /* Docker Hub semantics: one-component names mean library/<name>. True when name is
      * docker.io (index.docker.io and registry-1.docker.io are normalised to docker.io). */
@@ -37,27 +37,30 @@ typedef struct config_upstream {
 
 typedef struct config {
     bool listen_enabled;  /* plain HTTP listener; "listen": "" turns it off */
-    char *listen_host;  /* owned; default "0.0.0.0" */
+    char *listen_host;    /* owned; default "0.0.0.0" */
     uint16_t listen_port; /* default 5000 */
     /* Optional TLS listener (issue 3): "tls_listen": "HOST:PORT" with tls_cert and tls_key. */
     bool tls_listen_enabled;
     char *tls_listen_host; /* owned; NULL when disabled */
     uint16_t tls_listen_port;
-    char *tls_cert;        /* owned; PEM certificate chain */
-    char *tls_key;         /* owned; PEM private key */
-    char *cache_dir;    /* owned; default "./winch-cache" */
-    config_upstream_t upstreams[CONFIG_MAX_UPSTREAMS]; /* [0] is the default upstream */
+    char *tls_cert;  /* owned; PEM certificate chain */
+    char *tls_key;   /* owned; PEM private key */
+    char *cache_dir; /* owned; default "./winch-cache" */
+    /* [0] is the default upstream. */
+    config_upstream_t upstreams[CONFIG_MAX_UPSTREAMS];
     size_t n_upstreams; /* >= 1; default one: docker.io=https://registry-1.docker.io */
     char *log_level;    /* owned; "error" | "warn" | "info" (default) | "debug" */
 
     /* Upstream timeouts, milliseconds. */
     uint32_t upstream_connect_timeout_ms;  /* TCP (+TLS) connect; default 5000 */
     uint32_t upstream_response_timeout_ms; /* request sent -> response headers; default 15000 */
-    uint32_t upstream_idle_timeout_ms;     /* no body byte for this long fails a transfer; default 30000 */
-    uint32_t upstream_keepalive_ms;        /* idle pooled connection lifetime; default 30000 */
-    uint32_t upstream_max_conns;           /* per origin (the registry, each CDN or token host it
-                                            * sends winch to), busy + idle; default 32 */
-    uint32_t upstream_max_redirects;       /* redirects followed per request; default 5 */
+    /* No body byte for this long fails a transfer; default 30000. */
+    uint32_t upstream_idle_timeout_ms;
+    uint32_t upstream_keepalive_ms; /* idle pooled connection lifetime; default 30000 */
+    /* Per origin (the registry, each CDN or token host it sends winch to), busy + idle;
+     * default 32. */
+    uint32_t upstream_max_conns;
+    uint32_t upstream_max_redirects; /* redirects followed per request; default 5 */
 
     /* Client side. */
     uint32_t client_header_timeout_ms; /* whole request head must arrive within; default 30000 */
@@ -66,7 +69,8 @@ typedef struct config {
     uint32_t max_header_bytes;         /* request head, and upstream response head; default 32768 */
 
     /* Cache. */
-    uint32_t tag_ttl_s;           /* a tag younger than this is served without asking upstream; default 300 */
+    /* A tag younger than this is served without asking upstream; default 300. */
+    uint32_t tag_ttl_s;
     uint32_t max_manifest_bytes;  /* default 4 MiB (distribution's own limit) */
     uint32_t max_tags_list_bytes; /* upstream tags/list body bound; default 8 MiB */
     uint64_t index_map_size;      /* LMDB map size in bytes; default 4 GiB */

@@ -15,10 +15,10 @@
 #ifndef WINCH_PROXY_CONN_H
 #define WINCH_PROXY_CONN_H
 
+#include <openssl/types.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <openssl/types.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -35,7 +35,8 @@ typedef void (*conn_close_cb)(conn_t *c);
 #define CONN_MAX_IOV 8
 
 struct conn {
-    /* All fields are private to conn.c; the struct is public only so owners can embed it. */
+    /* All fields are private to conn.c and conn_tls.c; the struct is public only so owners can
+     * embed it. */
     uv_poll_t poll;
     uv_loop_t *loop;
     int fd;
@@ -50,14 +51,14 @@ struct conn {
     conn_write_cb write_cb;
     uv_buf_t iov[CONN_MAX_IOV]; /* borrowed buffers, advanced as bytes go out */
     int niov;
-    int file_fd;      /* sendfile source, or -1 */
+    int file_fd; /* sendfile source, or -1 */
     off_t file_off;
     uint64_t file_left;
     conn_connect_cb connect_cb;
     conn_close_cb close_cb;
     uv_idle_t *ext; /* conn.c's private extension (deferred callbacks, TLS buffers) */
-    void *tls; /* TLS transport state, NULL for plain sockets */
-    void *data; /* the owner's */
+    void *tls;      /* TLS transport state, NULL for plain sockets */
+    void *data;     /* the owner's */
 };
 
 /** Wraps an accepted or connected non-blocking socket fd (taken: closed by conn_close).

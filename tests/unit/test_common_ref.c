@@ -5,6 +5,7 @@
 #include "common/err.h"
 #include "common/ref.h"
 #include "common/util.h"
+#include "testutil.h"
 #include "unit/check.h"
 
 static const char hex64[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -161,11 +162,13 @@ static void test_digests(void)
     CHECK_STR(ref_alg_name(REF_ALG_SHA512), "sha512");
 }
 
-int main(void)
+static const test_case_t cases[] = {
+    TEST_CASE(test_names),
+    TEST_CASE(test_tags),
+    TEST_CASE(test_digests),
+};
+
+int main(int argc, char **argv)
 {
-    test_names();
-    test_tags();
-    test_digests();
-    printf("test_common_ref: ok\n");
-    return 0;
+    return test_main(argc, argv, cases, ARRAY_SIZE(cases));
 }

@@ -4,14 +4,17 @@
 
 #include "common/err.h"
 
+#include "common/util.h"
+#include "testutil.h"
 #include "unit/check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-static char tmpdir[] = "/tmp/winch-test-config-XXXXXX";
+static const char *tmpdir; /* test_tmpdir: removed with its files at exit */
 static int nfiles;
 static char files[48][256];
 
@@ -26,13 +29,6 @@ static const char *write_file(const char *name, const char *text)
     CHECK(fwrite(text, 1, strlen(text), f) == strlen(text));
     CHECK(fclose(f) == 0);
     return path;
-}
-
-static void cleanup(void)
-{
-    for (int i = 0; i < nfiles; i++)
-        unlink(files[i]);
-    rmdir(tmpdir);
 }
 
 static int load(config_t **c, char *err, size_t errlen, int argc, const char *const *argv)
@@ -786,22 +782,67 @@ static void test_small_err_buffer(void)
     CHECK_INT(config_from_json(&c, "{", 1, "t.json", NULL, 0), WE_CONFIG);
 }
 
-int main(void)
+/* Paths are echoed in messages (which file could not be opened), and a path from the file may
+ * hold any byte: the message stays one printable line, with '?' for the odd bytes. */
+static void expect_printable_err(const char *json, const char *want)
 {
-    CHECK(mkdtemp(tmpdir) != NULL);
-    test_defaults();
-    test_file_and_flags();
-    test_syntax_errors();
-    test_field_errors();
-    test_upstream_errors();
-    test_flag_errors();
-    test_find();
-    test_listen_port_zero();
-    test_ipv6();
-    test_listeners();
-    test_upstream_tls_and_credentials();
-    test_small_err_buffer();
-    cleanup();
-    printf("test_config_load: ok\n");
-    return 0;
+    config_t *c = (config_t *)1;
+    char err[512] = "";
+    CHECK_INT(config_from_json(&c, json, strlen(json), "t.json", err, sizeof err), WE_CONFIG);
+    CHECK(c == NULL);
+    if (!strstr(err, want)) {
+        fprintf(stderr, "want: %s\ngot: %s\n", want, err);
+        CHECK(0);
+    }
+    for (const char *p = err; *p; p++)
+        CHECK((unsigned char)*p >= 0x20 && (unsigned char)*p != 0x7f);
+}
+
+static void test_paths_in_messages(void)
+{
+    char json[1024], want[512], dir[300];
+    expect_printable_err("{\"tls_cert\": \"/nonexistent/a\\nb\\u007f\"}",
+                         "t.json: tls_cert: cannot open /nonexistent/a?b?: No such file");
+
+    snprintf(dir, sizeof dir, "%s/d\x01ir", tmpdir);
+    CHECK_INT(mkdir(dir, 0700), 0);
+    snprintf(json, sizeof json, "{\"tls_key\": \"%s/d\\u0001ir\"}", tmpdir);
+    snprintf(want, sizeof want, "tls_key: %s/d?ir is not a regular file", tmpdir);
+    expect_printable_err(json, want);
+
+    const char *pw = write_file("pw\x1b", "\n");
+    snprintf(json, sizeof json,
+             "{\"upstreams\": [{\"name\": \"r.io\", \"url\": \"https://r.io\", "
+             "\"username\": \"u\", \"password_file\": \"%s/pw\\u001b\"}]}",
+             tmpdir);
+    snprintf(want, sizeof want, "upstreams[0].password_file: %s/pw? is empty", tmpdir);
+    expect_printable_err(json, want);
+    (void)pw;
+
+    snprintf(json, sizeof json,
+             "{\"upstreams\": [{\"name\": \"r.io\", \"url\": \"https://r.io\", "
+             "\"ca_file\": \"/nonexistent/\\tca\"}]}");
+    expect_printable_err(json, "upstreams[0].ca_file: cannot open /nonexistent/?ca: No such");
+}
+
+static const test_case_t cases[] = {
+    TEST_CASE(test_defaults),
+    TEST_CASE(test_file_and_flags),
+    TEST_CASE(test_syntax_errors),
+    TEST_CASE(test_field_errors),
+    TEST_CASE(test_upstream_errors),
+    TEST_CASE(test_flag_errors),
+    TEST_CASE(test_find),
+    TEST_CASE(test_listen_port_zero),
+    TEST_CASE(test_ipv6),
+    TEST_CASE(test_listeners),
+    TEST_CASE(test_upstream_tls_and_credentials),
+    TEST_CASE(test_small_err_buffer),
+    TEST_CASE(test_paths_in_messages),
+};
+
+int main(int argc, char **argv)
+{
+    tmpdir = test_tmpdir("winch-test-config");
+    return test_main(argc, argv, cases, ARRAY_SIZE(cases));
 }

@@ -5,6 +5,7 @@
 
 #include "common/util.h"
 #include "proxy/oci.h"
+#include "testutil.h"
 #include "unit/check.h"
 
 static unsigned parse(const char *s)
@@ -180,6 +181,7 @@ static void test_error_json(void)
 
     /* The three UNAVAILABLE variants share the wire name. */
     n = oci_error_json(buf, sizeof(buf), OCI_GATEWAY_TIMEOUT, "upstream timed out", NULL);
+    CHECK(n > 0);
     check_error_body(buf, "UNAVAILABLE", "upstream timed out", NULL, NULL);
 
     /* Too small: 0, and never a partial body. */
@@ -303,13 +305,12 @@ static void test_media_types(void)
               ACCEPT_DOCKER_V2 | ACCEPT_DOCKER_LIST | ACCEPT_OCI_MANIFEST | ACCEPT_OCI_INDEX);
 }
 
-int main(void)
+static const test_case_t cases[] = {
+    TEST_CASE(test_accept_parse), TEST_CASE(test_accept_refusal), TEST_CASE(test_error_json),
+    TEST_CASE(test_codes),        TEST_CASE(test_media_types),
+};
+
+int main(int argc, char **argv)
 {
-    test_accept_parse();
-    test_accept_refusal();
-    test_error_json();
-    test_codes();
-    test_media_types();
-    printf("test_proxy_accept: ok\n");
-    return 0;
+    return test_main(argc, argv, cases, ARRAY_SIZE(cases));
 }

@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/util.h"
+#include "testutil.h"
 #include "unit/check.h"
 
 static uv_loop_t *loop;
@@ -41,20 +43,6 @@ static void fill_pattern(unsigned char *buf, size_t len, uint64_t seed)
     }
 }
 
-static int listen_any(struct sockaddr_in *addr)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0);
-    memset(addr, 0, sizeof *addr);
-    addr->sin_family = AF_INET;
-    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    CHECK_INT(bind(fd, (struct sockaddr *)addr, sizeof *addr), 0);
-    CHECK_INT(listen(fd, 16), 0);
-    socklen_t sl = sizeof *addr;
-    CHECK_INT(getsockname(fd, (struct sockaddr *)addr, &sl), 0);
-    return fd;
-}
-
 /* ---- Connected pair helper. ---- */
 
 static int connect_status = 1;
@@ -75,7 +63,7 @@ static void on_closed(conn_t *c)
 static void make_pair(conn_t *client, conn_t *server, size_t rcap)
 {
     struct sockaddr_in addr;
-    int lfd = listen_any(&addr);
+    int lfd = test_listen_any(&addr, NULL);
     connect_status = 1;
     CHECK_INT(conn_connect(client, loop, (struct sockaddr *)&addr, rcap, on_connect), 0);
     /* No callback inside the call, even when the connect completes at once. */
@@ -182,7 +170,7 @@ static void test_close_suppresses_callbacks(void)
 static void test_connect_refused(void)
 {
     struct sockaddr_in addr;
-    int lfd = listen_any(&addr);
+    int lfd = test_listen_any(&addr, NULL);
     close(lfd); /* nothing listens on that port any more */
     conn_t c;
     connect_status = 1;
@@ -280,9 +268,13 @@ static void test_write_to_closed_peer(void)
         uv_run(loop, UV_RUN_ONCE);
 }
 
-static int make_file(const char *tmpl_dir, char *path, size_t pathlen)
+/* An anonymous file (created in a test directory, unlinked at once). */
+static int make_file(char *path, size_t pathlen)
 {
-    snprintf(path, pathlen, "%s/winch-conn-test-XXXXXX", tmpl_dir);
+    static const char *dir;
+    if (!dir)
+        dir = test_tmpdir("winch-conn-test");
+    snprintf(path, pathlen, "%s/file-XXXXXX", dir);
     int fd = mkstemp(path);
     CHECK(fd >= 0);
     unlink(path);
@@ -292,7 +284,7 @@ static int make_file(const char *tmpl_dir, char *path, size_t pathlen)
 static void test_sendfile_to_closed_peer(void)
 {
     char path[256];
-    int fd = make_file("/tmp", path, sizeof path);
+    int fd = make_file(path, sizeof path);
     static char chunk[1 << 20];
     CHECK_INT(write(fd, chunk, sizeof chunk), (long long)sizeof chunk);
     conn_t cl, sv;
@@ -363,7 +355,7 @@ static void on_sendfile_round(conn_t *c, int status)
 static void test_sendfile_1gib(void)
 {
     char path[256];
-    sf_fd = make_file("/tmp", path, sizeof path);
+    sf_fd = make_file(path, sizeof path);
     file_mem = malloc(FILE_LEN);
     CHECK(file_mem);
     fill_pattern(file_mem, FILE_LEN, 7);
@@ -469,21 +461,24 @@ static void test_sendfile_fallback(void)
     close(fd);
 }
 
-int main(void)
+static const test_case_t cases[] = {
+    TEST_CASE(test_small_write_and_eof),
+    TEST_CASE(test_close_suppresses_callbacks),
+    TEST_CASE(test_connect_refused),
+    TEST_CASE(test_large_write),
+    /* SIGPIPE stays at its default (fatal) disposition in this test on purpose: conn must
+     * never raise it, neither with sendmsg nor with sendfile(2). */
+    TEST_CASE(test_write_to_closed_peer),
+    TEST_CASE(test_sendfile_to_closed_peer),
+    TEST_CASE(test_sendfile_1gib),
+    TEST_CASE(test_sendfile_fallback),
+};
+
+int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     loop = uv_default_loop();
-    test_small_write_and_eof();
-    test_close_suppresses_callbacks();
-    test_connect_refused();
-    test_large_write();
-    /* SIGPIPE stays at its default (fatal) disposition in this test on purpose: conn must
-     * never raise it, neither with sendmsg nor with sendfile(2). */
-    test_write_to_closed_peer();
-    test_sendfile_to_closed_peer();
-    test_sendfile_1gib();
-    test_sendfile_fallback();
+    int rc = test_main(argc, argv, cases, ARRAY_SIZE(cases));
     CHECK_INT(uv_loop_close(loop), 0);
-    printf("test_proxy_conn: ok\n");
-    return 0;
+    return rc;
 }

@@ -7,6 +7,7 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "proxy/route.h"
+#include "testutil.h"
 #include "unit/check.h"
 
 #define UP(nm, hub)                                                                                \
@@ -311,6 +312,7 @@ static void test_table(void)
 {
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++)
         check_case(i, &cases[i]);
+    printf("test_table: %zu table cases\n", ARRAY_SIZE(cases));
 }
 
 static int parse(route_t *r, route_error_t *e, const config_t *cfg, const char *target)
@@ -529,12 +531,14 @@ static void test_edges(void)
     }
 }
 
-int main(void)
+static const test_case_t test_cases[] = {
+    TEST_CASE(test_table),
+    TEST_CASE(test_pagination),
+    TEST_CASE(test_referrers),
+    TEST_CASE(test_edges),
+};
+
+int main(int argc, char **argv)
 {
-    test_table();
-    test_pagination();
-    test_referrers();
-    test_edges();
-    printf("test_proxy_route: ok (%zu table cases)\n", ARRAY_SIZE(cases));
-    return 0;
+    return test_main(argc, argv, test_cases, ARRAY_SIZE(test_cases));
 }
