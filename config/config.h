@@ -71,6 +71,21 @@ typedef struct config {
     /* Cache. */
     /* A tag younger than this is served without asking upstream; default 300. */
     uint32_t tag_ttl_s;
+    /* A tag past its TTL waits this long for the upstream's answer, then is served stale while
+     * the revalidation finishes in the background; default 1000. */
+    uint32_t tag_revalidate_wait_ms;
+    /* Consecutive failures that mark an upstream down (0: never), and how often a down
+     * upstream is probed; while down, cached content answers at once and uncached requests
+     * fail fast. Defaults 5 and 5000. */
+    uint32_t upstream_failure_threshold;
+    uint32_t upstream_probe_interval_ms;
+    /* A Range that ends before the blob does, on a blob still being fetched, waits for the
+     * digest check when the blob is at most this big (else it streams, Cache-Control:
+     * no-store); default 64 MiB. */
+    uint64_t range_verify_max_bytes;
+    /* No blob is fetched past this size (chunked upstreams, or a Content-Length beyond it);
+     * default 64 GiB. */
+    uint64_t max_blob_bytes;
     uint32_t max_manifest_bytes;  /* default 4 MiB (distribution's own limit) */
     uint32_t max_tags_list_bytes; /* upstream tags/list body bound; default 8 MiB */
     uint64_t index_map_size;      /* LMDB map size in bytes; default 4 GiB */

@@ -273,13 +273,16 @@ void blob_producers_cancel_all(blob_producers_t *p)
 
 /* ---- Ranges and headers ------------------------------------------------------------------ */
 
-static void blob_headers(call_t *c, const char *digest)
+/* verified: the bytes sent will have been checked against the digest (a hit, or a response
+ * that reaches the blob's end, whose last byte waits for the verdict). Anything else must not
+ * be kept by a cache in between. */
+static void blob_headers(call_t *c, const char *digest, bool verified)
 {
     resp_header(c->req, "Content-Type", "application/octet-stream");
     resp_header(c->req, "Docker-Content-Digest", "%s", digest);
     resp_header(c->req, "ETag", "\"%s\"", digest);
     resp_header(c->req, "Accept-Ranges", "bytes");
-    resp_header(c->req, "Cache-Control", "max-age=31536000");
+    resp_header(c->req, "Cache-Control", verified ? "max-age=31536000" : "no-store");
 }
 
 static void reply_416(call_t *c, uint64_t size)
@@ -290,8 +293,8 @@ static void reply_416(call_t *c, uint64_t size)
 }
 
 /* Begins the head for a blob of size; returns the status, and the byte span to send. */
-static int begin_blob_head(call_t *c, const char *digest, uint64_t size, uint64_t *first,
-                           uint64_t *count)
+static int begin_blob_head(call_t *c, const char *digest, uint64_t size, bool verified,
+                           uint64_t *first, uint64_t *count)
 {
     uint64_t last;
     int status = http_range_resolve(&c->range, size, first, &last);
@@ -299,7 +302,7 @@ static int begin_blob_head(call_t *c, const char *digest, uint64_t size, uint64_
         return 416;
     *count = size ? last - *first + 1 : 0;
     reply_begin(c, status);
-    blob_headers(c, digest);
+    blob_headers(c, digest, verified || last + 1 == size);
     if (status == 206)
         resp_header(c->req, "Content-Range", "bytes %llu-%llu/%llu", (unsigned long long)*first,
                     (unsigned long long)last, (unsigned long long)size);
@@ -313,14 +316,14 @@ static int serve_hit(call_t *c, const cache_entry_t *e)
     const char *digest = c->route.ref;
     if (http_etag_matches(c->if_none_match, digest)) {
         reply_begin(c, 304);
-        blob_headers(c, digest);
+        blob_headers(c, digest, true);
         resp_send(c->req, 0, NULL, 0, false);
         return 0;
     }
     uint64_t first, count;
     if (req_is_head(c->req)) {
         reply_begin(c, 200);
-        blob_headers(c, digest);
+        blob_headers(c, digest, true);
         resp_send(c->req, e->size, NULL, 0, false);
         return 0;
     }
@@ -331,7 +334,7 @@ static int serve_hit(call_t *c, const cache_entry_t *e)
                  digest, err_str(err));
         return err;
     }
-    if (begin_blob_head(c, digest, e->size, &first, &count) == 416) {
+    if (begin_blob_head(c, digest, e->size, true, &first, &count) == 416) {
         close(fd);
         reply_416(c, e->size);
         return 0;
@@ -397,6 +400,19 @@ static void sub_notify(fill_sub_t *fs)
     sub_pump(s);
 }
 
+/* A range that ends before the blob does cannot be checked against the digest until the whole
+ * blob is in: unlike a response that reaches the end, it has no last byte to hold back. Such a
+ * range on a blob of at most range_verify_max_bytes waits for the verdict, so what it gets is
+ * verified; on a bigger one (waiting would stall lazy-pulling snapshotters for the whole
+ * download) it streams as the bytes land, marked Cache-Control: no-store. */
+static bool range_waits_for_verdict(const call_t *c, uint64_t size)
+{
+    uint64_t first, last;
+    if (http_range_resolve(&c->range, size, &first, &last) != 206 || last + 1 == size)
+        return false;
+    return size <= c->env->cfg->range_verify_max_bytes;
+}
+
 /* Moves the subscriber as far as the fill allows; called at every notification and after every
  * send completes. Level-triggered: it reads the fill's state each time. */
 static void sub_pump(sub_t *s)
@@ -429,8 +445,10 @@ static void sub_pump(sub_t *s)
             return; /* a chunked upstream: the size is known only at the end */
         if (size == 0 && !verified)
             return; /* nothing to hold back: wait for the verdict before answering */
+        if (!verified && range_waits_for_verdict(c, size))
+            return;
         uint64_t first, count;
-        if (begin_blob_head(c, c->route.ref, size, &first, &count) == 416) {
+        if (begin_blob_head(c, c->route.ref, size, verified, &first, &count) == 416) {
             c->cancel = NULL;
             c->op = NULL;
             sub_free(s);
@@ -509,7 +527,7 @@ static void on_blob_head(call_t *c, void *ctx, int status, int err, upreq_t *up,
     }
     c->cache_status = "upstream";
     reply_begin(c, 200);
-    blob_headers(c, c->route.ref);
+    blob_headers(c, c->route.ref, true);
     resp_send(c->req, size, NULL, 0, false);
 }
 
