@@ -101,6 +101,46 @@ class Faults(lab.TestCase):
         self.assertEqual(lab.fetch_blob_digest(self.w, path), (200, digest, len(blob)))
         self.assertGreater(self.fake.count("GET", path), before)
 
+    def test_wrong_bytes_cold_range(self):
+        """A cold Range that ends before the blob does cannot hold back a last byte: on a blob up
+        to range_verify_max_bytes it waits for the digest check, so wrong bytes are never
+        served as a 206 (they were, with a one-year Cache-Control, before)."""
+        blob = random.Random(9).randbytes(3 << 20)
+        digest = self.fake.add_blob(blob)
+        path = "/v2/lab/wrong/blobs/" + digest
+        self.fake.set_fault(path, lab.Fault("wrong"))
+        try:
+            r = lab.get(self.w, path, [("Range", "bytes=0-9")], timeout=30)
+            self.assertNotIn(r.status, (200, 206), "unverified range served: %r" % r)
+        except (http.client.HTTPException, OSError):
+            pass
+        self.blob_not_cached(digest)
+        # With good bytes, the same cold range is served once verified, cacheable.
+        self.fake.clear_faults()
+        r = lab.get(self.w, path, [("Range", "bytes=0-9")], timeout=30)
+        self.assertStatus(r, 206, "cold range, good bytes")
+        self.assertEqual(r.body, blob[:10])
+        self.assertEqual(r.header("Cache-Control"), "max-age=31536000")
+
+    def test_cold_range_big_blob_streams_no_store(self):
+        """Past range_verify_max_bytes a cold range streams as bytes land, marked no-store."""
+        blob = random.Random(10).randbytes(3 << 20)
+        digest = self.fake.add_blob(blob)
+        w = lab.Winch([("docker.io", self.fake.url)],
+                      config={"range_verify_max_bytes": 1 << 20})
+        try:
+            path = "/v2/lab/big/blobs/" + digest
+            r = lab.get(w.hostport, path, [("Range", "bytes=100-199")], timeout=30)
+            self.assertStatus(r, 206, "cold range on a big blob")
+            self.assertEqual(r.body, blob[100:200])
+            self.assertEqual(r.header("Cache-Control"), "no-store")
+            # Warm now: verified, cacheable.
+            lab.wait_for(lambda: os.path.exists(w.blob_path(digest)), 10, what="blob stored")
+            r = lab.get(w.hostport, path, [("Range", "bytes=100-199")])
+            self.assertEqual(r.header("Cache-Control"), "max-age=31536000")
+        finally:
+            w.stop()
+
     def test_wrong_bytes_small_blob(self):
         """A blob small enough to arrive in one read must not slip through either."""
         blob = b'{"architecture":"amd64","os":"linux"}'
