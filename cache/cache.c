@@ -149,8 +149,9 @@ int cache_owner_get(cache_t *c, const char *upstream, const char *repo, const ch
     enum ref_alg alg;
     if (store_digest_parse(digest, &alg) || index_repo_key(c, upstream, repo, key, &kl))
         return WE_NOTFOUND;
-    int rc = manifests_pending_owner(c, key, kl, digest, &sz) ? 0
-                                                             : index_owner_read(c, key, kl, digest, &sz);
+    int rc = manifests_pending_owner(c, key, kl, digest, &sz)
+                 ? 0
+                 : index_owner_read(c, key, kl, digest, &sz);
     if (rc == 0 && size)
         *size = sz;
     return rc;

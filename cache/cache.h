@@ -35,10 +35,10 @@ typedef struct cache_io {
 } cache_io_t;
 
 typedef struct cache_opts {
-    uv_loop_t *loop;         /* borrowed; every callback runs on it */
-    const char *dir;         /* borrowed; created if missing */
-    uint64_t map_size;       /* LMDB map size in bytes; 0 = 4 GiB */
-    const cache_io_t *io;    /* borrowed; NULL = the real libc calls */
+    uv_loop_t *loop;      /* borrowed; every callback runs on it */
+    const char *dir;      /* borrowed; created if missing */
+    uint64_t map_size;    /* LMDB map size in bytes; 0 = 4 GiB */
+    const cache_io_t *io; /* borrowed; NULL = the real libc calls */
     /* A tool (the CLI) opening the cache of a winch that may be serving it: the cache must
      * exist already; tmp/ is never swept; the directory lock is taken when free (so no server
      * starts under the tool) and otherwise left to the server (cache_server_running). LMDB
@@ -69,10 +69,10 @@ enum cache_kind { CACHE_BLOB = 1, CACHE_MANIFEST = 2 };
 
 typedef struct cache_entry {
     uint64_t size;
-    int kind;                 /* enum cache_kind */
-    int64_t created_ms;       /* wall clock, when published */
-    int64_t accessed_ms;      /* wall clock, last recorded access (coarse, see cache_note_access) */
-    char media_type[128];     /* "" when unknown; manifests always have one */
+    int kind;             /* enum cache_kind */
+    int64_t created_ms;   /* wall clock, when published */
+    int64_t accessed_ms;  /* wall clock, last recorded access (coarse, see cache_note_access) */
+    char media_type[128]; /* "" when unknown; manifests always have one */
 } cache_entry_t;
 
 /** Looks a digest up in the index (a read transaction on the loop thread: no I/O beyond the
@@ -167,10 +167,10 @@ typedef struct cache_manifest_put {
     const char *media_type; /* Content-Type to replay */
     const void *bytes;      /* copied before cache_put_manifest returns */
     size_t len;
-    const char *upstream;   /* upstream name; with repo, recorded for _catalog */
+    const char *upstream; /* upstream name; with repo, recorded for _catalog */
     const char *repo;
-    const char *tag;        /* NULL when fetched by digest; else the tag now points here */
-    const image_t *image;   /* the parsed manifest (borrowed; its references are copied): they
+    const char *tag;      /* NULL when fetched by digest; else the tag now points here */
+    const image_t *image; /* the parsed manifest (borrowed; its references are copied): they
                              * are recorded, and upstream/repo becomes an owner of each; NULL
                              * records none */
 } cache_manifest_put_t;
@@ -275,9 +275,9 @@ void fill_fail(fill_t *f, int err);
 typedef struct fill_sub fill_sub_t;
 typedef void (*fill_notify_fn)(fill_sub_t *s);
 struct fill_sub {
-    fill_notify_fn notify; /* private: set by fill_subscribe */
+    fill_notify_fn notify;   /* private: set by fill_subscribe */
     fill_sub_t *prev, *next; /* private */
-    fill_t *fill;          /* private */
+    fill_t *fill;            /* private */
 };
 
 /** Subscribes s to f's progress. notify(s) runs on the loop thread after each change (size
@@ -292,9 +292,9 @@ void fill_subscribe(fill_t *f, fill_sub_t *s, fill_notify_fn notify);
 void fill_unsubscribe(fill_sub_t *s);
 
 enum fill_state fill_state(const fill_t *f);
-uint64_t fill_size(const fill_t *f);     /* FILL_SIZE_UNKNOWN until announced */
-uint64_t fill_written(const fill_t *f);  /* bytes readable from fill_fd(); never shrinks */
-int fill_error(const fill_t *f);         /* 0 unless FAILED */
+uint64_t fill_size(const fill_t *f);    /* FILL_SIZE_UNKNOWN until announced */
+uint64_t fill_written(const fill_t *f); /* bytes readable from fill_fd(); never shrinks */
+int fill_error(const fill_t *f);        /* 0 unless FAILED */
 /** True once every byte is in and matches the digest: the content is final even while the fill
  * is still being published (fsync, rename, index). Subscribers hold back a blob's last byte
  * until then. Stays true if publishing later fails (the bytes were right; only the cache

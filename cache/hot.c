@@ -16,7 +16,7 @@
 
 typedef struct hot_entry hot_entry_t;
 struct hot_entry {
-    hot_entry_t *hnext;            /* bucket chain */
+    hot_entry_t *hnext;               /* bucket chain */
     hot_entry_t *lru_prev, *lru_next; /* most recent at the head */
     size_t len;
     char digest[REF_DIGEST_MAX + 1];

@@ -164,8 +164,7 @@ static int check_shape(const json_t *root, bool index, char *err, size_t errlen)
     return 0;
 }
 
-static int parse_root(image_t *img, const json_t *root, size_t max_refs, char *err,
-                      size_t errlen)
+static int parse_root(image_t *img, const json_t *root, size_t max_refs, char *err, size_t errlen)
 {
     if (!json_is_object(root))
         return why(err, errlen, "not a JSON object");
@@ -180,8 +179,8 @@ static int parse_root(image_t *img, const json_t *root, size_t max_refs, char *e
     if (rc)
         return rc;
     if (index) {
-        rc = add_refs(img, json_object_get(root, "manifests"), IMAGE_CHILD, "manifests",
-                      max_refs, err, errlen);
+        rc = add_refs(img, json_object_get(root, "manifests"), IMAGE_CHILD, "manifests", max_refs,
+                      err, errlen);
     } else {
         json_t *cfg = json_array();
         if (!cfg || json_array_append(cfg, json_object_get(root, "config")) < 0) {

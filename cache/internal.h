@@ -72,7 +72,7 @@ struct wop {
     int kind;
     char digest[REF_DIGEST_MAX + 1];
     char media_type[CACHE_MEDIA_MAX + 1];
-    wop_ref_t *refs;     /* WOP_REFS: owned, nrefs of them */
+    wop_ref_t *refs; /* WOP_REFS: owned, nrefs of them */
     size_t nrefs;
     size_t repo_key_len; /* "upstream\0repo" */
     size_t tag_key_len;  /* "upstream\0repo\0tag" */

@@ -125,10 +125,9 @@ static const int_field_t int_fields[] = {
      8 * MIB},
     {"range_verify_max_bytes", offsetof(config_t, range_verify_max_bytes), true, 0, TIB, 64 * MIB},
     {"max_blob_bytes", offsetof(config_t, max_blob_bytes), true, MIB, 64 * TIB, 64 * GIB},
-    {"tag_revalidate_wait_ms", offsetof(config_t, tag_revalidate_wait_ms), false, 0, 3600000,
-     1000},
-    {"upstream_failure_threshold", offsetof(config_t, upstream_failure_threshold), false, 0,
-     1000, 5},
+    {"tag_revalidate_wait_ms", offsetof(config_t, tag_revalidate_wait_ms), false, 0, 3600000, 1000},
+    {"upstream_failure_threshold", offsetof(config_t, upstream_failure_threshold), false, 0, 1000,
+     5},
     {"upstream_probe_interval_ms", offsetof(config_t, upstream_probe_interval_ms), false, 100,
      3600000, 5000},
     /* LMDB reserves the map as address space only; 1 TiB is far beyond any index. */

@@ -37,7 +37,7 @@
 typedef struct producer {
     blob_producers_t *owner;
     fill_t *fill;
-    upreq_t *up;                       /* NULL once the upstream request is over */
+    upreq_t *up; /* NULL once the upstream request is over */
     struct producer *prev, *next;
     bool linked;  /* on the owner's list */
     bool writing; /* a fill_write is in flight: its callback still needs this struct */
@@ -46,7 +46,7 @@ typedef struct producer {
     int end_err;
     const char *in; /* upstream bytes not yet copied (valid while paused) */
     size_t in_len;
-    int fillidx;    /* the buffer being filled; the other one may be being written */
+    int fillidx; /* the buffer being filled; the other one may be being written */
     size_t blen[2];
     char *buf[2];
     char digest[REF_DIGEST_MAX + 1];
@@ -61,7 +61,7 @@ typedef struct sub {
     call_t *c;
     fill_sub_t sub;
     fill_t *fill;
-    bool busy;         /* a send is in flight */
+    bool busy; /* a send is in flight */
     bool head_sent;
     uint64_t cur, end; /* next byte to send; one past the last byte to send */
 } sub_t;
@@ -330,8 +330,8 @@ static int serve_hit(call_t *c, const cache_entry_t *e)
     int fd;
     int err = cache_open_content(c->env->cache, digest, &fd);
     if (err < 0) {
-        LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching", (unsigned long long)req_id(c->req),
-                 digest, err_str(err));
+        LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching",
+                 (unsigned long long)req_id(c->req), digest, err_str(err));
         return err;
     }
     if (begin_blob_head(c, digest, e->size, true, &first, &count) == 416) {

@@ -27,18 +27,18 @@ typedef struct blob_producers blob_producers_t; /* blob.c */
 typedef struct call_env {
     const config_t *cfg;
     cache_t *cache;
-    upstream_t *const *upstreams;    /* [i] serves cfg->upstreams[i] */
-    flight_table_t *fetches;         /* shared buffered upstream fetches (fetch.c) */
-    blob_producers_t *producers;     /* blob fills' upstream producers running (blob.c) */
+    upstream_t *const *upstreams; /* [i] serves cfg->upstreams[i] */
+    flight_table_t *fetches;      /* shared buffered upstream fetches (fetch.c) */
+    blob_producers_t *producers;  /* blob fills' upstream producers running (blob.c) */
 } call_env_t;
 
 typedef struct call call_t;
 struct call {
-    req_t *req;              /* the HTTP exchange, borrowed */
-    const call_env_t *env;   /* borrowed */
+    req_t *req;            /* the HTTP exchange, borrowed */
+    const call_env_t *env; /* borrowed */
     route_t route;
-    upstream_t *up;          /* the client of route.upstream; NULL for /v2/ */
-    unsigned accept;         /* ACCEPT_* bits from every Accept line */
+    upstream_t *up;  /* the client of route.upstream; NULL for /v2/ */
+    unsigned accept; /* ACCEPT_* bits from every Accept line */
     http_range_t range;
     const char *if_none_match; /* the header value (borrowed), NULL when absent */
     const char *cache_status;  /* static text for the access log: hit, miss, stale, ... */

@@ -88,8 +88,8 @@ int cli_load_config(const cli_common_t *o, config_t **cfg)
 
 int cli_open_cache(uv_loop_t *loop, const config_t *cfg, cache_t **out)
 {
-    cache_opts_t co = {.loop = loop, .dir = cfg->cache_dir, .map_size = cfg->index_map_size,
-                       .shared = true};
+    cache_opts_t co = {
+        .loop = loop, .dir = cfg->cache_dir, .map_size = cfg->index_map_size, .shared = true};
     int rc = cache_open(out, &co);
     if (rc < 0) {
         fprintf(stderr, "winch: cache %s: %s\n", cfg->cache_dir,

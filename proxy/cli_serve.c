@@ -109,10 +109,12 @@ int cli_serve(int argc, char **argv)
                  u->username ? " (with credentials)" : "");
         if (u->insecure_skip_verify)
             LOG_WARN("upstream %s: insecure_skip_verify is on: its TLS certificates and host "
-                     "names are NOT verified", u->name);
+                     "names are NOT verified",
+                     u->name);
         if (u->username && !u->tls)
             LOG_WARN("upstream %s: credentials configured for a plain-HTTP upstream: they "
-                     "travel unencrypted", u->name);
+                     "travel unencrypted",
+                     u->name);
     }
     /* Always printed, whatever the level: scripts read the bound ports from them (the plain
      * listener's line first: harnesses take the first "listening on"). */
@@ -120,8 +122,8 @@ int cli_serve(int argc, char **argv)
         log_write(WLOG_INFO, "winch %s listening on %s, cache %s", cli_version, bound,
                   cfg->cache_dir);
     if (cfg->tls_listen_enabled)
-        log_write(WLOG_INFO, "winch %s listening on %s (tls), cache %s", cli_version,
-                  tls_bound, cfg->cache_dir);
+        log_write(WLOG_INFO, "winch %s listening on %s (tls), cache %s", cli_version, tls_bound,
+                  cfg->cache_dir);
 
     warm_up(a.loop, &a.warm);
     uv_signal_init(a.loop, &a.sigterm);
@@ -139,4 +141,3 @@ out:
     config_free(cfg);
     return rc;
 }
-

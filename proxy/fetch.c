@@ -182,8 +182,8 @@ int fetch_start(call_t *c, const char *method, const char *path, const char *acc
 {
     /* Identical means: same upstream, method, path, Accept and bound. */
     char key[REF_NAME_MAX + 1200];
-    int kl = snprintf(key, sizeof key, "%s\n%s %s\n%s\n%zu", c->route.upstream->name, method,
-                      path, accept ? accept : "", max);
+    int kl = snprintf(key, sizeof key, "%s\n%s %s\n%s\n%zu", c->route.upstream->name, method, path,
+                      accept ? accept : "", max);
     if (kl < 0 || (size_t)kl >= sizeof key)
         return WE_TOOBIG;
     fetch_waiter_t *fw = calloc(1, sizeof *fw);

@@ -110,8 +110,8 @@ static bool tags_from_cache(call_t *c)
         json_decref(root);
         return false;
     }
-    if (cache_tags_each(c->env->cache, c->route.upstream->name, c->route.name, collect_tag,
-                        tags) < 0 ||
+    if (cache_tags_each(c->env->cache, c->route.upstream->name, c->route.name, collect_tag, tags) <
+            0 ||
         json_array_size(tags) == 0) {
         json_decref(root);
         return false;
@@ -130,7 +130,8 @@ static void on_tags_fetched(call_t *c, void *ctx, int status, int err, upreq_t *
         free(body);
         if (status != 404 && tags_from_cache(c)) {
             LOG_WARN("req=%llu upstream %s failed (status %d, %s); listing cached tags",
-                     (unsigned long long)req_id(c->req), c->route.upstream->name, status, err_str(err));
+                     (unsigned long long)req_id(c->req), c->route.upstream->name, status,
+                     err_str(err));
             return;
         }
         reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
@@ -155,7 +156,7 @@ void lists_tags(call_t *c)
     char path[REF_NAME_MAX + 300];
     fetch_path(c, "tags/list", NULL, path, sizeof path);
     int err = fetch_start(c, "GET", path, "application/json", c->env->cfg->max_tags_list_bytes,
-                           on_tags_fetched, NULL, NULL);
+                          on_tags_fetched, NULL, NULL);
     if (err < 0)
         reply_failure(c, err, OCI_NAME_UNKNOWN);
 }
@@ -202,8 +203,8 @@ void lists_catalog(call_t *c)
     sbuf_init(&b, body, cap);
     sbuf_puts(&b, "{\"repositories\":[");
     catalog_walk_t w = {.b = &b, .want = want};
-    int err = cache_repos_each(c->env->cache, c->route.upstream->name, c->route.last, catalog_visit,
-                               &w);
+    int err =
+        cache_repos_each(c->env->cache, c->route.upstream->name, c->route.last, catalog_visit, &w);
     if (err < 0) {
         free(body);
         reply_failure(c, err, OCI_NAME_UNKNOWN);
@@ -225,8 +226,8 @@ void lists_catalog(call_t *c)
 
 /* ---- referrers ------------------------------------------------------------------------- */
 
-static void on_referrers_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up,
-                                 char *body, size_t len)
+static void on_referrers_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
+                                 size_t len)
 {
     (void)ctx;
     if (err || status != 200) {
@@ -277,8 +278,7 @@ void lists_referrers(call_t *c)
         }
     }
     int err = fetch_start(c, "GET", path, MT_OCI_INDEX, REFERRERS_MAX_BYTES, on_referrers_fetched,
-                           NULL, NULL);
+                          NULL, NULL);
     if (err < 0)
         reply_failure(c, err, OCI_MANIFEST_UNKNOWN);
 }
-

@@ -26,12 +26,8 @@ static const struct {
     const char *name;
     cli_command_fn run;
 } commands[] = {
-    {"serve", cli_serve},
-    {"version", cli_print_version},
-    {"--version", cli_print_version},
-    {"help", cli_help},
-    {"--help", cli_help},
-    {"-h", cli_help},
+    {"serve", cli_serve}, {"version", cli_print_version}, {"--version", cli_print_version},
+    {"help", cli_help},   {"--help", cli_help},           {"-h", cli_help},
 };
 
 int main(int argc, char **argv)

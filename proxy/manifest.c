@@ -22,7 +22,7 @@
 #include "proxy/reply.h"
 
 typedef struct mreq {
-    bool have_stale;             /* a cached digest exists for the tag */
+    bool have_stale; /* a cached digest exists for the tag */
     char stale[REF_DIGEST_MAX + 1];
     char digest[REF_DIGEST_MAX + 1]; /* the digest being fetched; "" when fetching by tag */
 } mreq_t;
@@ -197,8 +197,8 @@ static void store_fetched(call_t *c, const char *digest, const char *mt, const c
     cache_entry_t have;
     if (cache_lookup(c->env->cache, digest, &have) == 0 && have.kind == CACHE_MANIFEST) {
         if (tag)
-            cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, tag, digest,
-                          NULL, NULL);
+            cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, tag, digest, NULL,
+                          NULL);
         return;
     }
     cache_manifest_put_t put = {
@@ -220,8 +220,8 @@ static void store_fetched(call_t *c, const char *digest, const char *mt, const c
     }
 }
 
-static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up,
-                                char *body, size_t len)
+static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
+                                size_t len)
 {
     mreq_t *m = ctx;
     if (err || status != 200) {
@@ -256,7 +256,7 @@ static void fetch_manifest(call_t *c, mreq_t *m, const char *ref)
     char path[REF_NAME_MAX + 400];
     fetch_path(c, "manifests", ref, path, sizeof path);
     int err = fetch_start(c, "GET", path, OCI_UPSTREAM_ACCEPT, c->env->cfg->max_manifest_bytes,
-                           on_manifest_fetched, m, free);
+                          on_manifest_fetched, m, free);
     if (err < 0)
         serve_stale_or_fail(c, m, 0, err, NULL);
 }
@@ -277,9 +277,8 @@ static void on_tag_checked(call_t *c, void *ctx, int status, int err, upreq_t *u
                 /* The tag points at a manifest we hold: record the check and serve it. */
                 cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref,
                               m->digest, NULL, NULL);
-                c->cache_status = m->have_stale && strcmp(m->stale, m->digest) == 0
-                                      ? "revalidated"
-                                      : "hit";
+                c->cache_status = m->have_stale && strcmp(m->stale, m->digest) == 0 ? "revalidated"
+                                                                                    : "hit";
                 if (serve_cached(c, m->digest) == 0) {
                     free(m);
                     return;

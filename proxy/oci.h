@@ -44,7 +44,6 @@ const char *oci_code_name(enum oci_code code);
 size_t oci_error_json(char *buf, size_t cap, enum oci_code code, const char *message,
                       const char *detail_json);
 
-
 /** The Accept header winch sends upstream: every modern manifest type, never schema1, so the
  * cached manifest is the canonical one. */
 #define OCI_UPSTREAM_ACCEPT MT_OCI_INDEX ", " MT_OCI_MANIFEST ", " MT_DOCKER_LIST ", " MT_DOCKER_V2

@@ -30,7 +30,7 @@ enum route_method { ROUTE_GET, ROUTE_HEAD, ROUTE_OTHER };
 
 typedef struct route {
     enum route_op op;
-    bool head; /* HEAD rather than GET */
+    bool head;                         /* HEAD rather than GET */
     const config_upstream_t *upstream; /* borrowed from the config */
     bool ns_given;                     /* ?ns= chose the upstream: echo OCI-Namespace */
     char ns[REF_NAME_MAX + 1];         /* the ns value as given */

@@ -56,9 +56,9 @@ typedef struct client {
     enum client_state state;
     bool tls;
     bool keep_alive;
-    bool has_body;   /* the request announced a body: answer, then close */
-    bool handed;     /* on_request ran and on_complete is still due */
-    int bad;         /* req_bad: 0, 400, 414 or 431 */
+    bool has_body; /* the request announced a body: answer, then close */
+    bool handed;   /* on_request ran and on_complete is still due */
+    int bad;       /* req_bad: 0, 400, 414 or 431 */
     uint64_t head_bytes;
     uint64_t id;
     struct sockaddr_storage peer;

@@ -42,12 +42,12 @@ const config_upstream_t *upstream_config(const upstream_t *u);
  * RateLimit-Remaining, Docker-RateLimit-Source), for logs and metrics, and the Retry-After of
  * its latest 429, for answers that learn of the limit later (a blob fill that failed). */
 typedef struct upstream_ratelimit {
-    bool known;         /* such headers were seen at least once */
-    int64_t limit;      /* pulls per window; -1 when not sent */
-    int64_t remaining;  /* pulls left; -1 when not sent */
-    uint32_t window_s;  /* the w= window in seconds; 0 when not sent */
-    char source[64];    /* Docker-RateLimit-Source (an IP or account id); "" when not sent */
-    int64_t updated_ms; /* wall clock (Unix ms) of the response that carried them */
+    bool known;           /* such headers were seen at least once */
+    int64_t limit;        /* pulls per window; -1 when not sent */
+    int64_t remaining;    /* pulls left; -1 when not sent */
+    uint32_t window_s;    /* the w= window in seconds; 0 when not sent */
+    char source[64];      /* Docker-RateLimit-Source (an IP or account id); "" when not sent */
+    int64_t updated_ms;   /* wall clock (Unix ms) of the response that carried them */
     char retry_after[64]; /* of the latest 429 (seconds or an HTTP date); "" when none */
 } upstream_ratelimit_t;
 

@@ -277,8 +277,8 @@ static size_t head_size(const upreq_t *r, const origin_t *o, bool own_auth)
 {
     size_t need = strlen(r->method) + 1 + strlen(r->path) + sizeof " HTTP/1.1\r\n" - 1;
     need += sizeof "Host: \r\n" - 1 + strlen(o->host_hdr) + 2;
-    need +=
-        sizeof "User-Agent: " UP_USER_AGENT "\r\n" - 1 + sizeof "Connection: keep-alive\r\n" - 1;
+    need += sizeof "User-Agent: " UP_USER_AGENT "\r\n" - 1 + sizeof "Connection: keep-alive\r\n" -
+            1;
     if (r->extra)
         need += strlen(r->extra);
     if (own_auth)

@@ -40,9 +40,8 @@ static void test_manifest(void)
 {
     image_t *img;
     char why[200];
-    CHECK_INT(image_parse(oci_manifest, strlen(oci_manifest), MT_OCI_MANIFEST, &img, why,
-                          sizeof why),
-              0);
+    CHECK_INT(
+        image_parse(oci_manifest, strlen(oci_manifest), MT_OCI_MANIFEST, &img, why, sizeof why), 0);
     CHECK_INT(img->kind, IMAGE_MANIFEST);
     CHECK_INT(img->nrefs, 3);
     CHECK_INT(img->refs[0].role, IMAGE_CONFIG);
@@ -91,8 +90,8 @@ static void test_refusals(void)
         {"{\"schemaVersion\":1,\"config\":{}}", MT_OCI_MANIFEST},
         {"{\"schemaVersion\":2,\"manifests\":[]}", MT_OCI_MANIFEST}, /* shape of an index */
         {"{\"schemaVersion\":2,\"config\":{\"digest\":\"" D1 "\",\"size\":1}}", MT_OCI_INDEX},
-        {"{\"schemaVersion\":2,\"mediaType\":\"" MT_DOCKER_V2
-         "\",\"config\":{\"digest\":\"" D1 "\",\"size\":1}}",
+        {"{\"schemaVersion\":2,\"mediaType\":\"" MT_DOCKER_V2 "\",\"config\":{\"digest\":\"" D1
+         "\",\"size\":1}}",
          MT_OCI_MANIFEST}, /* mediaType contradicts the claim */
         {"{\"schemaVersion\":2,\"config\":{\"digest\":\"sha256:abc\",\"size\":1}}",
          MT_OCI_MANIFEST},
@@ -235,11 +234,8 @@ static void test_shared_open(void)
 }
 
 static const test_case_t cases[] = {
-    TEST_CASE(test_shared_open),
-    TEST_CASE(test_manifest),
-    TEST_CASE(test_index),
-    TEST_CASE(test_refusals),
-    TEST_CASE(test_owners),
+    TEST_CASE(test_shared_open), TEST_CASE(test_manifest), TEST_CASE(test_index),
+    TEST_CASE(test_refusals),    TEST_CASE(test_owners),
 };
 
 int main(int argc, char **argv)

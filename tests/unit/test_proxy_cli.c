@@ -12,9 +12,9 @@ static void test_size(void)
     static const struct {
         uint64_t n;
         const char *s;
-    } cases[] = {{0, "0B"},          {512, "512B"},          {999, "999B"},
-                 {1000, "1kB"},      {4100, "4.1kB"},        {12345678, "12.35MB"},
-                 {1073741824, "1.074GB"}, {5000000000000ULL, "5TB"}};
+    } cases[] = {
+        {0, "0B"},       {512, "512B"},         {999, "999B"},           {1000, "1kB"},
+        {4100, "4.1kB"}, {12345678, "12.35MB"}, {1073741824, "1.074GB"}, {5000000000000ULL, "5TB"}};
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         char buf[32];
         cli_size(cases[i].n, buf, sizeof buf);
@@ -27,12 +27,11 @@ static void test_ago(void)
     static const struct {
         int64_t secs;
         const char *s;
-    } cases[] = {{0, "Less than a second ago"}, {1, "1 second ago"},
-                 {59, "59 seconds ago"},        {60, "About a minute ago"},
-                 {600, "10 minutes ago"},       {3600, "About an hour ago"},
-                 {7200, "2 hours ago"},         {86400 * 3, "3 days ago"},
-                 {86400 * 20, "2 weeks ago"},   {86400 * 90, "3 months ago"},
-                 {86400 * 800, "2 years ago"}};
+    } cases[] = {
+        {0, "Less than a second ago"}, {1, "1 second ago"},         {59, "59 seconds ago"},
+        {60, "About a minute ago"},    {600, "10 minutes ago"},     {3600, "About an hour ago"},
+        {7200, "2 hours ago"},         {86400 * 3, "3 days ago"},   {86400 * 20, "2 weeks ago"},
+        {86400 * 90, "3 months ago"},  {86400 * 800, "2 years ago"}};
     int64_t now = 1700000000000;
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         char buf[64];

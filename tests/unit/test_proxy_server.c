@@ -108,7 +108,8 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
 static int dial(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(app.port),
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons(app.port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
     struct timeval tv = {10, 0};
@@ -341,7 +342,8 @@ static void sc_body_closes(void)
 {
     int fd = dial();
     char buf[4096];
-    send_all(fd, "GET /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcdeGET /c HTTP/1.1\r\n\r\n");
+    send_all(fd,
+             "GET /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcdeGET /c HTTP/1.1\r\n\r\n");
     read_some(fd, buf, sizeof buf, NULL);
     CHECK_INT(count(buf, "HTTP/1.1 "), 1);
     CHECK(strstr(buf, "Connection: close\r\n") != NULL);
@@ -416,14 +418,10 @@ static void test_etag(void)
 }
 
 static const test_case_t cases[] = {
-    TEST_CASE(test_keepalive_and_headers),
-    TEST_CASE(test_pipelined),
-    TEST_CASE(test_malformed_after_good),
-    TEST_CASE(test_head_too_big),
-    TEST_CASE(test_client_gone),
-    TEST_CASE(test_body_closes),
-    TEST_CASE(test_range_grammar),
-    TEST_CASE(test_etag),
+    TEST_CASE(test_keepalive_and_headers), TEST_CASE(test_pipelined),
+    TEST_CASE(test_malformed_after_good),  TEST_CASE(test_head_too_big),
+    TEST_CASE(test_client_gone),           TEST_CASE(test_body_closes),
+    TEST_CASE(test_range_grammar),         TEST_CASE(test_etag),
 };
 
 int main(int argc, char **argv)

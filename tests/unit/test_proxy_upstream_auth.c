@@ -101,8 +101,8 @@ static void h_final(const fu_request_t *q, fu_response_t *r, void *arg)
     char v[256];
     r->status = 200;
     r->body = "final";
-    r->headers =
-        fu_header(q, "Authorization", v, sizeof v) ? "X-Saw-Auth: yes\r\n" : "X-Saw-Auth: no\r\n";
+    r->headers = fu_header(q, "Authorization", v, sizeof v) ? "X-Saw-Auth: yes\r\n"
+                                                            : "X-Saw-Auth: no\r\n";
 }
 
 /* /basic/...: behind Basic user:pass. */

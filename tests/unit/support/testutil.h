@@ -18,7 +18,10 @@ typedef struct test_case {
     void (*fn)(void);
 } test_case_t;
 
-#define TEST_CASE(fn) {#fn, fn}
+#define TEST_CASE(fn)                                                                              \
+    {                                                                                              \
+#fn, fn                                                                                    \
+    }
 
 /** Runs every case in order, or those named in argv[1..] (exit 2 for an unknown name; --list
  * prints the names). Prints each case's name and time to stderr. Returns the exit status. */
