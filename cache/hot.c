@@ -70,6 +70,19 @@ static void evict(hot_t *t, hot_entry_t *e)
     free(e);
 }
 
+/* The least recently used entry: the tail, whose successor is always NULL. */
+static void evict_oldest(hot_t *t)
+{
+    hot_entry_t *e = t->lru_tail;
+    t->lru_tail = e->lru_prev;
+    if (t->lru_tail)
+        t->lru_tail->lru_next = NULL;
+    else
+        t->lru_head = NULL;
+    e->lru_prev = NULL;
+    evict(t, e);
+}
+
 int hot_new(hot_t **out)
 {
     *out = calloc(1, sizeof **out);
@@ -115,7 +128,7 @@ void hot_put(hot_t *t, const char *digest, const char *bytes, size_t len)
         if (strcmp(e->digest, digest) == 0)
             return;
     while (t->lru_tail && (t->bytes + len > HOT_MAX_BYTES || t->entries >= HOT_MAX_ENTRIES))
-        evict(t, t->lru_tail);
+        evict_oldest(t);
     hot_entry_t *e = malloc(sizeof *e + len);
     if (!e)
         return;

@@ -86,7 +86,7 @@ static void answer_bad(call_t *c, int status)
 
 static bool policy_allows(app_t *a, call_t *c)
 {
-    if (c->route.op == ROUTE_PING || c->route.op == ROUTE_CATALOG)
+    if (c->route.op == ROUTE_PING || c->route.op == ROUTE_CATALOG || !c->route.upstream)
         return true;
     policy_request_t pr = {
         .upstream = c->route.upstream->name,

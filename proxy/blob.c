@@ -263,10 +263,15 @@ void blob_producers_free(blob_producers_t *p)
 
 void blob_producers_cancel_all(blob_producers_t *p)
 {
-    while (p->head) {
-        producer_t *f = p->head;
-        /* A fetch with a write in flight leaves the list now and ends in its write callback. */
-        producer_unlink(f);
+    /* The whole list is taken first: a producer with a write in flight ends later, in its write
+     * callback, and must not be found on the list then. */
+    producer_t *list = p->head;
+    p->head = NULL;
+    while (list) {
+        producer_t *f = list;
+        list = f->next;
+        f->linked = false;
+        f->prev = f->next = NULL;
         producer_abort(f, WE_CANCELLED);
     }
 }

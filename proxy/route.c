@@ -325,6 +325,82 @@ static void set_artifact_type(route_t *out, const char *q, size_t qlen)
         out->artifact_type[0] = '\0';
 }
 
+/* Splits rest (the path after "/v2/") from the right, since the name itself contains '/':
+ * ".../tags/list", or ".../<kind>/<ref>" for manifests, blobs and referrers. Sets out->op. */
+static int split_operation(route_t *out, const char *rest, size_t rlen, const char **name,
+                           size_t *name_len, const char **ref, size_t *ref_len, route_error_t *err)
+{
+    static const char tags_suffix[] = "/tags/list";
+    size_t tsl = sizeof(tags_suffix) - 1;
+    if (rlen > tsl && memcmp(rest + rlen - tsl, tags_suffix, tsl) == 0) {
+        out->op = ROUTE_TAGS;
+        *name = rest;
+        *name_len = rlen - tsl;
+        return 0;
+    }
+    const char *ls = NULL, *ps = NULL; /* the last and the penultimate '/' */
+    for (size_t i = rlen; i > 0; i--) {
+        if (rest[i - 1] != '/')
+            continue;
+        if (!ls) {
+            ls = rest + i - 1;
+        } else {
+            ps = rest + i - 1;
+            break;
+        }
+    }
+    if (!ps || ps == rest)
+        return fail(err, OCI_UNSUPPORTED, "unknown API path");
+    const char *kind = ps + 1;
+    size_t kind_len = (size_t)(ls - kind);
+    if (eq(kind, kind_len, "manifests"))
+        out->op = ROUTE_MANIFEST;
+    else if (eq(kind, kind_len, "blobs"))
+        out->op = ROUTE_BLOB;
+    else if (eq(kind, kind_len, "referrers"))
+        out->op = ROUTE_REFERRERS;
+    else
+        return fail(err, OCI_UNSUPPORTED, "unknown API path");
+    *name = rest;
+    *name_len = (size_t)(ps - rest);
+    *ref = ls + 1;
+    *ref_len = (size_t)(rest + rlen - *ref);
+    return 0;
+}
+
+/* The reference part of a routed request, validated for its operation. */
+static int set_reference(route_t *out, const char *ref, size_t ref_len, const char *q, size_t qlen,
+                         route_error_t *err)
+{
+    int rc;
+    switch (out->op) {
+    case ROUTE_MANIFEST:
+        if (memchr(ref, ':', ref_len))
+            return set_digest(out, ref, ref_len, err);
+        /* A tag the grammar rejects can name no manifest: 404 MANIFEST_UNKNOWN, as distribution
+         * answers and clients expect (400 would read as a broken request). */
+        if (!ref_tag_valid(ref, ref_len))
+            return fail(err, OCI_MANIFEST_UNKNOWN, "manifest unknown: invalid tag");
+        memcpy(out->ref, ref, ref_len);
+        out->ref[ref_len] = '\0';
+        return 0;
+    case ROUTE_BLOB:
+        return set_digest(out, ref, ref_len, err);
+    case ROUTE_REFERRERS:
+        rc = set_digest(out, ref, ref_len, err);
+        if (rc < 0)
+            return rc;
+        set_artifact_type(out, q, qlen);
+        return 0;
+    case ROUTE_TAGS:
+        return set_pagination(out, q, qlen, err);
+    case ROUTE_PING:
+    case ROUTE_CATALOG:
+        break;
+    }
+    return 0;
+}
+
 int route_parse(route_t *out, const config_t *cfg, enum route_method method, const char *target,
                 size_t len, route_error_t *err)
 {
@@ -339,7 +415,7 @@ int route_parse(route_t *out, const config_t *cfg, enum route_method method, con
     err->text[0] = '\0';
 
     /* Writes are refused whatever the path: upload and delete paths are real API paths, and
-     * 405 UNSUPPORTED is what a read-only registry answers (PROTOCOL.md §1). */
+     * 405 UNSUPPORTED is what a read-only registry answers (docs/protocol.md). */
     if (method != ROUTE_GET && method != ROUTE_HEAD)
         return fail(err, OCI_UNSUPPORTED, read_only_msg);
     out->head = method == ROUTE_HEAD;
@@ -384,79 +460,11 @@ int route_parse(route_t *out, const config_t *cfg, enum route_method method, con
         return set_pagination(out, q, qlen, err);
     }
 
-    /* Route from the right: the name itself contains '/'. */
-    const char *name;
-    size_t name_len;
-    const char *ref = NULL;
-    size_t ref_len = 0;
-    static const char tags_suffix[] = "/tags/list";
-    size_t tsl = sizeof(tags_suffix) - 1;
-
-    if (rlen > tsl && memcmp(rest + rlen - tsl, tags_suffix, tsl) == 0) {
-        out->op = ROUTE_TAGS;
-        name = rest;
-        name_len = rlen - tsl;
-    } else {
-        const char *ls = NULL, *ps = NULL;
-        for (size_t i = rlen; i > 0; i--) {
-            if (rest[i - 1] != '/')
-                continue;
-            if (!ls) {
-                ls = rest + i - 1;
-            } else {
-                ps = rest + i - 1;
-                break;
-            }
-        }
-        if (!ps || ps == rest)
-            return fail(err, OCI_UNSUPPORTED, "unknown API path");
-        const char *kind = ps + 1;
-        size_t kind_len = (size_t)(ls - kind);
-        if (eq(kind, kind_len, "manifests"))
-            out->op = ROUTE_MANIFEST;
-        else if (eq(kind, kind_len, "blobs"))
-            out->op = ROUTE_BLOB;
-        else if (eq(kind, kind_len, "referrers"))
-            out->op = ROUTE_REFERRERS;
-        else
-            return fail(err, OCI_UNSUPPORTED, "unknown API path");
-        name = rest;
-        name_len = (size_t)(ps - rest);
-        ref = ls + 1;
-        ref_len = (size_t)(rest + rlen - ref);
-    }
-
-    rc = choose_upstream(out, cfg, &name, &name_len, q, qlen, err);
-    if (rc < 0)
+    const char *name, *ref = NULL;
+    size_t name_len, ref_len = 0;
+    if ((rc = split_operation(out, rest, rlen, &name, &name_len, &ref, &ref_len, err)) < 0 ||
+        (rc = choose_upstream(out, cfg, &name, &name_len, q, qlen, err)) < 0 ||
+        (rc = set_name(out, name, name_len, err)) < 0)
         return rc;
-    rc = set_name(out, name, name_len, err);
-    if (rc < 0)
-        return rc;
-
-    switch (out->op) {
-    case ROUTE_MANIFEST:
-        if (memchr(ref, ':', ref_len))
-            return set_digest(out, ref, ref_len, err);
-        /* A tag the grammar rejects can name no manifest: 404 MANIFEST_UNKNOWN, as distribution
-         * answers and clients expect (400 would read as a broken request). */
-        if (!ref_tag_valid(ref, ref_len))
-            return fail(err, OCI_MANIFEST_UNKNOWN, "manifest unknown: invalid tag");
-        memcpy(out->ref, ref, ref_len);
-        out->ref[ref_len] = '\0';
-        return 0;
-    case ROUTE_BLOB:
-        return set_digest(out, ref, ref_len, err);
-    case ROUTE_REFERRERS:
-        rc = set_digest(out, ref, ref_len, err);
-        if (rc < 0)
-            return rc;
-        set_artifact_type(out, q, qlen);
-        return 0;
-    case ROUTE_TAGS:
-        return set_pagination(out, q, qlen, err);
-    case ROUTE_PING:
-    case ROUTE_CATALOG:
-        break;
-    }
-    return 0;
+    return set_reference(out, ref, ref_len, q, qlen, err);
 }

@@ -172,10 +172,7 @@ void upreq_pause(upreq_t *r)
 {
     switch (r->state) {
     case UR_BODY:
-        req_set_state(r, UR_PAUSED);
-        wire_pause(r);
-        return;
-    case UR_RESUMING: /* the resume that was due is off again */
+    case UR_RESUMING: /* for RESUMING: the resume that was due is off again */
         req_set_state(r, UR_PAUSED);
         wire_pause(r);
         return;

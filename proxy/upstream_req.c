@@ -430,7 +430,13 @@ static void on_defer(uv_timer_t *t)
         n++;
     while (n-- > 0 && u->defer_head && !u->destroying) {
         upreq_t *r = u->defer_head;
-        req_pull(&u->defer_head, &u->defer_tail, r);
+        /* Off the list before its callbacks run (they free r). */
+        u->defer_head = r->next;
+        if (u->defer_head)
+            u->defer_head->prev = NULL;
+        else
+            u->defer_tail = NULL;
+        r->prev = r->next = NULL;
         if (r->end_replay)
             replay(r);
         else

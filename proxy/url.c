@@ -148,10 +148,9 @@ static long remove_dots(char *in, size_t n, char *out, size_t cap)
         char *s = in + i;
         if (left >= 3 && memcmp(s, "../", 3) == 0) {
             i += 3;
-        } else if (left >= 2 && memcmp(s, "./", 2) == 0) {
-            i += 2;
-        } else if (left >= 3 && memcmp(s, "/./", 3) == 0) {
-            i += 2;
+        } else if ((left >= 2 && memcmp(s, "./", 2) == 0) ||
+                   (left >= 3 && memcmp(s, "/./", 3) == 0)) {
+            i += 2; /* "./" goes; "/./" becomes "/" */
         } else if (left == 2 && memcmp(s, "/.", 2) == 0) {
             s[1] = '/';
             i += 1;
