@@ -198,6 +198,7 @@ void config_free(config_t *c)
     free(c->tls_key);
     free(c->cache_dir);
     free(c->log_level);
+    config_auth_free(c->auth);
     free(c);
 }
 
@@ -445,5 +446,5 @@ int config_check_whole(const config_t *c, const diag_t *d)
             strcmp(c->listen_host, c->tls_listen_host) == 0)
             return diag_fail(d, "tls_listen", "same address as listen");
     }
-    return 0;
+    return config_auth_check_whole(c, d);
 }

@@ -35,6 +35,41 @@ typedef struct config_upstream {
     char *password_env;  /* owned; the environment variable's name, NULL if unused */
 } config_upstream_t;
 
+/** One rule of "auth.access": who may read the repositories whose "UPSTREAM/REPOSITORY"
+ * (Docker Hub one-component names as library/NAME) matches `match` (common/glob.h). The first
+ * rule that matches decides; a rule that names nobody denies. */
+typedef struct config_access_rule {
+    char *match;        /* owned glob over "UPSTREAM/REPOSITORY" */
+    bool anonymous;     /* anyone, with or without credentials */
+    bool authenticated; /* any authenticated user (a password or a client certificate) */
+    char **users;       /* owned; user names (htpasswd users or certificate names) */
+    size_t n_users;
+    size_t *groups; /* owned; indexes into config_auth_t.groups */
+    size_t n_groups;
+} config_access_rule_t;
+
+/** A named set of users, for access rules. */
+typedef struct config_auth_group {
+    char *name;     /* owned */
+    char **members; /* owned user names */
+    size_t n_members;
+} config_auth_group_t;
+
+/** Client authentication for winch itself ("auth"; README "Client authentication"). */
+typedef struct config_auth {
+    char *htpasswd;           /* owned path of the bcrypt htpasswd file; NULL: no passwords */
+    char *realm;              /* owned; the Basic challenge's realm, default "winch" */
+    char *client_ca;          /* owned path; PEM CAs that sign client certificates (TLS listener) */
+    bool require_client_cert; /* the TLS handshake fails without a verified certificate */
+    config_auth_group_t *groups; /* owned */
+    size_t n_groups;
+    config_access_rule_t *rules; /* owned; default one rule: "**", authenticated */
+    size_t n_rules;
+    uint32_t verify_cache_ttl_s; /* a verified password is trusted this long; default 300 */
+    uint32_t max_failures;       /* failed checks per client address in a burst; default 10 */
+    uint32_t failure_window_s;   /* ... refilled at max_failures per this; default 60 */
+} config_auth_t;
+
 typedef struct config {
     bool listen_enabled;  /* plain HTTP listener; "listen": "" turns it off */
     char *listen_host;    /* owned; default "0.0.0.0" */
@@ -89,6 +124,8 @@ typedef struct config {
     uint32_t max_manifest_bytes;  /* default 4 MiB (distribution's own limit) */
     uint32_t max_tags_list_bytes; /* upstream tags/list body bound; default 8 MiB */
     uint64_t index_map_size;      /* LMDB map size in bytes; default 4 GiB */
+
+    config_auth_t *auth; /* owned; NULL: no client authentication (everyone reads everything) */
 } config_t;
 
 /** Builds the configuration from argv (the arguments after the "serve" command: --config FILE,

@@ -171,4 +171,13 @@ void config_wipe(void *p, size_t n);
 int config_apply_json_text(config_t *c, const char *json, size_t len, const char *origin, char *err,
                            size_t errlen);
 
+/* ---- The "auth" section (config_auth.c) --------------------------------------------------- */
+
+struct json_t;
+/** Parses the "auth" object v over c->auth (replacing it). */
+int config_auth_parse(config_t *c, const diag_t *d, struct json_t *v);
+/** The auth checks that need the rest of the configuration (upstreams, the TLS listener). */
+int config_auth_check_whole(const config_t *c, const diag_t *d);
+void config_auth_free(config_auth_t *a);
+
 #endif

@@ -20,7 +20,9 @@
 #include "common/err.h"
 #include "common/flight.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "policy/policy.h"
+#include "proxy/access.h"
 #include "proxy/blob.h"
 #include "proxy/call.h"
 #include "proxy/lists.h"
@@ -39,6 +41,7 @@ struct app {
     flight_table_t *fetches;
     blob_producers_t *producers;
     policy_t *policy;
+    access_t *access; /* client authentication; NULL when off */
     server_t *server;
     SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
     call_env_t env;
@@ -101,26 +104,11 @@ static bool policy_allows(app_t *a, call_t *c)
     return false;
 }
 
-static void on_request(req_t *r, void *arg)
+/* A routed call the client may make (access.c admitted it, at once or after a password check):
+ * the policy, then its handler. */
+static void dispatch(call_t *c)
 {
-    app_t *a = arg;
-    call_t *c = req_data(r);
-    c->req = r;
-    c->env = &a->env;
-    c->cache_status = "-";
-    if (req_bad(r)) {
-        answer_bad(c, req_bad(r));
-        return;
-    }
-    read_headers(c);
-    enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
-    route_error_t rerr;
-    if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {
-        reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
-        return;
-    }
-    if (c->route.upstream)
-        c->up = a->upstreams[c->route.upstream - a->cfg->upstreams];
+    app_t *a = container_of(c->env, app_t, env); /* env is the app's own */
     if (!policy_allows(a, c))
         return;
     switch (c->route.op) {
@@ -146,6 +134,30 @@ static void on_request(req_t *r, void *arg)
     reply_error(c, 0, OCI_UNSUPPORTED, "unsupported operation", NULL);
 }
 
+static void on_request(req_t *r, void *arg)
+{
+    app_t *a = arg;
+    call_t *c = req_data(r);
+    c->req = r;
+    c->env = &a->env;
+    c->cache_status = "-";
+    if (req_bad(r)) {
+        answer_bad(c, req_bad(r));
+        return;
+    }
+    read_headers(c);
+    enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
+    route_error_t rerr;
+    if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {
+        reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
+        return;
+    }
+    if (c->route.upstream)
+        c->up = a->upstreams[c->route.upstream - a->cfg->upstreams];
+    if (access_admit(a->access, c, dispatch))
+        dispatch(c);
+}
+
 static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
 {
     (void)arg;
@@ -159,10 +171,12 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
         LOG_WARN("req=%llu %s: response cut short after %llu body bytes",
                  (unsigned long long)req_id(r), req_target(r),
                  (unsigned long long)req_bytes_sent(r));
-    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld%s", (unsigned long long)req_id(r),
-             req_method(r), req_target(r)[0] ? req_target(r) : "-", req_status(r),
-             (unsigned long long)req_bytes_sent(r), c->cache_status ? c->cache_status : "-",
-             (long long)req_duration_ms(r), outcome == REQ_GONE ? " (client gone)" : "");
+    char user[CALL_USER_MAX * 4 + 1];
+    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld user=%s%s",
+             (unsigned long long)req_id(r), req_method(r), req_target(r)[0] ? req_target(r) : "-",
+             req_status(r), (unsigned long long)req_bytes_sent(r),
+             c->cache_status ? c->cache_status : "-", (long long)req_duration_ms(r),
+             access_log_user(c, user, sizeof user), outcome == REQ_GONE ? " (client gone)" : "");
 }
 
 /* ---- Lifecycle ------------------------------------------------------------------------- */
@@ -181,6 +195,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         (rc = blob_producers_create(&a->producers)) < 0)
         goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
+        goto fail_said;
+    if ((rc = access_create(&a->access, loop, cfg, err, errlen)) < 0)
         goto fail_said;
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
         rc = upstream_create(&a->upstreams[i], loop, &cfg->upstreams[i], cfg);
@@ -206,6 +222,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .upstreams = a->upstreams,
         .fetches = a->fetches,
         .producers = a->producers,
+        .access = a->access,
     };
     *out = a;
     return 0;
@@ -231,6 +248,9 @@ int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, si
     }
     if (cfg->tls_listen_enabled) {
         rc = tls_server_ctx_new(cfg->tls_cert, cfg->tls_key, &a->tls_ctx, err, errlen);
+        if (rc == 0 && cfg->auth && cfg->auth->client_ca)
+            rc = tls_server_ctx_client_ca(a->tls_ctx, cfg->auth->client_ca,
+                                          cfg->auth->require_client_cert, err, errlen);
         if (rc < 0)
             return rc;
         rc = server_listen(a->server, cfg->tls_listen_host, cfg->tls_listen_port, a->tls_ctx,
@@ -259,6 +279,7 @@ void app_shutdown(app_t *a)
         return;
     a->shut = true;
     server_shutdown(a->server);
+    access_shutdown(a->access);
     blob_producers_cancel_all(a->producers);
     /* Every request is finished or cancelled now, so the pools can go; their handles close
      * while the loop drains. */
@@ -273,6 +294,7 @@ void app_destroy(app_t *a)
     server_destroy(a->server);
     tls_ctx_free(a->tls_ctx); /* every TLS conn is closed by now */
     policy_free(a->policy);
+    access_free(a->access);
     blob_producers_free(a->producers);
     if (a->fetches && flight_table_count(a->fetches))
         LOG_ERROR("%zu upstream fetches still in flight at exit", flight_table_count(a->fetches));

@@ -22,6 +22,10 @@
 #include "proxy/upstream.h"
 
 typedef struct blob_producers blob_producers_t; /* blob.c */
+typedef struct access access_t;                 /* access.c */
+
+/** Longest user name a call carries (htpasswd users and certificate names). */
+#define CALL_USER_MAX 256
 
 /** What the application owns and every call borrows. Filled once by app.c. */
 typedef struct call_env {
@@ -30,6 +34,7 @@ typedef struct call_env {
     upstream_t *const *upstreams; /* [i] serves cfg->upstreams[i] */
     flight_table_t *fetches;      /* shared buffered upstream fetches (fetch.c) */
     blob_producers_t *producers;  /* blob fills' upstream producers running (blob.c) */
+    access_t *access;             /* client authentication (access.c); NULL when off */
 } call_env_t;
 
 typedef struct call call_t;
@@ -40,10 +45,11 @@ struct call {
     upstream_t *up;  /* the client of route.upstream; NULL for /v2/ */
     unsigned accept; /* ACCEPT_* bits from every Accept line */
     http_range_t range;
-    const char *if_none_match; /* the header value (borrowed), NULL when absent */
-    const char *cache_status;  /* static text for the access log: hit, miss, stale, ... */
-    void (*cancel)(call_t *c); /* the pending operation's cancel, NULL when none */
-    void *op;                  /* the pending operation, the handler's */
+    const char *if_none_match;    /* the header value (borrowed), NULL when absent */
+    const char *cache_status;     /* static text for the access log: hit, miss, stale, ... */
+    void (*cancel)(call_t *c);    /* the pending operation's cancel, NULL when none */
+    void *op;                     /* the pending operation, the handler's */
+    char user[CALL_USER_MAX + 1]; /* the authenticated client (access.c); "" when anonymous */
 };
 
 #endif

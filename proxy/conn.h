@@ -96,6 +96,13 @@ const char *conn_tls_error(const conn_t *c);
 /** True when c speaks TLS. */
 bool conn_is_tls(const conn_t *c);
 
+/** The name in the peer's verified certificate (a client certificate on the TLS listener): its
+ * subject CN, or without one its first e-mail or DNS subject alternative name, as UTF-8 into
+ * buf[len]. Returns 0; WE_NOTFOUND when the peer sent no certificate (or c is not TLS);
+ * WE_TLS when the certificate did not verify or its name is unusable (empty, longer than
+ * len - 1, or holding control characters). */
+int conn_tls_peer_name(const conn_t *c, char *buf, size_t len);
+
 /** Reading runs until conn_read_stop or an error. Stopping is cheap and lazy: the fd stays
  * in the poll set until it reports readability while nobody reads. */
 int conn_read_start(conn_t *c, conn_read_cb cb);

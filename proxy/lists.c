@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/sbuf.h"
+#include "proxy/access.h"
 #include "proxy/fetch.h"
 #include "proxy/reply.h"
 
@@ -164,6 +165,7 @@ void lists_tags(call_t *c)
 /* ---- _catalog -------------------------------------------------------------------------- */
 
 typedef struct catalog_walk {
+    const call_t *c;
     sbuf_t *b;
     long want;
     long got;
@@ -174,6 +176,9 @@ typedef struct catalog_walk {
 static int catalog_visit(void *arg, const char *repo)
 {
     catalog_walk_t *w = arg;
+    /* Only what the client may read (client authentication); the rest is not there. */
+    if (!access_may_read(w->c->env->access, w->c, w->c->route.upstream->name, repo))
+        return 0;
     if (w->got == w->want) {
         w->more = true;
         return 1;
@@ -202,7 +207,7 @@ void lists_catalog(call_t *c)
     sbuf_t b;
     sbuf_init(&b, body, cap);
     sbuf_puts(&b, "{\"repositories\":[");
-    catalog_walk_t w = {.b = &b, .want = want};
+    catalog_walk_t w = {.c = c, .b = &b, .want = want};
     int err =
         cache_repos_each(c->env->cache, c->route.upstream->name, c->route.last, catalog_visit, &w);
     if (err < 0) {

@@ -403,6 +403,12 @@ bool req_is_tls(const req_t *r)
     return client_of(r)->tls;
 }
 
+int req_tls_peer_name(const req_t *r, char *buf, size_t len)
+{
+    const client_t *c = client_of(r);
+    return c->tls ? conn_tls_peer_name(&c->conn, buf, len) : WE_NOTFOUND;
+}
+
 void *req_data(req_t *r)
 {
     return client_of(r)->data;

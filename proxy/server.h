@@ -101,6 +101,9 @@ const struct sockaddr_storage *req_peer(const req_t *r);
 const char *req_peer_str(const req_t *r);
 /** True when the request came over the TLS listener. */
 bool req_is_tls(const req_t *r);
+/** The name in the client's verified TLS certificate into buf[len] (conn_tls_peer_name):
+ * 0, WE_NOTFOUND (no certificate, or not TLS) or WE_TLS (unusable). */
+int req_tls_peer_name(const req_t *r, char *buf, size_t len);
 /** The application's per-request storage (opts.data_size bytes, zeroed for each request). */
 void *req_data(req_t *r);
 

@@ -165,6 +165,33 @@ fail:
     return rc;
 }
 
+int tls_server_ctx_client_ca(SSL_CTX *ctx, const char *ca_file, bool require, char *err,
+                             size_t errlen)
+{
+    char what[320];
+    ERR_clear_error();
+    if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        snprintf(what, sizeof what, "auth.client_ca %.256s: cannot load the CA certificates",
+                 ca_file);
+        return tls_fail(err, errlen, what);
+    }
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (!names) {
+        snprintf(what, sizeof what, "auth.client_ca %.256s: no CA certificate in it", ca_file);
+        return tls_fail(err, errlen, what);
+    }
+    SSL_CTX_set_client_CA_list(ctx, names); /* takes names */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (require ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+                       NULL);
+    /* Sessions resumed with a ticket carry the client's verified certificate; OpenSSL refuses
+     * to resume a verified session without a context id, failing the handshake instead. */
+    static const unsigned char sid_ctx[] = "winch-client-auth";
+    if (SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1) != 1)
+        return tls_fail(err, errlen, "cannot set the TLS session id context");
+    ERR_clear_error();
+    return 0;
+}
+
 void tls_ctx_free(SSL_CTX *ctx)
 {
     SSL_CTX_free(ctx);
