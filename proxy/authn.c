@@ -35,11 +35,16 @@
 #define CACHE_SLOTS 4096 /* successes remembered at once */
 #define PEER_SLOTS 4096  /* client addresses tracked at once */
 #define PROBE 8
+/* A failed pair is remembered this long at most: clients retry the same wrong password a few
+ * times in a row (containerd five times a pull), and a repeat is no new guess, so it costs no
+ * bcrypt and no failure budget. */
+#define FAILURE_TTL_MS 30000
 
 typedef struct vc_slot {
     uint8_t key[KEY_LEN];
     int64_t expires_ms; /* 0: empty */
     uint64_t gen;       /* htpasswd generation it was verified against */
+    bool ok;            /* a success; else a failure, remembered for a shorter time */
 } vc_slot_t;
 
 typedef struct peer_key {
@@ -64,6 +69,7 @@ struct job {
     bool real_user; /* else a decoy check of an unknown user: the result is discarded */
     bool ok;
     uint64_t gen;
+    int64_t started_ms;
     peer_key_t peer;
     uint8_t key[KEY_LEN];
     char hash[HTPASSWD_HASH_LEN + 1];
@@ -267,16 +273,21 @@ static void job_done(uv_work_t *w, int status)
     peer_slot_t *p = peer_find(a, &j->peer, false);
     if (p && p->pending)
         p->pending--;
-    if (ok && a->o.cache_ttl_ms && j->gen == a->gen && !a->shut) {
+    if (a->o.cache_ttl_ms && j->gen == a->gen && !a->shut) {
+        uint32_t ttl = ok || a->o.cache_ttl_ms < FAILURE_TTL_MS ? a->o.cache_ttl_ms
+                                                                : FAILURE_TTL_MS;
         vc_slot_t *s = cache_find(a, j->key, true);
         memcpy(s->key, j->key, KEY_LEN);
-        s->expires_ms = time_mono_ms() + a->o.cache_ttl_ms;
+        s->expires_ms = time_mono_ms() + ttl;
         s->gen = j->gen;
+        s->ok = ok;
     }
     if (!ok) {
         a->stats.failures++;
         peer_charge(a, &j->peer);
     }
+    LOG_DEBUG("password check (bcrypt): %s in %lld ms", ok ? "ok" : "failed",
+              (long long)(time_mono_ms() - j->started_ms));
     landing_t l = {ok ? AUTHN_OK : AUTHN_BAD};
     flight_land(j->fl, &l);
     job_free(j);
@@ -294,6 +305,7 @@ static void pump(authn_t *a)
         j->queued = false;
         a->running++;
         a->stats.bcrypt_runs++;
+        j->started_ms = time_mono_ms();
         /* uv_queue_work fails only for a NULL work callback. */
         uv_queue_work(a->loop, &j->work, job_work, job_done);
     }
@@ -403,9 +415,14 @@ enum authn_result authn_check(authn_t *a, const char *user, size_t ulen, const c
         return AUTHN_BAD; /* no users at all: nothing to time */
     uint8_t key[KEY_LEN];
     cache_key(a, user, ulen, pass, plen, key);
-    if (real_user && a->o.cache_ttl_ms && cache_find(a, key, false)) {
+    const vc_slot_t *hit = a->o.cache_ttl_ms ? cache_find(a, key, false) : NULL;
+    if (hit && hit->ok && real_user) {
         a->stats.cache_hits++;
         return AUTHN_OK;
+    }
+    if (hit && !hit->ok) {
+        a->stats.repeats++;
+        return AUTHN_BAD;
     }
     peer_key_t pk = peer_key_of(peer);
     uint32_t wait_s = peer_wait_s(a, peer_find(a, &pk, false));
@@ -680,7 +697,7 @@ int authn_basic_parse(const char *value, char *user, size_t user_cap, size_t *ul
     size_t n = strlen(p);
     while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
         n--;
-    uint8_t buf[AUTHN_USER_MAX + 1 + AUTHN_PASS_MAX];
+    uint8_t buf[AUTHN_USER_MAX + 1 + AUTHN_PASS_MAX] = {0}; /* zeroed: plain to the analyser */
     if (n == 0 || n > (sizeof buf / 3 + 1) * 4)
         return WE_INVALID;
     long len = b64_decode(p, n, buf, sizeof buf);

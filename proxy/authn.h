@@ -6,7 +6,9 @@
  *    the cache's file work), with a bounded queue behind them (beyond: AUTHN_BUSY);
  *  - a success is remembered for cache_ttl_ms, keyed by an HMAC-SHA-256 of user and password
  *    under a key drawn at start (never the password; and a memory dump does not give a fast
- *    offline attack, as a plain hash would); failures are never remembered;
+ *    offline attack, as a plain hash would); a failure is remembered as a failure (never as a
+ *    success) for at most 30 s, so a client retrying the same wrong password costs no bcrypt
+ *    and spends no failure budget;
  *  - identical credentials checked while one check runs join it (one bcrypt for a burst of a
  *    CI fleet's requests);
  *  - every client address (IPv6 by /64) has a budget of failed checks: max_failures in a burst,
@@ -101,6 +103,7 @@ void authn_reload(authn_t *a);
 typedef struct authn_stats {
     uint64_t bcrypt_runs; /* checks that ran bcrypt */
     uint64_t cache_hits;  /* successes answered from the cache */
+    uint64_t repeats;     /* failures answered from the cache (the same wrong pair again) */
     uint64_t joined;      /* requests that joined a check already running */
     uint64_t failures;    /* checks that failed */
     uint64_t throttled;   /* refused: the address's failure budget was spent */

@@ -246,6 +246,10 @@ static void test_verify(void)
     CHECK_INT(check_now(a, &loop, "bob", "secret", &peer, NULL), AUTHN_BAD);
     CHECK_INT(stats(a).bcrypt_runs, 7);
     CHECK_INT(stats(a).failures, 6);
+    /* A failure is remembered as a failure. */
+    CHECK_INT(check_now(a, &loop, "alice", "Secret", &peer, NULL), AUTHN_BAD);
+    CHECK_INT(stats(a).bcrypt_runs, 7);
+    CHECK_INT(stats(a).repeats, 1);
     CHECK_INT(check_now(a, &loop, "bob", "hunter2", &peer, NULL), AUTHN_OK);
     CHECK_INT(check_now(a, &loop, "d\xc3\xa9", "x", &peer, NULL), AUTHN_OK);
     /* Failures are never cached as successes: the right password still checks. */
@@ -337,8 +341,13 @@ static void test_throttle(void)
         &loop, (authn_opts_t){.cache_ttl_ms = 60000, .max_failures = 3, .failure_window_ms = 3000});
     struct sockaddr_storage bad = addr4("198.51.100.7"), other = addr4("198.51.100.8");
     CHECK_INT(check_now(a, &loop, "alice", "secret", &bad, NULL), AUTHN_OK); /* cached */
-    for (int i = 0; i < 3; i++)
+    /* The same wrong pair again is no new guess: answered from the cache, not charged. */
+    for (int i = 0; i < 5; i++)
         CHECK_INT(check_now(a, &loop, "alice", "guess", &bad, NULL), AUTHN_BAD);
+    CHECK_INT(stats(a).repeats, 4);
+    CHECK_INT(stats(a).failures, 1);
+    CHECK_INT(check_now(a, &loop, "alice", "guess-b", &bad, NULL), AUTHN_BAD);
+    CHECK_INT(check_now(a, &loop, "alice", "guess-c", &bad, NULL), AUTHN_BAD);
     uint32_t retry = 0;
     uint64_t runs = stats(a).bcrypt_runs;
     CHECK_INT(check_now(a, &loop, "alice", "guess2", &bad, &retry), AUTHN_THROTTLED);
@@ -358,10 +367,13 @@ static void test_throttle(void)
     /* IPv6: one /64 is one client; IPv4-mapped addresses are their IPv4 address. */
     struct sockaddr_storage v6a = addr6("2001:db8:1:2::1"), v6b = addr6("2001:db8:1:2:ffff::9"),
                             v6c = addr6("2001:db8:1:3::1"), mapped = addr6("::ffff:198.51.100.7");
-    for (int i = 0; i < 3; i++)
-        CHECK_INT(check_now(a, &loop, "alice", "g", &v6a, NULL), AUTHN_BAD);
-    CHECK_INT(check_now(a, &loop, "alice", "g2", &v6b, NULL), AUTHN_THROTTLED);
-    CHECK_INT(check_now(a, &loop, "alice", "g2", &v6c, NULL), AUTHN_BAD);
+    for (int i = 0; i < 3; i++) {
+        char g[8];
+        snprintf(g, sizeof g, "g%d", i);
+        CHECK_INT(check_now(a, &loop, "alice", g, &v6a, NULL), AUTHN_BAD);
+    }
+    CHECK_INT(check_now(a, &loop, "alice", "g3", &v6b, NULL), AUTHN_THROTTLED);
+    CHECK_INT(check_now(a, &loop, "alice", "g3", &v6c, NULL), AUTHN_BAD);
     CHECK_INT(check_now(a, &loop, "alice", "g5", &mapped, NULL), AUTHN_THROTTLED);
     finish(a, &loop);
 }
