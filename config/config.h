@@ -65,6 +65,12 @@ typedef struct config_auth {
     size_t n_groups;
     config_access_rule_t *rules; /* owned; default one rule: "**", authenticated */
     size_t n_rules;
+    /* "challenge": "bearer" makes winch its own token service (GET /v2/_token): clients
+     * without credentials get anonymous tokens, so anonymous docker pulls work beside
+     * logged-in ones. Default "basic". */
+    bool bearer;
+    uint32_t token_ttl_s; /* tokens issued live this long; default 300 */
+    char *token_realm;    /* owned; the realm URL to announce; NULL: from the request's Host */
     uint32_t verify_cache_ttl_s; /* a verified password is trusted this long; default 300 */
     uint32_t max_failures;       /* failed checks per client address in a burst; default 10 */
     uint32_t failure_window_s;   /* ... refilled at max_failures per this; default 60 */

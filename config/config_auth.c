@@ -306,6 +306,44 @@ static int parse_realm(config_auth_t *a, const diag_t *d, const json_t *v)
     return 0;
 }
 
+static int parse_challenge(config_auth_t *a, const diag_t *d, const json_t *v)
+{
+    char q[80];
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    if (s && strcmp(s, "basic") == 0)
+        a->bearer = false;
+    else if (s && strcmp(s, "bearer") == 0)
+        a->bearer = true;
+    else
+        return diag_fail(d, "auth.challenge", "expected \"basic\" or \"bearer\", got %s",
+                         s ? diag_quote(q, sizeof q, s, strlen(s)) : type_name(v));
+    return 0;
+}
+
+/* An absolute http(s) URL for the token realm (behind a reverse proxy, the address clients
+ * use); it goes into a quoted-string, so no quotes, backslashes, spaces or controls. */
+static int parse_token_realm(config_auth_t *a, const diag_t *d, const json_t *v)
+{
+    if (!json_is_string(v))
+        return diag_fail(d, "auth.token_realm", "expected a string (a URL), got %s", type_name(v));
+    const char *s = json_string_value(v);
+    size_t n = strlen(s);
+    url_parts_t u;
+    const char *why = n > URL_MAX ? "too long" : addr_parse_url(s, &u);
+    for (size_t i = 0; !why && i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f || s[i] == '"' ||
+            s[i] == '\\')
+            why = "spaces, quotes, backslashes and non-ASCII characters are not allowed";
+    if (why)
+        return diag_fail(d, "auth.token_realm", "not a usable URL: %s", why);
+    char *p = strdup(s);
+    if (!p)
+        return diag_oom(d);
+    free(a->token_realm);
+    a->token_realm = p;
+    return 0;
+}
+
 /* The default when "access" is absent: every authenticated user reads everything. */
 static int default_rules(config_auth_t *a, const diag_t *d)
 {
@@ -338,6 +376,12 @@ static int parse_field(config_auth_t *a, const diag_t *d, const char *key, const
         *have_access = true;
         return parse_access(a, d, v, rgs);
     }
+    if (strcmp(key, "challenge") == 0)
+        return parse_challenge(a, d, v);
+    if (strcmp(key, "token_ttl_s") == 0)
+        return want_uint(d, sub, v, 60, 86400, &a->token_ttl_s);
+    if (strcmp(key, "token_realm") == 0)
+        return parse_token_realm(a, d, v);
     if (strcmp(key, "verify_cache_ttl_s") == 0)
         return want_uint(d, sub, v, 0, 86400, &a->verify_cache_ttl_s);
     if (strcmp(key, "max_failures") == 0)
@@ -346,8 +390,9 @@ static int parse_field(config_auth_t *a, const diag_t *d, const char *key, const
         return want_uint(d, sub, v, 1, 86400, &a->failure_window_s);
     return diag_fail(d, sub,
                      "unknown field (auth has \"htpasswd\", \"realm\", \"groups\", \"access\", "
-                     "\"client_ca\", \"require_client_cert\", \"verify_cache_ttl_s\", "
-                     "\"max_failures\", \"failure_window_s\")");
+                     "\"client_ca\", \"require_client_cert\", \"challenge\", \"token_ttl_s\", "
+                     "\"token_realm\", \"verify_cache_ttl_s\", \"max_failures\", "
+                     "\"failure_window_s\")");
 }
 
 static int parse_auth(config_auth_t *a, const diag_t *d, const json_t *v)
@@ -372,6 +417,10 @@ static int parse_auth(config_auth_t *a, const diag_t *d, const json_t *v)
                        "give htpasswd (passwords), client_ca (client certificates) or both");
     else if (a->require_client_cert && !a->client_ca)
         rc = diag_fail(d, "auth.require_client_cert", "true needs client_ca");
+    else if (a->bearer && !a->htpasswd)
+        rc = diag_fail(d, "auth.challenge", "\"bearer\" needs htpasswd");
+    else if (a->token_realm && !a->bearer)
+        rc = diag_fail(d, "auth.token_realm", "only with \"challenge\": \"bearer\"");
 out:
     free(rgs);
     return rc;
@@ -388,6 +437,7 @@ int config_auth_parse(config_t *c, const diag_t *d, struct json_t *v)
         return diag_oom(d);
     }
     a->verify_cache_ttl_s = 300;
+    a->token_ttl_s = 300;
     a->max_failures = 10;
     a->failure_window_s = 60;
     config_auth_free(c->auth);
@@ -444,6 +494,7 @@ void config_auth_free(config_auth_t *a)
     free(a->htpasswd);
     free(a->realm);
     free(a->client_ca);
+    free(a->token_realm);
     for (size_t i = 0; i < a->n_groups; i++) {
         free(a->groups[i].name);
         free_names(a->groups[i].members, a->groups[i].n_members);

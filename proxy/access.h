@@ -4,8 +4,15 @@
  *
  * Who: a verified client certificate on the TLS listener names the user (its CN); otherwise an
  * `Authorization: Basic` header checked against the htpasswd file (proxy/authn.c: bcrypt on
- * the threadpool, cached, throttled per address); otherwise the client is anonymous. Wrong or
- * malformed credentials are never anonymous: they get 401.
+ * the threadpool, cached, throttled per address), or with the bearer challenge an
+ * `Authorization: Bearer` token winch issued (proxy/token.c); otherwise the client is
+ * anonymous. Wrong or malformed credentials are never anonymous: they get 401.
+ *
+ * The challenge is Basic (`WWW-Authenticate: Basic realm=...`), or with auth.challenge
+ * "bearer", `Bearer realm="<scheme>://<Host>/v2/_token",service=...`: winch is then its own
+ * token service, and a client without credentials gets an anonymous token, which is what
+ * lets anonymous docker pull anonymous repositories (docker gives up on a Basic challenge it
+ * has no credentials for).
  *
  * What: repositories are named "UPSTREAM/REPOSITORY" (Docker Hub one-component names as
  * library/NAME, as routing normalises them); the first rule of auth.access whose glob matches
@@ -54,6 +61,13 @@ bool access_admit(access_t *a, call_t *c, void (*resume)(call_t *c));
 /** c's user for the access log into buf[cap] (cap >= 4 * CALL_USER_MAX + 1): printable ASCII as
  * is, other bytes (spaces included) as \xHH; "-" when anonymous. Returns buf. */
 const char *access_log_user(const call_t *c, char *buf, size_t cap);
+
+/** With the bearer challenge, winch is its own token service at GET /v2/_token: when c (not
+ * routed yet) asks for a token, this answers it (a token for the user of its Basic
+ * credentials or client certificate, an anonymous one without credentials, 401 for wrong
+ * ones; maybe after a pending password check, as access_admit) and returns true. Otherwise
+ * false, and c goes on to routing. a NULL: false. */
+bool access_intercept(access_t *a, call_t *c);
 
 /** Whether c's client may read upstream/repo (for _catalog's listing). True when a is NULL. */
 bool access_may_read(const access_t *a, const call_t *c, const char *upstream, const char *repo);

@@ -146,6 +146,8 @@ static void on_request(req_t *r, void *arg)
         return;
     }
     read_headers(c);
+    if (access_intercept(a->access, c))
+        return;
     enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
     route_error_t rerr;
     if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {

@@ -80,6 +80,20 @@ def bcrypt_runs(w):
     return len(re.findall(r"password check \(bcrypt\)", w.log()))
 
 
+def raw_challenge(port, host):
+    """The WWW-Authenticate of GET /v2/ sent with exactly this Host header (bytes)."""
+    with socket.create_connection((lab.LOOPBACK, port), timeout=10) as s:
+        s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+    m = re.search(rb"\r\nWWW-Authenticate: ([^\r]*)\r\n", data)
+    return m.group(1).decode() if m else None
+
+
 def assert_no_secret(tc, w):
     log = w.log()
     for user, password in PASSWORDS.items():
@@ -548,6 +562,161 @@ class Clients(Base):
             c.stop()
         self.assertRegex(self.w.log(), r"HEAD /v2/lab/busybox-oci/manifests/1\.36\?ns=docker\.io "
                          r"200 .* user=ci-bot")
+
+
+# ---- the bearer challenge: winch as its own token service ----------------------------------
+
+class Bearer(Base):
+    """"challenge": "bearer": the same access rules, with tokens from GET /v2/_token. What it
+    adds: anonymous dockerd pulls anonymous repositories (with the Basic challenge it cannot)."""
+
+    @classmethod
+    def setUpClass(cls):
+        netns.require("ip", "nsenter")
+        super().setUpClass()
+        cls.pw2 = os.path.join(cls.work, "htpasswd-bearer")
+        htpasswd_file(cls.pw2, dict(PASSWORDS, carol="carol-Pa55"))
+        cls.w = lab.Winch([("docker.io", cls.up.url)],
+                          config=auth_config(cls.pw2, challenge="bearer"))
+        cls.ns = netns.Netns()
+        cls.fwd = netns.Forward(cls.ns, cls.w.hostport, name="forward-winch")
+        cls.dead = netns.dead_port()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.fwd.stop()
+        cls.ns.stop()
+        cls.w.stop()
+        super().tearDownClass()
+
+    def tearDown(self):
+        assert_no_secret(self, self.w)
+        self.assertNotRegex(self.w.log(), r"wt1\.[A-Za-z0-9_-]{8,}", "winch logged a token")
+
+    def token(self, headers=()):
+        r = lab.get(self.w.hostport, "/v2/_token?service=winch&scope=repository:x:pull", headers)
+        self.assertStatus(r, 200, "token")
+        doc = r.json()
+        self.assertEqual(doc["token"], doc["access_token"])
+        self.assertEqual(doc["expires_in"], 300)
+        self.assertRegex(doc["issued_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertEqual(r.header("Cache-Control"), "no-store")
+        return [("Authorization", "Bearer " + doc["token"])]
+
+    def test_http(self):
+        h = self.w.hostport
+        secret = "/v2/lab/busybox-oci/manifests/1.36"
+        acc = lab.accept(lab.ALL_MANIFEST_ACCEPT)
+        realm = 'Bearer realm="http://%s/v2/_token",service="winch"' % h
+        r = lab.get(h, "/v2/")
+        self.assertOciError(r, 401, "UNAUTHORIZED", "anonymous ping")
+        self.assertEqual(r.header("WWW-Authenticate"), realm)
+        # The realm follows the Host the client used; an unusable one gets the Basic challenge.
+        self.assertEqual(raw_challenge(self.w.port, b"mirror.example:5000"),
+                         'Bearer realm="http://mirror.example:5000/v2/_token",service="winch"')
+        for host in (b'evil"x', b"a b", b"x\\y", b""):
+            self.assertEqual(raw_challenge(self.w.port, host),
+                             'Basic realm="winch", charset="UTF-8"', host)
+        anon, alice = self.token(), self.token([basic("alice", PASSWORDS["alice"])])
+        self.assertStatus(lab.get(h, "/v2/", anon), 200, "ping with an anonymous token")
+        self.assertStatus(lab.get(h, "/v2/library/busybox/manifests/1.36", acc + anon), 200, "")
+        r = lab.get(h, secret, acc + anon)
+        self.assertOciError(r, 401, "UNAUTHORIZED", "anonymous token, private repository")
+        self.assertEqual(r.header("WWW-Authenticate"), realm)
+        self.assertStatus(lab.get(h, secret, acc + alice), 200, "alice's token")
+        bob = self.token([basic("bob", PASSWORDS["bob"])])
+        r = lab.get(h, secret, acc + bob)
+        self.assertOciError(r, 403, "DENIED", "bob's token")
+        # Basic still works beside tokens (curl, scripts).
+        self.assertStatus(lab.get(h, secret, acc + [basic("alice", PASSWORDS["alice"])]), 200,
+                          "Basic in bearer mode")
+        # The token service: wrong credentials, POST (containerd's OAuth2 attempt), others.
+        r = lab.get(h, "/v2/_token", [basic("alice", "wrong")])
+        self.assertOciError(r, 401, "UNAUTHORIZED", "wrong password at the token service")
+        self.assertEqual(r.header("WWW-Authenticate"), 'Basic realm="winch", charset="UTF-8"')
+        r = lab.request(h, "POST", "/v2/_token", body=b"grant_type=password&username=alice")
+        self.assertEqual(r.status, 404)
+        # Forged, truncated, foreign and malformed tokens.
+        tok = alice[0][1].split(" ", 1)[1]
+        for what, t in (("forged", tok[:-2] + ("AA" if not tok.endswith("AA") else "BB")),
+                        ("truncated", tok[:-5]), ("junk", "abc"), ("empty", ""),
+                        ("another winch's", "wt1.YWxpY2UKOTk5OTk5OTk5OTk5OQ." + "A" * 43)):
+            r = lab.get(h, secret, acc + [("Authorization", "Bearer " + t)])
+            self.assertOciError(r, 401, "UNAUTHORIZED", what)
+            if t:
+                self.assertIn('error="invalid_token"', r.header("WWW-Authenticate"), what)
+        # A user removed from the file loses access at once, token or not.
+        carol = self.token([basic("carol", "carol-Pa55")])
+        self.assertStatus(lab.get(h, "/v2/", carol), 200, "carol")
+        htpasswd_file(self.pw2 + ".new", PASSWORDS)
+        os.rename(self.pw2 + ".new", self.pw2)
+        lab.wait_for(lambda: lab.get(h, "/v2/", carol).status == 401, 10, what="carol refused")
+        self.assertStatus(lab.get(h, secret, acc + alice), 200, "alice's token after reload")
+
+    def test_skopeo(self):
+        out = lab.tmpdir("winch-client-auth-bearer-skopeo-")
+        lab.skopeo_copy("docker://%s/%s" % (self.w.hostport, SECRET_IMAGE), "dir:" + out + "/a",
+                        ["--src-creds", "alice:" + PASSWORDS["alice"]])
+        lab.skopeo_copy("docker://%s/%s" % (self.w.hostport, PUBLIC_IMAGE), "dir:" + out + "/p")
+        with self.assertRaises(Exception):
+            lab.skopeo_copy("docker://%s/%s" % (self.w.hostport, SECRET_IMAGE),
+                            "dir:" + out + "/x")
+
+    def test_dockerd(self):
+        netns.require("dockerd", "docker", "containerd", "runc")
+        d = netns.Dockerd(self.ns, mirror=self.fwd.hostport, name="dockerd-bearer")
+        want = self.data["images"]
+        try:
+            # Anonymous, as a mirror: the anonymous repository works...
+            out = d.docker("pull", "busybox:1.36").stdout
+            self.assertIn("Digest: " + want["busybox-v2s2"]["digest"], out)
+            # ...the private one does not (dockerd then falls back to Docker Hub, unreachable).
+            r = d.docker("pull", "lab/busybox-oci:1.36", check=False)
+            self.assertNotEqual(r.returncode, 0)
+            # With the Docker Hub credentials dockerd sends to its mirrors.
+            with open(os.path.join(d.cli_config, "config.json"), "w") as f:
+                json.dump({"auths": {"https://index.docker.io/v1/": {
+                    "auth": base64.b64encode(
+                        ("alice:" + PASSWORDS["alice"]).encode()).decode()}}}, f)
+            out = d.docker("pull", "lab/busybox-oci:1.36").stdout
+            self.assertIn("Digest: " + want["busybox"]["digest"], out)
+            os.remove(os.path.join(d.cli_config, "config.json"))
+            # docker login by name.
+            d.docker("login", "-u", "alice", "-p", PASSWORDS["alice"], self.fwd.hostport)
+            out = d.docker("pull", "%s/%s" % (self.fwd.hostport, SECRET_IMAGE)).stdout
+            self.assertIn("Digest: " + want["busybox"]["digest"], out)
+            d.docker("logout", self.fwd.hostport)
+            fallback = [ln for ln in d.log().splitlines()
+                        if "Trying to pull" in ln and "registry-1.docker.io" in ln and
+                        "busybox:1.36" in ln and "lab/" not in ln]
+            self.assertEqual(fallback, [], "dockerd fell back to Docker Hub for busybox")
+        finally:
+            d.stop()
+
+    def test_podman_and_ctr(self):
+        netns.require("podman", "containerd", "ctr", "runc")
+        p = netns.Podman(self.ns, [("docker.io", "127.0.0.1:%d" % self.dead, self.fwd.hostport)])
+        p.podman("pull", "docker.io/" + PUBLIC_IMAGE)
+        self.assertNotEqual(p.podman("pull", "docker.io/" + SECRET_IMAGE, check=False).returncode,
+                            0)
+        p.podman("login", "--tls-verify=false", "-u", "alice", "-p", PASSWORDS["alice"],
+                 self.fwd.hostport)
+        p.podman("pull", "docker.io/" + SECRET_IMAGE)
+        c = netns.Containerd(self.ns, name="containerd-bearer")
+        snap = ["--snapshotter", "native"]
+        try:
+            hosts = c.hosts_dir({"docker.io": ("http://127.0.0.1:%d" % self.dead,
+                                               "http://" + self.fwd.hostport)})
+            c.ctr("images", "pull", "--hosts-dir", hosts, *snap, "docker.io/" + PUBLIC_IMAGE)
+            r = c.ctr("images", "pull", "--hosts-dir", hosts, *snap, "docker.io/" + SECRET_IMAGE,
+                      check=False)
+            self.assertNotEqual(r.returncode, 0)
+            c.ctr("images", "pull", "--hosts-dir", hosts, *snap, "--user",
+                  "alice:" + PASSWORDS["alice"], "docker.io/" + SECRET_IMAGE)
+            self.assertEqual(c.images().get("docker.io/" + SECRET_IMAGE),
+                             self.data["images"]["busybox"]["digest"])
+        finally:
+            c.stop()
 
 
 # ---- client certificates -----------------------------------------------------------------

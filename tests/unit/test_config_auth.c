@@ -104,6 +104,19 @@ static void test_defaults(void)
     CHECK_INT(a->verify_cache_ttl_s, 300);
     CHECK_INT(a->max_failures, 10);
     CHECK_INT(a->failure_window_s, 60);
+    CHECK(!a->bearer);
+    CHECK_INT(a->token_ttl_s, 300);
+    CHECK(a->token_realm == NULL);
+    config_free(c);
+
+    c = ok("{\"auth\": {\"htpasswd\": \"%PW%\", \"challenge\": \"bearer\", \"token_ttl_s\": 60,"
+           " \"token_realm\": \"https://mirror.example:5443/v2/_token\"}}");
+    CHECK(c->auth->bearer);
+    CHECK_INT(c->auth->token_ttl_s, 60);
+    CHECK_STR(c->auth->token_realm, "https://mirror.example:5443/v2/_token");
+    config_free(c);
+    c = ok("{\"auth\": {\"htpasswd\": \"%PW%\", \"challenge\": \"basic\"}}");
+    CHECK(!c->auth->bearer);
     config_free(c);
 
     /* An empty access list is allowed: nobody reads anything. */
@@ -196,6 +209,27 @@ static void test_errors(void)
         "auth.failure_window_s: must be 1..86400");
     bad("{\"auth\": {\"htpasswd\": \"%PW%\", \"failure_window_s\": 1.5}}",
         "auth.failure_window_s: expected an integer");
+
+    /* The bearer challenge. */
+    bad("{\"auth\": {\"htpasswd\": \"%PW%\", \"challenge\": \"digest\"}}",
+        "auth.challenge: expected \"basic\" or \"bearer\", got \"digest\"");
+    bad("{\"auth\": {\"htpasswd\": \"%PW%\", \"challenge\": true}}",
+        "auth.challenge: expected \"basic\" or \"bearer\", got a boolean");
+    bad("{\"tls_listen\": \"127.0.0.1:5443\", \"tls_cert\": \"%CERT%\", \"tls_key\": \"%CERT%\","
+        " \"auth\": {\"client_ca\": \"%CA%\", \"challenge\": \"bearer\"}}",
+        "auth.challenge: \"bearer\" needs htpasswd");
+    bad("{\"auth\": {\"htpasswd\": \"%PW%\", \"challenge\": \"bearer\", \"token_ttl_s\": 59}}",
+        "auth.token_ttl_s: must be 60..86400, got 59");
+    bad("{\"auth\": {\"htpasswd\": \"%PW%\", \"token_realm\": \"https://x/t\"}}",
+        "auth.token_realm: only with \"challenge\": \"bearer\"");
+    bad("{\"auth\": {\"htpasswd\": \"%PW%\", \"challenge\": \"bearer\", \"token_realm\": "
+        "\"ftp://x/t\"}}",
+        "auth.token_realm: not a usable URL");
+    bad("{\"auth\": {\"htpasswd\": \"%PW%\", \"challenge\": \"bearer\", \"token_realm\": "
+        "\"https://x/a\\\"b\"}}",
+        "auth.token_realm: not a usable URL");
+    bad("{\"auth\": {\"htpasswd\": \"%PW%\", \"challenge\": \"bearer\", \"token_realm\": 5}}",
+        "auth.token_realm: expected a string (a URL)");
 
     /* Groups. */
     bad("{\"auth\": {\"htpasswd\": \"%PW%\", \"groups\": []}}", "auth.groups: expected an object");
