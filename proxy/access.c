@@ -1,7 +1,9 @@
 /* Client access (access.h): a call's identity, then the rules.
  *
  *   access_admit: certificate name | Authorization: Basic -> authn_check (maybe pending) |
- *                 anonymous  ->  decide(route)  ->  proceed, or 401 / 403 (/ 429 / 503 / 400)
+ *                 Authorization: Bearer -> token_verify | anonymous
+ *                 ->  decide(route)  ->  proceed, or 401 / 403 (/ 429 / 503)
+ *   access_intercept (GET /v2/_token, bearer challenge only): the same identity -> a token
  *
  * Nothing here logs a credential: the Authorization header is never copied into a message,
  * passwords live in authn.c's jobs only while bcrypt runs, and a failed login names the user
@@ -18,6 +20,7 @@
 #include "common/err.h"
 #include "common/glob.h"
 #include "common/log.h"
+#include "common/ref.h"
 #include "common/timeutil.h"
 #include "proxy/authn.h"
 #include "proxy/call.h"
@@ -70,7 +73,7 @@ static bool rule_names(const config_auth_t *auth, const config_access_rule_t *r,
 enum access_decision access_rules_decide(const config_auth_t *auth, const char *user,
                                          const char *upstream, const char *repo)
 {
-    char name[CALL_USER_MAX + 1024];
+    char name[REF_NAME_MAX + 300]; /* an upstream name (a host and port), '/', a repository */
     int n = snprintf(name, sizeof name, "%s/%s", upstream, repo);
     const config_access_rule_t *rule = NULL;
     if (n > 0 && (size_t)n < sizeof name) {
