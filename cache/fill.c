@@ -543,6 +543,11 @@ void fill_fail(fill_t *f, int err)
     fill_fail_now(f, err);
 }
 
+bool fill_in_progress(cache_t *c, const char *digest)
+{
+    return table_find(c, digest) != NULL;
+}
+
 /* ---- Accessors ------------------------------------------------------------------------------- */
 
 bool fill_verified(const fill_t *f)
