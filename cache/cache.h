@@ -422,6 +422,10 @@ typedef void (*cache_gc_cb)(void *arg, int status, const cache_gc_result_t *r);
 int cache_gc(cache_t *c, const cache_gc_opts_t *o, cache_gc_cb cb, void *arg);
 /** True while a cache_gc runs. */
 bool cache_gc_running(const cache_t *c);
+/** Bytes of content this process has indexed since open (fills and manifest puts), never
+ * decreasing: with a gc's total_before and freed, retention keeps its estimate of the total
+ * without scanning. */
+uint64_t cache_bytes_added(const cache_t *c);
 
 /** What the cache holds, as `winch df` shows it. */
 typedef struct cache_usage {

@@ -429,6 +429,11 @@ int cache_gc(cache_t *c, const cache_gc_opts_t *o, cache_gc_cb cb, void *arg)
     return 0;
 }
 
+uint64_t cache_bytes_added(const cache_t *c)
+{
+    return c->bytes_added;
+}
+
 bool cache_gc_running(const cache_t *c)
 {
     return c->gc != NULL;

@@ -462,6 +462,7 @@ static void fill_indexed(void *arg, int status)
     fill_t *f = arg;
     f->job = JOB_NONE;
     if (status == 0) {
+        f->c->bytes_added += f->written;
         f->state = FILL_DONE;
         table_remove(f);
         notify_all(f);

@@ -120,8 +120,9 @@ struct cache {
     /* stats.c */
     struct stats *stats;
 
-    /* evict.c */
+    /* evict.c; bytes_added also by fill.c and manifests.c (content newly indexed) */
     struct gc_run *gc;
+    uint64_t bytes_added;
     uint64_t trash_seq;
 
     /* manifests.c */

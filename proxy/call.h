@@ -30,6 +30,7 @@ typedef struct call_env {
     upstream_t *const *upstreams; /* [i] serves cfg->upstreams[i] */
     flight_table_t *fetches;      /* shared buffered upstream fetches (fetch.c) */
     blob_producers_t *producers;  /* blob fills' upstream producers running (blob.c) */
+    struct retention *retention;  /* background eviction (retention.c); told of a full disk */
 } call_env_t;
 
 typedef struct call call_t;

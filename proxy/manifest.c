@@ -325,6 +325,7 @@ void manifest_handle(call_t *c)
         return;
     }
     int64_t checked = 0;
+    cache_note_tag_pull(cache, c->route.upstream->name, c->route.name, c->route.ref);
     if (cache_tag_get(cache, c->route.upstream->name, c->route.name, c->route.ref, m->stale,
                       &checked) == 0) {
         m->have_stale = true;
