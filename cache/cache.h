@@ -434,6 +434,9 @@ typedef struct cache_usage {
 } cache_usage_t;
 /** Scans the index (synchronously: for the CLI) and fills *u. 0 or WE_INDEX/-ENOMEM. */
 int cache_usage(cache_t *c, cache_usage_t *u);
+/** Visits every dangling manifest (untagged, referenced by no other manifest: docker's
+ * <none>), after a synchronous scan (for the CLI). fn returns nonzero to stop. */
+int cache_dangling_each(cache_t *c, int (*fn)(void *arg, const char *digest), void *arg);
 
 /* ---- Pins, as retention reads them (pins_read.c) ------------------------------------------ */
 
@@ -444,5 +447,39 @@ int cache_pin_each(cache_t *c,
                    int (*fn)(void *arg, const char *upstream, const char *repo, const char *tag,
                              const char *digest),
                    void *arg);
+
+/* ---- Verification (verify.c) ------------------------------------------------------------ */
+
+enum cache_verify_problem {
+    CACHE_VERIFY_CORRUPT = 1, /* the file's size or digest is wrong: quarantined by a fix */
+    CACHE_VERIFY_MISSING = 2, /* an index entry without its file: the entry goes */
+    CACHE_VERIFY_ORPHAN = 3,  /* a file no index entry names: removed */
+};
+
+typedef struct cache_verify_problem_s {
+    enum cache_verify_problem what;
+    const char *digest; /* borrowed for the callback */
+    bool fixed;
+} cache_verify_problem_t;
+
+typedef struct cache_verify_opts {
+    bool rehash;  /* hash every file (else sizes and presence only: the check after start) */
+    bool orphans; /* walk blobs/ for files without an entry */
+    bool fix;     /* drop bad entries (first), quarantine corrupt files, remove orphans */
+    void (*on_problem)(void *arg, const cache_verify_problem_t *p); /* loop; may be NULL */
+    void *arg;
+} cache_verify_opts_t;
+
+typedef struct cache_verify_result {
+    uint64_t checked, problems, bytes_hashed;
+    int64_t scan_ms;
+} cache_verify_result_t;
+
+typedef void (*cache_verify_cb)(void *arg, int status, const cache_verify_result_t *r);
+
+/** Checks every indexed file on the threadpool (a snapshot of the index, then the files), then
+ * fixes on the loop as o says. cb runs once on the loop, never before this returns. A verify
+ * may run beside a gc and beside serving. Returns 0 or -ENOMEM. */
+int cache_verify(cache_t *c, const cache_verify_opts_t *o, cache_verify_cb cb, void *arg);
 
 #endif

@@ -585,6 +585,21 @@ int gc_count_images(gc_model_t *m)
     return rc;
 }
 
+int cache_dangling_each(cache_t *c, int (*fn)(void *arg, const char *digest), void *arg)
+{
+    gc_model_t m = {0};
+    MDB_txn *t = NULL;
+    if (mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t))
+        return WE_INDEX;
+    int rc = gc_model_load(&m, c, t);
+    mdb_txn_abort(t);
+    for (size_t i = 0; rc == 0 && i < m.nr; i++)
+        if (m.roots[i].type == GC_ROOT_DANGLING && fn(arg, m.roots[i].digest))
+            break;
+    gc_model_free(&m);
+    return rc;
+}
+
 int cache_usage(cache_t *c, cache_usage_t *u)
 {
     gc_model_t m = {0};

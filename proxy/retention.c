@@ -119,6 +119,30 @@ static void on_tick(uv_timer_t *t)
         start_gc(r, low, true);
 }
 
+static void on_checked(void *arg, int status, const cache_verify_result_t *res)
+{
+    (void)arg;
+    if (status < 0)
+        LOG_WARN("cache check after start failed: %s", err_str(status));
+    else if (res->problems)
+        LOG_WARN("cache check after start: %llu of %llu entries disagreed with the store and "
+                 "were fixed (run winch verify to rehash everything)",
+                 (unsigned long long)res->problems, (unsigned long long)res->checked);
+    else
+        LOG_INFO("cache check after start: %llu entries, all present (%lld ms)",
+                 (unsigned long long)res->checked, (long long)res->scan_ms);
+}
+
+static void on_check_problem(void *arg, const cache_verify_problem_t *p)
+{
+    (void)arg;
+    LOG_WARN("cache check: %s %s%s",
+             p->what == CACHE_VERIFY_MISSING   ? "index entry without its file"
+             : p->what == CACHE_VERIFY_ORPHAN ? "file without an index entry"
+                                              : "wrong size",
+             p->digest, p->fixed ? " (fixed)" : "");
+}
+
 int retention_create(retention_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache)
 {
     retention_t *r = calloc(1, sizeof *r);
@@ -145,6 +169,10 @@ int retention_create(retention_t **out, uv_loop_t *loop, const config_t *cfg, ca
     /* The tick must not keep a stopping loop alive on its own. */
     uv_timer_start(&r->tick, on_tick, 50, TICK_MS);
     uv_unref((uv_handle_t *)&r->tick);
+    /* Start-up never scans blobs/ (cache_open stays cheap); this check runs beside serving:
+     * no index entry without its file, no file without its entry. */
+    cache_verify_opts_t vo = {.orphans = true, .fix = true, .on_problem = on_check_problem};
+    cache_verify(cache, &vo, on_checked, NULL);
     if (r->max_bytes)
         LOG_INFO("retention: max_size %llu bytes, evicting down to %u%% of it",
                  (unsigned long long)r->max_bytes, cfg->retention_low_watermark_pct);
