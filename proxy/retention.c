@@ -91,6 +91,8 @@ static void start_gc(retention_t *r, uint64_t target, bool unused)
 static void on_tick(uv_timer_t *t)
 {
     retention_t *r = t->data;
+    /* Pull counts reach the index within a tick even when nobody pulls after them. */
+    cache_stats_flush(r->cache);
     if (r->running || r->stopping || cache_gc_running(r->cache))
         return;
     int64_t now = time_mono_ms();
