@@ -376,15 +376,15 @@ typedef struct cache_gc_item {
     const char *digest;                /* the tag's manifest, or the content removed */
     int kind;                          /* CACHE_GC_CONTENT: enum cache_kind */
     uint64_t size;                     /* CACHE_GC_CONTENT */
-    const char *why; /* "removed", "unreferenced", "unused", "over max_size" */
+    const char *why;                   /* "removed", "unreferenced", "unused", "over max_size" */
 } cache_gc_item_t;
 
 typedef struct cache_gc_opts {
     const cache_gc_target_t *rm; /* remove these tags/manifests (and what only they reference) */
     size_t nrm;
-    bool unreferenced;        /* remove every untagged manifest and unreferenced blob (prune) */
-    int64_t unused_before_ms; /* remove tags and content last pulled before this; 0: none */
-    uint64_t target_bytes;    /* then least recently used first until the total content is at
+    bool unreferenced;          /* remove every untagged manifest and unreferenced blob (prune) */
+    int64_t unused_before_ms;   /* remove tags and content last pulled before this; 0: none */
+    uint64_t target_bytes;      /* then least recently used first until the total content is at
                                * most this; UINT64_MAX: no size pass */
     const char *const *protect; /* globs over "upstream/repo" (common/glob.h): never removed */
     size_t nprotect;
@@ -398,12 +398,12 @@ typedef struct cache_gc_opts {
 } cache_gc_opts_t;
 
 typedef struct cache_gc_result {
-    uint64_t total_before;   /* content bytes indexed when the scan ran */
-    uint64_t freed;          /* content bytes removed (or that would be) */
-    uint64_t tags, contents; /* removed (or that would be) */
-    uint64_t skipped;        /* planned but used again before removal: kept */
-    int64_t scan_ms;         /* the threadpool scan */
-    int64_t total_ms;        /* from cache_gc to the callback */
+    uint64_t total_before;    /* content bytes indexed when the scan ran */
+    uint64_t freed;           /* content bytes removed (or that would be) */
+    uint64_t tags, contents;  /* removed (or that would be) */
+    uint64_t skipped;         /* planned but used again before removal: kept */
+    int64_t scan_ms;          /* the threadpool scan */
+    int64_t total_ms;         /* from cache_gc to the callback */
     int64_t longest_slice_us; /* longest stretch the loop spent in one slice */
     unsigned slices;
 } cache_gc_result_t;

@@ -45,9 +45,9 @@ struct gc_run {
     int status;
     cache_gc_result_t res;
     int64_t t0_ms;
-    size_t next, end;  /* the slice in flight: items [next, end) */
-    uint8_t *skip;     /* per item of the slice in flight: 1 = kept (written by the apply) */
-    char **trash;      /* files to unlink after the slice */
+    size_t next, end; /* the slice in flight: items [next, end) */
+    uint8_t *skip;    /* per item of the slice in flight: 1 = kept (written by the apply) */
+    char **trash;     /* files to unlink after the slice */
     size_t ntrash;
 };
 

@@ -543,8 +543,7 @@ static int apply_content(cache_t *c, MDB_txn *t, const wop_t *op)
     return mdb_put(t, c->dbi_content, &k, &v, 0);
 }
 
-int index_touch_content(cache_t *c, MDB_txn *t, const char *digest, uint32_t pulls,
-                        int64_t at_ms)
+int index_touch_content(cache_t *c, MDB_txn *t, const char *digest, uint32_t pulls, int64_t at_ms)
 {
     unsigned char buf[CONTENT_HDR + CACHE_MEDIA_MAX];
     struct content_rec r;

@@ -183,8 +183,7 @@ int index_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, cons
 int index_content_decode(const MDB_val *v, cache_entry_t *e);
 /** Inside a write transaction: adds pulls to digest's record and raises its access time to
  * at_ms. A digest no longer indexed is skipped. Returns LMDB's code. Threadpool. */
-int index_touch_content(cache_t *c, MDB_txn *t, const char *digest, uint32_t pulls,
-                        int64_t at_ms);
+int index_touch_content(cache_t *c, MDB_txn *t, const char *digest, uint32_t pulls, int64_t at_ms);
 
 /* ---- stats.c: access tracking ------------------------------------------------------------- */
 

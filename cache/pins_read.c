@@ -69,7 +69,8 @@ static int mark_one(void *arg, const MDB_val *k, const char *up, const char *rep
     (void)tag;
     for (size_t i = 0; i < m->nr; i++) {
         gc_root_t *r = &m->roots[i];
-        if (r->type == GC_ROOT_TAG && r->klen == k->mv_size && memcmp(r->key, k->mv_data, r->klen) == 0)
+        if (r->type == GC_ROOT_TAG && r->klen == k->mv_size &&
+            memcmp(r->key, k->mv_data, r->klen) == 0)
             r->protected = true;
     }
     uint32_t n = gc_find(m, digest, strlen(digest));
@@ -89,8 +90,8 @@ struct each {
     void *arg;
 };
 
-static int each_one(void *arg, const MDB_val *k, const char *up, const char *repo,
-                    const char *tag, const char *digest)
+static int each_one(void *arg, const MDB_val *k, const char *up, const char *repo, const char *tag,
+                    const char *digest)
 {
     struct each *e = arg;
     (void)k;

@@ -87,8 +87,7 @@ int stats_tag_decode(const void *data, size_t len, int64_t *pulled_ms, uint32_t 
     if (len != TAGSTAT_REC || p[0] != TAGSTAT_VERSION)
         return WE_INDEX;
     *pulled_ms = (int64_t)get_u64le(p + 1);
-    *pulls = (uint32_t)p[9] | (uint32_t)p[10] << 8 | (uint32_t)p[11] << 16 |
-             (uint32_t)p[12] << 24;
+    *pulls = (uint32_t)p[9] | (uint32_t)p[10] << 8 | (uint32_t)p[11] << 16 | (uint32_t)p[12] << 24;
     return 0;
 }
 

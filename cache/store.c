@@ -277,8 +277,8 @@ static int open_shared(cache_t *c)
 
 int store_open(cache_t *c)
 {
-    static const char *const subdirs[] = {"index", "tmp", "trash", "blobs/sha256",
-                                          "blobs/sha512", "quarantine"};
+    static const char *const subdirs[] = {"index",        "tmp",          "trash",
+                                          "blobs/sha256", "blobs/sha512", "quarantine"};
     char path[CACHE_PATH_MAX];
     int rc, fd = -1;
 

@@ -283,8 +283,8 @@ static int quarantine(cache_t *c, const char *digest)
     snprintf(dir, sizeof dir, "%s/quarantine", c->dir);
     mkdir(dir, 0755);
     const char *colon = strchr(digest, ':');
-    snprintf(to, sizeof to, "%s/%.6s-%.150s.%d.%llu", dir, digest, colon + 1,
-             (int)getpid(), (unsigned long long)c->trash_seq++);
+    snprintf(to, sizeof to, "%s/%.6s-%.150s.%d.%llu", dir, digest, colon + 1, (int)getpid(),
+             (unsigned long long)c->trash_seq++);
     return rename(from, to) < 0 ? -errno : 0;
 }
 

@@ -91,11 +91,11 @@ typedef struct config {
     uint64_t index_map_size;      /* LMDB map size in bytes; default 4 GiB */
 
     /* Retention (config_retention.c): "retention": {...} and "on_disk_full". */
-    uint64_t retention_max_size;         /* bytes; 0 = no bound (or a percentage below) */
-    uint32_t retention_max_size_pct;     /* 1..100: max_size is this share of the filesystem */
+    uint64_t retention_max_size;          /* bytes; 0 = no bound (or a percentage below) */
+    uint32_t retention_max_size_pct;      /* 1..100: max_size is this share of the filesystem */
     uint32_t retention_low_watermark_pct; /* evict down to this share of max_size; default 90 */
-    uint64_t retention_max_unused_s;     /* evict what was not pulled for this long; 0 = never */
-    char **retention_protect;            /* owned; globs over "upstream/repo", never evicted */
+    uint64_t retention_max_unused_s;      /* evict what was not pulled for this long; 0 = never */
+    char **retention_protect;             /* owned; globs over "upstream/repo", never evicted */
     size_t retention_nprotect;
     bool disk_full_pass_through; /* on_disk_full "pass_through": stream uncached when full */
 } config_t;

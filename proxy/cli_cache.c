@@ -228,7 +228,7 @@ static int ls_pin(void *arg, const char *up, const char *repo, const char *tag, 
 
 static void ls_print(json_t *rows)
 {
-    static const char *const hdr[] = {"UPSTREAM", "REPOSITORY", "TAG",        "DIGEST", "PLATFORMS",
+    static const char *const hdr[] = {"UPSTREAM", "REPOSITORY",  "TAG",   "DIGEST", "PLATFORMS",
                                       "SIZE",     "LAST PULLED", "PULLS", "PINNED"};
     cli_table_t *t;
     if (cli_table_new(&t, 9, hdr))
@@ -344,10 +344,10 @@ int cli_df(int argc, char **argv)
         cache_cmd_json(json_pack(
             "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}", "total", (json_int_t)u.total,
             "referenced", (json_int_t)u.referenced, "reclaimable", (json_int_t)u.unreferenced,
-            "shared_saved", (json_int_t)u.shared_saved, "blobs", (json_int_t)u.blobs,
-            "manifests", (json_int_t)u.manifests, "tags", (json_int_t)u.tags, "dangling",
-            (json_int_t)u.dangling, "max_size", (json_int_t)cfg->retention_max_size,
-            "max_size_pct", (json_int_t)cfg->retention_max_size_pct, "bound", bound));
+            "shared_saved", (json_int_t)u.shared_saved, "blobs", (json_int_t)u.blobs, "manifests",
+            (json_int_t)u.manifests, "tags", (json_int_t)u.tags, "dangling", (json_int_t)u.dangling,
+            "max_size", (json_int_t)cfg->retention_max_size, "max_size_pct",
+            (json_int_t)cfg->retention_max_size_pct, "bound", bound));
         goto out;
     }
     static const char *const hdr[] = {"TOTAL", "REFERENCED", "RECLAIMABLE", "SHARED",

@@ -26,8 +26,8 @@ static void print_item(void *arg, const cache_gc_item_t *it)
         if (p->json)
             json_array_append_new(p->items,
                                   json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "type", "tag",
-                                            "upstream", it->upstream, "repository", it->repo,
-                                            "tag", it->tag, "digest", it->digest, "why", it->why));
+                                            "upstream", it->upstream, "repository", it->repo, "tag",
+                                            it->tag, "digest", it->digest, "why", it->why));
         else
             printf("%s: %s/%s:%s\n", p->dry ? "Would untag" : "Untagged", it->upstream, it->repo,
                    it->tag);
@@ -35,9 +35,9 @@ static void print_item(void *arg, const cache_gc_item_t *it)
     }
     const char *kind = it->kind == CACHE_MANIFEST ? "manifest" : "blob";
     if (p->json) {
-        json_array_append_new(p->items, json_pack("{s:s, s:s, s:I, s:s}", "type", kind, "digest",
-                                                  it->digest, "size", (json_int_t)it->size, "why",
-                                                  it->why));
+        json_array_append_new(p->items,
+                              json_pack("{s:s, s:s, s:I, s:s}", "type", kind, "digest", it->digest,
+                                        "size", (json_int_t)it->size, "why", it->why));
         return;
     }
     char size[16];

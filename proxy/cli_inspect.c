@@ -22,8 +22,8 @@ static json_t *piece(cache_t *c, const char *digest, uint64_t size, const char *
     snprintf(path, sizeof path, "%s/blobs/%.*s/%.2s/%s", cache_dir(c),
              (int)(colon ? colon - digest : 0), digest, colon ? colon + 1 : "",
              colon ? colon + 1 : "");
-    json_t *j = json_pack("{s:s, s:I, s:b}", "digest", digest, "size", (json_int_t)size,
-                          "cached", cached);
+    json_t *j =
+        json_pack("{s:s, s:I, s:b}", "digest", digest, "size", (json_int_t)size, "cached", cached);
     if (mt && mt[0])
         json_object_set_new(j, "mediaType", json_string(mt));
     if (cached)
@@ -102,7 +102,8 @@ static json_t *describe(cache_t *c, const char *digest, int depth)
         json_decref(plats);
         json_object_set_new(out, "image_bytes", json_integer((json_int_t)image_bytes(img)));
     }
-    json_object_set_new(out, "cached_bytes", json_integer((json_int_t)cache_cmd_image_size(c, digest)));
+    json_object_set_new(out, "cached_bytes",
+                        json_integer((json_int_t)cache_cmd_image_size(c, digest)));
     image_free(img);
     return out;
 }

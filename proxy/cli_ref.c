@@ -35,7 +35,8 @@ int cli_ref_parse(const config_t *cfg, const char *s, cli_ref_t *out)
     }
     /* A tag is after the last ':' that follows the last '/'. */
     const char *slash = last_of(s, '/', name_end);
-    const char *colon = last_of(slash ? slash : s, ':', name_end - (size_t)((slash ? slash : s) - s));
+    const char *colon =
+        last_of(slash ? slash : s, ':', name_end - (size_t)((slash ? slash : s) - s));
     size_t repo_end = name_end;
     if (colon) {
         size_t tl = name_end - (size_t)(colon - s) - 1;

@@ -31,8 +31,8 @@ struct retention {
     bool known;         /* base is a scan's result */
     uint64_t base, added_at_base;
     int64_t last_gc_ms, last_unused_ms;
-    bool disk_full;  /* a fill hit ENOSPC: make room at the next tick */
-    bool running;    /* a gc of ours is in flight */
+    bool disk_full; /* a fill hit ENOSPC: make room at the next tick */
+    bool running;   /* a gc of ours is in flight */
     bool stopping;
 };
 
@@ -98,9 +98,10 @@ static void on_tick(uv_timer_t *t)
     int64_t now = time_mono_ms();
     uint64_t low = r->max_bytes / 100 * r->cfg->retention_low_watermark_pct;
     bool unused_due = r->cfg->retention_max_unused_s &&
-                      now - r->last_unused_ms >= (int64_t)(r->cfg->retention_max_unused_s * 1000 < 60000
-                                                               ? r->cfg->retention_max_unused_s * 1000
-                                                               : 60000);
+                      now - r->last_unused_ms >=
+                          (int64_t)(r->cfg->retention_max_unused_s * 1000 < 60000
+                                        ? r->cfg->retention_max_unused_s * 1000
+                                        : 60000);
     if (r->disk_full) {
         /* The disk filled before the bound did (or there is none): free a tenth. */
         r->disk_full = false;
@@ -108,8 +109,7 @@ static void on_tick(uv_timer_t *t)
         uint64_t target = est / 10 * 9;
         if (r->max_bytes && low < target)
             target = low;
-        LOG_WARN("retention: disk full: evicting down to %llu bytes",
-                 (unsigned long long)target);
+        LOG_WARN("retention: disk full: evicting down to %llu bytes", (unsigned long long)target);
         start_gc(r, target, true);
         return;
     }
@@ -139,7 +139,7 @@ static void on_check_problem(void *arg, const cache_verify_problem_t *p)
 {
     (void)arg;
     LOG_WARN("cache check: %s %s%s",
-             p->what == CACHE_VERIFY_MISSING   ? "index entry without its file"
+             p->what == CACHE_VERIFY_MISSING  ? "index entry without its file"
              : p->what == CACHE_VERIFY_ORPHAN ? "file without an index entry"
                                               : "wrong size",
              p->digest, p->fixed ? " (fixed)" : "");

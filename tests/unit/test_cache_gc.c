@@ -109,8 +109,8 @@ static void image(cache_t *c, const char *repo, const char *tag, const blob_t *c
                      cfg->digest, cfg->size);
     for (size_t i = 0; i < n; i++)
         k += snprintf(body + k, sizeof body - (size_t)k,
-                      "%s{\"mediaType\":\"" MT_L "\",\"digest\":\"%s\",\"size\":%zu}",
-                      i ? "," : "", layers[i].digest, layers[i].size);
+                      "%s{\"mediaType\":\"" MT_L "\",\"digest\":\"%s\",\"size\":%zu}", i ? "," : "",
+                      layers[i].digest, layers[i].size);
     snprintf(body + k, sizeof body - (size_t)k, "]}");
     put_manifest(c, MT_M, body, repo, tag, digest);
 }
@@ -236,13 +236,11 @@ static void test_prune_dry_run_then_prune(void)
     cache_t *c = open_fresh("prune");
     struct world w;
     build(c, &w);
-    struct gc_out dry = gc(c, (cache_gc_opts_t){.unreferenced = true,
-                                                .target_bytes = UINT64_MAX,
-                                                .dry_run = true});
+    struct gc_out dry =
+        gc(c, (cache_gc_opts_t){.unreferenced = true, .target_bytes = UINT64_MAX, .dry_run = true});
     CHECK_INT(dry.nitems, 2);
     CHECK(present(c, w.old) && present(c, w.lone.digest));
-    struct gc_out real =
-        gc(c, (cache_gc_opts_t){.unreferenced = true, .target_bytes = UINT64_MAX});
+    struct gc_out real = gc(c, (cache_gc_opts_t){.unreferenced = true, .target_bytes = UINT64_MAX});
     CHECK_INT(real.nitems, dry.nitems);
     for (int i = 0; i < dry.nitems; i++)
         CHECK_STR(real.items[i], dry.items[i]);
@@ -250,8 +248,7 @@ static void test_prune_dry_run_then_prune(void)
     CHECK(!present(c, w.old) && !present(c, w.lone.digest));
     /* Everything a tag reaches stays; the shared base stays. */
     CHECK(present(c, w.a) && present(c, w.b) && present(c, w.base.digest) &&
-          present(c, w.a_top.digest) && present(c, w.b_top.digest) &&
-          present(c, w.a_cfg.digest));
+          present(c, w.a_top.digest) && present(c, w.b_top.digest) && present(c, w.a_cfg.digest));
     /* A second prune finds nothing. */
     struct gc_out again =
         gc(c, (cache_gc_opts_t){.unreferenced = true, .target_bytes = UINT64_MAX});
@@ -445,10 +442,14 @@ static void test_model_counts(void)
 }
 
 static const test_case_t cases[] = {
-    TEST_CASE(test_model_counts),      TEST_CASE(test_usage),
-    TEST_CASE(test_prune_dry_run_then_prune), TEST_CASE(test_rm_keeps_shared),
-    TEST_CASE(test_lru_size_bound),    TEST_CASE(test_protect_and_keep),
-    TEST_CASE(test_pins),              TEST_CASE(test_unused_and_used_since),
+    TEST_CASE(test_model_counts),
+    TEST_CASE(test_usage),
+    TEST_CASE(test_prune_dry_run_then_prune),
+    TEST_CASE(test_rm_keeps_shared),
+    TEST_CASE(test_lru_size_bound),
+    TEST_CASE(test_protect_and_keep),
+    TEST_CASE(test_pins),
+    TEST_CASE(test_unused_and_used_since),
     TEST_CASE(test_reader_keeps_file),
 };
 
