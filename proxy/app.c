@@ -28,6 +28,7 @@
 #include "proxy/manifest.h"
 #include "proxy/oci.h"
 #include "proxy/reply.h"
+#include "proxy/retention.h"
 #include "proxy/revalidate.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
@@ -43,6 +44,7 @@ struct app {
     revalidator_t *revalidator;
     blob_producers_t *producers;
     policy_t *policy;
+    retention_t *retention;
     server_t *server;
     SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
     call_env_t env;
@@ -190,6 +192,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
         goto fail_said;
+    if ((rc = retention_create(&a->retention, loop, cfg, cache)) < 0)
+        goto fail;
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
         rc = upstream_create(&a->upstreams[i], loop, &cfg->upstreams[i], cfg);
         if (rc < 0)
@@ -218,6 +222,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .fetches = a->fetches,
         .producers = a->producers,
         .revalidator = a->revalidator,
+        .retention = a->retention,
     };
     *out = a;
     return 0;
@@ -274,6 +279,9 @@ void app_shutdown(app_t *a)
     server_shutdown(a->server);
     blob_producers_cancel_all(a->producers);
     revalidator_cancel_all(a->revalidator);
+    retention_stop(a->retention);
+    /* The last pulls counted reach the index while the loop drains. */
+    cache_stats_flush(a->env.cache);
     /* Every request is finished or cancelled now, so the pools can go; their handles close
      * while the loop drains. */
     close_upstreams(a);
@@ -290,6 +298,7 @@ void app_destroy(app_t *a)
     for (size_t i = 0; i < CONFIG_MAX_UPSTREAMS; i++)
         health_destroy(a->health[i]);
     revalidator_free(a->revalidator);
+    retention_free(a->retention);
     blob_producers_free(a->producers);
     if (a->fetches && flight_table_count(a->fetches))
         LOG_ERROR("%zu upstream fetches still in flight at exit", flight_table_count(a->fetches));

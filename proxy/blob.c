@@ -24,6 +24,7 @@
 #include "proxy/fetch.h"
 #include "proxy/health.h"
 #include "proxy/reply.h"
+#include "proxy/retention.h"
 
 /* A subscriber sends at most this much per sendfile, so it sees progress (and stalls) often. */
 #define SUB_SLICE ((uint64_t)8 << 20)
@@ -37,8 +38,9 @@
 
 typedef struct producer {
     blob_producers_t *owner;
-    health_t *health; /* borrowed: told how the exchange ended */
-    bool answered;    /* the upstream's headers arrived */
+    health_t *health;            /* borrowed: told how the exchange ended */
+    bool answered;               /* the upstream's headers arrived */
+    struct retention *retention; /* told when the disk is full */
     fill_t *fill;
     upreq_t *up; /* NULL once the upstream request is over */
     struct producer *prev, *next;
@@ -96,6 +98,8 @@ static void producer_end(producer_t *f, int err)
         fill_finish(f->fill);
     } else {
         LOG_WARN("fill %s failed: %s", f->digest, err_str(err));
+        if (err == -ENOSPC || err == -EDQUOT)
+            retention_disk_full(f->retention);
         if (fill_state(f->fill) != FILL_FAILED)
             fill_fail(f->fill, err);
     }
@@ -249,6 +253,7 @@ static void producer_start(call_t *c, fill_t *fill)
     fetch_path(c, "blobs", c->route.ref, path, sizeof path);
     f->owner = c->env->producers;
     f->health = c->health;
+    f->retention = c->env->retention;
     f->next = f->owner->head;
     if (f->next)
         f->next->prev = f;

@@ -34,6 +34,7 @@ typedef struct call_env {
     flight_table_t *fetches;      /* shared buffered upstream fetches (fetch.c) */
     blob_producers_t *producers;  /* blob fills' upstream producers running (blob.c) */
     revalidator_t *revalidator;   /* tag checks running (revalidate.c) */
+    struct retention *retention;  /* background eviction (retention.c); told of a full disk */
 } call_env_t;
 
 typedef struct call call_t;

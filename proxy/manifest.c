@@ -210,6 +210,7 @@ static void handle_tag(call_t *c)
     m->rw.done = on_checked;
     int64_t checked = 0;
     const config_t *cfg = c->env->cfg;
+    cache_note_tag_pull(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref);
     if (cache_tag_get(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref, m->stale,
                       &checked) == 0) {
         m->have_stale = true;
