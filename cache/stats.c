@@ -18,6 +18,7 @@
 
 #include "cache/internal.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/timeutil.h"
 
@@ -49,10 +50,7 @@ typedef struct stats_batch {
 
 static unsigned bucket(const char *key, size_t klen)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < klen; i++)
-        h = (h ^ (unsigned char)key[i]) * 1099511628211ULL;
-    return (unsigned)(h % STATS_BUCKETS);
+    return (unsigned)(hash_bytes64(key, klen) % STATS_BUCKETS);
 }
 
 static void batch_free(void *p)
