@@ -23,8 +23,8 @@
 
 #include "cache/gc.h"
 #include "common/err.h"
-#include "common/hash.h"
 #include "common/glob.h"
+#include "common/hash.h"
 #include "common/log.h"
 
 #define ARENA_BLOCK ((size_t)1 << 20)

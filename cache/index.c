@@ -563,26 +563,39 @@ int index_touch_content(cache_t *c, MDB_txn *t, const char *digest, uint32_t pul
     return mdb_put(t, c->dbi_content, &k, &v, 0);
 }
 
-/* owners[repo key + digest] = {now, size}. A key over LMDB's limit (a very long upstream name
- * and repository) is skipped: that repository then proves each blob to the upstream. */
+/* One owners record: key + '\0' + digest -> {now, size}. */
+static int put_owner_key(cache_t *c, MDB_txn *t, const char *prefix, size_t pl, int64_t now,
+                         const char *digest, uint64_t size)
+{
+    char key[CACHE_KEY_MAX];
+    size_t dl = strlen(digest);
+    size_t kl = pl + 1 + dl;
+    if (kl > c->max_key || kl > sizeof key)
+        return 0;
+    memcpy(key, prefix, pl);
+    key[pl] = '\0';
+    memcpy(key + pl + 1, digest, dl);
+    unsigned char rec[OWNER_REC];
+    rec[0] = OWNER_VERSION;
+    put_u64(rec + 1, (uint64_t)now);
+    put_u64(rec + 9, size);
+    MDB_val k = {kl, key}, v = {sizeof rec, rec};
+    return mdb_put(t, c->dbi_owners, &k, &v, 0);
+}
+
+/* owners[repo key + digest] and owners[upstream + "\0" + digest] (the upstream holds it under
+ * some repository: what a globally scoped upstream asks) = {now, size}. A key over LMDB's limit
+ * (a very long upstream name and repository) is skipped: that repository then proves each blob
+ * to the upstream. */
 static int put_owner(cache_t *c, MDB_txn *t, const wop_t *op, const char *digest, uint64_t size)
 {
     if (!op->repo_key_len)
         return 0;
-    char key[CACHE_KEY_MAX];
-    size_t dl = strlen(digest);
-    size_t kl = op->repo_key_len + 1 + dl;
-    if (kl > c->max_key || kl > sizeof key)
-        return 0;
-    memcpy(key, op->key, op->repo_key_len);
-    key[op->repo_key_len] = '\0';
-    memcpy(key + op->repo_key_len + 1, digest, dl);
-    unsigned char rec[OWNER_REC];
-    rec[0] = OWNER_VERSION;
-    put_u64(rec + 1, (uint64_t)op->now_ms);
-    put_u64(rec + 9, size);
-    MDB_val k = {kl, key}, v = {sizeof rec, rec};
-    return mdb_put(t, c->dbi_owners, &k, &v, 0);
+    int rc = put_owner_key(c, t, op->key, op->repo_key_len, op->now_ms, digest, size);
+    if (rc)
+        return rc;
+    size_t ul = strnlen(op->key, op->repo_key_len); /* the upstream part, then "\0repo" */
+    return put_owner_key(c, t, op->key, ul + 1, op->now_ms, digest, size);
 }
 
 /* refs[digest] = the packed references; owners for the manifest and each reference. */
@@ -771,8 +784,12 @@ int wop_set_refs(wop_t *op, const image_t *img)
 
 bool wop_owns(const wop_t *op, const char *key, size_t kl, const char *digest, uint64_t *size)
 {
-    if (!(op->what & (WOP_REFS | WOP_OWNER)) || op->repo_key_len != kl ||
-        memcmp(op->key, key, kl) != 0)
+    if (!(op->what & (WOP_REFS | WOP_OWNER)) || !op->repo_key_len)
+        return false;
+    /* key is "upstream\0repo", or "upstream\0" for any repository of the upstream. */
+    bool any_repo = kl > 0 && key[kl - 1] == '\0';
+    if (any_repo ? kl > op->repo_key_len || memcmp(op->key, key, kl) != 0
+                 : op->repo_key_len != kl || memcmp(op->key, key, kl) != 0)
         return false;
     if (strcmp(op->digest, digest) == 0) {
         *size = op->size;
@@ -790,6 +807,16 @@ bool wop_owns(const wop_t *op, const char *key, size_t kl, const char *digest, u
 int index_repo_key(const cache_t *c, const char *upstream, const char *repo,
                    char key[CACHE_KEY_MAX], size_t *kl)
 {
+    if (upstream && upstream[0] && !repo) {
+        /* Any repository of the upstream: "upstream\0". */
+        size_t ul = strlen(upstream);
+        if (ul + 1 > CACHE_KEY_MAX || ul + 1 > c->max_key)
+            return WE_INVALID;
+        memcpy(key, upstream, ul);
+        key[ul] = '\0';
+        *kl = ul + 1;
+        return 0;
+    }
     if (!upstream || !upstream[0] || !repo || !ref_name_valid(repo, strlen(repo)))
         return WE_INVALID;
     size_t cap = CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key;
