@@ -51,7 +51,7 @@
 /* ---- Errors ---------------------------------------------------------------------------------- */
 
 /* LMDB returns positive errnos and its own negative codes; neither leaves this file raw. */
-static int index_err(int rc, const char *what)
+int index_err(int rc, const char *what)
 {
     if (rc == 0)
         return 0;
@@ -71,13 +71,13 @@ static int index_err(int rc, const char *what)
 
 /* ---- Record formats -------------------------------------------------------------------------- */
 
-static void put_u64(unsigned char *p, uint64_t v)
+void index_put_u64(unsigned char *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static uint64_t get_u64(const unsigned char *p)
+uint64_t index_get_u64(const unsigned char *p)
 {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++)
@@ -99,9 +99,9 @@ static int content_decode(const MDB_val *v, struct content_rec *r)
     r->e.kind = p[1];
     r->flags = (uint16_t)(p[2] | p[3] << 8);
     r->e.pulls = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
-    r->e.size = get_u64(p + 8);
-    r->e.created_ms = (int64_t)get_u64(p + 16);
-    r->e.accessed_ms = (int64_t)get_u64(p + 24);
+    r->e.size = index_get_u64(p + 8);
+    r->e.created_ms = (int64_t)index_get_u64(p + 16);
+    r->e.accessed_ms = (int64_t)index_get_u64(p + 24);
     size_t ml = v->mv_size - CONTENT_HDR;
     memcpy(r->e.media_type, p + CONTENT_HDR, ml);
     r->e.media_type[ml] = '\0';
@@ -128,16 +128,15 @@ static size_t content_encode(const struct content_rec *r, unsigned char *buf)
     buf[3] = (unsigned char)(r->flags >> 8);
     for (int i = 0; i < 4; i++)
         buf[4 + i] = (unsigned char)(r->e.pulls >> (8 * i));
-    put_u64(buf + 8, r->e.size);
-    put_u64(buf + 16, (uint64_t)r->e.created_ms);
-    put_u64(buf + 24, (uint64_t)r->e.accessed_ms);
+    index_put_u64(buf + 8, r->e.size);
+    index_put_u64(buf + 16, (uint64_t)r->e.created_ms);
+    index_put_u64(buf + 24, (uint64_t)r->e.accessed_ms);
     memcpy(buf + CONTENT_HDR, r->e.media_type, ml);
     return CONTENT_HDR + ml;
 }
 
 /* Joins up to three strings with NULs into buf ("a\0b\0c"); NULL ends the list early. */
-static int make_key(char *buf, size_t cap, const char *a, const char *b, const char *c3,
-                    size_t *len)
+int index_make_key(char *buf, size_t cap, const char *a, const char *b, const char *c3, size_t *len)
 {
     const char *parts[3] = {a, b, c3};
     size_t n = 0;
@@ -236,7 +235,7 @@ int index_close(cache_t *c)
 
 /* ---- Reads on the loop thread ---------------------------------------------------------------- */
 
-static int rtxn_begin(cache_t *c, MDB_txn **t)
+int index_read_begin(cache_t *c, MDB_txn **t)
 {
     if (c->rtxn) {
         if (mdb_txn_renew(c->rtxn) == 0) {
@@ -255,7 +254,7 @@ static int rtxn_begin(cache_t *c, MDB_txn **t)
     return 0;
 }
 
-static void rtxn_end(cache_t *c)
+void index_read_end(cache_t *c)
 {
     mdb_txn_reset(c->rtxn);
 }
@@ -267,7 +266,7 @@ int index_lookup(cache_t *c, const char *digest, cache_entry_t *out)
     size_t n = strnlen(digest, REF_DIGEST_MAX + 1);
     if (n == 0 || n > REF_DIGEST_MAX)
         return WE_NOTFOUND;
-    int rc = rtxn_begin(c, &t);
+    int rc = index_read_begin(c, &t);
     if (rc)
         return rc;
     MDB_val k = {n, (void *)digest}, v;
@@ -279,7 +278,7 @@ int index_lookup(cache_t *c, const char *digest, cache_entry_t *out)
     } else {
         rc = index_err(rc, "lookup");
     }
-    rtxn_end(c);
+    index_read_end(c);
     if (rc == 0)
         *out = r.e;
     return rc;
@@ -307,8 +306,20 @@ int index_tag_key(const cache_t *c, const char *upstream, const char *repo, cons
 {
     if (!upstream || !repo || !tag)
         return WE_INVALID;
-    return make_key(key, CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key, upstream, repo,
-                    tag, kl);
+    return index_make_key(key, CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key, upstream,
+                          repo, tag, kl);
+}
+
+int index_tag_decode(const MDB_val *v, char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms)
+{
+    const unsigned char *p = v->mv_data;
+    if (v->mv_size <= TAG_HDR || p[0] != TAG_VERSION || v->mv_size - TAG_HDR > REF_DIGEST_MAX)
+        return WE_INDEX;
+    size_t dl = v->mv_size - TAG_HDR;
+    *checked_ms = (int64_t)index_get_u64(p + 1);
+    memcpy(digest_out, p + TAG_HDR, dl);
+    digest_out[dl] = '\0';
+    return 0;
 }
 
 int index_tag_read(cache_t *c, const char *upstream, const char *repo, const char *tag,
@@ -319,161 +330,21 @@ int index_tag_read(cache_t *c, const char *upstream, const char *repo, const cha
     MDB_txn *t;
     if (index_tag_key(c, upstream, repo, tag, key, &kl))
         return WE_NOTFOUND;
-    int rc = rtxn_begin(c, &t);
+    int rc = index_read_begin(c, &t);
     if (rc)
         return rc;
     MDB_val k = {kl, key}, v;
     rc = mdb_get(t, c->dbi_tags, &k, &v);
     if (rc == 0) {
-        const unsigned char *p = v.mv_data;
-        size_t dl = v.mv_size - TAG_HDR;
-        if (v.mv_size <= TAG_HDR || p[0] != TAG_VERSION || dl > REF_DIGEST_MAX) {
+        if (index_tag_decode(&v, digest_out, checked_ms)) {
             LOG_ERROR("cache: tag record %s/%s:%s is corrupt or of an unknown version", upstream,
                       repo, tag);
             rc = WE_INDEX;
-        } else {
-            *checked_ms = (int64_t)get_u64(p + 1);
-            memcpy(digest_out, p + TAG_HDR, dl);
-            digest_out[dl] = '\0';
         }
     } else {
         rc = index_err(rc, "tag lookup");
     }
-    rtxn_end(c);
-    return rc;
-}
-
-/* Walks the keys of dbi that start with prefix[0..pl), from start[0..sl) on (start begins with
- * the prefix), handing visit the rest of each key and its value; visit returns nonzero to stop.
- * A read transaction of its own, not the cached one: the visitors' callers may look things up
- * meanwhile. */
-static int prefix_scan(cache_t *c, MDB_dbi dbi, const char *start, size_t sl, size_t pl,
-                       int (*visit)(void *arg, const char *rest, size_t rl, const MDB_val *v),
-                       void *arg, const char *what)
-{
-    MDB_txn *t = NULL;
-    MDB_cursor *cur = NULL;
-    int rc;
-    if (sl > c->max_key)
-        return 0; /* too long to have been stored */
-    if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")))
-        goto out;
-    if ((rc = index_err(mdb_cursor_open(t, dbi, &cur), "cursor")))
-        goto out;
-    MDB_val k = {sl, (void *)start}, v;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < pl || memcmp(k.mv_data, start, pl) != 0)
-            break;
-        if (visit(arg, (const char *)k.mv_data + pl, k.mv_size - pl, &v))
-            break;
-    }
-    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, what);
-out:
-    if (cur)
-        mdb_cursor_close(cur);
-    if (t)
-        mdb_txn_abort(t);
-    return rc;
-}
-
-struct repos_walk {
-    const char *after;
-    int (*fn)(void *arg, const char *repo);
-    void *arg;
-};
-
-static int visit_repo(void *arg, const char *rest, size_t rl, const MDB_val *v)
-{
-    struct repos_walk *w = arg;
-    char repo[REF_NAME_MAX + 1];
-    (void)v;
-    if (rl == 0 || rl > REF_NAME_MAX)
-        return 0;
-    memcpy(repo, rest, rl);
-    repo[rl] = '\0';
-    if (w->after && strcmp(repo, w->after) == 0)
-        return 0;
-    return w->fn(w->arg, repo);
-}
-
-int cache_repos_each(cache_t *c, const char *upstream, const char *after,
-                     int (*fn)(void *arg, const char *repo), void *arg)
-{
-    char start[CACHE_KEY_MAX];
-    size_t sl, pl;
-    if (!upstream || !upstream[0])
-        return 0;
-    if (after && !after[0])
-        after = NULL;
-    if (make_key(start, sizeof start, upstream, "", NULL, &pl))
-        return 0; /* an upstream name too long to be stored has no repositories */
-    if (make_key(start, sizeof start, upstream, after ? after : "", NULL, &sl))
-        return 0;
-    struct repos_walk w = {after, fn, arg};
-    return prefix_scan(c, c->dbi_repos, start, sl, pl, visit_repo, &w, "repos scan");
-}
-
-struct tags_walk {
-    int (*fn)(void *arg, const char *tag, const char *digest);
-    void *arg;
-};
-
-static int visit_tag(void *arg, const char *rest, size_t tl, const MDB_val *v)
-{
-    struct tags_walk *w = arg;
-    char tag[REF_TAG_MAX + 1], digest[REF_DIGEST_MAX + 1];
-    const unsigned char *p = v->mv_data;
-    size_t dl = v->mv_size > TAG_HDR ? v->mv_size - TAG_HDR : 0;
-    if (tl == 0 || tl > REF_TAG_MAX || dl == 0 || dl > REF_DIGEST_MAX || p[0] != TAG_VERSION)
-        return 0;
-    memcpy(tag, rest, tl);
-    tag[tl] = '\0';
-    memcpy(digest, p + TAG_HDR, dl);
-    digest[dl] = '\0';
-    return w->fn(w->arg, tag, digest);
-}
-
-int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
-                    int (*fn)(void *arg, const char *tag, const char *digest), void *arg)
-{
-    char prefix[CACHE_KEY_MAX];
-    size_t pl;
-    if (!upstream || !repo || make_key(prefix, sizeof prefix, upstream, repo, "", &pl))
-        return 0; /* names too long to be stored have no tags */
-    struct tags_walk w = {fn, arg};
-    return prefix_scan(c, c->dbi_tags, prefix, pl, pl, visit_tag, &w, "tags scan");
-}
-
-int index_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, const cache_entry_t *e),
-                       void *arg)
-{
-    char digest[REF_DIGEST_MAX + 1];
-    struct content_rec r;
-    MDB_txn *t = NULL;
-    MDB_cursor *cur = NULL;
-    int rc;
-
-    if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")))
-        goto out;
-    if ((rc = index_err(mdb_cursor_open(t, c->dbi_content, &cur), "cursor")))
-        goto out;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size > REF_DIGEST_MAX || content_decode(&v, &r))
-            continue;
-        memcpy(digest, k.mv_data, k.mv_size);
-        digest[k.mv_size] = '\0';
-        if (fn(arg, digest, &r.e))
-            break;
-    }
-    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, "content scan");
-out:
-    if (cur)
-        mdb_cursor_close(cur);
-    if (t)
-        mdb_txn_abort(t);
+    index_read_end(c);
     return rc;
 }
 
@@ -491,9 +362,9 @@ int wop_new(cache_t *c, const char *upstream, const char *repo, const char *tag,
         if (tag && !ref_tag_valid(tag, strlen(tag)))
             return WE_INVALID;
         size_t cap = CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key;
-        if ((rc = make_key(key, cap, upstream, repo, NULL, &rl)))
+        if ((rc = index_make_key(key, cap, upstream, repo, NULL, &rl)))
             return rc;
-        if (tag && (rc = make_key(key, cap, upstream, repo, tag, &tl)))
+        if (tag && (rc = index_make_key(key, cap, upstream, repo, tag, &tl)))
             return rc;
     }
     size_t kl = tl ? tl : rl;
@@ -577,8 +448,8 @@ static int put_owner_key(cache_t *c, MDB_txn *t, const char *prefix, size_t pl, 
     memcpy(key + pl + 1, digest, dl);
     unsigned char rec[OWNER_REC];
     rec[0] = OWNER_VERSION;
-    put_u64(rec + 1, (uint64_t)now);
-    put_u64(rec + 9, size);
+    index_put_u64(rec + 1, (uint64_t)now);
+    index_put_u64(rec + 9, size);
     MDB_val k = {kl, key}, v = {sizeof rec, rec};
     return mdb_put(t, c->dbi_owners, &k, &v, 0);
 }
@@ -612,7 +483,7 @@ static int apply_refs(cache_t *c, MDB_txn *t, const wop_t *op)
     for (size_t i = 0; i < op->nrefs; i++) {
         size_t dl = strlen(op->refs[i].digest);
         rec[n++] = op->refs[i].role;
-        put_u64(rec + n, op->refs[i].size);
+        index_put_u64(rec + n, op->refs[i].size);
         n += 8;
         rec[n++] = (unsigned char)dl;
         memcpy(rec + n, op->refs[i].digest, dl);
@@ -637,7 +508,7 @@ static int apply_op(cache_t *c, MDB_txn *t, const wop_t *op)
         return rc;
     if (op->what & WOP_REPO) {
         unsigned char last[8];
-        put_u64(last, (uint64_t)op->now_ms);
+        index_put_u64(last, (uint64_t)op->now_ms);
         MDB_val k = {op->repo_key_len, (void *)op->key}, v = {sizeof last, last};
         if ((rc = mdb_put(t, c->dbi_repos, &k, &v, 0)))
             return rc;
@@ -652,7 +523,7 @@ static int apply_op(cache_t *c, MDB_txn *t, const wop_t *op)
         unsigned char rec[TAG_HDR + REF_DIGEST_MAX];
         size_t dl = strlen(op->digest);
         rec[0] = TAG_VERSION;
-        put_u64(rec + 1, (uint64_t)op->now_ms);
+        index_put_u64(rec + 1, (uint64_t)op->now_ms);
         memcpy(rec + TAG_HDR, op->digest, dl);
         MDB_val k = {op->tag_key_len, (void *)op->key}, v = {TAG_HDR + dl, rec};
         if ((rc = mdb_put(t, c->dbi_tags, &k, &v, 0)))
@@ -820,7 +691,7 @@ int index_repo_key(const cache_t *c, const char *upstream, const char *repo,
     if (!upstream || !upstream[0] || !repo || !ref_name_valid(repo, strlen(repo)))
         return WE_INVALID;
     size_t cap = CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key;
-    return make_key(key, cap, upstream, repo, NULL, kl);
+    return index_make_key(key, cap, upstream, repo, NULL, kl);
 }
 
 int index_owner_read(cache_t *c, const char *key, size_t kl, const char *digest, uint64_t *size)
@@ -840,7 +711,7 @@ int index_owner_read(cache_t *c, const char *key, size_t kl, const char *digest,
     k[kl] = '\0';
     memcpy(k + kl + 1, digest, dl);
     MDB_txn *t;
-    int rc = rtxn_begin(c, &t);
+    int rc = index_read_begin(c, &t);
     if (rc)
         return rc;
     MDB_val mk = {kl + 1 + dl, k}, v;
@@ -848,7 +719,7 @@ int index_owner_read(cache_t *c, const char *key, size_t kl, const char *digest,
     if (rc == 0 && (v.mv_size != OWNER_REC || ((unsigned char *)v.mv_data)[0] != OWNER_VERSION))
         rc = MDB_INCOMPATIBLE;
     if (rc == 0)
-        *size = get_u64((unsigned char *)v.mv_data + 9);
+        *size = index_get_u64((unsigned char *)v.mv_data + 9);
     mdb_txn_reset(t);
     return rc == MDB_NOTFOUND ? WE_NOTFOUND : index_err(rc, "owners read");
 }
