@@ -212,8 +212,6 @@ int stats_tag_decode(const void *data, size_t len, int64_t *pulled_ms, uint32_t 
 
 /** Decodes a refs record into a malloc'd array (owned by the caller). 0, WE_INDEX, -ENOMEM. */
 int walk_refs_decode(const void *data, size_t len, cache_ref_t **refs, size_t *n);
-/** Decodes a tags record. 0 or WE_INDEX. */
-int walk_tag_decode(const MDB_val *v, char digest[REF_DIGEST_MAX + 1], int64_t *checked_ms);
 
 /* ---- gc.c / evict.c: removal ----------------------------------------------------------------- */
 
