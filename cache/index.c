@@ -742,29 +742,10 @@ void index_note_access(cache_t *c, const char *digest)
     index_queue(c, op);
 }
 
-int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
-                  const char *digest, cache_done_cb cb, void *arg)
-{
-    enum ref_alg alg;
-    wop_t *op;
-    size_t dl = strnlen(digest, REF_DIGEST_MAX + 1);
-    if (dl > REF_DIGEST_MAX || !tag)
-        return WE_INVALID;
-    int rc = ref_digest_parse(digest, dl, &alg);
-    if (rc)
-        return rc;
-    if ((rc = wop_new(c, upstream, repo, tag, &op)))
-        return rc;
-    op->what = WOP_TAG | WOP_REPO;
-    memcpy(op->digest, digest, dl + 1);
-    op->cb = cb;
-    op->arg = arg;
-    index_queue(c, op);
-    return 0;
-}
-
-int cache_owner_set(cache_t *c, const char *upstream, const char *repo, const char *digest,
-                    uint64_t size, cache_done_cb cb, void *arg)
+/* Queues an op of what for digest under upstream/repo[/tag]. */
+static int queue_digest_op(cache_t *c, unsigned what, const char *upstream, const char *repo,
+                           const char *tag, const char *digest, uint64_t size, cache_done_cb cb,
+                           void *arg)
 {
     enum ref_alg alg;
     wop_t *op;
@@ -774,13 +755,27 @@ int cache_owner_set(cache_t *c, const char *upstream, const char *repo, const ch
     int rc = ref_digest_parse(digest, dl, &alg);
     if (rc)
         return rc;
-    if ((rc = wop_new(c, upstream, repo, NULL, &op)))
+    if ((rc = wop_new(c, upstream, repo, tag, &op)))
         return rc;
-    op->what = WOP_OWNER;
+    op->what = what;
     op->size = size;
     memcpy(op->digest, digest, dl + 1);
     op->cb = cb;
     op->arg = arg;
     index_queue(c, op);
     return 0;
+}
+
+int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  const char *digest, cache_done_cb cb, void *arg)
+{
+    if (!tag)
+        return WE_INVALID;
+    return queue_digest_op(c, WOP_TAG | WOP_REPO, upstream, repo, tag, digest, 0, cb, arg);
+}
+
+int cache_owner_set(cache_t *c, const char *upstream, const char *repo, const char *digest,
+                    uint64_t size, cache_done_cb cb, void *arg)
+{
+    return queue_digest_op(c, WOP_OWNER, upstream, repo, NULL, digest, size, cb, arg);
 }

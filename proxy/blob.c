@@ -273,49 +273,11 @@ static void serve_fill(call_t *c, fill_t *fill)
     fill_subscribe(fill, &s->sub, sub_notify);
 }
 
-/* ---- HEAD on a miss ------------------------------------------------------------------------ */
-
-static void on_blob_head(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
-                         size_t len)
-{
-    (void)ctx;
-    (void)len;
-    free(body);
-    if (err || status != 200) {
-        reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
-                               OCI_BLOB_UNKNOWN);
-        return;
-    }
-    uint64_t size = upreq_content_length(up);
-    if (size == UINT64_MAX) {
-        reply_failure(c, WE_UPSTREAM, OCI_BLOB_UNKNOWN);
-        return;
-    }
-    c->cache_status = "upstream";
-    reply_begin(c, 200);
-    blob_headers(c, c->route.ref, true);
-    resp_send(c->req, size, NULL, 0, false);
-}
-
 /* ---- Entry ---------------------------------------------------------------------------------- */
 
-/* Serves the blob once the repository may have it: a hit, the upstream's HEAD, or a fill. */
-static void blob_serve(call_t *c)
+/* A GET on a miss: subscribe to the digest's fill, starting it if none runs. */
+static void blob_fill(call_t *c)
 {
-    cache_entry_t e;
-    if (cache_lookup(c->env->cache, c->route.ref, &e) == 0) {
-        c->cache_status = "hit";
-        if (serve_hit(c, &e) == 0)
-            return;
-    }
-    if (req_is_head(c->req)) {
-        char path[REF_NAME_MAX + 400];
-        fetch_path(c, "blobs", c->route.ref, path, sizeof path);
-        int err = fetch_start(c, "HEAD", path, NULL, 0, on_blob_head, NULL, NULL);
-        if (err < 0)
-            reply_failure(c, err, OCI_BLOB_UNKNOWN);
-        return;
-    }
     if (c->health && health_down(c->health)) {
         reply_failure(c, WE_DOWN, OCI_BLOB_UNKNOWN);
         return;
@@ -335,28 +297,11 @@ static void blob_serve(call_t *c)
     serve_fill(c, fill);
 }
 
-/* ---- Blob scoping -----------------------------------------------------------------------------
- * A blob is served under upstream/repository only when the upstream is known to hold it there:
- * with blob_scope "repository", that repository (one of its stored manifests references the
- * blob, or the upstream served it there); with "global", some repository of the upstream.
- * Otherwise the upstream is asked first (HEAD through this repository) before anything is
- * served or a fill joined: a digest alone never opens another repository's, or another
- * upstream's, content. */
-
-static const char *scope_repo(const call_t *c)
-{
-    return c->route.upstream->blob_scope == BLOB_SCOPE_REPOSITORY ? c->route.name : NULL;
-}
-
-static bool known_holder(const call_t *c)
-{
-    const char *up = c->route.upstream->name, *repo = scope_repo(c);
-    return cache_owner_get(c->env->cache, up, repo, c->route.ref, NULL) == 0 ||
-           producer_runs_for(c->env->producers, c->route.ref, up, repo);
-}
-
-static void on_confirmed(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
-                         size_t len)
+/* The upstream answered a HEAD through c's repository: its word that the repository holds the
+ * blob (remembered: blob scoping), then the answer — a hit, the HEAD's own answer for a HEAD on
+ * a miss, or a fill. */
+static void on_upstream_head(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
+                             size_t len)
 {
     (void)ctx;
     (void)len;
@@ -369,20 +314,66 @@ static void on_confirmed(call_t *c, void *ctx, int status, int err, upreq_t *up,
     uint64_t size = upreq_content_length(up);
     cache_owner_set(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref,
                     size == UINT64_MAX ? 0 : size, NULL, NULL);
-    LOG_DEBUG("req=%llu upstream confirmed that %s holds %s", (unsigned long long)call_id(c),
-              c->route.name, c->route.ref);
-    blob_serve(c);
+    cache_entry_t e;
+    if (cache_lookup(c->env->cache, c->route.ref, &e) == 0) {
+        c->cache_status = "hit";
+        if (serve_hit(c, &e) == 0)
+            return;
+    }
+    if (!req_is_head(c->req)) {
+        blob_fill(c);
+        return;
+    }
+    if (size == UINT64_MAX) {
+        reply_failure(c, WE_UPSTREAM, OCI_BLOB_UNKNOWN);
+        return;
+    }
+    c->cache_status = "upstream";
+    reply_begin(c, 200);
+    blob_headers(c, c->route.ref, true);
+    resp_send(c->req, size, NULL, 0, false);
+}
+
+static void ask_upstream(call_t *c)
+{
+    char path[REF_NAME_MAX + 400];
+    fetch_path(c, "blobs", c->route.ref, path, sizeof path);
+    int err = fetch_start(c, "HEAD", path, NULL, 0, on_upstream_head, NULL, NULL);
+    if (err < 0)
+        reply_failure(c, err, OCI_BLOB_UNKNOWN);
+}
+
+/* ---- Blob scoping -----------------------------------------------------------------------------
+ * A blob is served under upstream/repository only when the upstream is known to hold it there:
+ * with blob_scope "repository", that repository (one of its stored manifests references the
+ * blob, or the upstream served it there); with "global", some repository of the upstream.
+ * Otherwise the upstream is asked first (HEAD through this repository) before anything is
+ * served or a fill joined: a digest alone never opens another repository's, or another
+ * upstream's, content. */
+
+static bool known_holder(const call_t *c)
+{
+    const char *up = c->route.upstream->name;
+    const char *repo = c->route.upstream->blob_scope == BLOB_SCOPE_REPOSITORY ? c->route.name
+                                                                              : NULL;
+    return cache_owner_get(c->env->cache, up, repo, c->route.ref, NULL) == 0 ||
+           producer_runs_for(c->env->producers, c->route.ref, up, repo);
 }
 
 void blob_handle(call_t *c)
 {
-    if (known_holder(c)) {
-        blob_serve(c);
+    if (!known_holder(c)) {
+        ask_upstream(c);
         return;
     }
-    char path[REF_NAME_MAX + 400];
-    fetch_path(c, "blobs", c->route.ref, path, sizeof path);
-    int err = fetch_start(c, "HEAD", path, NULL, 0, on_confirmed, NULL, NULL);
-    if (err < 0)
-        reply_failure(c, err, OCI_BLOB_UNKNOWN);
+    cache_entry_t e;
+    if (cache_lookup(c->env->cache, c->route.ref, &e) == 0) {
+        c->cache_status = "hit";
+        if (serve_hit(c, &e) == 0)
+            return;
+    }
+    if (req_is_head(c->req))
+        ask_upstream(c);
+    else
+        blob_fill(c);
 }
