@@ -233,6 +233,9 @@ enum fill_state {
  * A digest that is already published gets a new fill too: check cache_lookup first. */
 int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created);
 
+/** True while a fill for digest runs (not yet DONE or FAILED): fill_get would join it. */
+bool fill_running(cache_t *c, const char *digest);
+
 void fill_ref(fill_t *f);
 /** Drops a reference; the last one closes the fill's read fd at once and frees its memory on a
  * later loop iteration (a libuv handle closes), so run the loop before cache_close. If the

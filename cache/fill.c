@@ -311,6 +311,11 @@ static void fill_fail_now(fill_t *f, int err)
 
 /* ---- Producer -------------------------------------------------------------------------------- */
 
+bool fill_running(cache_t *c, const char *digest)
+{
+    return table_find(c, digest) != NULL;
+}
+
 int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created)
 {
     enum ref_alg alg;

@@ -362,12 +362,22 @@ static bool known_holder(const call_t *c)
 
 void blob_handle(call_t *c)
 {
+    cache_entry_t e;
+    bool cached = cache_lookup(c->env->cache, c->route.ref, &e) == 0;
+    /* Nothing to give away yet (not cached, no fill to join): the upstream request this miss
+     * makes through the repository is the question itself. */
+    if (!cached && !fill_running(c->env->cache, c->route.ref)) {
+        if (req_is_head(c->req))
+            ask_upstream(c);
+        else
+            blob_fill(c);
+        return;
+    }
     if (!known_holder(c)) {
         ask_upstream(c);
         return;
     }
-    cache_entry_t e;
-    if (cache_lookup(c->env->cache, c->route.ref, &e) == 0) {
+    if (cached) {
         c->cache_status = "hit";
         if (serve_hit(c, &e) == 0)
             return;
