@@ -164,6 +164,16 @@ int config_set_log_level(config_t *c, const diag_t *d, const char *field, const 
 /** memset that the compiler may not drop as a dead store before free(). */
 void config_wipe(void *p, size_t n);
 
+/* ---- Redirect and realm allow list (config_redirect.c) ------------------------------------ */
+
+struct json_t;
+/** "upstreams[i].allow_redirect_hosts": an array of host names, "*.suffix" patterns or IP
+ * literals, validated and stored in u. field is the JSON path of the list. */
+int config_allow_hosts_parse(config_upstream_t *u, const diag_t *d, const char *field,
+                             const struct json_t *v);
+/** Frees u's list. */
+void config_allow_hosts_free(config_upstream_t *u);
+
 /* ---- JSON (config_json.c) ----------------------------------------------------------------- */
 
 /** Parses the JSON text json[0..len) over c (defaults already in place); origin names it in
