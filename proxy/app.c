@@ -25,11 +25,15 @@
 #include "proxy/call.h"
 #include "proxy/lists.h"
 #include "proxy/manifest.h"
+#include "proxy/negcache.h"
 #include "proxy/oci.h"
 #include "proxy/reply.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
 #include "proxy/upstream.h"
+
+/* Upstream 404s remembered at once (negcache.h): a few thousand keys of ~100 bytes. */
+#define APP_NEGCACHE_MAX 4096
 
 struct app {
     uv_loop_t *loop;
@@ -38,6 +42,7 @@ struct app {
     upstream_t *upstreams[CONFIG_MAX_UPSTREAMS];
     flight_table_t *fetches;
     blob_producers_t *producers;
+    negcache_t *neg; /* upstream 404s, remembered briefly */
     policy_t *policy;
     server_t *server;
     SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
@@ -178,7 +183,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     a->cfg = cfg;
     a->cache = cache;
     if ((rc = flight_table_create(&a->fetches)) < 0 ||
-        (rc = blob_producers_create(&a->producers)) < 0)
+        (rc = blob_producers_create(&a->producers)) < 0 ||
+        (rc = negcache_create(&a->neg, APP_NEGCACHE_MAX)) < 0)
         goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
         goto fail_said;
@@ -206,6 +212,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .upstreams = a->upstreams,
         .fetches = a->fetches,
         .producers = a->producers,
+        .neg = a->neg,
     };
     *out = a;
     return 0;
@@ -274,6 +281,7 @@ void app_destroy(app_t *a)
     tls_ctx_free(a->tls_ctx); /* every TLS conn is closed by now */
     policy_free(a->policy);
     blob_producers_free(a->producers);
+    negcache_free(a->neg);
     if (a->fetches && flight_table_count(a->fetches))
         LOG_ERROR("%zu upstream fetches still in flight at exit", flight_table_count(a->fetches));
     flight_table_free(a->fetches);

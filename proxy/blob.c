@@ -19,9 +19,11 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/timeutil.h"
 #include "common/util.h"
 #include "proxy/blob.h"
 #include "proxy/fetch.h"
+#include "proxy/negcache.h"
 #include "proxy/reply.h"
 
 /* A subscriber sends at most this much per sendfile, so it sees progress (and stalls) often. */
@@ -31,7 +33,9 @@
  * writes the other, so reading from the upstream overlaps hashing and writing (SHA-256 runs
  * at about the speed of a local upstream: done in turn, they halve the fill's speed). A write
  * starts whenever none is in flight and bytes are waiting, so a slow upstream still reaches
- * subscribers piece by piece; the upstream is paused only when both buffers are busy. */
+ * subscribers piece by piece; the upstream is paused only when both buffers are busy. The
+ * buffers (and the fill's temp file) come when the upstream answers 200: a producer still
+ * waiting for a connection (the bulk lane may hold hundreds) costs a few hundred bytes. */
 #define PRODUCER_BUF ((size_t)1 << 20)
 
 typedef struct producer {
@@ -48,8 +52,14 @@ typedef struct producer {
     size_t in_len;
     int fillidx; /* the buffer being filled; the other one may be being written */
     size_t blen[2];
-    char *buf[2];
+    char *buf[2]; /* PRODUCER_BUF each, from the upstream's 200 on; NULL before */
     char digest[REF_DIGEST_MAX + 1];
+    /* Where a 404 is remembered (negcache.h): the app's cache (it outlives every producer),
+     * the upstream's configured name (borrowed from the config) and the repository. */
+    negcache_t *neg;
+    const char *neg_upstream;
+    char neg_repo[REF_NAME_MAX + 1];
+    uint32_t neg_ttl_ms;
 } producer_t;
 
 /* Every running producer, so shutdown can stop them. */
@@ -178,7 +188,16 @@ static void producer_on_headers(upreq_t *up, void *arg, int status)
     producer_t *f = arg;
     if (status != 200) {
         LOG_WARN("upstream answered %d for blob %s", status, f->digest);
+        if (status == 404)
+            negcache_put(f->neg, f->neg_upstream, f->neg_repo, f->digest, time_mono_ms(),
+                         f->neg_ttl_ms);
         producer_abort(f, fetch_status_err(status));
+        return;
+    }
+    f->buf[0] = malloc(PRODUCER_BUF);
+    f->buf[1] = malloc(PRODUCER_BUF);
+    if (!f->buf[0] || !f->buf[1]) {
+        producer_abort(f, -ENOMEM);
         return;
     }
     const char *ct = upreq_header(up, "Content-Type");
@@ -222,19 +241,17 @@ static const upreq_cbs_t producer_cbs = {
 static void producer_start(call_t *c, fill_t *fill)
 {
     producer_t *f = calloc(1, sizeof *f);
-    char *b0 = malloc(PRODUCER_BUF), *b1 = malloc(PRODUCER_BUF);
-    if (!f || !b0 || !b1) {
-        free(f);
-        free(b0);
-        free(b1);
+    if (!f) {
         fill_fail(fill, -ENOMEM);
         return;
     }
-    f->buf[0] = b0;
-    f->buf[1] = b1;
     fill_ref(fill);
     f->fill = fill;
     snprintf(f->digest, sizeof f->digest, "%s", c->route.ref);
+    f->neg = c->env->neg;
+    f->neg_upstream = c->route.upstream->name;
+    snprintf(f->neg_repo, sizeof f->neg_repo, "%s", c->route.name);
+    f->neg_ttl_ms = c->env->cfg->negative_ttl_s * 1000;
     char path[REF_NAME_MAX + 400];
     fetch_path(c, "blobs", c->route.ref, path, sizeof path);
     f->owner = c->env->producers;
@@ -243,7 +260,11 @@ static void producer_start(call_t *c, fill_t *fill)
         f->next->prev = f;
     f->owner->head = f;
     f->linked = true;
-    int err = upreq_start(&f->up, c->up, "GET", path, NULL, &producer_cbs, f);
+    /* Bulk lane: a blob fill never takes the connections kept for manifests and tag checks;
+     * no overall deadline (a big blob may take long: the idle timeout and the size bounds hold
+     * it). */
+    upreq_opts_t opts = {.lane = UPREQ_BULK};
+    int err = upreq_start_opts(&f->up, c->up, "GET", path, NULL, &producer_cbs, f, &opts);
     if (err < 0) {
         f->up = NULL;
         producer_end(f, err);
@@ -521,6 +542,9 @@ static void on_blob_head(call_t *c, void *ctx, int status, int err, upreq_t *up,
     (void)len;
     free(body);
     if (err || status != 200) {
+        if (err == 0 && status == 404)
+            negcache_put(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref,
+                         time_mono_ms(), c->env->cfg->negative_ttl_s * 1000);
         reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
                                OCI_BLOB_UNKNOWN);
         return;
@@ -545,6 +569,13 @@ void blob_handle(call_t *c)
         c->cache_status = "hit";
         if (serve_hit(c, &e) == 0)
             return;
+    }
+    if (negcache_hit(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref,
+                     time_mono_ms())) {
+        /* The upstream said 404 a moment ago: so do we, without asking again. */
+        c->cache_status = "negative";
+        reply_failure(c, WE_NOTFOUND, OCI_BLOB_UNKNOWN);
+        return;
     }
     if (req_is_head(c->req)) {
         char path[REF_NAME_MAX + 400];

@@ -22,6 +22,7 @@
 #include "proxy/upstream.h"
 
 typedef struct blob_producers blob_producers_t; /* blob.c */
+typedef struct negcache negcache_t;             /* negcache.c */
 
 /** What the application owns and every call borrows. Filled once by app.c. */
 typedef struct call_env {
@@ -30,6 +31,7 @@ typedef struct call_env {
     upstream_t *const *upstreams; /* [i] serves cfg->upstreams[i] */
     flight_table_t *fetches;      /* shared buffered upstream fetches (fetch.c) */
     blob_producers_t *producers;  /* blob fills' upstream producers running (blob.c) */
+    negcache_t *neg;              /* upstream 404s remembered for negative_ttl_s (negcache.h) */
 } call_env_t;
 
 typedef struct call call_t;

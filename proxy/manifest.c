@@ -19,6 +19,7 @@
 #include "common/timeutil.h"
 #include "proxy/fetch.h"
 #include "proxy/manifest.h"
+#include "proxy/negcache.h"
 #include "proxy/reply.h"
 
 typedef struct mreq {
@@ -220,6 +221,14 @@ static void store_fetched(call_t *c, const char *digest, const char *mt, const c
     }
 }
 
+/* The upstream said 404 for what the client asked (a tag, or a digest): remembered for
+ * negative_ttl_s (negcache.h). */
+static void remember_404(call_t *c)
+{
+    negcache_put(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref, time_mono_ms(),
+                 c->env->cfg->negative_ttl_s * 1000);
+}
+
 static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
                                 size_t len)
 {
@@ -227,6 +236,9 @@ static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq
     if (err || status != 200) {
         free(body);
         if (status == 404) {
+            /* Fetched by the client's own reference (not by a digest a tag check named). */
+            if (!m->digest[0] || strcmp(m->digest, c->route.ref) == 0)
+                remember_404(c);
             free(m);
             reply_upstream_failure(c, status, 0, NULL, OCI_MANIFEST_UNKNOWN);
             return;
@@ -293,6 +305,7 @@ static void on_tag_checked(call_t *c, void *ctx, int status, int err, upreq_t *u
         return;
     }
     if (err == 0 && status == 404) {
+        remember_404(c);
         free(m);
         reply_upstream_failure(c, 404, 0, NULL, OCI_MANIFEST_UNKNOWN);
         return;
@@ -304,6 +317,19 @@ static void on_tag_checked(call_t *c, void *ctx, int status, int err, upreq_t *u
         return;
     }
     serve_stale_or_fail(c, m, status, err, up);
+}
+
+/* The upstream said 404 for this reference a moment ago: so do we, without asking again.
+ * Returns true when answered (m freed). */
+static bool answer_negative(call_t *c, mreq_t *m)
+{
+    if (!negcache_hit(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref,
+                      time_mono_ms()))
+        return false;
+    free(m);
+    c->cache_status = "negative";
+    reply_failure(c, WE_NOTFOUND, OCI_MANIFEST_UNKNOWN);
+    return true;
 }
 
 void manifest_handle(call_t *c)
@@ -320,6 +346,8 @@ void manifest_handle(call_t *c)
             free(m);
             return;
         }
+        if (answer_negative(c, m))
+            return;
         snprintf(m->digest, sizeof m->digest, "%s", c->route.ref);
         fetch_manifest(c, m, c->route.ref);
         return;
@@ -337,6 +365,8 @@ void manifest_handle(call_t *c)
             }
         }
     }
+    if (answer_negative(c, m))
+        return;
     char path[REF_NAME_MAX + 400];
     fetch_path(c, "manifests", c->route.ref, path, sizeof path);
     int err = fetch_start(c, "HEAD", path, OCI_UPSTREAM_ACCEPT, 0, on_tag_checked, m, free);
