@@ -580,7 +580,7 @@ void blob_handle(call_t *c)
     if (req_is_head(c->req)) {
         char path[REF_NAME_MAX + 400];
         fetch_path(c, "blobs", c->route.ref, path, sizeof path);
-        int err = fetch_start(c, "HEAD", path, NULL, 0, on_blob_head, NULL, NULL);
+        int err = fetch_start_in(c, UPREQ_BULK, "HEAD", path, NULL, 0, on_blob_head, NULL, NULL);
         if (err < 0)
             reply_failure(c, err, OCI_BLOB_UNKNOWN);
         return;

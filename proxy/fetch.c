@@ -1,5 +1,5 @@
-/* Buffered upstream fetches (fetch.h). Every one is a priority-lane request with a deadline
- * for the whole exchange (upstream_fetch_deadline_ms): a client waits on it. A body over its
+/* Buffered upstream fetches (fetch.h). Every one has a deadline for the whole exchange
+ * (upstream_fetch_deadline_ms): a client waits on it. Most go in the priority lane. A body over its
  * bound is abandoned the moment that is known, never drained: a Content-Length over the bound
  * ends the request at its headers, a chunked body at the byte that crosses the bound, and the
  * connection is closed (upreq_abort). An error answer's body is not needed at all: it is read
@@ -170,11 +170,10 @@ static const upreq_cbs_t op_cbs = {
 };
 
 /* Starts the upstream request of a new flight. */
-static int op_start(call_t *c, flight_t *fl, const char *method, const char *path,
-                    const char *accept, size_t max)
+static int op_start(call_t *c, flight_t *fl, enum upreq_lane lane, const char *method,
+                    const char *path, const char *accept, size_t max)
 {
-    upreq_opts_t opts = {.lane = UPREQ_PRIORITY,
-                         .deadline_ms = c->env->cfg->upstream_fetch_deadline_ms};
+    upreq_opts_t opts = {.lane = lane, .deadline_ms = c->env->cfg->upstream_fetch_deadline_ms};
     fetch_op_t *op = calloc(1, sizeof *op);
     if (!op)
         return -ENOMEM;
@@ -200,6 +199,12 @@ static int op_start(call_t *c, flight_t *fl, const char *method, const char *pat
 int fetch_start(call_t *c, const char *method, const char *path, const char *accept, size_t max,
                 fetch_cb cb, void *ctx, void (*ctx_free)(void *))
 {
+    return fetch_start_in(c, UPREQ_PRIORITY, method, path, accept, max, cb, ctx, ctx_free);
+}
+
+int fetch_start_in(call_t *c, enum upreq_lane lane, const char *method, const char *path,
+                   const char *accept, size_t max, fetch_cb cb, void *ctx, void (*ctx_free)(void *))
+{
     /* Identical means: same upstream, method, path, Accept and bound. */
     char key[REF_NAME_MAX + 1200];
     int kl = snprintf(key, sizeof key, "%s\n%s %s\n%s\n%zu", c->route.upstream->name, method, path,
@@ -221,7 +226,7 @@ int fetch_start(call_t *c, const char *method, const char *path, const char *acc
         return err;
     }
     if (created) {
-        err = op_start(c, fl, method, path, accept, max);
+        err = op_start(c, fl, lane, method, path, accept, max);
         if (err < 0) {
             flight_leave(&fw->w);
             flight_drop(fl);

@@ -283,8 +283,8 @@ static bool addr_allowed(const origin_t *o, const struct sockaddr *sa)
     if (netaddr_host_listed(o->host, uc->allow_redirect_hosts, uc->n_allow_redirect_hosts))
         return true;
     char a[INET6_ADDRSTRLEN + 1];
-    LOG_WARN("upstream %s: refusing %s: it is at %s, a %s address, and the upstream itself is "
-             "not (allow it with allow_redirect_hosts)",
+    LOG_WARN("upstream %s: refusing %s at %s: %s addresses are reached only when the upstream "
+             "itself is at one, or when allow_redirect_hosts names the host",
              u->ucfg->name, o->key, netaddr_str(sa, a, sizeof a), netaddr_class_name(c));
     return false;
 }
