@@ -361,9 +361,11 @@ fail:
 static int make_temp(fill_t *f)
 {
     cache_t *c = f->c;
-    int rc = store_create_temp(c, c->tmp_seq++, f->digest, &f->wfd, &f->tmp_path);
-    if (rc)
-        return rc;
+    char *path = NULL;
+    int rc = store_create_temp(c, c->tmp_seq++, f->digest, &f->wfd, &path);
+    if (rc || !path)
+        return rc ? rc : -ENOMEM;
+    f->tmp_path = path;
     f->tmp_gone = false;
     f->rfd = open(f->tmp_path, O_RDONLY | O_CLOEXEC);
     if (f->rfd < 0)

@@ -32,7 +32,7 @@ int negcache_create(negcache_t **out, size_t max_entries)
         return -ENOMEM;
     n->max = max_entries;
     n->nbuckets = max_entries;
-    n->buckets = calloc(n->nbuckets, sizeof *n->buckets);
+    n->buckets = calloc(n->nbuckets, sizeof(neg_t *));
     if (!n->buckets) {
         free(n);
         return -ENOMEM;

@@ -307,8 +307,10 @@ static int start_fetch(upstream_t *u, flight_t *f, const auth_challenge_t *c, bo
     origin_t *o = NULL;
     if (rc == 0)
         rc = pool_origin_get(u, tu->tls, tu->host, tu->port, &o);
-    if (rc < 0)
+    if (rc != 0 || !o) {
+        rc = rc < 0 ? rc : -EINVAL;
         goto fail;
+    }
     op->u = u;
     op->fl = f;
     op->proactive = from_primary;
@@ -415,6 +417,8 @@ static int answer_bearer(upreq_t *r, const auth_challenge_t *c)
     if (tok)
         auth_cache_drop(u->tokens, gen); /* the token r carried was refused: forget it */
     rc = wait_token(r, c, key);
+    if (rc == WE_BUSY)
+        return rc; /* the realm's queue is full: say so, as for any request */
     if (rc < 0) {
         LOG_WARN("upstream %s: %s: cannot fetch a token: %s", u->ucfg->name, r->logline,
                  err_str(rc));

@@ -30,14 +30,14 @@ static fake_upstream_t *reg, *cdn, *tok;
 static void h_to(const fu_request_t *q, fu_response_t *r, void *arg)
 {
     (void)arg;
-    unsigned port = 0;
-    char host[64];
-    if (sscanf(q->target, "/to/%u/%63s", &port, host) != 2) {
+    char *end;
+    unsigned long port = strtoul(q->target + 4, &end, 10);
+    if (strncmp(q->target, "/to/", 4) != 0 || *end != '/' || port == 0 || port > 65535) {
         r->status = 400;
         return;
     }
     r->status = 302;
-    snprintf(r->buf, sizeof r->buf, "Location: http://%s:%u/x\r\n", host, port);
+    snprintf(r->buf, sizeof r->buf, "Location: http://%s:%lu/x\r\n", end + 1, port);
     r->headers = r->buf;
 }
 
@@ -57,7 +57,7 @@ static void h_auth(const fu_request_t *q, fu_response_t *r, void *arg)
 static void h_slow(const fu_request_t *q, fu_response_t *r, void *arg)
 {
     (void)arg;
-    sscanf(q->target, "/slow/%d", &r->delay_ms);
+    r->delay_ms = (int)strtol(q->target + strlen("/slow/"), NULL, 10);
     r->status = 200;
     r->body = "ok";
 }

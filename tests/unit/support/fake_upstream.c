@@ -269,7 +269,7 @@ static void record(fake_upstream_t *f, const fu_request_t *q)
     pthread_mutex_lock(&f->mu);
     if (f->nlog == f->caplog) {
         f->caplog = f->caplog ? 2 * f->caplog : 64;
-        f->log = realloc(f->log, (size_t)f->caplog * sizeof *f->log);
+        f->log = realloc(f->log, (size_t)f->caplog * sizeof(fu_request_t *));
         CHECK(f->log != NULL);
     }
     f->log[f->nlog++] = copy;
@@ -368,7 +368,7 @@ static void *accept_main(void *arg)
         pthread_mutex_lock(&f->mu);
         if (f->nconns == f->capconns) {
             f->capconns = f->capconns ? 2 * f->capconns : 16;
-            f->conns = realloc(f->conns, (size_t)f->capconns * sizeof *f->conns);
+            f->conns = realloc(f->conns, (size_t)f->capconns * sizeof(fu_conn_t *));
             CHECK(f->conns != NULL);
         }
         f->conns[f->nconns++] = c;
