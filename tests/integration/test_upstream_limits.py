@@ -191,8 +191,9 @@ class Flood(lab.TestCase):
         self.assertLess(flood_s, 30)
         self.assertTrue(self.winch.running())
 
-        # A 404 is remembered: asking again costs the upstream nothing and answers at once.
-        p404 = next(p for p, (st, _h, _t) in out.items() if st == 404)
+        # A 404 is remembered (negative_ttl_s, 10 s by default: the latest one, so it is still
+        # fresh): asking again costs the upstream nothing and answers at once.
+        p404 = max((t, p) for p, (st, _h, t) in out.items() if st == 404)[1]
         before = self.fake.count("GET", path=p404)
         r, secs = self.timed_get(p404)
         self.assertOciError(r, 404, "BLOB_UNKNOWN", "a remembered 404")

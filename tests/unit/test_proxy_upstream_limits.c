@@ -98,6 +98,18 @@ static void stop_servers(void)
 
 /* ---- Lanes and the queue. ---- */
 
+static int want_accepts, want_closed;
+
+static bool accepted_enough(void *arg)
+{
+    return fu_accepts(arg) >= want_accepts;
+}
+
+static bool closed_enough(void *arg)
+{
+    return fu_closed(arg) >= want_closed;
+}
+
 static void test_queue_bound_per_lane(void)
 {
     start_servers();
@@ -196,7 +208,9 @@ static void test_bulk_flood_leaves_priority_share(void)
     memset(s, 0, sizeof s);
     for (int i = 0; i < N; i++)
         up_start(u, "GET", "/slow/400", NULL, &s[i]);
-    up_run_for(100);
+    want_accepts = 6;
+    up_run_until(accepted_enough, reg);
+    up_run_for(50);
     CHECK_INT(fu_max_open(reg), 6);
     CHECK_INT(upstream_waiting(u, UPREQ_BULK), N - 6);
     double t0 = up_mono_ms();
@@ -274,8 +288,9 @@ static void test_abort_outside_callbacks(void)
     CHECK_INT(a.done_status, -ECONNABORTED);
     CHECK_INT(b.done_status, WE_CANCELLED);
     CHECK_INT(a.headers_calls + b.headers_calls, 0);
-    up_run_for(30);
-    CHECK_INT(fu_closed(reg), 1); /* the server saw the close */
+    want_closed = 1;
+    up_run_until(closed_enough, reg); /* the server saw the close */
+    CHECK_INT(fu_closed(reg), 1);
     up_destroy(u);
     stop_servers();
 }
