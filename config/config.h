@@ -14,6 +14,10 @@
 
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */
+/** Which requests may be served a cached blob of an upstream: any repository of the upstream
+ * that is known to hold it (global), or only a repository known to hold it (repository). */
+enum blob_scope { BLOB_SCOPE_GLOBAL = 0, BLOB_SCOPE_REPOSITORY = 1 };
+
 typedef struct config_upstream {
     char *name;      /* owned; lowercase host[:port], e.g. "docker.io", "127.0.0.1:5001" */
     char *url;       /* owned; as written, e.g. "https://registry-1.docker.io" */
@@ -41,6 +45,9 @@ typedef struct config_upstream {
      * example.com. Owned (array and strings); NULL when none. */
     char **allow_redirect_hosts;
     size_t n_allow_redirect_hosts; /* <= CONFIG_MAX_ALLOW_HOSTS */
+
+    /* Default: repository when the upstream has credentials, else global. */
+    enum blob_scope blob_scope;
 } config_upstream_t;
 
 typedef struct config {
@@ -108,7 +115,24 @@ typedef struct config {
     uint32_t max_manifest_bytes;  /* default 4 MiB (distribution's own limit) */
     uint32_t max_tags_list_bytes; /* upstream tags/list body bound; default 8 MiB */
     uint64_t index_map_size;      /* LMDB map size in bytes; default 4 GiB */
+
+    /* Retention (config_retention.c): "retention": {...} and "on_disk_full". */
+    uint64_t retention_max_size;          /* bytes; 0 = no bound (or a percentage below) */
+    uint32_t retention_max_size_pct;      /* 1..100: max_size is this share of the filesystem */
+    uint32_t retention_low_watermark_pct; /* evict down to this share of max_size; default 90 */
+    uint64_t retention_max_unused_s;      /* evict what was not pulled for this long; 0 = never */
+    char **retention_protect;             /* owned; globs over "upstream/repo", never evicted */
+    size_t retention_nprotect;
+    bool disk_full_pass_through; /* on_disk_full "pass_through": stream uncached when full */
 } config_t;
+
+/** Parses a size: digits (bytes) with an optional unit B, KB, MB, GB, TB (powers of 1000) or
+ * KiB, MiB, GiB, TiB (powers of 1024), or, when pct is not NULL, "N%" (1..100, into *pct with
+ * *bytes 0). Returns NULL when fine, else a static reason. */
+const char *config_parse_size(const char *s, uint64_t *bytes, uint32_t *pct);
+/** Parses a duration: digits with a unit s, m, h, d or w ("30d", "12h"); plain digits are
+ * seconds. Returns NULL when fine, else a static reason. */
+const char *config_parse_duration(const char *s, uint64_t *seconds);
 
 /** Builds the configuration from argv (the arguments after the "serve" command: --config FILE,
  * --listen HOST:PORT, --cache-dir DIR, --upstream NAME=URL (repeatable; the first flag given

@@ -174,6 +174,14 @@ int config_allow_hosts_parse(config_upstream_t *u, const diag_t *d, const char *
 /** Frees u's list. */
 void config_allow_hosts_free(config_upstream_t *u);
 
+/* ---- Retention (config_retention.c) ------------------------------------------------------- */
+
+/** "retention": the object's fields, each validated with its path in messages. */
+int config_retention_json(config_t *c, const diag_t *d, const struct json_t *v);
+/** "on_disk_full": "fail" (default) or "pass_through". */
+int config_disk_full_json(config_t *c, const diag_t *d, const struct json_t *v);
+void config_retention_free(config_t *c);
+
 /* ---- JSON (config_json.c) ----------------------------------------------------------------- */
 
 /** Parses the JSON text json[0..len) over c (defaults already in place); origin names it in

@@ -14,6 +14,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "proxy/health.h"
 
 /* Error bodies are read but not kept beyond this: they are never relayed. */
 #define ERROR_BODY_MAX 4096
@@ -21,6 +22,7 @@
 /* The operation of a flight: one upstream request and the body it collects. */
 typedef struct fetch_op {
     flight_t *fl;
+    health_t *health; /* borrowed: told how the exchange ended */
     upreq_t *up;
     buf_t body;
     size_t max;
@@ -152,6 +154,10 @@ static void on_land(flight_waiter_t *w, void *result)
 static void op_on_done(upreq_t *up, void *arg, int err)
 {
     fetch_op_t *op = arg;
+    /* The breaker hears how the upstream answered: a body abandoned over its bound was still an
+     * answer. */
+    if (op->health)
+        health_report(op->health, op->status, op->too_big || op->cut ? 0 : err);
     if (op->too_big)
         err = WE_TOOBIG;
     else if (op->cut)
@@ -178,6 +184,7 @@ static int op_start(call_t *c, flight_t *fl, enum upreq_lane lane, const char *m
     if (!op)
         return -ENOMEM;
     op->fl = fl;
+    op->health = c->health;
     op->max = max;
     op->head = strcmp(method, "HEAD") == 0;
     buf_init(&op->body, max);
@@ -211,6 +218,9 @@ int fetch_start_in(call_t *c, enum upreq_lane lane, const char *method, const ch
                       accept ? accept : "", max);
     if (kl < 0 || (size_t)kl >= sizeof key)
         return WE_TOOBIG;
+    /* A down upstream is not asked: the caller answers from its cache or fails fast. */
+    if (c->health && health_down(c->health))
+        return WE_DOWN;
     fetch_waiter_t *fw = calloc(1, sizeof *fw);
     if (!fw)
         return -ENOMEM;
@@ -234,7 +244,7 @@ int fetch_start_in(call_t *c, enum upreq_lane lane, const char *method, const ch
             return err;
         }
     } else {
-        LOG_DEBUG("req=%llu joins the upstream %s in flight", (unsigned long long)req_id(c->req),
+        LOG_DEBUG("req=%llu joins the upstream %s in flight", (unsigned long long)call_id(c),
                   method);
     }
     c->op = fw;

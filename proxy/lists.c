@@ -157,7 +157,7 @@ void lists_tags(call_t *c)
     fetch_path(c, "tags/list", NULL, path, sizeof path);
     int err = fetch_start(c, "GET", path, "application/json", c->env->cfg->max_tags_list_bytes,
                           on_tags_fetched, NULL, NULL);
-    if (err < 0)
+    if (err < 0 && !tags_from_cache(c))
         reply_failure(c, err, OCI_NAME_UNKNOWN);
 }
 
