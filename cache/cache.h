@@ -227,10 +227,11 @@ enum fill_state {
 
 #define FILL_SIZE_UNKNOWN UINT64_MAX
 
-/** Single flight. Returns the fill already running for digest, or creates one (with its temp
- * file) and sets *created: the caller is then the producer and must end it with fill_finish
- * or fill_fail. Either way the caller holds one reference (fill_unref). digest must be valid.
- * A digest that is already published gets a new fill too: check cache_lookup first. */
+/** Single flight. Returns the fill already running for digest, or creates one and sets
+ * *created: the caller is then the producer and must end it with fill_finish or fill_fail.
+ * Either way the caller holds one reference (fill_unref). digest must be valid. A new fill has
+ * no file and no fd until fill_set_size (nothing on disk for a fill whose upstream never
+ * answers). A digest that is already published gets a new fill too: check cache_lookup first. */
 int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created);
 
 /** True while a fill for digest runs (not yet DONE or FAILED): fill_get would join it. */
@@ -246,9 +247,10 @@ void fill_unref(fill_t *f);
 /* Producer side. */
 
 /** Announces the total size (FILL_SIZE_UNKNOWN for a chunked upstream) and the media type
- * (borrowed, copied; may be NULL; one longer than 127 bytes is dropped). WAITING -> STREAMING;
- * subscribers are notified asynchronously. Returns 0, fill_error() if already FAILED, or
- * -EINVAL when not WAITING. */
+ * (borrowed, copied; may be NULL; one longer than 127 bytes is dropped), and creates the fill's
+ * temp file. WAITING -> STREAMING; subscribers are notified asynchronously. Returns 0,
+ * fill_error() if already FAILED, -EINVAL when not WAITING, or the temp file's -errno (the fill
+ * is then FAILED with it). */
 int fill_set_size(fill_t *f, uint64_t size, const char *media_type);
 
 typedef void (*fill_write_cb)(void *arg, int status);
@@ -308,8 +310,9 @@ bool fill_verified(const fill_t *f);
 const char *fill_media_type(const fill_t *f); /* borrowed; "" if none */
 const char *fill_digest(const fill_t *f);     /* borrowed */
 /** A read-only fd on the fill's file, valid while the caller holds a reference, across the
- * publishing rename. Read it only with explicit offsets (pread, sendfile with an offset) below
- * fill_written(). Borrowed: do not close. */
+ * publishing rename; -1 before fill_set_size (or fill_finish) made the file. Read it only with
+ * explicit offsets (pread, sendfile with an offset) below fill_written(). Borrowed: do not
+ * close. */
 int fill_fd(const fill_t *f);
 
 /* ---- Hashing ---------------------------------------------------------------------------- */

@@ -113,6 +113,13 @@ static const int_field_t int_fields[] = {
     {"upstream_keepalive_ms", offsetof(config_t, upstream_keepalive_ms), false, 1, 3600000, 30000},
     {"upstream_max_conns", offsetof(config_t, upstream_max_conns), false, 1, 1024, 32},
     {"upstream_max_redirects", offsetof(config_t, upstream_max_redirects), false, 0, 20, 5},
+    /* Issue 8: the upstream wait queue, the buffered fetch deadline, negative caching. */
+    {"upstream_max_queue", offsetof(config_t, upstream_max_queue), false, 1, 100000, 256},
+    {"upstream_queue_timeout_ms", offsetof(config_t, upstream_queue_timeout_ms), false, 1, 3600000,
+     10000},
+    {"upstream_fetch_deadline_ms", offsetof(config_t, upstream_fetch_deadline_ms), false, 1,
+     3600000, 60000},
+    {"negative_ttl_s", offsetof(config_t, negative_ttl_s), false, 0, 3600, 10},
     {"client_header_timeout_ms", offsetof(config_t, client_header_timeout_ms), false, 1, 3600000,
      30000},
     {"client_idle_timeout_ms", offsetof(config_t, client_idle_timeout_ms), false, 1, 3600000,
@@ -177,6 +184,7 @@ static void upstream_clear(config_upstream_t *u)
     free_secret(u->password);
     free(u->password_file);
     free(u->password_env);
+    config_allow_hosts_free(u);
     memset(u, 0, sizeof *u);
 }
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #define CONFIG_MAX_UPSTREAMS 32
+#define CONFIG_MAX_ALLOW_HOSTS 64
 
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */
@@ -37,6 +38,14 @@ typedef struct config_upstream {
     char *password;      /* owned; read at load from password_file or the env variable */
     char *password_file; /* owned; as configured (for messages), NULL if unused */
     char *password_env;  /* owned; the environment variable's name, NULL if unused */
+
+    /* Redirect targets and token realms of this upstream that may be reached even at a
+     * loopback, private, link-local, unspecified or multicast address (issue 8): host names
+     * or IP literals, lowercase, IPv6 without brackets; "*.example.com" allows any name below
+     * example.com. Owned (array and strings); NULL when none. */
+    char **allow_redirect_hosts;
+    size_t n_allow_redirect_hosts; /* <= CONFIG_MAX_ALLOW_HOSTS */
+
     /* Default: repository when the upstream has credentials, else global. */
     enum blob_scope blob_scope;
 } config_upstream_t;
@@ -67,6 +76,17 @@ typedef struct config {
      * default 32. */
     uint32_t upstream_max_conns;
     uint32_t upstream_max_redirects; /* redirects followed per request; default 5 */
+    /* Requests that may wait for a connection, per origin and lane (priority: manifests, tag
+     * checks, lists, tokens; bulk: blob fills); more are refused at once (503). Default 256. */
+    uint32_t upstream_max_queue;
+    /* A request still waiting for a connection after this long fails (503); default 10000. */
+    uint32_t upstream_queue_timeout_ms;
+    /* Whole buffered exchange (manifest, tag check, list, token), from the request to the last
+     * body byte, redirects included; default 60000. Blob fills have no such deadline. */
+    uint32_t upstream_fetch_deadline_ms;
+    /* An upstream 404 for a manifest reference or a blob is remembered this long and answered
+     * without asking again; 0 turns it off. Default 10. */
+    uint32_t negative_ttl_s;
 
     /* Client side. */
     uint32_t client_header_timeout_ms; /* whole request head must arrive within; default 30000 */

@@ -269,7 +269,7 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
                          json_type_name(v));
     const char *key, *name = NULL, *url = NULL;
     upstream_extra_t x = {.insecure = -1};
-    json_t *val;
+    json_t *val, *allow = NULL;
     int rc;
     json_object_foreach(v, key, val)
     {
@@ -291,6 +291,9 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
             rc = want_string(d, sub, val, &x.password_file);
         } else if (strcmp(key, "password_env") == 0) {
             rc = want_string(d, sub, val, &x.password_env);
+        } else if (strcmp(key, "allow_redirect_hosts") == 0) {
+            allow = val;
+            rc = 0;
         } else if (strcmp(key, "blob_scope") == 0) {
             rc = want_string(d, sub, val, &x.blob_scope);
         } else if (strcmp(key, "password") == 0) {
@@ -302,7 +305,7 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
             rc = diag_fail(d, sub,
                            "unknown field (an upstream has \"name\", \"url\", \"ca_file\", "
                            "\"insecure_skip_verify\", \"username\", \"password_file\", "
-                           "\"password_env\", \"blob_scope\")");
+                           "\"password_env\", \"blob_scope\", \"allow_redirect_hosts\")");
         }
         if (rc < 0)
             return rc;
@@ -320,7 +323,12 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
     if (rc < 0)
         return rc;
     /* A failure leaves the upstream in the list; config_free (the caller's path) frees it. */
-    return apply_upstream_extra(&c->upstreams[c->n_upstreams - 1], d, field, &x);
+    rc = apply_upstream_extra(&c->upstreams[c->n_upstreams - 1], d, field, &x);
+    if (rc == 0 && allow) {
+        snprintf(sub, sizeof sub, "%s.allow_redirect_hosts", field);
+        rc = config_allow_hosts_parse(&c->upstreams[c->n_upstreams - 1], d, sub, allow);
+    }
+    return rc;
 }
 
 static int parse_upstreams(config_t *c, const diag_t *d, json_t *v)

@@ -164,9 +164,18 @@ int config_set_log_level(config_t *c, const diag_t *d, const char *field, const 
 /** memset that the compiler may not drop as a dead store before free(). */
 void config_wipe(void *p, size_t n);
 
-/* ---- Retention (config_retention.c) ------------------------------------------------------- */
+/* ---- Redirect and realm allow list (config_redirect.c) ------------------------------------ */
 
 struct json_t;
+/** "upstreams[i].allow_redirect_hosts": an array of host names, "*.suffix" patterns or IP
+ * literals, validated and stored in u. field is the JSON path of the list. */
+int config_allow_hosts_parse(config_upstream_t *u, const diag_t *d, const char *field,
+                             const struct json_t *v);
+/** Frees u's list. */
+void config_allow_hosts_free(config_upstream_t *u);
+
+/* ---- Retention (config_retention.c) ------------------------------------------------------- */
+
 /** "retention": the object's fields, each validated with its path in messages. */
 int config_retention_json(config_t *c, const diag_t *d, const struct json_t *v);
 /** "on_disk_full": "fail" (default) or "pass_through". */

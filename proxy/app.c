@@ -26,6 +26,7 @@
 #include "proxy/health.h"
 #include "proxy/lists.h"
 #include "proxy/manifest.h"
+#include "proxy/negcache.h"
 #include "proxy/oci.h"
 #include "proxy/producer.h"
 #include "proxy/reply.h"
@@ -34,6 +35,9 @@
 #include "proxy/server.h"
 #include "proxy/tls.h"
 #include "proxy/upstream.h"
+
+/* Upstream 404s remembered at once (negcache.h): a few thousand keys of ~100 bytes. */
+#define APP_NEGCACHE_MAX 4096
 
 struct app {
     uv_loop_t *loop;
@@ -44,6 +48,7 @@ struct app {
     flight_table_t *fetches;
     revalidator_t *revalidator;
     blob_producers_t *producers;
+    negcache_t *neg; /* upstream 404s, remembered briefly */
     policy_t *policy;
     retention_t *retention;
     server_t *server;
@@ -189,7 +194,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     a->cache = cache;
     if ((rc = flight_table_create(&a->fetches)) < 0 ||
         (rc = blob_producers_create(&a->producers)) < 0 ||
-        (rc = revalidator_create(&a->revalidator)) < 0)
+        (rc = revalidator_create(&a->revalidator)) < 0 ||
+        (rc = negcache_create(&a->neg, APP_NEGCACHE_MAX)) < 0)
         goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
         goto fail_said;
@@ -222,6 +228,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .upstreams = a->upstreams,
         .fetches = a->fetches,
         .producers = a->producers,
+        .neg = a->neg,
         .revalidator = a->revalidator,
         .retention = a->retention,
     };
@@ -301,6 +308,7 @@ void app_destroy(app_t *a)
     revalidator_free(a->revalidator);
     retention_free(a->retention);
     blob_producers_free(a->producers);
+    negcache_free(a->neg);
     if (a->fetches && flight_table_count(a->fetches))
         LOG_ERROR("%zu upstream fetches still in flight at exit", flight_table_count(a->fetches));
     flight_table_free(a->fetches);

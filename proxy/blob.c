@@ -18,10 +18,12 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/timeutil.h"
 #include "common/util.h"
 #include "proxy/blob.h"
 #include "proxy/fetch.h"
 #include "proxy/health.h"
+#include "proxy/negcache.h"
 #include "proxy/producer.h"
 #include "proxy/reply.h"
 
@@ -273,11 +275,33 @@ static void serve_fill(call_t *c, fill_t *fill)
     fill_subscribe(fill, &s->sub, sub_notify);
 }
 
+/* ---- Negative caching (negcache.h) ------------------------------------------------------- */
+
+/* The upstream said 404 for this blob in this repository: remembered for negative_ttl_s. */
+static void remember_404(const call_t *c)
+{
+    negcache_put(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref, time_mono_ms(),
+                 c->env->cfg->negative_ttl_s * 1000);
+}
+
+/* The upstream said 404 a moment ago: so do we, without asking again. True when answered. */
+static bool answer_negative(call_t *c)
+{
+    if (!negcache_hit(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref,
+                      time_mono_ms()))
+        return false;
+    c->cache_status = "negative";
+    reply_failure(c, WE_NOTFOUND, OCI_BLOB_UNKNOWN);
+    return true;
+}
+
 /* ---- Entry ---------------------------------------------------------------------------------- */
 
 /* A GET on a miss: subscribe to the digest's fill, starting it if none runs. */
 static void blob_fill(call_t *c)
 {
+    if (answer_negative(c))
+        return;
     if (c->health && health_down(c->health)) {
         reply_failure(c, WE_DOWN, OCI_BLOB_UNKNOWN);
         return;
@@ -307,6 +331,8 @@ static void on_upstream_head(call_t *c, void *ctx, int status, int err, upreq_t 
     (void)len;
     free(body);
     if (err || status != 200) {
+        if (err == 0 && status == 404)
+            remember_404(c);
         reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
                                OCI_BLOB_UNKNOWN);
         return;
@@ -334,11 +360,15 @@ static void on_upstream_head(call_t *c, void *ctx, int status, int err, upreq_t 
     resp_send(c->req, size, NULL, 0, false);
 }
 
+/* Bulk lane, like the fill it may lead to: a flood of requests for unknown digests must not
+ * take the connections kept for manifests. */
 static void ask_upstream(call_t *c)
 {
+    if (answer_negative(c))
+        return;
     char path[REF_NAME_MAX + 400];
     fetch_path(c, "blobs", c->route.ref, path, sizeof path);
-    int err = fetch_start(c, "HEAD", path, NULL, 0, on_upstream_head, NULL, NULL);
+    int err = fetch_start_in(c, UPREQ_BULK, "HEAD", path, NULL, 0, on_upstream_head, NULL, NULL);
     if (err < 0)
         reply_failure(c, err, OCI_BLOB_UNKNOWN);
 }

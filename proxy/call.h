@@ -22,6 +22,7 @@
 #include "proxy/upstream.h"
 
 typedef struct blob_producers blob_producers_t; /* blob.c */
+typedef struct negcache negcache_t;             /* negcache.c */
 typedef struct health health_t;                 /* health.c */
 typedef struct revalidator revalidator_t;       /* revalidate.c */
 
@@ -33,6 +34,7 @@ typedef struct call_env {
     upstream_t *const *upstreams; /* [i] serves cfg->upstreams[i] */
     flight_table_t *fetches;      /* shared buffered upstream fetches (fetch.c) */
     blob_producers_t *producers;  /* blob fills' upstream producers running (blob.c) */
+    negcache_t *neg;              /* upstream 404s remembered for negative_ttl_s (negcache.h) */
     revalidator_t *revalidator;   /* tag checks running (revalidate.c) */
     struct retention *retention;  /* background eviction (retention.c); told of a full disk */
 } call_env_t;

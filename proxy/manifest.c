@@ -23,6 +23,7 @@
 #include "proxy/health.h"
 #include "proxy/intake.h"
 #include "proxy/manifest.h"
+#include "proxy/negcache.h"
 #include "proxy/reply.h"
 #include "proxy/revalidate.h"
 
@@ -142,6 +143,28 @@ static call_t *mreq_end(mreq_t *m)
     return c;
 }
 
+/* ---- Negative caching (negcache.h) ------------------------------------------------------- */
+
+/* The upstream said 404 for what the client asked (a tag, or a digest): remembered for
+ * negative_ttl_s. */
+static void remember_404(const call_t *c)
+{
+    negcache_put(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref, time_mono_ms(),
+                 c->env->cfg->negative_ttl_s * 1000);
+}
+
+/* The upstream said 404 for this reference a moment ago: so do we, without asking again.
+ * Returns true when answered. */
+static bool answer_negative(call_t *c)
+{
+    if (!negcache_hit(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref,
+                      time_mono_ms()))
+        return false;
+    c->cache_status = "negative";
+    reply_failure(c, WE_NOTFOUND, OCI_MANIFEST_UNKNOWN);
+    return true;
+}
+
 static bool serve_stale(call_t *c, const char *stale, const char *why)
 {
     if (serve_cached(c, stale) != 0)
@@ -187,6 +210,8 @@ static void on_checked(reval_waiter_t *w, const reval_result_t *res)
         reply_failure(c, res->body ? -ENOMEM : WE_INDEX, OCI_MANIFEST_UNKNOWN);
         return;
     }
+    if (res->err == WE_NOTFOUND)
+        remember_404(c);
     if (res->err != WE_NOTFOUND && have_stale && serve_stale(c, stale, err_str(res->err)))
         return;
     reply_upstream_failure(c, res->status, res->err, res->retry_after, OCI_MANIFEST_UNKNOWN);
@@ -223,6 +248,10 @@ static void handle_tag(call_t *c)
             }
         }
     }
+    if (answer_negative(c)) {
+        free(m);
+        return;
+    }
     int err = revalidate_join(c, &m->rw);
     if (err < 0) {
         fail_or_stale(c, m, err);
@@ -252,6 +281,8 @@ static void on_digest_fetched(call_t *c, void *ctx, int status, int err, upreq_t
     (void)ctx;
     if (err || status != 200) {
         free(body);
+        if (err == 0 && status == 404)
+            remember_404(c);
         reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
                                OCI_MANIFEST_UNKNOWN);
         return;
@@ -273,6 +304,8 @@ static void handle_digest(call_t *c)
 {
     c->cache_status = "hit";
     if (serve_cached(c, c->route.ref) == 0)
+        return;
+    if (answer_negative(c))
         return;
     if (c->health && health_down(c->health)) {
         fail_or_stale(c, NULL, WE_DOWN);

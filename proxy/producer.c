@@ -24,8 +24,10 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/timeutil.h"
 #include "proxy/fetch.h"
 #include "proxy/health.h"
+#include "proxy/negcache.h"
 #include "proxy/retention.h"
 
 #define PRODUCER_BUF ((size_t)1 << 20)
@@ -42,6 +44,7 @@ struct producer {
     upstream_t *client;          /* borrowed */
     health_t *health;            /* borrowed: told how the exchange ended */
     struct retention *retention; /* told when the disk is full */
+    negcache_t *neg;             /* borrowed: an upstream 404 is remembered there */
     const config_t *cfg;
     upreq_t *up;   /* NULL between requests and once over */
     bool answered; /* the first request's headers arrived */
@@ -229,6 +232,9 @@ static void on_headers(upreq_t *up, void *arg, int status)
             health_report(f->health, status, 0);
         if (status != 200) {
             LOG_WARN("upstream answered %d for blob %s", status, f->digest);
+            if (status == 404)
+                negcache_put(f->neg, f->upstream, f->repo, f->digest, time_mono_ms(),
+                             f->cfg->negative_ttl_s * 1000);
             abort_producer(f, fetch_status_err(status));
             return;
         }
@@ -319,6 +325,7 @@ void producer_start(call_t *c, fill_t *fill)
     f->client = c->up;
     f->health = c->health;
     f->retention = c->env->retention;
+    f->neg = c->env->neg;
     f->cfg = c->env->cfg;
     f->size = UINT64_MAX;
     snprintf(f->digest, sizeof f->digest, "%s", c->route.ref);
@@ -335,7 +342,11 @@ void producer_start(call_t *c, fill_t *fill)
         f->next->prev = f;
     f->owner->head = f;
     f->linked = true;
-    int err = upreq_start(&f->up, c->up, "GET", f->path, NULL, &producer_cbs, f);
+    /* Bulk lane (resumes too: upreq_start's default): a blob fill never takes the connections
+     * kept for manifests and tag checks, and has no overall deadline (a big blob may take long;
+     * the idle timeout and the size bounds hold it). */
+    upreq_opts_t opts = {.lane = UPREQ_BULK};
+    int err = upreq_start_opts(&f->up, c->up, "GET", f->path, NULL, &producer_cbs, f, &opts);
     if (err < 0) {
         f->up = NULL;
         end(f, err);

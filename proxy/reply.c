@@ -11,6 +11,9 @@
 #include "proxy/health.h"
 
 #define ERRBODY_MAX 1024
+/* Retry-After of a 503 for a full or slow upstream queue: long enough for the queue to move,
+ * short enough that a client that backs off is not idle for long. */
+#define BUSY_RETRY_AFTER_S 5
 
 void reply_begin(call_t *c, int status)
 {
@@ -58,6 +61,8 @@ static const struct {
     {WE_TOOBIG, OCI_BAD_GATEWAY, "sent a response over winch's size limit"},
     {WE_UPSTREAM, OCI_BAD_GATEWAY, "answered with an error"},
     {WE_TLS, OCI_BAD_GATEWAY, "failed the TLS handshake or certificate check"},
+    {WE_BUSY, OCI_UNAVAILABLE, "is busy: too many requests are waiting for it; retry later"},
+    {WE_FORBIDDEN, OCI_BAD_GATEWAY, "sent winch to an address it may not reach"},
     {WE_INDEX, OCI_UNKNOWN, NULL},
     {-ENOSPC, OCI_UNKNOWN, NULL},
     {-EIO, OCI_UNKNOWN, NULL},
@@ -73,6 +78,10 @@ void reply_failure(call_t *c, int err, enum oci_code notfound)
                                                    : "manifest unknown",
                     NULL);
         return;
+    }
+    if (err == WE_BUSY && !resp_begun(c->req)) {
+        reply_begin(c, 503);
+        resp_header(c->req, "Retry-After", "%d", BUSY_RETRY_AFTER_S);
     }
     if (err == WE_DOWN && !resp_begun(c->req)) {
         reply_begin(c, 503);
