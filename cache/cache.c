@@ -59,6 +59,10 @@ int cache_open(cache_t **out, const cache_opts_t *o)
         goto fail;
     if ((rc = index_open(c, o->map_size)))
         goto fail;
+    if ((rc = pins_open(c))) {
+        index_close(c);
+        goto fail;
+    }
     *out = c;
     return 0;
 fail:
@@ -78,6 +82,10 @@ void cache_close(cache_t *c)
     if (c->live_puts)
         LOG_ERROR("cache: closing with %u manifest put(s) in flight; they are lost (a bug)",
                   c->live_puts);
+    if (pins_close(c)) {
+        LOG_ERROR("cache: closing while a pin write runs (a bug); leaking the index");
+        return;
+    }
     if (index_close(c)) {
         LOG_ERROR("cache: closing while an index commit runs (a bug); leaking the index");
         return;

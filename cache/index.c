@@ -2,7 +2,7 @@
  * reads, and the one write queue every index write goes through. It knows nothing of files or
  * of manifest puts in progress (cache.c combines its reads with those).
  *
- * Schema (five named databases, all keys compared bytewise):
+ * Schema (five named databases here, all keys compared bytewise; pins.c keeps two more):
  *   content  digest string -> content record (below)
  *   tags     "upstream\0repo\0tag" -> {u8 version, i64 checked_ms, digest string}
  *   repos    "upstream\0repo" -> i64 last_ms (when a manifest of the repo was last stored)
@@ -152,7 +152,7 @@ int index_open(cache_t *c, uint64_t map_size)
         goto fail;
     if ((rc = index_err(mdb_env_set_mapsize(c->env, map_size ? map_size : DEFAULT_MAP_SIZE),
                         "set map size")) ||
-        (rc = index_err(mdb_env_set_maxdbs(c->env, 8), "set max dbs")))
+        (rc = index_err(mdb_env_set_maxdbs(c->env, 16), "set max dbs")))
         goto fail;
     snprintf(path, sizeof path, "%s/index", c->dir);
     /* MDB_NOTLS: the loop's read transaction and the threadpool's write transactions are not

@@ -7,6 +7,7 @@
  *   cache.c      -> manifests.c, index.c, store.c
  *   manifests.c  -> index.c, store.c, hot.c, digest.c
  *   fill.c       -> index.c, store.c, digest.c
+ *   pins.c       -> nothing in cache/ (it shares index.c's environment, opened first)
  *   index.c, store.c, hot.c, digest.c -> nothing in cache/
  *
  * index.c, store.c, hot.c and digest.c are leaves: they call nothing else in cache/. So the
@@ -115,6 +116,9 @@ struct cache {
     hot_t *hot;                  /* recently read manifests (hot.c) */
     unsigned live_puts;          /* cache_put_manifest jobs in flight */
     struct pending_put *pending; /* puts accepted but not committed yet */
+
+    /* pins.c */
+    struct pins *pins; /* the pins and tag history databases, their reads and writes */
 };
 
 /* ---- index.c: the LMDB index ----------------------------------------------------------------- */
@@ -199,6 +203,14 @@ bool manifests_pending_owner(const cache_t *c, const char *key, size_t kl, const
                              uint64_t *size);
 /** The newest of best and the pending puts' tag writes of key[0..kl) (wop_newest_tag). */
 const wop_t *manifests_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+
+/* ---- pins.c: pins and tag history ------------------------------------------------------------ */
+
+/** Opens the pins and history databases in c->env (index_open first). */
+int pins_open(cache_t *c);
+/** Frees queued writes (logging them: a bug) and the read transaction; -EBUSY, leaving the
+ * state allocated, while a write job runs. Fine after a failed pins_open. Before index_close. */
+int pins_close(cache_t *c);
 
 /* ---- hot.c: the in-memory tier of manifests -------------------------------------------------- */
 

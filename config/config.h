@@ -11,6 +11,39 @@
 
 #define CONFIG_MAX_UPSTREAMS 32
 
+/* ---- Pull-time policy (issue 9; parsed in config_policy.c, compiled by policy/) ----------- */
+
+#define CONFIG_MAX_POLICY_RULES 1024
+#define CONFIG_MAX_DENY_TAGS 64    /* regexes per rule */
+#define CONFIG_MAX_REGEX_LEN 256   /* bytes of one regex */
+#define CONFIG_MAX_PINS 1024       /* pins per rule */
+#define CONFIG_MAX_MESSAGE_LEN 512 /* bytes of a rule's message */
+
+/** One tag -> digest pin of a rule. */
+typedef struct config_pin {
+    char *tag;    /* owned; a valid tag */
+    char *digest; /* owned; a valid sha256/sha512 digest */
+} config_pin_t;
+
+/** One rule of "policy", as written (validated; policy_create compiles it). Rules are ordered:
+ * the first whose match fits a request decides with every field it carries. */
+typedef struct config_policy_rule {
+    char *match;      /* owned; glob over "UPSTREAM/REPOSITORY" (common/glob.h) */
+    bool allow;       /* "allow": true */
+    bool deny;        /* "deny": true (or "allow": false) */
+    char **deny_tags; /* owned; n_deny_tags POSIX extended regexes */
+    size_t n_deny_tags;
+    bool require_digest;
+    config_pin_t *pins; /* owned; n_pins, tags unique within the rule */
+    size_t n_pins;
+    uint32_t soak_s;             /* 0: no soak */
+    bool freeze;                 /* tags never revalidated once cached */
+    uint64_t max_image_bytes;    /* 0: no bound */
+    uint32_t max_image_age_days; /* 0: no bound */
+    bool audit;                  /* refusals logged, not enforced */
+    char *message;               /* owned; appended to refusals; NULL when none */
+} config_policy_rule_t;
+
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */
 typedef struct config_upstream {
@@ -89,6 +122,10 @@ typedef struct config {
     uint32_t max_manifest_bytes;  /* default 4 MiB (distribution's own limit) */
     uint32_t max_tags_list_bytes; /* upstream tags/list body bound; default 8 MiB */
     uint64_t index_map_size;      /* LMDB map size in bytes; default 4 GiB */
+
+    /* Pull-time policy rules, in order (none by default: everything is allowed). */
+    config_policy_rule_t *policy; /* owned; n_policy of them */
+    size_t n_policy;
 } config_t;
 
 /** Builds the configuration from argv (the arguments after the "serve" command: --config FILE,

@@ -9,7 +9,7 @@
 #include "common/util.h"
 #include "proxy/fetch.h"
 
-#define ERRBODY_MAX 1024
+#define ERRBODY_MAX 8192 /* policy refusals carry a rule's own message */
 
 void reply_begin(call_t *c, int status)
 {
