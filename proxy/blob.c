@@ -218,8 +218,9 @@ static const upreq_cbs_t producer_cbs = {
     .on_done = producer_on_done,
 };
 
-/* Starts the producer for a fill this request created. On failure the fill is failed. */
-static void producer_start(call_t *c, fill_t *fill)
+/* Starts the producer of blob digest (of c's repository) for a fill this request created. On
+ * failure the fill is failed. */
+static void producer_start(call_t *c, fill_t *fill, const char *digest)
 {
     producer_t *f = calloc(1, sizeof *f);
     char *b0 = malloc(PRODUCER_BUF), *b1 = malloc(PRODUCER_BUF);
@@ -234,9 +235,9 @@ static void producer_start(call_t *c, fill_t *fill)
     f->buf[1] = b1;
     fill_ref(fill);
     f->fill = fill;
-    snprintf(f->digest, sizeof f->digest, "%s", c->route.ref);
+    snprintf(f->digest, sizeof f->digest, "%s", digest);
     char path[REF_NAME_MAX + 400];
-    fetch_path(c, "blobs", c->route.ref, path, sizeof path);
+    fetch_path(c, "blobs", digest, path, sizeof path);
     f->owner = c->env->producers;
     f->next = f->owner->head;
     if (f->next)
@@ -565,6 +566,17 @@ void blob_handle(call_t *c)
     }
     c->cache_status = created ? "miss" : "coalesced";
     if (created)
-        producer_start(c, fill);
+        producer_start(c, fill, c->route.ref);
     serve_fill(c, fill);
+}
+
+int blob_fill_start(call_t *c, const char *digest, fill_t **out)
+{
+    bool created;
+    int err = fill_get(c->env->cache, digest, out, &created);
+    if (err < 0)
+        return err;
+    if (created)
+        producer_start(c, *out, digest);
+    return 0;
 }

@@ -17,4 +17,10 @@ void blob_producers_cancel_all(blob_producers_t *p);
 /** Frees the list; NULL is fine. */
 void blob_producers_free(blob_producers_t *p);
 
+/** Starts (or joins) the fill of blob digest of c's repository from c's upstream, as a miss
+ * would, without answering c: for a blob winch must read itself (an image config the policy
+ * judges). *out holds a reference (fill_unref). The caller checks cache_lookup first. Returns 0
+ * or an error (nothing to unref). */
+int blob_fill_start(call_t *c, const char *digest, fill_t **out);
+
 #endif

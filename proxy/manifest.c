@@ -8,6 +8,13 @@
  * a cached digest is served at once, an unknown one is fetched by digest. If the upstream is
  * down, slow or erroring, the last known digest is served stale; only a definite 404 from the
  * upstream makes a cached tag disappear for the client.
+ *
+ * The policy (manifest_gate.c) is asked at each stage: before anything (refusals by name and
+ * tag; a pin, which is then served by digest whatever the upstream's tag says; freeze, which
+ * serves a cached tag without revalidation), once the tag resolved (soak may keep serving the
+ * previous digest), and before a manifest is served (image size and age). What is served is
+ * m->target, and Docker-Content-Digest is always its digest. Only the upstream's own answer is
+ * recorded as the tag's digest: never a pin, a soaking tag's previous digest or a fallback.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -19,13 +26,38 @@
 #include "common/timeutil.h"
 #include "proxy/fetch.h"
 #include "proxy/manifest.h"
+#include "proxy/manifest_gate.h"
 #include "proxy/reply.h"
 
 typedef struct mreq {
+    mgate_t gate;    /* the policy's view of this request */
     bool have_stale; /* a cached digest exists for the tag */
+    bool resolved;   /* the tag resolved (or a pin or a digest decided): m->target is set */
+    bool announced;  /* the upstream just named the tag's digest (a HEAD that answered) */
+    bool record_tag; /* storing m->target records the tag -> it (the upstream said so) */
+    bool fell_back;  /* serving the cached digest: the upstream's could not be fetched */
     char stale[REF_DIGEST_MAX + 1];
+    char upstream_digest[REF_DIGEST_MAX + 1]; /* by tag: what the tag resolved to */
     char digest[REF_DIGEST_MAX + 1]; /* the digest being fetched; "" when fetching by tag */
+    char target[REF_DIGEST_MAX + 1]; /* the digest to serve */
+    /* A manifest in memory, kept while the policy checks the image (mgate_image). */
+    char *body;
+    size_t len;
+    char mt[128];
 } mreq_t;
+
+static void mreq_free(void *p)
+{
+    mreq_t *m = p;
+    mgate_clear(&m->gate);
+    free(m->body);
+    free(m);
+}
+
+static void copy_digest(char dst[REF_DIGEST_MAX + 1], const char *src)
+{
+    snprintf(dst, REF_DIGEST_MAX + 1, "%s", src);
+}
 
 /* Writes the header set every manifest answer carries. */
 static void manifest_headers(call_t *c, const char *digest, const char *media_type)
@@ -126,21 +158,6 @@ static const char *fetched_media_type(upreq_t *up, const char *body, size_t len,
     return oci_detect_media_type(body, len);
 }
 
-static void serve_stale_or_fail(call_t *c, mreq_t *m, int status, int err, upreq_t *up)
-{
-    if (m->have_stale && serve_cached(c, m->stale) == 0) {
-        LOG_WARN("req=%llu upstream %s failed (status %d, %s); serving tag %s stale",
-                 (unsigned long long)req_id(c->req), c->route.upstream->name, status, err_str(err),
-                 c->route.ref);
-        c->cache_status = "stale";
-        free(m);
-        return;
-    }
-    free(m);
-    reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
-                           OCI_MANIFEST_UNKNOWN);
-}
-
 /* Checks what the upstream sent before anything of it is kept or served: its type, that it is
  * a well-formed manifest of that type (image_parse: an error page or a document from wherever
  * a redirect led is not), and its digest — the one asked for, or, fetched by tag, the SHA-256
@@ -189,11 +206,11 @@ static int check_fetched(call_t *c, const mreq_t *m, upreq_t *up, const char *bo
     return 0;
 }
 
-/* Stores a checked manifest (unless a request sharing this fetch stored it already). */
+/* Stores a checked manifest (unless a request sharing this fetch stored it already); tag (may be
+ * NULL) is recorded as pointing at it. */
 static void store_fetched(call_t *c, const char *digest, const char *mt, const char *body,
-                          size_t len, const image_t *img)
+                          size_t len, const image_t *img, const char *tag)
 {
-    const char *tag = c->route.ref_is_digest ? NULL : c->route.ref;
     cache_entry_t have;
     if (cache_lookup(c->env->cache, digest, &have) == 0 && have.kind == CACHE_MANIFEST) {
         if (tag)
@@ -220,6 +237,138 @@ static void store_fetched(call_t *c, const char *digest, const char *mt, const c
     }
 }
 
+/* ---- Serving m->target, after the policy's image check -------------------------------------- */
+
+static void on_gate_done(call_t *c, void *arg, bool serve)
+{
+    mreq_t *m = arg;
+    if (serve) {
+        char *body = m->body;
+        m->body = NULL;
+        serve_bytes(c, m->target, m->mt, body, m->len);
+    }
+    mreq_free(m);
+}
+
+/* Serves m->target from body (taken), once the policy's image check allows it. */
+static void deliver(call_t *c, mreq_t *m, char *body, size_t len, const char *mt)
+{
+    m->body = body;
+    m->len = len;
+    snprintf(m->mt, sizeof m->mt, "%s", mt);
+    enum mgate_result r = mgate_image(&m->gate, body, len, m->mt, on_gate_done, m, mreq_free);
+    if (r == MGATE_WAIT)
+        return;
+    on_gate_done(c, m, r == MGATE_SERVE);
+}
+
+static void fetch_manifest(call_t *c, mreq_t *m, const char *ref);
+
+/* Serves m->target: from the cache, or fetched by digest. */
+static void obtain(call_t *c, mreq_t *m)
+{
+    cache_t *cache = c->env->cache;
+    cache_entry_t e;
+    if (cache_lookup(cache, m->target, &e) == 0 && e.kind == CACHE_MANIFEST && e.media_type[0]) {
+        if (!(m->gate.d.needs & POLICY_NEED_IMAGE)) {
+            if (serve_cached(c, m->target) == 0) {
+                mreq_free(m);
+                return;
+            }
+        } else {
+            char *body;
+            size_t len;
+            int err = cache_read_manifest(cache, m->target, c->env->cfg->max_manifest_bytes,
+                                          &body, &len);
+            if (err == 0) {
+                cache_note_access(cache, m->target);
+                deliver(c, m, body, len, e.media_type);
+                return;
+            }
+            LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching",
+                     (unsigned long long)req_id(c->req), m->target, err_str(err));
+        }
+    }
+    copy_digest(m->digest, m->target);
+    fetch_manifest(c, m, m->target);
+}
+
+/* The tag resolved to digest (the upstream's, or the cache's): the policy picks what to serve.
+ * body (taken, may be NULL) holds digest's manifest when it was just fetched by tag. */
+static void resolved_with(call_t *c, mreq_t *m, const char *digest, char *body, size_t len,
+                          const char *mt)
+{
+    m->resolved = true;
+    copy_digest(m->upstream_digest, digest);
+    copy_digest(m->target, mgate_resolved(&m->gate, digest));
+    bool as_announced = strcmp(m->target, digest) == 0;
+    if (m->announced && as_announced) {
+        m->record_tag = true;
+    } else if (m->announced) {
+        /* Serving another digest (soak): the tag's record still says what the upstream said,
+         * so the next request within the TTL does not ask again. */
+        cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref, digest,
+                      NULL, NULL);
+    }
+    if (body && as_announced) {
+        deliver(c, m, body, len, mt);
+        return;
+    }
+    free(body);
+    obtain(c, m);
+}
+
+/* The upstream failed while the tag was being resolved: the cached digest, if any, is served. */
+static void serve_stale_or_fail(call_t *c, mreq_t *m, int status, int err, upreq_t *up)
+{
+    if (m->have_stale && !m->resolved) {
+        LOG_WARN("req=%llu upstream %s failed (status %d, %s); serving tag %s stale",
+                 (unsigned long long)req_id(c->req), c->route.upstream->name, status, err_str(err),
+                 c->route.ref);
+        c->cache_status = "stale";
+        resolved_with(c, m, m->stale, NULL, 0, NULL);
+        return;
+    }
+    mreq_free(m);
+    reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
+                           OCI_MANIFEST_UNKNOWN);
+}
+
+/* The upstream named a new digest for the tag but failed to send it: the cached one is served
+ * instead (or, under soak, the one served before). Returns false when there is nothing to fall
+ * back to (a pin, a digest request, a soak already serving the previous digest). */
+static bool fall_back(call_t *c, mreq_t *m, int status, int err)
+{
+    if (!m->have_stale || m->fell_back || c->route.ref_is_digest ||
+        m->gate.d.pin != POLICY_PIN_NONE || strcmp(m->target, m->upstream_digest) != 0)
+        return false;
+    const char *t = mgate_fallback(&m->gate, m->stale);
+    if (strcmp(t, m->target) == 0)
+        return false;
+    LOG_WARN("req=%llu upstream %s failed (status %d, %s) sending %s; serving tag %s as %s",
+             (unsigned long long)req_id(c->req), c->route.upstream->name, status, err_str(err),
+             m->target, c->route.ref, t);
+    m->fell_back = true;
+    m->record_tag = false;
+    copy_digest(m->target, t);
+    c->cache_status = "stale";
+    obtain(c, m);
+    return true;
+}
+
+static void fetch_failed(call_t *c, mreq_t *m, int status, int err, upreq_t *up)
+{
+    if (!m->resolved) {
+        serve_stale_or_fail(c, m, status, err, up);
+        return;
+    }
+    if (status != 404 && fall_back(c, m, status, err))
+        return;
+    mreq_free(m);
+    reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
+                           OCI_MANIFEST_UNKNOWN);
+}
+
 static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
                                 size_t len)
 {
@@ -227,11 +376,11 @@ static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq
     if (err || status != 200) {
         free(body);
         if (status == 404) {
-            free(m);
+            mreq_free(m);
             reply_upstream_failure(c, status, 0, NULL, OCI_MANIFEST_UNKNOWN);
             return;
         }
-        serve_stale_or_fail(c, m, status, err, up);
+        fetch_failed(c, m, status, err, up);
         return;
     }
     char mtbuf[128];
@@ -241,14 +390,20 @@ static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq
     int rc = check_fetched(c, m, up, body, len, mtbuf, sizeof mtbuf, &mt, digest, &img);
     if (rc < 0) {
         free(body);
-        serve_stale_or_fail(c, m, 0, rc, NULL);
+        fetch_failed(c, m, 0, rc, NULL);
         return;
     }
-    store_fetched(c, digest, mt, body, len, img);
-    image_free(img);
     c->cache_status = "miss";
-    free(m);
-    serve_bytes(c, digest, mt, body, len);
+    if (!m->resolved) {
+        /* Fetched by tag (the upstream named no digest): these bytes are what the tag is. */
+        store_fetched(c, digest, mt, body, len, img, c->route.ref);
+        image_free(img);
+        resolved_with(c, m, digest, body, len, mt);
+        return;
+    }
+    store_fetched(c, digest, mt, body, len, img, m->record_tag ? c->route.ref : NULL);
+    image_free(img);
+    deliver(c, m, body, len, mt);
 }
 
 static void fetch_manifest(call_t *c, mreq_t *m, const char *ref)
@@ -256,9 +411,9 @@ static void fetch_manifest(call_t *c, mreq_t *m, const char *ref)
     char path[REF_NAME_MAX + 400];
     fetch_path(c, "manifests", ref, path, sizeof path);
     int err = fetch_start(c, "GET", path, OCI_UPSTREAM_ACCEPT, c->env->cfg->max_manifest_bytes,
-                          on_manifest_fetched, m, free);
+                          on_manifest_fetched, m, mreq_free);
     if (err < 0)
-        serve_stale_or_fail(c, m, 0, err, NULL);
+        fetch_failed(c, m, 0, err, NULL);
 }
 
 static void on_tag_checked(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
@@ -271,20 +426,19 @@ static void on_tag_checked(call_t *c, void *ctx, int status, int err, upreq_t *u
         const char *d = upreq_header(up, "Docker-Content-Digest");
         enum ref_alg alg;
         if (d && strlen(d) <= REF_DIGEST_MAX && ref_digest_parse(d, strlen(d), &alg) == 0) {
-            snprintf(m->digest, sizeof m->digest, "%s", d);
+            char digest[REF_DIGEST_MAX + 1];
+            copy_digest(digest, d);
             cache_entry_t e;
-            if (cache_lookup(c->env->cache, m->digest, &e) == 0 && e.kind == CACHE_MANIFEST) {
-                /* The tag points at a manifest we hold: record the check and serve it. */
+            if (cache_lookup(c->env->cache, digest, &e) == 0 && e.kind == CACHE_MANIFEST) {
+                /* The tag points at a manifest we hold: record the check. */
                 cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref,
-                              m->digest, NULL, NULL);
-                c->cache_status = m->have_stale && strcmp(m->stale, m->digest) == 0 ? "revalidated"
-                                                                                    : "hit";
-                if (serve_cached(c, m->digest) == 0) {
-                    free(m);
-                    return;
-                }
+                              digest, NULL, NULL);
+                c->cache_status =
+                    m->have_stale && strcmp(m->stale, digest) == 0 ? "revalidated" : "hit";
+            } else {
+                m->announced = true;
             }
-            fetch_manifest(c, m, m->digest);
+            resolved_with(c, m, digest, NULL, 0, NULL);
             return;
         }
         /* No usable digest in the HEAD answer: fetch by tag and hash what arrives. */
@@ -293,7 +447,7 @@ static void on_tag_checked(call_t *c, void *ctx, int status, int err, upreq_t *u
         return;
     }
     if (err == 0 && status == 404) {
-        free(m);
+        mreq_free(m);
         reply_upstream_failure(c, 404, 0, NULL, OCI_MANIFEST_UNKNOWN);
         return;
     }
@@ -314,32 +468,35 @@ void manifest_handle(call_t *c)
         reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
         return;
     }
-    if (c->route.ref_is_digest) {
-        c->cache_status = "hit";
-        if (serve_cached(c, c->route.ref) == 0) {
-            free(m);
-            return;
-        }
-        snprintf(m->digest, sizeof m->digest, "%s", c->route.ref);
-        fetch_manifest(c, m, c->route.ref);
+    switch (mgate_begin(&m->gate, c)) {
+    case MGATE_DENIED:
+        mreq_free(m);
         return;
+    case MGATE_SERVE:
+        /* By digest, or a pinned tag: served by digest whatever the upstream's tag says. */
+        m->resolved = true;
+        copy_digest(m->target, m->gate.serve);
+        c->cache_status = "hit";
+        obtain(c, m);
+        return;
+    default:
+        break;
     }
     int64_t checked = 0;
     if (cache_tag_get(cache, c->route.upstream->name, c->route.name, c->route.ref, m->stale,
                       &checked) == 0) {
         m->have_stale = true;
         int64_t age = time_wall_ms() - checked;
-        if (age >= 0 && age < (int64_t)c->env->cfg->tag_ttl_s * 1000) {
+        /* A frozen tag is never revalidated once cached. */
+        if (m->gate.d.freeze || (age >= 0 && age < (int64_t)c->env->cfg->tag_ttl_s * 1000)) {
             c->cache_status = "hit";
-            if (serve_cached(c, m->stale) == 0) {
-                free(m);
-                return;
-            }
+            resolved_with(c, m, m->stale, NULL, 0, NULL);
+            return;
         }
     }
     char path[REF_NAME_MAX + 400];
     fetch_path(c, "manifests", c->route.ref, path, sizeof path);
-    int err = fetch_start(c, "HEAD", path, OCI_UPSTREAM_ACCEPT, 0, on_tag_checked, m, free);
+    int err = fetch_start(c, "HEAD", path, OCI_UPSTREAM_ACCEPT, 0, on_tag_checked, m, mreq_free);
     if (err < 0)
         serve_stale_or_fail(c, m, 0, err, NULL);
 }
