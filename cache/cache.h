@@ -246,9 +246,10 @@ int cache_pin_set(cache_t *c, const char *upstream, const char *repo, const char
 int cache_pin_delete(cache_t *c, const char *upstream, const char *repo, const char *tag,
                      cache_done_cb cb, void *arg);
 
-/** Visits every committed stored pin in key order (upstream, repo, tag); fn returns nonzero to
+/** Visits the committed stored pins in key order (upstream, repo, tag): all of them when
+ * upstream is NULL, else those of upstream (and of repo, when not NULL). fn returns nonzero to
  * stop. Returns 0 or WE_INDEX. */
-int cache_pins_each(cache_t *c,
+int cache_pins_each(cache_t *c, const char *upstream, const char *repo,
                     int (*fn)(void *arg, const char *upstream, const char *repo, const char *tag,
                               const cache_pin_t *pin),
                     void *arg);

@@ -281,36 +281,61 @@ int cache_tag_history_get(cache_t *c, const char *upstream, const char *repo, co
     return rc;
 }
 
-int cache_pins_each(cache_t *c,
+/* Splits a pins key "upstream\0repo\0tag" (k[0..kl), NUL-terminated copy in key) into its
+ * parts; false for anything else. */
+static bool split_key(const char *key, size_t kl, const char **repo, const char **tag)
+{
+    const char *r = memchr(key, '\0', kl);
+    if (!r || (size_t)(r - key) + 1 >= kl)
+        return false;
+    r++;
+    const char *t = memchr(r, '\0', kl - (size_t)(r - key));
+    if (!t || (size_t)(t - key) + 1 >= kl)
+        return false;
+    *repo = r;
+    *tag = t + 1;
+    return true;
+}
+
+int cache_pins_each(cache_t *c, const char *upstream, const char *repo,
                     int (*fn)(void *arg, const char *upstream, const char *repo, const char *tag,
                               const cache_pin_t *pin),
                     void *arg)
 {
+    char prefix[CACHE_KEY_MAX];
+    size_t pl = 0;
     MDB_txn *t = NULL;
     MDB_cursor *cur = NULL;
     int rc;
+    if (upstream) {
+        size_t ul = strlen(upstream), rl = repo ? strlen(repo) : 0;
+        if (ul + rl + 2 > sizeof prefix)
+            return 0; /* too long to have been stored */
+        memcpy(prefix, upstream, ul + 1);
+        pl = ul + 1;
+        if (repo) {
+            memcpy(prefix + pl, repo, rl + 1);
+            pl += rl + 1;
+        }
+    }
     if ((rc = lmdb_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")) ||
         (rc = lmdb_err(mdb_cursor_open(t, c->pins->dbi_pins, &cur), "cursor")))
         goto out;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    MDB_val k = {pl, prefix}, v;
+    rc = mdb_cursor_get(cur, &k, &v, pl ? MDB_SET_RANGE : MDB_FIRST);
+    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         char key[CACHE_KEY_MAX + 1];
+        const char *r, *tg;
         cache_pin_t pin;
+        if (k.mv_size < pl || memcmp(k.mv_data, prefix, pl) != 0)
+            break;
         if (k.mv_size > CACHE_KEY_MAX || pin_decode(v.mv_data, v.mv_size, &pin) != 0)
             continue;
         memcpy(key, k.mv_data, k.mv_size);
         key[k.mv_size] = '\0';
-        /* Three NUL-separated parts; anything else is not a key this file wrote. */
-        const char *up = key, *repo = memchr(key, '\0', k.mv_size);
-        if (!repo || (size_t)(repo - key) + 1 >= k.mv_size)
+        if (!split_key(key, k.mv_size, &r, &tg))
             continue;
-        repo++;
-        const char *tag = memchr(repo, '\0', k.mv_size - (size_t)(repo - key));
-        if (!tag || (size_t)(tag - key) + 1 >= k.mv_size)
-            continue;
-        tag++;
-        if (fn(arg, up, repo, tag, &pin))
+        if (fn(arg, key, r, tg, &pin))
             break;
     }
     rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : lmdb_err(rc, "scan");

@@ -189,10 +189,7 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
 
 /* ---- Lifecycle ---------------------------------------------------------------------------- */
 
-/* The test clock: WINCH_TEST_CLOCK_OFFSET_S=N makes the policy (soak, image age) see the time
- * N seconds from now, so tests check a day's soak without waiting a day. For tests only: read
- * once at start, and announced in the log whenever it is set. */
-static int64_t test_clock_offset_ms(void)
+int64_t app_test_clock_offset_ms(void)
 {
     const char *v = getenv("WINCH_TEST_CLOCK_OFFSET_S");
     if (!v || !*v)
@@ -267,7 +264,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .fetches = a->fetches,
         .producers = a->producers,
         .policy = a->policy,
-        .policy_clock_offset_ms = test_clock_offset_ms(),
+        .policy_clock_offset_ms = app_test_clock_offset_ms(),
     };
     log_policy(a->policy);
     *out = a;

@@ -11,4 +11,12 @@ extern const char cli_usage[];   /* the whole usage text */
 /** winch serve: runs the mirror until SIGTERM or SIGINT (cli_serve.c). */
 int cli_serve(int argc, char **argv);
 
+/** winch pin REF [DIGEST], winch unpin REF, winch pins: stored pins (cli_pin.c). */
+int cli_pin(int argc, char **argv);
+int cli_unpin(int argc, char **argv);
+int cli_pins(int argc, char **argv);
+
+/** winch policy explain REF...: which rule decides and why (cli_policy.c). */
+int cli_policy(int argc, char **argv);
+
 #endif

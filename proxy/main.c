@@ -28,6 +28,9 @@ static const struct {
 } commands[] = {
     {"serve", cli_serve}, {"version", cli_print_version}, {"--version", cli_print_version},
     {"help", cli_help},   {"--help", cli_help},           {"-h", cli_help},
+    /* Pull-time policy: pins without editing the configuration, and explaining a decision. */
+    {"pin", cli_pin},     {"unpin", cli_unpin},           {"pins", cli_pins},
+    {"policy", cli_policy},
 };
 
 int main(int argc, char **argv)

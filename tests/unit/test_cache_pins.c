@@ -190,11 +190,27 @@ static void test_each(void)
     CHECK_INT(cache_pin_set(c, "docker.io", "library/busybox", "old", DA, "c", on_done, &d), 0);
     wait_done(&loop, &d, 4);
     seen_t s = {0};
-    CHECK_INT(cache_pins_each(c, collect, &s), 0);
+    CHECK_INT(cache_pins_each(c, NULL, NULL, collect, &s), 0);
     CHECK_INT(s.n, 3);
     CHECK_STR(s.keys[0], "docker.io/acme/app:production=a");
     CHECK_STR(s.keys[1], "docker.io/library/busybox:old=a");
     CHECK_STR(s.keys[2], "docker.io/library/busybox:stable=b");
+    /* By upstream, and by repository: nothing of another repository with the same prefix. */
+    CHECK_INT(cache_pin_set(c, "docker.io", "library/busybox2", "x", DA, "c", on_done, &d), 0);
+    CHECK_INT(cache_pin_set(c, "docker.io", "library/busybo", "x", DA, "c", on_done, &d), 0);
+    wait_done(&loop, &d, 6);
+    memset(&s, 0, sizeof s);
+    CHECK_INT(cache_pins_each(c, "ghcr.io", NULL, collect, &s), 0);
+    CHECK_INT(s.n, 1);
+    CHECK_STR(s.keys[0], "ghcr.io/acme/app:1.2=a");
+    memset(&s, 0, sizeof s);
+    CHECK_INT(cache_pins_each(c, "docker.io", "library/busybox", collect, &s), 0);
+    CHECK_INT(s.n, 2);
+    CHECK_STR(s.keys[0], "docker.io/library/busybox:old=a");
+    CHECK_STR(s.keys[1], "docker.io/library/busybox:stable=b");
+    memset(&s, 0, sizeof s);
+    CHECK_INT(cache_pins_each(c, "quay.io", NULL, collect, &s), 0);
+    CHECK_INT(s.n, 0);
     close_cache(&loop, c);
     CHECK_INT(uv_loop_close(&loop), 0);
 }
