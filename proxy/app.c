@@ -118,8 +118,7 @@ static bool policy_allows(app_t *a, call_t *c)
     }
     if (d.verdict == POLICY_ALLOW)
         return true;
-    c->cache_status = "policy";
-    reply_error(c, 0, OCI_DENIED, d.message, NULL);
+    reply_denied(c, d.message);
     return false;
 }
 

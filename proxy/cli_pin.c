@@ -72,7 +72,8 @@ static int read_head(int fd, char *buf, size_t cap)
 
 static int connect_to(const char *host, const char *port)
 {
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
     struct addrinfo *ai;
     if (getaddrinfo(host, port, &hints, &ai) != 0)
         return -1;
@@ -340,7 +341,7 @@ int cli_pin(int argc, char **argv)
     }
     printf("pinned %s/%s:%s to %s%s\n", r.upstream->name, r.repo, r.tag, digest,
            cache_server_running(x.cache) ? "; the running winch serves it from its next request"
-                                          : "");
+                                         : "");
     status = 0;
 out:
     cli_pctx_close(&x);

@@ -240,8 +240,8 @@ static void print_text(const cli_pctx_t *x, const explained_t *e)
 static json_t *to_json(const cli_pctx_t *x, const explained_t *e)
 {
     const policy_decision_t *d = &e->d;
-    static const char *const reasons[] = {NULL, "deny", "require_digest", "deny_tags",
-                                          "max_image_bytes", "max_image_age_days"};
+    static const char *const reasons[] = {
+        NULL, "deny", "require_digest", "deny_tags", "max_image_bytes", "max_image_age_days"};
     static const char *const pins[] = {NULL, "config", "stored"};
     json_t *o = json_object();
     json_t *needs = json_array();
@@ -259,8 +259,8 @@ static json_t *to_json(const cli_pctx_t *x, const explained_t *e)
     json_object_set_new(o, "decision",
                         json_string(d->verdict == POLICY_DENY ? "refused" : "allowed"));
     json_object_set_new(o, "audited", json_boolean(d->audited));
-    json_object_set_new(o, "reason", reasons[d->reason] ? json_string(reasons[d->reason])
-                                                         : json_null());
+    json_object_set_new(o, "reason",
+                        reasons[d->reason] ? json_string(reasons[d->reason]) : json_null());
     json_object_set_new(o, "message", d->message[0] ? json_string(d->message) : json_null());
     json_object_set_new(o, "serves", d->serve ? json_string(d->serve) : json_null());
     json_object_set_new(o, "pin", pins[d->pin] ? json_string(pins[d->pin]) : json_null());

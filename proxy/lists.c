@@ -56,8 +56,8 @@ static void add_pinned_tags(call_t *c, json_t *tags)
     }
     if (cache_pins_each(c->env->cache, c->route.upstream->name, c->route.name, add_stored_pin,
                         tags) < 0)
-        LOG_WARN("req=%llu listing the stored pins of %s failed", (unsigned long long)req_id(c->req),
-                 c->route.name);
+        LOG_WARN("req=%llu listing the stored pins of %s failed",
+                 (unsigned long long)req_id(c->req), c->route.name);
 }
 
 static void tags_reply(call_t *c, json_t *root)

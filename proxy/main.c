@@ -26,10 +26,16 @@ static const struct {
     const char *name;
     cli_command_fn run;
 } commands[] = {
-    {"serve", cli_serve}, {"version", cli_print_version}, {"--version", cli_print_version},
-    {"help", cli_help},   {"--help", cli_help},           {"-h", cli_help},
+    {"serve", cli_serve},
+    {"version", cli_print_version},
+    {"--version", cli_print_version},
+    {"help", cli_help},
+    {"--help", cli_help},
+    {"-h", cli_help},
     /* Pull-time policy: pins without editing the configuration, and explaining a decision. */
-    {"pin", cli_pin},     {"unpin", cli_unpin},           {"pins", cli_pins},
+    {"pin", cli_pin},
+    {"unpin", cli_unpin},
+    {"pins", cli_pins},
     {"policy", cli_policy},
 };
 

@@ -278,8 +278,8 @@ static void obtain(call_t *c, mreq_t *m)
         } else {
             char *body;
             size_t len;
-            int err = cache_read_manifest(cache, m->target, c->env->cfg->max_manifest_bytes,
-                                          &body, &len);
+            int err =
+                cache_read_manifest(cache, m->target, c->env->cfg->max_manifest_bytes, &body, &len);
             if (err == 0) {
                 cache_note_access(cache, m->target);
                 deliver(c, m, body, len, e.media_type);
@@ -433,8 +433,8 @@ static void on_tag_checked(call_t *c, void *ctx, int status, int err, upreq_t *u
                 /* The tag points at a manifest we hold: record the check. */
                 cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref,
                               digest, NULL, NULL);
-                c->cache_status =
-                    m->have_stale && strcmp(m->stale, digest) == 0 ? "revalidated" : "hit";
+                c->cache_status = m->have_stale && strcmp(m->stale, digest) == 0 ? "revalidated"
+                                                                                 : "hit";
             } else {
                 m->announced = true;
             }

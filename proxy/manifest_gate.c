@@ -49,8 +49,7 @@ static void log_decision(mgate_t *g)
 static void refuse(mgate_t *g)
 {
     log_decision(g);
-    g->c->cache_status = "policy";
-    reply_error(g->c, 0, OCI_DENIED, g->d.message, NULL);
+    reply_denied(g->c, g->d.message);
 }
 
 /* ---- Stages 1 and 2 ------------------------------------------------------------------------- */
@@ -126,8 +125,7 @@ const char *mgate_resolved(mgate_t *g, const char *digest)
     g->q.digest = g->resolved;
     g->q.now_ms = policy_now_ms(g->c->env);
     if (g->d.soak) {
-        have = cache_tag_history_get(g->c->env->cache, g->q.upstream, g->q.repo, g->q.tag, &h) ==
-               0;
+        have = cache_tag_history_get(g->c->env->cache, g->q.upstream, g->q.repo, g->q.tag, &h) == 0;
         if (have && h.served[0]) {
             copy_digest(g->prev, h.served);
             g->q.prev_digest = g->prev;
