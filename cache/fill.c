@@ -462,6 +462,7 @@ static void fill_indexed(void *arg, int status)
     fill_t *f = arg;
     f->job = JOB_NONE;
     if (status == 0) {
+        f->c->bytes_added += f->written;
         f->state = FILL_DONE;
         table_remove(f);
         notify_all(f);
@@ -541,6 +542,11 @@ void fill_fail(fill_t *f, int err)
         return;
     }
     fill_fail_now(f, err);
+}
+
+bool fill_in_progress(cache_t *c, const char *digest)
+{
+    return table_find(c, digest) != NULL;
 }
 
 /* ---- Accessors ------------------------------------------------------------------------------- */

@@ -2,7 +2,7 @@
  * reads, and the one write queue every index write goes through. It knows nothing of files or
  * of manifest puts in progress (cache.c combines its reads with those).
  *
- * Schema (five named databases here, all keys compared bytewise; pins.c keeps two more):
+ * Schema (named databases, all keys compared bytewise):
  *   content  digest string -> content record (below)
  *   tags     "upstream\0repo\0tag" -> {u8 version, i64 checked_ms, digest string}
  *   repos    "upstream\0repo" -> i64 last_ms (when a manifest of the repo was last stored)
@@ -11,10 +11,14 @@
  *   owners   "upstream\0repo\0digest" -> {u8 version, i64 seen_ms, u64 size}: the repository is
  *            known to hold digest (one of its stored manifests references it, or the upstream
  *            served it under that repository); blobs are served per repository from this
+ *   tagstats "upstream\0repo\0tag" -> {u8 version, i64 pulled_ms, u32 pulls} (stats.c)
+ *   pins     "upstream\0repo\0tag" -> {u8 version, i64 since_ms, u8 source, digest} (pins.c writes
+ *            and reads them for the request path; pins_read.c for retention)
+ *   taghist  "upstream\0repo\0tag" -> the tag's history for soak (pins.c)
  * Integers are little-endian. The content record is a fixed 32-byte header
- *   {u8 version, u8 kind, u16 flags, u32 reserved, u64 size, i64 created_ms, i64 accessed_ms}
- * followed by the media type bytes. flags and reserved are zero today and kept across updates:
- * they are where pins and retention will live.
+ *   {u8 version, u8 kind, u16 flags, u32 pulls, u64 size, i64 created_ms, i64 accessed_ms}
+ * followed by the media type bytes. flags is zero today and kept across updates; pulls counts
+ * the times the content was served (stats.c adds to it in batches).
  *
  * Reads run on the loop thread in one cached read transaction that is renewed for each lookup
  * and reset right after, so it never pins old pages between lookups. Writes never run on the
@@ -96,6 +100,7 @@ static int content_decode(const MDB_val *v, struct content_rec *r)
         return WE_INDEX;
     r->e.kind = p[1];
     r->flags = (uint16_t)(p[2] | p[3] << 8);
+    r->e.pulls = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
     r->e.size = get_u64(p + 8);
     r->e.created_ms = (int64_t)get_u64(p + 16);
     r->e.accessed_ms = (int64_t)get_u64(p + 24);
@@ -103,6 +108,15 @@ static int content_decode(const MDB_val *v, struct content_rec *r)
     memcpy(r->e.media_type, p + CONTENT_HDR, ml);
     r->e.media_type[ml] = '\0';
     return 0;
+}
+
+int index_content_decode(const MDB_val *v, cache_entry_t *e)
+{
+    struct content_rec r;
+    int rc = content_decode(v, &r);
+    if (rc == 0)
+        *e = r.e;
+    return rc;
 }
 
 /* buf holds CONTENT_HDR + CACHE_MEDIA_MAX bytes; returns the record length. */
@@ -114,6 +128,8 @@ static size_t content_encode(const struct content_rec *r, unsigned char *buf)
     buf[1] = (unsigned char)r->e.kind;
     buf[2] = (unsigned char)(r->flags & 0xff);
     buf[3] = (unsigned char)(r->flags >> 8);
+    for (int i = 0; i < 4; i++)
+        buf[4 + i] = (unsigned char)(r->e.pulls >> (8 * i));
     put_u64(buf + 8, r->e.size);
     put_u64(buf + 16, (uint64_t)r->e.created_ms);
     put_u64(buf + 24, (uint64_t)r->e.accessed_ms);
@@ -173,7 +189,11 @@ int index_open(cache_t *c, uint64_t map_size)
         (rc = index_err(mdb_dbi_open(t, "tags", MDB_CREATE, &c->dbi_tags), "open tags")) ||
         (rc = index_err(mdb_dbi_open(t, "repos", MDB_CREATE, &c->dbi_repos), "open repos")) ||
         (rc = index_err(mdb_dbi_open(t, "refs", MDB_CREATE, &c->dbi_refs), "open refs")) ||
-        (rc = index_err(mdb_dbi_open(t, "owners", MDB_CREATE, &c->dbi_owners), "open owners")))
+        (rc = index_err(mdb_dbi_open(t, "owners", MDB_CREATE, &c->dbi_owners), "open owners")) ||
+        (rc = index_err(mdb_dbi_open(t, "tagstats", MDB_CREATE, &c->dbi_tagstats),
+                        "open tagstats")) ||
+        (rc = index_err(mdb_dbi_open(t, "pins", MDB_CREATE, &c->dbi_pins), "open pins")) ||
+        (rc = index_err(mdb_dbi_open(t, "taghist", MDB_CREATE, &c->dbi_taghist), "open taghist")))
         goto fail;
     rc = mdb_txn_commit(t);
     t = NULL;
@@ -526,6 +546,26 @@ static int apply_content(cache_t *c, MDB_txn *t, const wop_t *op)
     return mdb_put(t, c->dbi_content, &k, &v, 0);
 }
 
+int index_touch_content(cache_t *c, MDB_txn *t, const char *digest, uint32_t pulls, int64_t at_ms)
+{
+    unsigned char buf[CONTENT_HDR + CACHE_MEDIA_MAX];
+    struct content_rec r;
+    MDB_val k = {strlen(digest), (void *)digest}, v;
+    int rc = mdb_get(t, c->dbi_content, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0; /* removed since: nothing to count */
+    if (rc)
+        return rc;
+    if (content_decode(&v, &r))
+        return 0;
+    r.e.pulls = UINT32_MAX - r.e.pulls < pulls ? UINT32_MAX : r.e.pulls + pulls;
+    if (r.e.accessed_ms < at_ms)
+        r.e.accessed_ms = at_ms;
+    v.mv_data = buf;
+    v.mv_size = content_encode(&r, buf);
+    return mdb_put(t, c->dbi_content, &k, &v, 0);
+}
+
 /* owners[repo key + digest] = {now, size}. A key over LMDB's limit (a very long upstream name
  * and repository) is skipped: that repository then proves each blob to the upstream. */
 static int put_owner(cache_t *c, MDB_txn *t, const wop_t *op, const char *digest, uint64_t size)
@@ -595,6 +635,8 @@ static int apply_op(cache_t *c, MDB_txn *t, const wop_t *op)
     if ((op->what & WOP_REFS) && (rc = apply_refs(c, t, op)))
         return rc;
     if ((op->what & WOP_OWNER) && (rc = put_owner(c, t, op, op->digest, op->size)))
+        return rc;
+    if ((op->what & WOP_CUSTOM) && (rc = op->apply(c, t, op)))
         return rc;
     if (op->what & WOP_TAG) {
         unsigned char rec[TAG_HDR + REF_DIGEST_MAX];
@@ -710,6 +752,8 @@ void wop_free(wop_t *op)
     if (!op)
         return;
     free(op->refs);
+    if (op->payload_free)
+        op->payload_free(op->payload);
     free(op);
 }
 

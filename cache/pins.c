@@ -1,6 +1,7 @@
-/* Pins and tag history: two small LMDB databases beside index.c's, in the same environment.
+/* Pins and tag history: two small LMDB databases index.c opens with the others.
  *
- *   pins      "upstream\0repo\0tag" -> {u8 version, i64 set_ms, u8 n, digest, u8 n, who}
+ *   pins      "upstream\0repo\0tag" -> {u8 version (1), i64 set_ms, u8 source, digest bytes}
+ *             (the format pins_read.c reads for retention; source 1: winch pin)
  *   taghist   "upstream\0repo\0tag" -> {u8 version, i64 seen_first_ms, u8 n, served, u8 n, seen}
  *
  * The cache gives them no meaning (the policy does): a pin is a digest with who set it and
@@ -25,9 +26,9 @@
 #include "common/util.h"
 
 #define PIN_VERSION 1
+#define PIN_HDR 10
 #define HIST_VERSION 1
-#define WHO_MAX 63
-#define REC_MAX (1 + 8 + 2 * (1 + REF_DIGEST_MAX) + 1 + WHO_MAX)
+#define REC_MAX (1 + 8 + 2 * (1 + REF_DIGEST_MAX))
 
 enum pop_kind { POP_PIN_SET = 1, POP_PIN_DELETE, POP_HIST_SET };
 
@@ -45,7 +46,6 @@ struct pop {
 };
 
 struct pins {
-    MDB_dbi dbi_pins, dbi_hist;
     MDB_txn *rtxn;      /* the loop's read transaction, reset between reads */
     pop_t *head, *tail; /* waiting */
     pop_t *running;     /* owned by the job in flight */
@@ -94,14 +94,13 @@ static bool get_str(const unsigned char *rec, size_t len, size_t *off, char *out
 
 static int pin_decode(const unsigned char *rec, size_t len, cache_pin_t *out)
 {
-    size_t off = 9;
     memset(out, 0, sizeof *out);
-    if (len < 9 || rec[0] != PIN_VERSION)
+    if (len <= PIN_HDR || rec[0] != PIN_VERSION || len - PIN_HDR > REF_DIGEST_MAX)
         return WE_INDEX;
     out->set_ms = get_i64(rec + 1);
-    if (!get_str(rec, len, &off, out->digest, sizeof out->digest) ||
-        !get_str(rec, len, &off, out->who, sizeof out->who))
-        return WE_INDEX;
+    out->source = rec[9];
+    memcpy(out->digest, rec + PIN_HDR, len - PIN_HDR);
+    out->digest[len - PIN_HDR] = '\0';
     return 0;
 }
 
@@ -158,27 +157,8 @@ static int lmdb_err(int rc, const char *what)
 
 int pins_open(cache_t *c)
 {
-    MDB_txn *t = NULL;
-    struct pins *p = calloc(1, sizeof *p);
-    int rc;
-    if (!p)
-        return -ENOMEM;
-    if ((rc = lmdb_err(mdb_txn_begin(c->env, NULL, 0, &t), "begin")))
-        goto fail;
-    if ((rc = lmdb_err(mdb_dbi_open(t, "pins", MDB_CREATE, &p->dbi_pins), "open pins")) ||
-        (rc = lmdb_err(mdb_dbi_open(t, "taghist", MDB_CREATE, &p->dbi_hist), "open taghist")))
-        goto fail;
-    rc = mdb_txn_commit(t);
-    t = NULL;
-    if ((rc = lmdb_err(rc, "commit")))
-        goto fail;
-    c->pins = p;
-    return 0;
-fail:
-    if (t)
-        mdb_txn_abort(t);
-    free(p);
-    return rc;
+    c->pins = calloc(1, sizeof *c->pins);
+    return c->pins ? 0 : -ENOMEM;
 }
 
 int pins_close(cache_t *c)
@@ -256,7 +236,7 @@ int cache_pin_get(cache_t *c, const char *upstream, const char *repo, const char
     const pop_t *op = pending(c->pins, true, key, kl);
     if (op)
         return op->kind == POP_PIN_DELETE ? WE_NOTFOUND : pin_decode(op->val, op->vl, out);
-    int rc = read_rec(c, c->pins->dbi_pins, key, kl, rec, &len);
+    int rc = read_rec(c, c->dbi_pins, key, kl, rec, &len);
     if (rc == 0 && (rc = pin_decode(rec, len, out)) != 0)
         LOG_ERROR("cache: pin record %s/%s:%s is corrupt or of an unknown version", upstream, repo,
                   tag);
@@ -274,7 +254,7 @@ int cache_tag_history_get(cache_t *c, const char *upstream, const char *repo, co
     const pop_t *op = pending(c->pins, false, key, kl);
     if (op)
         return hist_decode(op->val, op->vl, out);
-    int rc = read_rec(c, c->pins->dbi_hist, key, kl, rec, &len);
+    int rc = read_rec(c, c->dbi_taghist, key, kl, rec, &len);
     if (rc == 0 && (rc = hist_decode(rec, len, out)) != 0)
         LOG_ERROR("cache: tag history %s/%s:%s is corrupt or of an unknown version", upstream, repo,
                   tag);
@@ -297,7 +277,7 @@ static bool split_key(const char *key, size_t kl, const char **repo, const char 
     return true;
 }
 
-int cache_pins_each(cache_t *c, const char *upstream, const char *repo,
+int cache_pins_list(cache_t *c, const char *upstream, const char *repo,
                     int (*fn)(void *arg, const char *upstream, const char *repo, const char *tag,
                               const cache_pin_t *pin),
                     void *arg)
@@ -319,7 +299,7 @@ int cache_pins_each(cache_t *c, const char *upstream, const char *repo,
         }
     }
     if ((rc = lmdb_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")) ||
-        (rc = lmdb_err(mdb_cursor_open(t, c->pins->dbi_pins, &cur), "cursor")))
+        (rc = lmdb_err(mdb_cursor_open(t, c->dbi_pins, &cur), "cursor")))
         goto out;
     MDB_val k = {pl, prefix}, v;
     rc = mdb_cursor_get(cur, &k, &v, pl ? MDB_SET_RANGE : MDB_FIRST);
@@ -360,7 +340,7 @@ static void pop_work(uv_work_t *w)
     int rc = mdb_txn_begin(c->env, NULL, 0, &t);
     if (rc == 0) {
         MDB_val k = {op->kl, op->key}, v = {op->vl, op->val};
-        MDB_dbi dbi = op->kind == POP_HIST_SET ? p->dbi_hist : p->dbi_pins;
+        MDB_dbi dbi = op->kind == POP_HIST_SET ? c->dbi_taghist : c->dbi_pins;
         rc = op->kind == POP_PIN_DELETE ? mdb_del(t, dbi, &k, NULL) : mdb_put(t, dbi, &k, &v, 0);
         if (rc == 0)
             rc = mdb_txn_commit(t);
@@ -427,7 +407,7 @@ static void submit(cache_t *c, pop_t *op)
 }
 
 int cache_pin_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
-                  const char *digest, const char *who, cache_done_cb cb, void *arg)
+                  const char *digest, cache_done_cb cb, void *arg)
 {
     pop_t *op;
     if (!digest || !digest_ok(digest))
@@ -435,10 +415,12 @@ int cache_pin_set(cache_t *c, const char *upstream, const char *repo, const char
     int rc = queue(c, POP_PIN_SET, upstream, repo, tag, cb, arg, &op);
     if (rc)
         return rc;
+    size_t dl = strlen(digest);
     op->val[0] = PIN_VERSION;
     put_i64(op->val + 1, time_wall_ms());
-    size_t n = put_str(op->val, 9, digest, REF_DIGEST_MAX);
-    op->vl = put_str(op->val, n, who ? who : "", WHO_MAX);
+    op->val[9] = CACHE_PIN_STORED;
+    memcpy(op->val + PIN_HDR, digest, dl);
+    op->vl = PIN_HDR + dl;
     submit(c, op);
     return 0;
 }

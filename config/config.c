@@ -199,6 +199,7 @@ void config_free(config_t *c)
     free(c->tls_key);
     free(c->cache_dir);
     free(c->log_level);
+    config_retention_free(c);
     free(c);
 }
 
@@ -415,6 +416,7 @@ int config_defaults(config_t **out, const diag_t *d)
     c->listen_port = 5000;
     c->cache_dir = strdup("./winch-cache");
     c->log_level = strdup("info");
+    c->retention_low_watermark_pct = 90;
     if (!c->listen_host || !c->cache_dir || !c->log_level)
         goto fail;
     for (size_t i = 0; i < ARRAY_SIZE(int_fields); i++)

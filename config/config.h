@@ -123,10 +123,27 @@ typedef struct config {
     uint32_t max_tags_list_bytes; /* upstream tags/list body bound; default 8 MiB */
     uint64_t index_map_size;      /* LMDB map size in bytes; default 4 GiB */
 
+    /* Retention (config_retention.c): "retention": {...} and "on_disk_full". */
+    uint64_t retention_max_size;          /* bytes; 0 = no bound (or a percentage below) */
+    uint32_t retention_max_size_pct;      /* 1..100: max_size is this share of the filesystem */
+    uint32_t retention_low_watermark_pct; /* evict down to this share of max_size; default 90 */
+    uint64_t retention_max_unused_s;      /* evict what was not pulled for this long; 0 = never */
+    char **retention_protect;             /* owned; globs over "upstream/repo", never evicted */
+    size_t retention_nprotect;
+    bool disk_full_pass_through; /* on_disk_full "pass_through": stream uncached when full */
+
     /* Pull-time policy rules, in order (none by default: everything is allowed). */
     config_policy_rule_t *policy; /* owned; n_policy of them */
     size_t n_policy;
 } config_t;
+
+/** Parses a size: digits (bytes) with an optional unit B, KB, MB, GB, TB (powers of 1000) or
+ * KiB, MiB, GiB, TiB (powers of 1024), or, when pct is not NULL, "N%" (1..100, into *pct with
+ * *bytes 0). Returns NULL when fine, else a static reason. */
+const char *config_parse_size(const char *s, uint64_t *bytes, uint32_t *pct);
+/** Parses a duration: digits with a unit s, m, h, d or w ("30d", "12h"); plain digits are
+ * seconds. Returns NULL when fine, else a static reason. */
+const char *config_parse_duration(const char *s, uint64_t *seconds);
 
 /** Builds the configuration from argv (the arguments after the "serve" command: --config FILE,
  * --listen HOST:PORT, --cache-dir DIR, --upstream NAME=URL (repeatable; the first flag given
@@ -138,6 +155,11 @@ int config_load(config_t **out, int argc, char **argv, char *err, size_t errlen)
 /** Same, from a JSON text (for tests and tools); `origin` names it in messages. */
 int config_from_json(config_t **out, const char *json, size_t len, const char *origin, char *err,
                      size_t errlen);
+
+/** The digests the configuration's pins name (every rule's), for retention to keep with everything
+ * they reference. *out is a malloc'd array (free it) of n strings borrowed from c; NULL when n
+ * is 0. Returns 0 or -ENOMEM. */
+int config_pin_digests(const config_t *c, const char ***out, size_t *n);
 
 /** Looks an upstream up by its name, case-insensitively; "index.docker.io" and
  * "registry-1.docker.io" find "docker.io". Returns a borrowed pointer or NULL. */

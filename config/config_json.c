@@ -375,6 +375,10 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
                 rc = config_set_log_level(c, d, key, s);
         } else if (strcmp(key, "upstreams") == 0) {
             rc = parse_upstreams(c, d, v);
+        } else if (strcmp(key, "retention") == 0) {
+            rc = config_retention_json(c, d, v);
+        } else if (strcmp(key, "on_disk_full") == 0) {
+            rc = config_disk_full_json(c, d, v);
         } else if (strcmp(key, "policy") == 0) {
             rc = config_parse_policy(c, d, v);
         } else {

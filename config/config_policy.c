@@ -433,3 +433,23 @@ void config_policy_free(config_t *c)
     c->policy = NULL;
     c->n_policy = 0;
 }
+
+int config_pin_digests(const config_t *c, const char ***out, size_t *n)
+{
+    size_t total = 0, k = 0;
+    *out = NULL;
+    *n = 0;
+    for (size_t i = 0; i < c->n_policy; i++)
+        total += c->policy[i].n_pins;
+    if (total == 0)
+        return 0;
+    const char **d = calloc(total, sizeof *d);
+    if (!d)
+        return -ENOMEM;
+    for (size_t i = 0; i < c->n_policy; i++)
+        for (size_t j = 0; j < c->policy[i].n_pins; j++)
+            d[k++] = c->policy[i].pins[j].digest;
+    *out = d;
+    *n = k;
+    return 0;
+}

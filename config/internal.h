@@ -164,6 +164,15 @@ int config_set_log_level(config_t *c, const diag_t *d, const char *field, const 
 /** memset that the compiler may not drop as a dead store before free(). */
 void config_wipe(void *p, size_t n);
 
+/* ---- Retention (config_retention.c) ------------------------------------------------------- */
+
+struct json_t;
+/** "retention": the object's fields, each validated with its path in messages. */
+int config_retention_json(config_t *c, const diag_t *d, const struct json_t *v);
+/** "on_disk_full": "fail" (default) or "pass_through". */
+int config_disk_full_json(config_t *c, const diag_t *d, const struct json_t *v);
+void config_retention_free(config_t *c);
+
 /* ---- JSON (config_json.c) ----------------------------------------------------------------- */
 
 struct json_t; /* jansson's value type */

@@ -23,10 +23,13 @@
 #include "policy/policy.h"
 #include "proxy/blob.h"
 #include "proxy/call.h"
+#include "proxy/health.h"
 #include "proxy/lists.h"
 #include "proxy/manifest.h"
 #include "proxy/oci.h"
 #include "proxy/reply.h"
+#include "proxy/retention.h"
+#include "proxy/revalidate.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
 #include "proxy/upstream.h"
@@ -36,9 +39,12 @@ struct app {
     const config_t *cfg;
     cache_t *cache;
     upstream_t *upstreams[CONFIG_MAX_UPSTREAMS];
+    health_t *health[CONFIG_MAX_UPSTREAMS]; /* one breaker per upstream client */
     flight_table_t *fetches;
+    revalidator_t *revalidator;
     blob_producers_t *producers;
     policy_t *policy;
+    retention_t *retention;
     server_t *server;
     SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
     call_env_t env;
@@ -140,8 +146,11 @@ static void on_request(req_t *r, void *arg)
         reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
         return;
     }
-    if (c->route.upstream)
-        c->up = a->upstreams[c->route.upstream - a->cfg->upstreams];
+    if (c->route.upstream) {
+        ptrdiff_t i = c->route.upstream - a->cfg->upstreams;
+        c->up = a->upstreams[i];
+        c->health = a->health[i];
+    }
     if (!policy_allows(a, c))
         return;
     switch (c->route.op) {
@@ -234,13 +243,18 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     a->cfg = cfg;
     a->cache = cache;
     if ((rc = flight_table_create(&a->fetches)) < 0 ||
-        (rc = blob_producers_create(&a->producers)) < 0)
+        (rc = blob_producers_create(&a->producers)) < 0 ||
+        (rc = revalidator_create(&a->revalidator)) < 0)
         goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
         goto fail_said;
+    if ((rc = retention_create(&a->retention, loop, cfg, cache)) < 0)
+        goto fail;
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
         rc = upstream_create(&a->upstreams[i], loop, &cfg->upstreams[i], cfg);
         if (rc < 0)
+            goto fail;
+        if ((rc = health_create(&a->health[i], loop, a->upstreams[i], cfg)) < 0)
             goto fail;
     }
     server_opts_t so = {
@@ -257,11 +271,14 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     if ((rc = server_create(&a->server, &so)) < 0)
         goto fail;
     a->env = (call_env_t){
+        .loop = loop,
         .cfg = cfg,
         .cache = cache,
         .upstreams = a->upstreams,
         .fetches = a->fetches,
         .producers = a->producers,
+        .revalidator = a->revalidator,
+        .retention = a->retention,
         .policy = a->policy,
         .policy_clock_offset_ms = app_test_clock_offset_ms(),
     };
@@ -306,6 +323,7 @@ int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, si
 static void close_upstreams(app_t *a)
 {
     for (size_t i = 0; i < a->cfg->n_upstreams; i++) {
+        health_stop(a->health[i]); /* its probe is a request of the client closed below */
         if (a->upstreams[i])
             upstream_destroy(a->upstreams[i]);
         a->upstreams[i] = NULL;
@@ -319,6 +337,10 @@ void app_shutdown(app_t *a)
     a->shut = true;
     server_shutdown(a->server);
     blob_producers_cancel_all(a->producers);
+    revalidator_cancel_all(a->revalidator);
+    retention_stop(a->retention);
+    /* The last pulls counted reach the index while the loop drains. */
+    cache_stats_flush(a->env.cache);
     /* Every request is finished or cancelled now, so the pools can go; their handles close
      * while the loop drains. */
     close_upstreams(a);
@@ -332,6 +354,10 @@ void app_destroy(app_t *a)
     server_destroy(a->server);
     tls_ctx_free(a->tls_ctx); /* every TLS conn is closed by now */
     policy_free(a->policy);
+    for (size_t i = 0; i < CONFIG_MAX_UPSTREAMS; i++)
+        health_destroy(a->health[i]);
+    revalidator_free(a->revalidator);
+    retention_free(a->retention);
     blob_producers_free(a->producers);
     if (a->fetches && flight_table_count(a->fetches))
         LOG_ERROR("%zu upstream fetches still in flight at exit", flight_table_count(a->fetches));

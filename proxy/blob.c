@@ -22,7 +22,9 @@
 #include "common/util.h"
 #include "proxy/blob.h"
 #include "proxy/fetch.h"
+#include "proxy/health.h"
 #include "proxy/reply.h"
+#include "proxy/retention.h"
 
 /* A subscriber sends at most this much per sendfile, so it sees progress (and stalls) often. */
 #define SUB_SLICE ((uint64_t)8 << 20)
@@ -36,6 +38,9 @@
 
 typedef struct producer {
     blob_producers_t *owner;
+    health_t *health;            /* borrowed: told how the exchange ended */
+    bool answered;               /* the upstream's headers arrived */
+    struct retention *retention; /* told when the disk is full */
     fill_t *fill;
     upreq_t *up; /* NULL once the upstream request is over */
     struct producer *prev, *next;
@@ -93,6 +98,8 @@ static void producer_end(producer_t *f, int err)
         fill_finish(f->fill);
     } else {
         LOG_WARN("fill %s failed: %s", f->digest, err_str(err));
+        if (err == -ENOSPC || err == -EDQUOT)
+            retention_disk_full(f->retention);
         if (fill_state(f->fill) != FILL_FAILED)
             fill_fail(f->fill, err);
     }
@@ -176,6 +183,9 @@ static void producer_on_written(void *arg, int status)
 static void producer_on_headers(upreq_t *up, void *arg, int status)
 {
     producer_t *f = arg;
+    f->answered = true;
+    if (f->health)
+        health_report(f->health, status, 0);
     if (status != 200) {
         LOG_WARN("upstream answered %d for blob %s", status, f->digest);
         producer_abort(f, fetch_status_err(status));
@@ -203,6 +213,10 @@ static void producer_on_done(upreq_t *up, void *arg, int err)
     f->up = NULL; /* freed by the client after this returns */
     f->ended = true;
     f->end_err = err;
+    /* No answer at all counts against the upstream's health; a cut after the headers is the
+     * fill's business (the client retries). */
+    if (err && !f->answered && f->health)
+        health_report(f->health, 0, err);
     if (err && f->writing)
         return; /* producer_on_written ends it */
     if (err) {
@@ -239,6 +253,8 @@ static void producer_start(call_t *c, fill_t *fill, const char *digest)
     char path[REF_NAME_MAX + 400];
     fetch_path(c, "blobs", digest, path, sizeof path);
     f->owner = c->env->producers;
+    f->health = c->health;
+    f->retention = c->env->retention;
     f->next = f->owner->head;
     if (f->next)
         f->next->prev = f;
@@ -553,6 +569,10 @@ void blob_handle(call_t *c)
         int err = fetch_start(c, "HEAD", path, NULL, 0, on_blob_head, NULL, NULL);
         if (err < 0)
             reply_failure(c, err, OCI_BLOB_UNKNOWN);
+        return;
+    }
+    if (c->health && health_down(c->health)) {
+        reply_failure(c, WE_DOWN, OCI_BLOB_UNKNOWN);
         return;
     }
     fill_t *fill;

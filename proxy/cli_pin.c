@@ -17,7 +17,6 @@
 #include <jansson.h>
 #include <netdb.h>
 #include <poll.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -241,18 +240,6 @@ static void on_written(void *arg, int status)
     w->done = true;
 }
 
-static void who_am_i(char *out, size_t len)
-{
-    const char *user = getenv("SUDO_USER");
-    struct passwd *pw = user && *user ? NULL : getpwuid(geteuid());
-    if (!user || !*user)
-        user = pw ? pw->pw_name : NULL;
-    if (user)
-        snprintf(out, len, "winch pin (%.40s)", user);
-    else
-        snprintf(out, len, "winch pin (uid %u)", (unsigned)geteuid());
-}
-
 /* Reads the options of a pin command: the common ones, and --server for pin. */
 static int parse_args(int argc, char **argv, char **rest, cli_common_t *o, const char **server,
                       int min, int max, const char *usage)
@@ -294,7 +281,7 @@ int cli_pin(int argc, char **argv)
     cli_common_t o;
     cli_pctx_t x = {0};
     policy_ref_t r;
-    char digest[REF_DIGEST_MAX + 1] = "", who[80];
+    char digest[REF_DIGEST_MAX + 1] = "";
     int status = 2, rule;
     if (!rest || (status = parse_args(argc, argv, rest, &o, &server, 1, 2, pin_usage)) != 0)
         goto out;
@@ -330,9 +317,8 @@ int cli_pin(int argc, char **argv)
         printf("note: the configuration pins this tag to %s (rule %d); it wins over the stored "
                "pin while it is there\n",
                cfg_pin, rule + 1);
-    who_am_i(who, sizeof who);
     wait_op_t w = {0};
-    int rc = cache_pin_set(x.cache, r.upstream->name, r.repo, r.tag, digest, who, on_written, &w);
+    int rc = cache_pin_set(x.cache, r.upstream->name, r.repo, r.tag, digest, on_written, &w);
     if (rc == 0)
         cli_pctx_wait(&x, &w.done);
     if (rc < 0 || w.status < 0) {
@@ -468,7 +454,7 @@ static int stored_pin_row(void *arg, const char *upstream, const char *repo, con
                  active ? "same as config" : "overridden", rule + 1,
                  active ? "" : " to another digest");
     }
-    add_row(p, ref, pin->digest, pin->set_ms, pin->who, note, "stored", rule, active);
+    add_row(p, ref, pin->digest, pin->set_ms, "winch pin", note, "stored", rule, active);
     return 0;
 }
 
@@ -495,7 +481,7 @@ int cli_pins(int argc, char **argv)
         goto out;
     }
     policy_pins_each(x.policy, config_pin_row, &p);
-    if (x.cache && cache_pins_each(x.cache, NULL, NULL, stored_pin_row, &p) < 0) {
+    if (x.cache && cache_pins_list(x.cache, NULL, NULL, stored_pin_row, &p) < 0) {
         fprintf(stderr, "winch pins: reading the stored pins failed\n");
         status = 1;
         goto out;

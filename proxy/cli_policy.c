@@ -185,8 +185,9 @@ static void print_serving(const explained_t *e, const config_policy_rule_t *r, i
                    e->pin.digest);
     } else if (d->pin == POLICY_PIN_STORED) {
         cli_ago(e->pin.set_ms, now, ago, sizeof ago);
-        printf("  serves     %s: stored pin, set %s by %s, whatever the upstream's tag says\n",
-               d->serve, ago, e->pin.who[0] ? e->pin.who : "?");
+        printf("  serves     %s: stored pin, set %s with winch pin, whatever the upstream's tag "
+               "says\n",
+               d->serve, ago);
     }
     if (r && r->freeze && d->pin == POLICY_PIN_NONE)
         printf("  freeze     a cached tag is never revalidated\n");

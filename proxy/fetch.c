@@ -8,6 +8,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "proxy/health.h"
 
 /* Error bodies are read but not kept beyond this: they are never relayed. */
 #define ERROR_BODY_MAX 4096
@@ -15,6 +16,7 @@
 /* The operation of a flight: one upstream request and the body it collects. */
 typedef struct fetch_op {
     flight_t *fl;
+    health_t *health; /* borrowed: told how the exchange ended */
     upreq_t *up;
     buf_t body;
     size_t max;
@@ -136,6 +138,8 @@ static void on_land(flight_waiter_t *w, void *result)
 static void op_on_done(upreq_t *up, void *arg, int err)
 {
     fetch_op_t *op = arg;
+    if (op->health)
+        health_report(op->health, op->status, err);
     if (err == 0 && op->too_big)
         err = WE_TOOBIG;
     fetch_result_t res = {.status = op->status, .err = err, .up = up, .body = &op->body};
@@ -159,6 +163,7 @@ static int op_start(call_t *c, flight_t *fl, const char *method, const char *pat
     if (!op)
         return -ENOMEM;
     op->fl = fl;
+    op->health = c->health;
     op->max = max;
     op->head = strcmp(method, "HEAD") == 0;
     buf_init(&op->body, max);
@@ -186,6 +191,9 @@ int fetch_start(call_t *c, const char *method, const char *path, const char *acc
                       accept ? accept : "", max);
     if (kl < 0 || (size_t)kl >= sizeof key)
         return WE_TOOBIG;
+    /* A down upstream is not asked: the caller answers from its cache or fails fast. */
+    if (c->health && health_down(c->health))
+        return WE_DOWN;
     fetch_waiter_t *fw = calloc(1, sizeof *fw);
     if (!fw)
         return -ENOMEM;
@@ -209,7 +217,7 @@ int fetch_start(call_t *c, const char *method, const char *path, const char *acc
             return err;
         }
     } else {
-        LOG_DEBUG("req=%llu joins the upstream %s in flight", (unsigned long long)req_id(c->req),
+        LOG_DEBUG("req=%llu joins the upstream %s in flight", (unsigned long long)call_id(c),
                   method);
     }
     c->op = fw;

@@ -54,7 +54,7 @@ static void add_pinned_tags(call_t *c, json_t *tags)
         for (size_t i = 0; i < r->n_pins; i++)
             json_array_append_new(tags, json_string(r->pins[i].tag));
     }
-    if (cache_pins_each(c->env->cache, c->route.upstream->name, c->route.name, add_stored_pin,
+    if (cache_pins_list(c->env->cache, c->route.upstream->name, c->route.name, add_stored_pin,
                         tags) < 0)
         LOG_WARN("req=%llu listing the stored pins of %s failed",
                  (unsigned long long)req_id(c->req), c->route.name);
@@ -198,7 +198,7 @@ void lists_tags(call_t *c)
     fetch_path(c, "tags/list", NULL, path, sizeof path);
     int err = fetch_start(c, "GET", path, "application/json", c->env->cfg->max_tags_list_bytes,
                           on_tags_fetched, NULL, NULL);
-    if (err < 0)
+    if (err < 0 && !tags_from_cache(c))
         reply_failure(c, err, OCI_NAME_UNKNOWN);
 }
 

@@ -32,6 +32,12 @@ static const struct {
     {"help", cli_help},
     {"--help", cli_help},
     {"-h", cli_help},
+    {"ls", cli_ls},
+    {"df", cli_df},
+    {"inspect", cli_inspect},
+    {"rm", cli_rm},
+    {"prune", cli_prune},
+    {"verify", cli_verify},
     /* Pull-time policy: pins without editing the configuration, and explaining a decision. */
     {"pin", cli_pin},
     {"unpin", cli_unpin},

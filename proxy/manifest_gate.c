@@ -41,9 +41,8 @@ static void log_decision(mgate_t *g)
     g->logged = true;
     char line[POLICY_MSG_MAX + 512];
     policy_describe(&g->d, line, sizeof line);
-    LOG_INFO("req=%llu %s/%s%s%s %s", (unsigned long long)req_id(g->c->req),
-             g->c->route.upstream->name, g->c->route.name, g->c->route.ref_is_digest ? "@" : ":",
-             g->c->route.ref, line);
+    LOG_INFO("req=%llu %s/%s%s%s %s", (unsigned long long)call_id(g->c), g->c->route.upstream->name,
+             g->c->route.name, g->c->route.ref_is_digest ? "@" : ":", g->c->route.ref, line);
 }
 
 static void refuse(mgate_t *g)
@@ -139,17 +138,6 @@ const char *mgate_resolved(mgate_t *g, const char *digest)
     return g->serve;
 }
 
-const char *mgate_fallback(mgate_t *g, const char *stale)
-{
-    /* Under soak the digest served before is the one that passed; the cache's older upstream
-     * digest may not have. */
-    if (g->d.soak && g->prev[0] && strcmp(g->prev, g->serve) != 0)
-        copy_digest(g->serve, g->prev);
-    else
-        copy_digest(g->serve, stale);
-    return g->serve;
-}
-
 /* ---- Stage 3: the image --------------------------------------------------------------------- */
 
 /* A later stage's decision joins the request's: a refusal replaces it, an audit is added. */
@@ -191,7 +179,7 @@ static void read_created(mgate_t *g, const char *buf, size_t len)
     } else {
         LOG_WARN("req=%llu image config %s has no created time winch can read: "
                  "max_image_age_days does not apply to it",
-                 (unsigned long long)req_id(g->c->req), g->config_digest);
+                 (unsigned long long)call_id(g->c), g->config_digest);
     }
     json_decref(root);
 }
@@ -301,8 +289,7 @@ static enum mgate_result need_created(mgate_t *g, uint64_t cfg_size)
     if (cfg_size > c->env->cfg->max_manifest_bytes) {
         LOG_WARN("req=%llu image config %s is %llu bytes, over max_manifest_bytes: "
                  "max_image_age_days does not apply to it",
-                 (unsigned long long)req_id(c->req), g->config_digest,
-                 (unsigned long long)cfg_size);
+                 (unsigned long long)call_id(c), g->config_digest, (unsigned long long)cfg_size);
         g->q3.have_created = true;
         return decide_image(g);
     }
@@ -331,7 +318,7 @@ enum mgate_result mgate_image(mgate_t *g, const char *body, size_t len, const ch
     char why[160];
     if (image_parse(body, len, mt, &img, why, sizeof why) != 0) {
         LOG_ERROR("req=%llu manifest %s cannot be judged by the policy: %s",
-                  (unsigned long long)req_id(c->req), g->serve, why);
+                  (unsigned long long)call_id(c), g->serve, why);
         reply_failure(c, WE_UPSTREAM, OCI_MANIFEST_UNKNOWN);
         return MGATE_DENIED;
     }

@@ -51,10 +51,6 @@ enum mgate_result mgate_begin(mgate_t *g, call_t *c);
  * with the tag's history (and records it) and returns the digest to serve (g->serve). */
 const char *mgate_resolved(mgate_t *g, const char *digest);
 
-/** The digest to serve instead of g->serve when that cannot be obtained and the cache holds the
- * tag's older digest `stale`: the previous digest while a soak holds, else stale. */
-const char *mgate_fallback(mgate_t *g, const char *stale);
-
 /** Stage 3: before the manifest g->serve (body[0..len) of media type mt, borrowed until this
  * returns) is served: the image size and age checks when a rule has them. Returns MGATE_SERVE,
  * MGATE_DENIED (answered), or MGATE_WAIT (the config blob is being fetched: c->cancel is set;

@@ -8,6 +8,7 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "proxy/fetch.h"
+#include "proxy/health.h"
 
 #define ERRBODY_MAX 8192 /* policy refusals carry a rule's own message */
 
@@ -67,6 +68,7 @@ static const struct {
 } failures[] = {
     {WE_DENIED, OCI_DENIED, "denied access"},
     {WE_RATELIMIT, OCI_TOOMANYREQUESTS, "rate limit reached; retry later"},
+    {WE_DOWN, OCI_UNAVAILABLE, "is down; retry later"},
     {-ETIMEDOUT, OCI_GATEWAY_TIMEOUT, "did not answer in time"},
     {WE_DIGEST, OCI_BAD_GATEWAY, "sent content that does not match its digest"},
     {WE_TOOBIG, OCI_BAD_GATEWAY, "sent a response over winch's size limit"},
@@ -87,6 +89,10 @@ void reply_failure(call_t *c, int err, enum oci_code notfound)
                                                    : "manifest unknown",
                     NULL);
         return;
+    }
+    if (err == WE_DOWN && !resp_begun(c->req)) {
+        reply_begin(c, 503);
+        resp_header(c->req, "Retry-After", "%u", health_retry_after_s(c->health));
     }
     if (err == WE_RATELIMIT && !resp_begun(c->req)) {
         /* A rate limit learned without the response at hand (a blob fill that failed): the

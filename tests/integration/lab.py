@@ -42,6 +42,35 @@ KEEP = os.environ.get("WINCH_KEEP") == "1"
 
 LOOPBACK = "127.0.0.1"
 
+# Every program the suite runs, and the Debian package that ships it. A missing program is a
+# failure that names its package (require()), never a skipped test: tests/run installs them all.
+PACKAGES = {
+    "docker-registry": "docker-registry", "skopeo": "skopeo", "openssl": "openssl",
+    "htpasswd": "apache2-utils", "curl": "curl", "dockerd": "docker.io", "docker": "docker.io",
+    "containerd": "containerd", "ctr": "containerd", "containerd-shim-runc-v2": "containerd",
+    "runc": "runc", "podman": "podman", "conmon": "conmon", "ip": "iproute2",
+    "nsenter": "util-linux", "unshare": "util-linux", "umount": "mount",
+}
+
+
+def require(*programs):
+    """Raises, naming the packages to install, unless every program is on PATH."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        pkgs = sorted(set(PACKAGES.get(p, "<the package shipping %s>" % p) for p in missing))
+        raise RuntimeError("missing program%s %s: apt-get install %s (tests/run installs what "
+                           "the suite needs)" % ("s" if len(missing) > 1 else "",
+                                                 ", ".join(missing), " ".join(pkgs)))
+
+
+def no_skips(result):
+    """False (with a FAIL line per test) if any test was skipped: nothing in this suite may
+    skip, since a skip reads as a pass in ctest."""
+    for test, reason in result.skipped:
+        sys.stderr.write("FAIL: %s was skipped (%s); nothing in this suite may skip\n" % (
+            test, reason))
+    return not result.skipped
+
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -514,8 +543,7 @@ class Registry:
         }
 
     def start(self):
-        if shutil.which("docker-registry") is None:
-            raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
+        require("docker-registry")
         os.makedirs(self.root, exist_ok=True)
         last = ""
         for _attempt in range(5):
@@ -788,8 +816,7 @@ _skopeo_work = None
 def skopeo(args, timeout=600):
     """Runs skopeo hermetically (own policy, empty registries.conf). Raises on failure."""
     global _skopeo_work
-    if shutil.which("skopeo") is None:
-        raise RuntimeError("skopeo is not installed (apt-get install skopeo)")
+    require("skopeo")
     if _skopeo_work is None:
         _skopeo_work = tmpdir("winch-skopeo-")
     return pushtool.run_skopeo(args, _skopeo_work, timeout)
@@ -1214,6 +1241,7 @@ def main():
     """Runs the calling module's tests; dumps every process log when one fails; exits 0/1."""
     prog = unittest.main(module="__main__", exit=False, verbosity=2)
     ok = prog.result.wasSuccessful() and prog.result.testsRun > 0
+    ok = no_skips(prog.result) and ok
     # Sanitizer reports from winch processes that were killed rather than stopped (stop()
     # checks its own) still fail the run.
     for label, path in _logs:

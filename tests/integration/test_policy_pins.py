@@ -15,6 +15,7 @@ to other images (tiny images built on the spot, pushed with skopeo):
 
 import concurrent.futures
 import json
+import os
 import time
 
 import lab
@@ -100,7 +101,7 @@ class Pins(lab.TestCase):
             line = [ln for ln in r.stdout.splitlines() if "docker.io/lab/app:1 " in ln]
             self.assertEqual(len(line), 1, r.stdout)
             self.assertIn(self.b.digest, line[0])
-            self.assertIn("winch pin (", line[0])
+            self.assertIn("winch pin", line[0])
             self.assertIn("ago", line[0])
 
             # winch unpin while winch runs: the upstream's new digest, once the TTL has passed.
@@ -197,6 +198,33 @@ class Pins(lab.TestCase):
             r = self.cli("unpin", "lab/app:stable")
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("the configuration pins docker.io/lab/app:stable", r.stdout)
+        finally:
+            w.stop()
+
+    def test_pins_survive_prune(self):
+        """Retention keeps what pins name, stored or configured: `winch prune` (untagged
+        manifests and unreferenced blobs go) beside the running winch."""
+        pi.push(self.up, self.a, "lab/app", "a")
+        pi.push(self.up, self.b, "lab/app", "b")
+        pi.push(self.up, self.c, "lab/app", "c")
+        w = self.start(ttl=300, policy=[
+            {"match": "docker.io/lab/app", "pin": {"stable": self.c.digest}}])
+        try:
+            r = self.cli("pin", "lab/app:production", self.b.digest)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            for ref in ("production", "stable", "@" + self.a.digest):
+                src = "docker://%s/lab/app%s" % (w.hostport, ref if ref[0] == "@" else ":" + ref)
+                pi.skopeo_copy_manifest(src)
+            for img in (self.a, self.b, self.c):
+                self.assertTrue(os.path.exists(w.blob_path(img.digest)))
+            r = self.cli("prune")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            for img, what in ((self.b, "stored pin"), (self.c, "config pin")):
+                for d in (img.digest, img.config, img.layer):
+                    self.assertTrue(os.path.exists(w.blob_path(d)), "%s: %s pruned" % (what, d))
+            # Nothing pins the image pulled by digest only: pruned (the prune does prune).
+            self.assertFalse(os.path.exists(w.blob_path(self.a.digest)), r.stdout)
+            self.assertFalse(os.path.exists(w.blob_path(self.a.layer)), r.stdout)
         finally:
             w.stop()
 
