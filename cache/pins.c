@@ -230,7 +230,7 @@ int cache_pin_get(cache_t *c, const char *upstream, const char *repo, const char
 {
     char key[CACHE_KEY_MAX];
     unsigned char rec[REC_MAX];
-    size_t kl, len;
+    size_t kl, len = 0;
     if (make_key(c, upstream, repo, tag, key, &kl))
         return WE_NOTFOUND;
     const pop_t *op = pending(c->pins, true, key, kl);
@@ -248,7 +248,7 @@ int cache_tag_history_get(cache_t *c, const char *upstream, const char *repo, co
 {
     char key[CACHE_KEY_MAX];
     unsigned char rec[REC_MAX];
-    size_t kl, len;
+    size_t kl, len = 0;
     if (make_key(c, upstream, repo, tag, key, &kl))
         return WE_NOTFOUND;
     const pop_t *op = pending(c->pins, false, key, kl);

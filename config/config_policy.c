@@ -36,10 +36,14 @@ typedef struct raw_rule {
     const char *message;
 } raw_rule_t;
 
+/* The readers return WE_CONFIG themselves (not diag_fail's value) so that every path that
+ * returns 0 is one that set *out, plainly. */
 static int want_bool(const diag_t *d, const char *field, const json_t *v, int *out)
 {
-    if (!json_is_boolean(v))
-        return diag_fail(d, field, "expected true or false, got %s", config_json_type_name(v));
+    if (!json_is_boolean(v)) {
+        diag_fail(d, field, "expected true or false, got %s", config_json_type_name(v));
+        return WE_CONFIG;
+    }
     *out = json_is_true(v);
     return 0;
 }
@@ -47,24 +51,33 @@ static int want_bool(const diag_t *d, const char *field, const json_t *v, int *o
 static int want_int(const diag_t *d, const char *field, const json_t *v, uint64_t min, uint64_t max,
                     json_int_t *out)
 {
-    if (!json_is_integer(v))
-        return diag_fail(d, field, "expected an integer, got %s", config_json_type_name(v));
+    if (!json_is_integer(v)) {
+        diag_fail(d, field, "expected an integer, got %s", config_json_type_name(v));
+        return WE_CONFIG;
+    }
     json_int_t x = json_integer_value(v);
-    if (x < 0 || (uint64_t)x < min || (uint64_t)x > max)
-        return diag_fail(d, field, "must be %llu..%llu, got %lld", (unsigned long long)min,
-                         (unsigned long long)max, (long long)x);
+    if (x < 0 || (uint64_t)x < min || (uint64_t)x > max) {
+        diag_fail(d, field, "must be %llu..%llu, got %lld", (unsigned long long)min,
+                  (unsigned long long)max, (long long)x);
+        return WE_CONFIG;
+    }
     *out = x;
     return 0;
 }
 
 static int want_str(const diag_t *d, const char *field, const json_t *v, const char **out)
 {
-    if (!json_is_string(v))
-        return diag_fail(d, field, "expected a string, got %s", config_json_type_name(v));
-    /* jansson allows \u0000 inside strings; none of these fields may hold one. */
-    if (strlen(json_string_value(v)) != json_string_length(v))
-        return diag_fail(d, field, "must not contain a NUL character");
-    *out = json_string_value(v);
+    const char *s = json_string_value(v);
+    if (!s) {
+        diag_fail(d, field, "expected a string, got %s", config_json_type_name(v));
+        return WE_CONFIG;
+    }
+    /* jansson allows \u0000 inside strings when asked to; none of these fields may hold one. */
+    if (strlen(s) != json_string_length(v)) {
+        diag_fail(d, field, "must not contain a NUL character");
+        return WE_CONFIG;
+    }
+    *out = s;
     return 0;
 }
 
@@ -149,7 +162,7 @@ static int parse_deny_tags(config_policy_rule_t *out, const diag_t *d, const cha
     if (!out->deny_tags)
         return diag_oom(d);
     for (size_t j = 0; j < n; j++) {
-        const char *re;
+        const char *re = NULL;
         snprintf(field, sizeof field, "%s.deny_tags[%zu]", rule, j);
         int rc = want_str(d, field, json_array_get(arr, j), &re);
         if (rc == 0)
@@ -182,7 +195,7 @@ static int parse_pins(config_policy_rule_t *out, const diag_t *d, const char *ru
     const json_t *v;
     json_object_foreach((json_t *)obj, tag, v)
     {
-        const char *digest;
+        const char *digest = NULL;
         config_field_path(field, sizeof field, base, tag);
         if (!ref_tag_valid(tag, strlen(tag)))
             return diag_fail(d, field, "%s is not a tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127})",

@@ -95,6 +95,8 @@ static void answer_bad(call_t *c, int status)
 static bool policy_allows(app_t *a, call_t *c)
 {
     enum policy_object obj;
+    if (!c->route.upstream)
+        return true;
     switch (c->route.op) {
     case ROUTE_BLOB:
         obj = POLICY_BLOB;

@@ -136,9 +136,12 @@ static int head_digest(const char *server, const policy_ref_t *r, char digest[RE
         fprintf(stderr, "winch pin: the winch at %s did not answer\n", server);
         return -1;
     }
-    int status = 0;
-    if (sscanf(head, "HTTP/1.%*d %d", &status) != 1 || status != 200) {
-        fprintf(stderr, "winch pin: the winch at %s answered %d for %s/%s:%s\n", server, status,
+    /* "HTTP/1.x NNN ..." */
+    long status = 0;
+    if (strncmp(head, "HTTP/1.", 7) == 0 && head[7] && head[8] == ' ')
+        status = strtol(head + 9, NULL, 10);
+    if (status != 200) {
+        fprintf(stderr, "winch pin: the winch at %s answered %ld for %s/%s:%s\n", server, status,
                 r->upstream->name, r->repo, r->tag);
         return -1;
     }

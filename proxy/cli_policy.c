@@ -277,14 +277,14 @@ static int explain(int argc, char **argv)
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
     cli_common_t o;
     cli_pctx_t x = {0};
-    int status = 2, rc;
+    int status = 2;
     explained_t *e = calloc(1, sizeof *e);
     json_t *all = json_array();
     if (!rest || !e || !all) {
         fprintf(stderr, "winch: out of memory\n");
         goto out;
     }
-    if ((rc = cli_common_parse(argc, argv, rest, &o)) != 0)
+    if (cli_common_parse(argc, argv, rest, &o) != 0)
         goto out;
     for (int i = 1; i < o.argc; i++) {
         if (o.argv[i][0] == '-') {

@@ -209,8 +209,8 @@ static int read_fd(int fd, uint64_t size, char **out)
 /* The config is cached: read it now (small, from the page cache, like a cached manifest). */
 static int created_from_cache(mgate_t *g, uint64_t size)
 {
-    int fd;
-    char *buf;
+    int fd = -1;
+    char *buf = NULL;
     int rc = cache_open_content(g->c->env->cache, g->config_digest, &fd);
     if (rc < 0)
         return rc;
