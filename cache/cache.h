@@ -190,8 +190,9 @@ int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb 
 int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
                   const char *digest, cache_done_cb cb, void *arg);
 
-/** Whether upstream/repo is known to hold digest: one of the repository's stored manifests
- * references it (or is it), or cache_owner_set recorded that the upstream served it there.
+/** Whether upstream/repo is known to hold digest (repo NULL: any repository of upstream): one
+ * of the repository's stored manifests references it (or is it), or cache_owner_set recorded
+ * that the upstream served it there.
  * Sees writes this process queued but has not committed. On 0, *size (may be NULL) gets the
  * size recorded with it (the descriptor's). Returns 0, WE_NOTFOUND, WE_INDEX. */
 int cache_owner_get(cache_t *c, const char *upstream, const char *repo, const char *digest,

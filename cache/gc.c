@@ -24,6 +24,7 @@
 #include "cache/gc.h"
 #include "common/err.h"
 #include "common/glob.h"
+#include "common/hash.h"
 #include "common/log.h"
 
 #define ARENA_BLOCK ((size_t)1 << 20)
@@ -55,25 +56,17 @@ static char *arena_dup(gc_model_t *m, const char *s, size_t n)
     return p;
 }
 
-static uint64_t fnv(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
-}
-
 uint32_t gc_find(const gc_model_t *m, const char *digest, size_t n)
 {
     if (!m->htcap)
         return GC_NONE;
     size_t mask = m->htcap - 1;
-    for (size_t i = fnv(digest, n) & mask;; i = (i + 1) & mask) {
+    for (size_t i = hash_bytes64(digest, n) & mask;; i = (i + 1) & mask) {
         uint32_t v = m->ht[i];
         if (v == 0)
             return GC_NONE;
         const char *d = m->nodes[v - 1].digest;
-        if (strncmp(d, digest, n) == 0 && d[n] == '\0')
+        if (d && strncmp(d, digest, n) == 0 && d[n] == '\0')
             return v - 1;
     }
 }
@@ -131,7 +124,7 @@ static int load_content(gc_model_t *m, cache_t *c, MDB_txn *t)
         n->last_ms = e.accessed_ms > e.created_ms ? e.accessed_ms : e.created_ms;
         n->kind = (uint8_t)e.kind;
         size_t mask = m->htcap - 1;
-        size_t i = fnv(n->digest, k.mv_size) & mask;
+        size_t i = hash_bytes64(n->digest, k.mv_size) & mask;
         while (m->ht[i])
             i = (i + 1) & mask;
         m->ht[i] = (uint32_t)(m->nn + 1);
@@ -352,7 +345,7 @@ static int count_roots(gc_model_t *m)
         if (n->flags & (GC_PARENT | GC_TAGGED))
             continue;
         gc_root_t *r;
-        if ((rc = add_root(m, &r)))
+        if (add_root(m, &r))
             return -ENOMEM;
         r->type = n->kind == CACHE_MANIFEST ? GC_ROOT_DANGLING : GC_ROOT_BLOB;
         r->node = i;

@@ -144,6 +144,18 @@ int index_open(cache_t *c, uint64_t map_size);
 /** Frees ops still queued (logging them as lost: a bug) and closes the environment. Returns
  * -EBUSY, leaving the environment open, when a commit job is still running. */
 int index_close(cache_t *c);
+/** LMDB's codes (positive errnos, its own negatives) as winch errors, logged with what. */
+int index_err(int rc, const char *what);
+/** Little-endian integers of the record formats. */
+void index_put_u64(unsigned char *p, uint64_t v);
+uint64_t index_get_u64(const unsigned char *p);
+/** Joins up to three strings with NULs into buf ("a\0b\0c"); NULL ends the list early.
+ * WE_INVALID when they do not fit cap. */
+int index_make_key(char *buf, size_t cap, const char *a, const char *b, const char *c3,
+                   size_t *len);
+/** The loop's cached read transaction, renewed (index_read_end resets it). */
+int index_read_begin(cache_t *c, MDB_txn **t);
+void index_read_end(cache_t *c);
 /** The committed content record of digest: 0, WE_NOTFOUND or WE_INDEX. Sees no queued op. */
 int index_lookup(cache_t *c, const char *digest, cache_entry_t *out);
 /** Writes the tags key of upstream/repo/tag into key; WE_INVALID if one is NULL or the key
@@ -156,6 +168,8 @@ const wop_t *wop_newest_tag(const wop_t *op, const char *key, size_t kl, const w
 /** The newest of best and the queued or in-flight ops that write tag key[0..kl). The ops'
  * keys, digests and times never change once queued, so reading them beside a job is safe. */
 const wop_t *index_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+/** A tags record: its digest and check time. 0 or WE_INDEX (corrupt, unknown version). */
+int index_tag_decode(const MDB_val *v, char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms);
 /** The committed tag record of upstream/repo/tag: 0, WE_NOTFOUND or WE_INDEX. */
 int index_tag_read(cache_t *c, const char *upstream, const char *repo, const char *tag,
                    char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms);

@@ -46,6 +46,10 @@ typedef struct config_policy_rule {
 
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */
+/** Which requests may be served a cached blob of an upstream: any repository of the upstream
+ * that is known to hold it (global), or only a repository known to hold it (repository). */
+enum blob_scope { BLOB_SCOPE_GLOBAL = 0, BLOB_SCOPE_REPOSITORY = 1 };
+
 typedef struct config_upstream {
     char *name;      /* owned; lowercase host[:port], e.g. "docker.io", "127.0.0.1:5001" */
     char *url;       /* owned; as written, e.g. "https://registry-1.docker.io" */
@@ -66,6 +70,8 @@ typedef struct config_upstream {
     char *password;      /* owned; read at load from password_file or the env variable */
     char *password_file; /* owned; as configured (for messages), NULL if unused */
     char *password_env;  /* owned; the environment variable's name, NULL if unused */
+    /* Default: repository when the upstream has credentials, else global. */
+    enum blob_scope blob_scope;
 } config_upstream_t;
 
 typedef struct config {

@@ -175,6 +175,7 @@ typedef struct upstream_extra {
     const char *ca_file;
     int insecure; /* -1 absent, else 0/1 */
     const char *username, *password_file, *password_env;
+    const char *blob_scope; /* NULL when absent */
 } upstream_extra_t;
 
 static int apply_upstream_extra(config_upstream_t *u, const diag_t *d, const char *field,
@@ -243,6 +244,19 @@ static int apply_upstream_extra(config_upstream_t *u, const diag_t *d, const cha
         if (rc < 0)
             return rc;
     }
+    /* Behind credentials a blob is private to the repositories known to hold it; a public
+     * upstream's blobs may be shared by all its repositories. */
+    u->blob_scope = u->username ? BLOB_SCOPE_REPOSITORY : BLOB_SCOPE_GLOBAL;
+    if (x->blob_scope) {
+        snprintf(sub, sizeof sub, "%s.blob_scope", field);
+        if (strcmp(x->blob_scope, "repository") == 0)
+            u->blob_scope = BLOB_SCOPE_REPOSITORY;
+        else if (strcmp(x->blob_scope, "global") == 0)
+            u->blob_scope = BLOB_SCOPE_GLOBAL;
+        else
+            return diag_fail(d, sub, "%s: expected \"repository\" or \"global\"",
+                             diag_quote(q, sizeof q, x->blob_scope, strlen(x->blob_scope)));
+    }
     return 0;
 }
 
@@ -277,6 +291,8 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
             rc = want_string(d, sub, val, &x.password_file);
         } else if (strcmp(key, "password_env") == 0) {
             rc = want_string(d, sub, val, &x.password_env);
+        } else if (strcmp(key, "blob_scope") == 0) {
+            rc = want_string(d, sub, val, &x.blob_scope);
         } else if (strcmp(key, "password") == 0) {
             /* Said plainly, since it is the field people try first; the value is not echoed. */
             rc = diag_fail(d, sub,
@@ -286,7 +302,7 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
             rc = diag_fail(d, sub,
                            "unknown field (an upstream has \"name\", \"url\", \"ca_file\", "
                            "\"insecure_skip_verify\", \"username\", \"password_file\", "
-                           "\"password_env\")");
+                           "\"password_env\", \"blob_scope\")");
         }
         if (rc < 0)
             return rc;

@@ -53,6 +53,8 @@ const char *config_parse_size(const char *s, uint64_t *bytes, uint32_t *pct)
                  {"TiB", 1ULL << 40}};
     uint64_t v;
     const char *end;
+    if (!bytes)
+        return "no place for the result";
     const char *why = digits(s, &v, &end);
     if (why)
         return why;

@@ -27,6 +27,7 @@
 #include "proxy/lists.h"
 #include "proxy/manifest.h"
 #include "proxy/oci.h"
+#include "proxy/producer.h"
 #include "proxy/reply.h"
 #include "proxy/retention.h"
 #include "proxy/revalidate.h"

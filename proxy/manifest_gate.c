@@ -26,7 +26,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "proxy/auth.h"
-#include "proxy/blob.h"
+#include "proxy/producer.h"
 #include "proxy/reply.h"
 
 static void copy_digest(char dst[REF_DIGEST_MAX + 1], const char *src)
@@ -281,6 +281,24 @@ static void wait_notify(fill_sub_t *s)
     g->done(c, g->arg, decide_image(g) == MGATE_SERVE);
 }
 
+/* Starts (or joins) the fill of the config blob digest, from c's upstream and repository, as a
+ * blob miss would; *out holds a reference. */
+static int config_fill_start(call_t *c, const char *digest, fill_t **out)
+{
+    bool created;
+    int err = fill_get(c->env->cache, digest, out, &created);
+    if (err < 0)
+        return err;
+    if (created) {
+        /* The producer copies what it needs of the call (upstream, repository, digest). */
+        call_t bg = *c;
+        snprintf(bg.route.ref, sizeof bg.route.ref, "%s", digest);
+        bg.route.ref_is_digest = true;
+        producer_start(&bg, *out);
+    }
+    return 0;
+}
+
 /* Finds the config blob; the age needs it. Returns MGATE_SERVE/DENIED or MGATE_WAIT. */
 static enum mgate_result need_created(mgate_t *g, uint64_t cfg_size)
 {
@@ -296,7 +314,7 @@ static enum mgate_result need_created(mgate_t *g, uint64_t cfg_size)
     if (cache_lookup(c->env->cache, g->config_digest, &e) == 0 &&
         e.size <= c->env->cfg->max_manifest_bytes && created_from_cache(g, e.size) == 0)
         return decide_image(g);
-    int rc = blob_fill_start(c, g->config_digest, &g->fill);
+    int rc = config_fill_start(c, g->config_digest, &g->fill);
     if (rc < 0) {
         reply_failure(c, rc, OCI_MANIFEST_UNKNOWN);
         return MGATE_DENIED;
