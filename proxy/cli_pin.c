@@ -111,55 +111,72 @@ static bool split_hostport(const char *s, char *host, size_t hcap, char *port, s
     return true;
 }
 
-/* HEAD /v2/REPO/manifests/TAG?ns=UPSTREAM at server: the digest a pull would get now. Returns
- * 0 with digest, or -1 after saying why on stderr. */
-static int head_digest(const char *server, const policy_ref_t *r, char digest[REF_DIGEST_MAX + 1])
+/* HEAD /v2/REPO/manifests/REF?ns=UPSTREAM at server (REF a tag or a digest). Returns the HTTP
+ * status, with the Docker-Content-Digest answered in digest ("" when none); 0 when no answer
+ * came (said on stderr). */
+static int head_manifest(const char *server, const policy_ref_t *r, const char *ref,
+                         char digest[REF_DIGEST_MAX + 1])
 {
     char host[256], port[16], req[2048], head[HEAD_MAX];
+    digest[0] = '\0';
     if (!split_hostport(server, host, sizeof host, port, sizeof port)) {
         fprintf(stderr, "winch pin: %s is not HOST:PORT\n", server);
-        return -1;
+        return 0;
     }
     int fd = connect_to(host, port);
     if (fd < 0) {
         fprintf(stderr, "winch pin: no winch answers at %s: %s\n", server, strerror(errno));
-        return -1;
+        return 0;
     }
     snprintf(req, sizeof req,
              "HEAD /v2/%s/manifests/%s?ns=%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: winch-pin\r\n"
              "Accept: %s, %s, %s, %s\r\nConnection: close\r\n\r\n",
-             r->repo, r->tag, r->upstream->name, server, MT_OCI_INDEX, MT_OCI_MANIFEST,
-             MT_DOCKER_LIST, MT_DOCKER_V2);
+             r->repo, ref, r->upstream->name, server, MT_OCI_INDEX, MT_OCI_MANIFEST, MT_DOCKER_LIST,
+             MT_DOCKER_V2);
     int rc = send_all(fd, req, strlen(req)) == 0 ? read_head(fd, head, sizeof head) : -1;
     close(fd);
     if (rc < 0) {
         fprintf(stderr, "winch pin: the winch at %s did not answer\n", server);
-        return -1;
+        return 0;
     }
     /* "HTTP/1.x NNN ..." */
     long status = 0;
     if (strncmp(head, "HTTP/1.", 7) == 0 && head[7] && head[8] == ' ')
         status = strtol(head + 9, NULL, 10);
-    if (status != 200) {
-        fprintf(stderr, "winch pin: the winch at %s answered %ld for %s/%s:%s\n", server, status,
-                r->upstream->name, r->repo, r->tag);
-        return -1;
-    }
-    for (char *line = strstr(head, "\r\n"); line; line = strstr(line + 2, "\r\n")) {
+    for (char *line = strstr(head, "\r\n"); status == 200 && line;
+         line = strstr(line + 2, "\r\n")) {
         static const char name[] = "docker-content-digest:";
         if (strncasecmp(line + 2, name, sizeof name - 1) != 0)
             continue;
         char *v = line + 2 + sizeof name - 1;
         v += strspn(v, " \t");
         size_t n = strcspn(v, " \t\r\n");
-        if (n > REF_DIGEST_MAX || ref_digest_parse(v, n, NULL) != 0)
-            break;
-        memcpy(digest, v, n);
-        digest[n] = '\0';
-        return 0;
+        if (n <= REF_DIGEST_MAX && ref_digest_parse(v, n, NULL) == 0) {
+            memcpy(digest, v, n);
+            digest[n] = '\0';
+        }
+        break;
     }
-    fprintf(stderr, "winch pin: the winch at %s sent no usable Docker-Content-Digest\n", server);
-    return -1;
+    return status > 0 && status < 1000 ? (int)status : 0;
+}
+
+/* What the tag resolves to at server: 0 with digest, or -1 after saying why on stderr. */
+static int head_digest(const char *server, const policy_ref_t *r, char digest[REF_DIGEST_MAX + 1])
+{
+    int status = head_manifest(server, r, r->tag, digest);
+    if (status == 0)
+        return -1;
+    if (status != 200) {
+        fprintf(stderr, "winch pin: the winch at %s answered %d for %s/%s:%s\n", server, status,
+                r->upstream->name, r->repo, r->tag);
+        return -1;
+    }
+    if (!digest[0]) {
+        fprintf(stderr, "winch pin: the winch at %s sent no usable Docker-Content-Digest\n",
+                server);
+        return -1;
+    }
+    return 0;
 }
 
 /* The listener of the winch serving this cache, as its configuration says; "" when unknown. */
@@ -175,6 +192,28 @@ static void configured_server(const config_t *cfg, char *out, size_t len)
     else if (strcmp(h, "::") == 0)
         h = "::1";
     snprintf(out, len, v6 ? "[%s]:%u" : "%s:%u", h, (unsigned)cfg->listen_port);
+}
+
+/* A digest given by hand: asks the running winch (which fetches and caches it) whether the
+ * upstream has it in the repository, since a pin to a digest it lacks makes every pull of the
+ * tag fail. Only a note: the pin may be set ahead of a push. */
+static void check_digest(cli_pctx_t *x, const char *server, const policy_ref_t *r,
+                         const char *digest)
+{
+    char addr[300], got[REF_DIGEST_MAX + 1];
+    if (!server) {
+        configured_server(x->cfg, addr, sizeof addr);
+        if (!addr[0] || !cache_server_running(x->cache))
+            return;
+        server = addr;
+    }
+    int status = head_manifest(server, r, digest, got);
+    if (status == 404)
+        printf("note: %s/%s has no manifest %s upstream: pulls of the tag fail until it has\n",
+               r->upstream->name, r->repo, digest);
+    else if (status != 200 && status != 0)
+        printf("note: the winch at %s answered %d for %s/%s@%s\n", server, status,
+               r->upstream->name, r->repo, digest);
 }
 
 /* What the tag resolves to now: through a running winch, else the cache's last known digest. */
@@ -300,6 +339,7 @@ int cli_pin(int argc, char **argv)
             goto out;
         }
         snprintf(digest, sizeof digest, "%s", o.argv[2]);
+        check_digest(&x, server, &r, digest);
     } else if (resolve(&x, server, &r, digest) != 0) {
         goto out;
     }

@@ -151,7 +151,15 @@ class Pins(lab.TestCase):
             self.assertEqual(st, 404, "no such tag upstream")
             r = self.cli("pin", "lab/app:production", self.b.digest)
             self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertNotIn("note:", r.stdout)
             self.assertServes(w, "lab/app", "production", self.b.digest, "the alias")
+            # A digest the repository does not have: pinned, with a note (set ahead of a push).
+            r = self.cli("pin", "lab/app:ghost", self.c.digest)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("note: docker.io/lab/app has no manifest %s upstream" % self.c.digest,
+                          r.stdout)
+            self.assertEqual(pi.served_digest(w, "lab/app", "ghost")[0], 404)
+            self.assertEqual(self.cli("unpin", "lab/app:ghost").returncode, 0)
             self.assertEqual(pi.skopeo_copy_manifest(
                 "docker://%s/lab/app:production" % w.hostport), self.b.digest)
             # The alias is fetched by digest and not recorded as an upstream tag.
