@@ -200,6 +200,7 @@ void config_free(config_t *c)
     if (!c)
         return;
     config_upstreams_clear(c);
+    config_policy_free(c);
     free(c->listen_host);
     free(c->tls_listen_host);
     free(c->tls_cert);
@@ -455,5 +456,5 @@ int config_check_whole(const config_t *c, const diag_t *d)
             strcmp(c->listen_host, c->tls_listen_host) == 0)
             return diag_fail(d, "tls_listen", "same address as listen");
     }
-    return 0;
+    return config_policy_check(c, d);
 }

@@ -12,6 +12,39 @@
 #define CONFIG_MAX_UPSTREAMS 32
 #define CONFIG_MAX_ALLOW_HOSTS 64
 
+/* ---- Pull-time policy (issue 9; parsed in config_policy.c, compiled by policy/) ----------- */
+
+#define CONFIG_MAX_POLICY_RULES 1024
+#define CONFIG_MAX_DENY_TAGS 64    /* regexes per rule */
+#define CONFIG_MAX_REGEX_LEN 256   /* bytes of one regex */
+#define CONFIG_MAX_PINS 1024       /* pins per rule */
+#define CONFIG_MAX_MESSAGE_LEN 512 /* bytes of a rule's message */
+
+/** One tag -> digest pin of a rule. */
+typedef struct config_pin {
+    char *tag;    /* owned; a valid tag */
+    char *digest; /* owned; a valid sha256/sha512 digest */
+} config_pin_t;
+
+/** One rule of "policy", as written (validated; policy_create compiles it). Rules are ordered:
+ * the first whose match fits a request decides with every field it carries. */
+typedef struct config_policy_rule {
+    char *match;      /* owned; glob over "UPSTREAM/REPOSITORY" (common/glob.h) */
+    bool allow;       /* "allow": true */
+    bool deny;        /* "deny": true (or "allow": false) */
+    char **deny_tags; /* owned; n_deny_tags POSIX extended regexes */
+    size_t n_deny_tags;
+    bool require_digest;
+    config_pin_t *pins; /* owned; n_pins, tags unique within the rule */
+    size_t n_pins;
+    uint32_t soak_s;             /* 0: no soak */
+    bool freeze;                 /* tags never revalidated once cached */
+    uint64_t max_image_bytes;    /* 0: no bound */
+    uint32_t max_image_age_days; /* 0: no bound */
+    bool audit;                  /* refusals logged, not enforced */
+    char *message;               /* owned; appended to refusals; NULL when none */
+} config_policy_rule_t;
+
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */
 /** Which requests may be served a cached blob of an upstream: any repository of the upstream
@@ -124,6 +157,10 @@ typedef struct config {
     char **retention_protect;             /* owned; globs over "upstream/repo", never evicted */
     size_t retention_nprotect;
     bool disk_full_pass_through; /* on_disk_full "pass_through": stream uncached when full */
+
+    /* Pull-time policy rules, in order (none by default: everything is allowed). */
+    config_policy_rule_t *policy; /* owned; n_policy of them */
+    size_t n_policy;
 } config_t;
 
 /** Parses a size: digits (bytes) with an optional unit B, KB, MB, GB, TB (powers of 1000) or
@@ -144,6 +181,11 @@ int config_load(config_t **out, int argc, char **argv, char *err, size_t errlen)
 /** Same, from a JSON text (for tests and tools); `origin` names it in messages. */
 int config_from_json(config_t **out, const char *json, size_t len, const char *origin, char *err,
                      size_t errlen);
+
+/** The digests the configuration's pins name (every rule's), for retention to keep with everything
+ * they reference. *out is a malloc'd array (free it) of n strings borrowed from c; NULL when n
+ * is 0. Returns 0 or -ENOMEM. */
+int config_pin_digests(const config_t *c, const char ***out, size_t *n);
 
 /** Looks an upstream up by its name, case-insensitively; "index.docker.io" and
  * "registry-1.docker.io" find "docker.io". Returns a borrowed pointer or NULL. */

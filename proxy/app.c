@@ -96,20 +96,43 @@ static void answer_bad(call_t *c, int status)
     }
 }
 
+/* Repository-level policy for what is not a manifest (blobs, tags/list, referrers): a denied
+ * repository is denied for all of it. Manifests are decided in manifest.c, in stages. */
 static bool policy_allows(app_t *a, call_t *c)
 {
-    if (c->route.op == ROUTE_PING || c->route.op == ROUTE_CATALOG || !c->route.upstream)
+    enum policy_object obj;
+    if (!c->route.upstream)
         return true;
+    switch (c->route.op) {
+    case ROUTE_BLOB:
+        obj = POLICY_BLOB;
+        break;
+    case ROUTE_TAGS:
+        obj = POLICY_TAGS;
+        break;
+    case ROUTE_REFERRERS:
+        obj = POLICY_REFERRERS;
+        break;
+    default:
+        return true;
+    }
     policy_request_t pr = {
         .upstream = c->route.upstream->name,
         .repo = c->route.name,
-        .ref = c->route.op == ROUTE_TAGS ? NULL : c->route.ref,
-        .ref_is_digest = c->route.ref_is_digest,
+        .object = obj,
+        .digest = obj == POLICY_TAGS ? NULL : c->route.ref,
+        .now_ms = policy_now_ms(&a->env),
     };
-    policy_decision_t d = policy_decide(a->policy, &pr);
-    if (d.allow)
+    policy_decision_t d;
+    policy_decide(a->policy, &pr, &d);
+    if (policy_decision_notable(&d)) {
+        char line[POLICY_MSG_MAX + 256];
+        policy_describe(&d, line, sizeof line);
+        LOG_INFO("req=%llu %s", (unsigned long long)req_id(c->req), line);
+    }
+    if (d.verdict == POLICY_ALLOW)
         return true;
-    reply_error(c, 0, OCI_DENIED, d.reason ? d.reason : "denied by policy", NULL);
+    reply_denied(c, d.message);
     return false;
 }
 
@@ -180,7 +203,42 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
              (long long)req_duration_ms(r), outcome == REQ_GONE ? " (client gone)" : "");
 }
 
-/* ---- Lifecycle ------------------------------------------------------------------------- */
+/* ---- Lifecycle ---------------------------------------------------------------------------- */
+
+int64_t app_test_clock_offset_ms(void)
+{
+    const char *v = getenv("WINCH_TEST_CLOCK_OFFSET_S");
+    if (!v || !*v)
+        return 0;
+    char *end;
+    errno = 0;
+    long long s = strtoll(v, &end, 10);
+    if (errno || *end || s < -3153600000LL || s > 3153600000LL) {
+        LOG_ERROR("WINCH_TEST_CLOCK_OFFSET_S=%s is not a number of seconds (|N| <= 100 years); "
+                  "ignored",
+                  v);
+        return 0;
+    }
+    LOG_WARN("TEST CLOCK: the policy sees the time %+llds from now (WINCH_TEST_CLOCK_OFFSET_S); "
+             "never set it in production",
+             s);
+    return s * 1000;
+}
+
+/* Says at start what the policy holds, and which rules can never decide anything. */
+static void log_policy(const policy_t *p)
+{
+    size_t n = policy_rules(p);
+    if (n)
+        LOG_INFO("policy: %zu rule%s", n, n == 1 ? "" : "s");
+    for (size_t i = 0; i < n; i++) {
+        int k = policy_shadowed_by(p, i);
+        if (k >= 0)
+            LOG_WARN("policy rule %zu (%s) is never used: rule %d (%s) comes first and matches "
+                     "everything it matches",
+                     i + 1, policy_rule(p, i)->match, k + 1, policy_rule(p, (size_t)k)->match);
+    }
+}
 
 int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache, char *err,
                size_t errlen)
@@ -231,7 +289,10 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .neg = a->neg,
         .revalidator = a->revalidator,
         .retention = a->retention,
+        .policy = a->policy,
+        .policy_clock_offset_ms = app_test_clock_offset_ms(),
     };
+    log_policy(a->policy);
     *out = a;
     return 0;
 fail:

@@ -434,6 +434,21 @@ void resp_begin(req_t *r, int status)
     sbuf_printf(&c->hb, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
 }
 
+void resp_begin_reason(req_t *r, int status, const char *reason)
+{
+    client_t *c = client_of(r);
+    c->status = status;
+    c->head_begun = true;
+    sbuf_init(&c->hb, c->head, sizeof c->head);
+    sbuf_printf(&c->hb, "HTTP/1.1 %d ", status);
+    size_t n = 0;
+    for (const char *p = reason; *p && n < RESP_REASON_MAX; p++, n++) {
+        char ch = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
+        sbuf_add(&c->hb, &ch, 1);
+    }
+    sbuf_add(&c->hb, "\r\n", 2);
+}
+
 bool resp_begun(const req_t *r)
 {
     return client_of(r)->head_begun;

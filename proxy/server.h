@@ -114,6 +114,13 @@ int64_t req_duration_ms(const req_t *r);
 
 /** Begins the response head: the status line. Calling it again starts the head over. */
 void resp_begin(req_t *r, int status);
+/** Longest reason phrase resp_begin_reason sends. */
+#define RESP_REASON_MAX 512
+/** resp_begin with reason as the status line's reason phrase instead of the standard one: for
+ * an answer whose explanation a client must see even without a body (HEAD), since clients
+ * print the status line (containerd: "403 DENIED: ..."). Bytes other than printable ASCII
+ * become '?', and the phrase is cut at RESP_REASON_MAX bytes. */
+void resp_begin_reason(req_t *r, int status, const char *reason);
 /** True once resp_begin ran for this response. */
 bool resp_begun(const req_t *r);
 /** Adds one header line; the head is bounded (overflow turns the response into a bare 500). */
