@@ -396,10 +396,12 @@ int conn_read_start(conn_t *c, conn_read_cb cb)
     return 0;
 }
 
-void conn_release_rbuf(conn_t *c)
+void conn_release_buffers(conn_t *c)
 {
     free(c->rbuf);
     c->rbuf = NULL;
+    if (c->tls && !c->write_cb)
+        conn_tls_release(c);
 }
 
 void conn_read_stop(conn_t *c)

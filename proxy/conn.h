@@ -101,9 +101,10 @@ bool conn_is_tls(const conn_t *c);
 int conn_read_start(conn_t *c, conn_read_cb cb);
 void conn_read_stop(conn_t *c);
 
-/** Frees the read buffer until the next read needs it (a connection idle between requests).
- * Bytes of the last read callback are gone: only for a caller that holds none. */
-void conn_release_rbuf(conn_t *c);
+/** Frees the read buffer (and TLS's staging buffer when no write is in flight) until the next
+ * read or write needs them: for a connection idle between requests. Bytes of the last read
+ * callback are gone: only for a caller that holds none. */
+void conn_release_buffers(conn_t *c);
 
 /** Sends bufs[0..n) (n <= CONN_MAX_IOV); the bytes are borrowed until cb. Tries to write at
  * once, then waits for writability. */

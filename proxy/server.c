@@ -263,7 +263,7 @@ static void client_next(client_t *c)
     /* Nothing buffered: between requests a connection holds only its socket and this struct. */
     buf_free(&c->url);
     buf_free(&c->hdrs);
-    conn_release_rbuf(&c->conn);
+    conn_release_buffers(&c->conn);
     client_arm_timer(c, c->srv->limits.idle_timeout_ms);
     admit_idle_add(c);
     conn_read_start(&c->conn, on_client_read);
