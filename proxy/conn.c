@@ -396,6 +396,16 @@ int conn_read_start(conn_t *c, conn_read_cb cb)
     return 0;
 }
 
+bool conn_input_pending(const conn_t *c)
+{
+    if (c->closing)
+        return false;
+    if (conn_tls_buffered(c))
+        return true;
+    char b;
+    return recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
 void conn_release_buffers(conn_t *c)
 {
     free(c->rbuf);

@@ -101,6 +101,10 @@ bool conn_is_tls(const conn_t *c);
 int conn_read_start(conn_t *c, conn_read_cb cb);
 void conn_read_stop(conn_t *c);
 
+/** True when bytes have arrived that nobody has read yet (in the socket, or decrypted in
+ * OpenSSL): the peer is sending. */
+bool conn_input_pending(const conn_t *c);
+
 /** Frees the read buffer (and TLS's staging buffer when no write is in flight) until the next
  * read or write needs them: for a connection idle between requests. Bytes of the last read
  * callback are gone: only for a caller that holds none. */

@@ -36,6 +36,8 @@
 #define RESUME_AFTER_MS 250
 #define LOG_INTERVAL_MS 60000
 #define PEERS_MIN 64
+/* Idle connections looked at for one without pending input before the oldest is closed. */
+#define IDLE_SCAN 8
 
 struct peer {
     client_t *idle_head, *idle_tail; /* its idle connections, oldest first */
@@ -254,12 +256,21 @@ static uint64_t fds_used(const server_t *s)
     return s->nclients + (uint64_t)FDS_PER_REQUEST * s->nbudgeted;
 }
 
-/* Closes the oldest idle connection; false when there is none. */
+/* Closes the oldest idle connection; false when there is none. One whose next request has
+ * already arrived (not read yet: this poll round reaches it later) is passed over for an idle
+ * one among the next few: closing it would cut a request the client just sent. */
 static bool close_oldest_idle(server_t *s)
 {
     client_t *v = s->lru_head;
     if (!v)
         return false;
+    int looked = 0;
+    for (client_t *c = v; c && looked < IDLE_SCAN; c = c->lru_next, looked++) {
+        if (!conn_input_pending(&c->conn)) {
+            v = c;
+            break;
+        }
+    }
     LOG_DEBUG("closing the idle connection of %s (the oldest of %u idle, %u connections, %u "
               "requests in progress) to admit another",
               v->peer_str, s->nidle, s->nclients, s->nbudgeted);
