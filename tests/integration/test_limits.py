@@ -52,8 +52,15 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def fd_count(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
+def sockets(pid):
+    """How many sockets process pid has open."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            n += os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:")
+        except OSError:
+            pass
+    return n
 
 
 def open_idle(port, n, first_addr=2, per_addr=250):
@@ -154,12 +161,18 @@ class IdleConnections(LimitsBase):
         pid = w.proc.pid
         probe = Probe(w.hostport, self.manifest)
         probe.once()
+        time.sleep(0.5)  # the probe's connections are closed on both sides
         rss0 = rss_kib(pid)
-        fds0 = fd_count(pid)
+        base = sockets(pid)
         t0 = time.monotonic()
         socks = open_idle(w.port, n)
         try:
-            lab.wait_for(lambda: fd_count(pid) >= fds0 + n, 60, what="winch holding %d" % n)
+            try:  # accepted, all of them (the listener and upstream sockets are in base)
+                lab.wait_for(lambda: sockets(pid) >= base + n, 60, interval=0.2,
+                             what="winch holding %d connections" % n)
+            except TimeoutError:
+                self.fail("winch has %d sockets, %d before %d connections (%d closed by it)" % (
+                    sockets(pid), base, n, sum(closed_by_peer(s) for s in socks)))
             lab.log("%d idle connections open in %.1f s" % (n, time.monotonic() - t0))
             for _ in range(20):
                 probe.once()
