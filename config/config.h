@@ -122,10 +122,12 @@ typedef struct config {
     uint32_t negative_ttl_s;
 
     /* Client side. */
-    uint32_t client_header_timeout_ms; /* whole request head must arrive within; default 30000 */
+    uint32_t client_header_timeout_ms; /* head whole within, from accept or 1st byte; 10000 */
     uint32_t client_idle_timeout_ms;   /* keep-alive idle and stalled send; default 120000 */
     uint32_t max_connections;          /* accepted at once; default 4096 */
     uint32_t max_header_bytes;         /* request head, and upstream response head; default 32768 */
+    /* Connections from one client address at once (0: no limit); default 256. */
+    uint32_t max_connections_per_client;
 
     /* Cache. */
     /* A tag younger than this is served without asking upstream; default 300. */

@@ -90,6 +90,9 @@ static void answer_bad(call_t *c, int status)
     case 431:
         reply_error(c, 431, OCI_UNKNOWN, "request header fields too large", NULL);
         return;
+    case 503:
+        reply_error(c, 503, OCI_UNAVAILABLE, "server busy: too many requests in progress", NULL);
+        return;
     default:
         reply_error(c, 400, OCI_UNKNOWN, "malformed HTTP request", NULL);
         return;
@@ -193,14 +196,30 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
         c->cancel = NULL;
         cancel(c);
     }
+    if (log_threshold < WLOG_WARN || (outcome != REQ_ABORTED && log_threshold < WLOG_INFO))
+        return;
+    /* Everything the client sent is escaped: a log line never carries its control bytes. */
+    char target[1024], ua[256];
+    log_escape(target, sizeof target, req_target(r), req_target_len(r));
+    const char *agent = req_header(r, "User-Agent");
+    log_escape(ua, sizeof ua, agent ? agent : "", agent ? strlen(agent) : 0);
     if (outcome == REQ_ABORTED)
         LOG_WARN("req=%llu %s: response cut short after %llu body bytes",
-                 (unsigned long long)req_id(r), req_target(r),
-                 (unsigned long long)req_bytes_sent(r));
-    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld%s", (unsigned long long)req_id(r),
-             req_method(r), req_target(r)[0] ? req_target(r) : "-", req_status(r),
+                 (unsigned long long)req_id(r), target, (unsigned long long)req_bytes_sent(r));
+    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld peer=%s ua=\"%s\"%s",
+             (unsigned long long)req_id(r), req_method(r), target[0] ? target : "-", req_status(r),
              (unsigned long long)req_bytes_sent(r), c->cache_status ? c->cache_status : "-",
-             (long long)req_duration_ms(r), outcome == REQ_GONE ? " (client gone)" : "");
+             (long long)req_duration_ms(r), req_peer_str(r), ua,
+             outcome == REQ_GONE ? " (client gone)" : "");
+}
+
+/* What the rest of the process may hold open besides client connections and their requests:
+ * per upstream, its registry and one redirect origin (a blob CDN) with upstream_max_conns
+ * sockets each, and as many fills (a temp file each) that may outlive their clients; and the
+ * index, the listeners, libuv's own descriptors and stdio. */
+static uint32_t reserve_fds(const config_t *cfg)
+{
+    return 64 + 4 * (uint32_t)cfg->n_upstreams * cfg->upstream_max_conns;
 }
 
 /* ---- Lifecycle ---------------------------------------------------------------------------- */
@@ -271,7 +290,9 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .limits = {.header_timeout_ms = cfg->client_header_timeout_ms,
                    .idle_timeout_ms = cfg->client_idle_timeout_ms,
                    .max_connections = cfg->max_connections,
-                   .max_header_bytes = cfg->max_header_bytes},
+                   .max_header_bytes = cfg->max_header_bytes,
+                   .max_connections_per_client = cfg->max_connections_per_client,
+                   .reserve_fds = reserve_fds(cfg)},
         .on_request = on_request,
         .on_complete = on_complete,
         .arg = a,
@@ -279,6 +300,17 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     };
     if ((rc = server_create(&a->server, &so)) < 0)
         goto fail;
+    server_plan_t plan;
+    server_plan(a->server, &plan);
+    char per[48] = "no limit per client address";
+    if (cfg->max_connections_per_client)
+        snprintf(per, sizeof per, "%u per client address", cfg->max_connections_per_client);
+    LOG_INFO("fd limit %llu: max_connections %u%s, %s; fd budget %u (one per connection, %d more "
+             "per request in progress), %llu kept for the cache and upstreams",
+             (unsigned long long)plan.nofile, plan.max_connections,
+             plan.max_connections < cfg->max_connections ? " (lowered to fit the fd limit)" : "",
+             per, plan.max_fds, SERVER_FDS_PER_REQUEST,
+             (unsigned long long)(plan.nofile > plan.max_fds ? plan.nofile - plan.max_fds : 0));
     a->env = (call_env_t){
         .loop = loop,
         .cfg = cfg,
