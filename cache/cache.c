@@ -27,7 +27,6 @@
 #include "cache/internal.h"
 #include "common/err.h"
 #include "common/log.h"
-#include "common/timeutil.h"
 
 int cache_open(cache_t **out, const cache_opts_t *o)
 {
@@ -59,6 +58,10 @@ int cache_open(cache_t **out, const cache_opts_t *o)
         goto fail;
     if ((rc = index_open(c, o->map_size)))
         goto fail;
+    if ((rc = pins_open(c))) {
+        index_close(c);
+        goto fail;
+    }
     *out = c;
     return 0;
 fail:
@@ -78,6 +81,13 @@ void cache_close(cache_t *c)
     if (c->live_puts)
         LOG_ERROR("cache: closing with %u manifest put(s) in flight; they are lost (a bug)",
                   c->live_puts);
+    if (c->gc)
+        LOG_ERROR("cache: closing while a gc runs (a bug)");
+    stats_close(c);
+    if (pins_close(c)) {
+        LOG_ERROR("cache: closing while a pin write runs (a bug); leaking the index");
+        return;
+    }
     if (index_close(c)) {
         LOG_ERROR("cache: closing while an index commit runs (a bug); leaking the index");
         return;
@@ -128,16 +138,6 @@ int cache_tag_get(cache_t *c, const char *upstream, const char *repo, const char
         return 0;
     }
     return index_tag_read(c, upstream, repo, tag, digest_out, checked_ms);
-}
-
-void cache_note_access(cache_t *c, const char *digest)
-{
-    cache_entry_t e;
-    if (cache_lookup(c, digest, &e))
-        return;
-    if (e.accessed_ms > time_wall_ms() - CACHE_ACCESS_SLACK_MS)
-        return;
-    index_note_access(c, digest);
 }
 
 int cache_owner_get(cache_t *c, const char *upstream, const char *repo, const char *digest,

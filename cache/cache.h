@@ -71,7 +71,8 @@ typedef struct cache_entry {
     uint64_t size;
     int kind;             /* enum cache_kind */
     int64_t created_ms;   /* wall clock, when published */
-    int64_t accessed_ms;  /* wall clock, last recorded access (coarse, see cache_note_access) */
+    int64_t accessed_ms;  /* wall clock, last recorded access (see cache_note_access) */
+    uint32_t pulls;       /* times served (recorded in batches, see cache_note_access) */
     char media_type[128]; /* "" when unknown; manifests always have one */
 } cache_entry_t;
 
@@ -189,8 +190,9 @@ int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb 
 int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
                   const char *digest, cache_done_cb cb, void *arg);
 
-/** Whether upstream/repo is known to hold digest: one of the repository's stored manifests
- * references it (or is it), or cache_owner_set recorded that the upstream served it there.
+/** Whether upstream/repo is known to hold digest (repo NULL: any repository of upstream): one
+ * of the repository's stored manifests references it (or is it), or cache_owner_set recorded
+ * that the upstream served it there.
  * Sees writes this process queued but has not committed. On 0, *size (may be NULL) gets the
  * size recorded with it (the descriptor's). Returns 0, WE_NOTFOUND, WE_INDEX. */
 int cache_owner_get(cache_t *c, const char *upstream, const char *repo, const char *digest,
@@ -214,6 +216,66 @@ int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
 int cache_repos_each(cache_t *c, const char *upstream, const char *after,
                      int (*fn)(void *arg, const char *repo), void *arg);
 
+/* ---- Pins and tag history (pins.c) -------------------------------------------------------
+ * Two small records per (upstream, repo, tag), kept beside the tags for the policy (which the
+ * cache knows nothing of): pins set with `winch pin`, and what soak needs to know of a tag.
+ *
+ * Retention: a pinned manifest and everything its references reach (refs) are never evicted,
+ * whether the pin is stored here (pins_read.c marks them) or written in the configuration
+ * (passed as cache_gc_opts_t.keep: config_pin_digests). */
+
+#define CACHE_PIN_STORED 1 /* cache_pin_t.source: set with winch pin */
+
+/** A stored pin: the tag resolves to digest for every client until it is removed. */
+typedef struct cache_pin {
+    char digest[REF_DIGEST_MAX + 1];
+    int64_t set_ms; /* wall clock, when it was set */
+    int source;     /* CACHE_PIN_STORED */
+} cache_pin_t;
+
+/** The stored pin of upstream/repo:tag (sees writes this process queued): 0 and *out,
+ * WE_NOTFOUND, or WE_INDEX. A read transaction on the loop thread (cheap: no I/O beyond the
+ * mmap), so a pin set by another process is seen by the next request after its commit. */
+int cache_pin_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  cache_pin_t *out);
+
+/** Stores (or replaces) the pin of upstream/repo:tag -> digest, now. Asynchronous: cb (may be
+ * NULL) runs on the loop thread after the commit, with 0 or an error. Returns 0 when queued,
+ * WE_INVALID (cb never runs) for bad names, tag or digest. */
+int cache_pin_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  const char *digest, cache_done_cb cb, void *arg);
+
+/** Removes the pin of upstream/repo:tag; cb gets 0, WE_NOTFOUND when there was none, or an
+ * error. Returns 0 when queued, WE_INVALID for bad names. */
+int cache_pin_delete(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                     cache_done_cb cb, void *arg);
+
+/** Visits the committed stored pins in key order (upstream, repo, tag), with their records: all
+ * of them when upstream is NULL, else those of upstream (and of repo, when not NULL: a prefix
+ * scan). fn returns nonzero to stop. Returns 0 or WE_INDEX. */
+int cache_pins_list(cache_t *c, const char *upstream, const char *repo,
+                    int (*fn)(void *arg, const char *upstream, const char *repo, const char *tag,
+                              const cache_pin_t *pin),
+                    void *arg);
+
+/** What is remembered of a tag for soak: the digest last served for it, and the digest its
+ * upstream last announced with when that digest was first seen (on the caller's clock). */
+typedef struct cache_tag_history {
+    char served[REF_DIGEST_MAX + 1]; /* "" when none */
+    char seen[REF_DIGEST_MAX + 1];   /* "" when none */
+    int64_t seen_first_ms;
+} cache_tag_history_t;
+
+/** The history of upstream/repo:tag (sees writes this process queued): 0, WE_NOTFOUND,
+ * WE_INDEX. Loop thread. */
+int cache_tag_history_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                          cache_tag_history_t *out);
+
+/** Replaces the history of upstream/repo:tag with *h (copied). Asynchronous like
+ * cache_pin_set; returns 0 when queued, WE_INVALID for bad names or digests. */
+int cache_tag_history_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                          const cache_tag_history_t *h, cache_done_cb cb, void *arg);
+
 /* ---- Fills: one download per digest ----------------------------------------------------- */
 
 enum fill_state {
@@ -225,11 +287,15 @@ enum fill_state {
 
 #define FILL_SIZE_UNKNOWN UINT64_MAX
 
-/** Single flight. Returns the fill already running for digest, or creates one (with its temp
- * file) and sets *created: the caller is then the producer and must end it with fill_finish
- * or fill_fail. Either way the caller holds one reference (fill_unref). digest must be valid.
- * A digest that is already published gets a new fill too: check cache_lookup first. */
+/** Single flight. Returns the fill already running for digest, or creates one and sets
+ * *created: the caller is then the producer and must end it with fill_finish or fill_fail.
+ * Either way the caller holds one reference (fill_unref). digest must be valid. A new fill has
+ * no file and no fd until fill_set_size (nothing on disk for a fill whose upstream never
+ * answers). A digest that is already published gets a new fill too: check cache_lookup first. */
 int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created);
+
+/** True while a fill for digest runs (not yet DONE or FAILED): fill_get would join it. */
+bool fill_running(cache_t *c, const char *digest);
 
 void fill_ref(fill_t *f);
 /** Drops a reference; the last one closes the fill's read fd at once and frees its memory on a
@@ -241,9 +307,10 @@ void fill_unref(fill_t *f);
 /* Producer side. */
 
 /** Announces the total size (FILL_SIZE_UNKNOWN for a chunked upstream) and the media type
- * (borrowed, copied; may be NULL; one longer than 127 bytes is dropped). WAITING -> STREAMING;
- * subscribers are notified asynchronously. Returns 0, fill_error() if already FAILED, or
- * -EINVAL when not WAITING. */
+ * (borrowed, copied; may be NULL; one longer than 127 bytes is dropped), and creates the fill's
+ * temp file. WAITING -> STREAMING; subscribers are notified asynchronously. Returns 0,
+ * fill_error() if already FAILED, -EINVAL when not WAITING, or the temp file's -errno (the fill
+ * is then FAILED with it). */
 int fill_set_size(fill_t *f, uint64_t size, const char *media_type);
 
 typedef void (*fill_write_cb)(void *arg, int status);
@@ -303,8 +370,9 @@ bool fill_verified(const fill_t *f);
 const char *fill_media_type(const fill_t *f); /* borrowed; "" if none */
 const char *fill_digest(const fill_t *f);     /* borrowed */
 /** A read-only fd on the fill's file, valid while the caller holds a reference, across the
- * publishing rename. Read it only with explicit offsets (pread, sendfile with an offset) below
- * fill_written(). Borrowed: do not close. */
+ * publishing rename; -1 before fill_set_size (or fill_finish) made the file. Read it only with
+ * explicit offsets (pread, sendfile with an offset) below fill_written(). Borrowed: do not
+ * close. */
 int fill_fd(const fill_t *f);
 
 /* ---- Hashing ---------------------------------------------------------------------------- */
@@ -318,5 +386,167 @@ int digester_final(digester_t *d, char out[REF_DIGEST_MAX + 1]);
 void digester_free(digester_t *d);
 /** One-shot: does sha(bytes) equal digest? 0, WE_DIGEST, WE_INVALID, -ENOTSUP. */
 int digest_verify(const char *digest, const void *bytes, size_t len);
+
+/* ---- Access tracking and whole-cache reads (stats.c, walk.c) ----------------------------- */
+
+/* cache_note_access (above) counts a pull of content; these count tags and force the write. */
+
+/** Records a pull of upstream/repo:tag (a manifest request by tag). Batched like
+ * cache_note_access: counted in memory, written with the next flush. */
+void cache_note_tag_pull(cache_t *c, const char *upstream, const char *repo, const char *tag);
+/** Queues the pulls counted so far as one index write (no-op when none). Retention calls it
+ * before ranking content; the app at shutdown. */
+void cache_stats_flush(cache_t *c);
+
+/** One tag as cache_tags_all_each shows it; the strings are borrowed for the callback. */
+typedef struct cache_tag_info {
+    const char *upstream, *repo, *tag;
+    char digest[REF_DIGEST_MAX + 1];
+    int64_t checked_ms; /* last confirmed upstream */
+    int64_t pulled_ms;  /* last pulled through winch; 0 when never recorded */
+    uint32_t pulls;
+} cache_tag_info_t;
+
+/** Visits every tag of every upstream in key order (committed records). fn returns nonzero to
+ * stop. A read transaction of its own. Returns 0 or WE_INDEX. */
+int cache_tags_all_each(cache_t *c, int (*fn)(void *arg, const cache_tag_info_t *t), void *arg);
+
+/** Visits every content record (committed) in digest order. fn returns nonzero to stop. */
+int cache_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, const cache_entry_t *e),
+                       void *arg);
+
+typedef struct cache_ref {
+    enum image_role role;
+    uint64_t size;
+    char digest[REF_DIGEST_MAX + 1];
+} cache_ref_t;
+
+/** The references recorded for manifest digest: *refs malloc'd (owned by the caller, free),
+ * *n of them. Returns 0, WE_NOTFOUND (no record), WE_INDEX. */
+int cache_refs_get(cache_t *c, const char *digest, cache_ref_t **refs, size_t *n);
+
+/* ---- Removal: rm, prune, eviction (gc.c, evict.c) ---------------------------------------- */
+
+/** A tag or a digest to remove (winch rm). */
+typedef struct cache_gc_target {
+    const char *upstream, *repo; /* borrowed; copied by cache_gc */
+    const char *tag;             /* exactly one of tag and digest */
+    const char *digest;
+} cache_gc_target_t;
+
+enum cache_gc_what { CACHE_GC_TAG = 1, CACHE_GC_CONTENT = 2 };
+
+/** One removal, as cache_gc reports it (strings borrowed for the callback). */
+typedef struct cache_gc_item {
+    enum cache_gc_what what;
+    const char *upstream, *repo, *tag; /* CACHE_GC_TAG */
+    const char *digest;                /* the tag's manifest, or the content removed */
+    int kind;                          /* CACHE_GC_CONTENT: enum cache_kind */
+    uint64_t size;                     /* CACHE_GC_CONTENT */
+    const char *why;                   /* "removed", "unreferenced", "unused", "over max_size" */
+} cache_gc_item_t;
+
+typedef struct cache_gc_opts {
+    const cache_gc_target_t *rm; /* remove these tags/manifests (and what only they reference) */
+    size_t nrm;
+    bool unreferenced;          /* remove every untagged manifest and unreferenced blob (prune) */
+    int64_t unused_before_ms;   /* remove tags and content last pulled before this; 0: none */
+    uint64_t target_bytes;      /* then least recently used first until the total content is at
+                               * most this; UINT64_MAX: no size pass */
+    const char *const *protect; /* globs over "upstream/repo" (common/glob.h): never removed */
+    size_t nprotect;
+    const char *const *keep; /* digests kept with everything they reference (config pins) */
+    size_t nkeep;
+    bool dry_run; /* plan and report only */
+    size_t slice; /* items per write transaction and loop slice; 0: 256 */
+    /* Each removal once committed (or planned, on a dry run), on the loop thread. May be NULL. */
+    void (*on_item)(void *arg, const cache_gc_item_t *it);
+    void *arg;
+} cache_gc_opts_t;
+
+typedef struct cache_gc_result {
+    uint64_t total_before;    /* content bytes indexed when the scan ran */
+    uint64_t freed;           /* content bytes removed (or that would be) */
+    uint64_t tags, contents;  /* removed (or that would be) */
+    uint64_t skipped;         /* planned but used again before removal: kept */
+    int64_t scan_ms;          /* the threadpool scan */
+    int64_t total_ms;         /* from cache_gc to the callback */
+    int64_t longest_slice_us; /* longest stretch the loop spent in one slice */
+    unsigned slices;
+} cache_gc_result_t;
+
+typedef void (*cache_gc_cb)(void *arg, int status, const cache_gc_result_t *r);
+
+/** Removes what o asks for: a scan of the whole index on the threadpool (mark from every tag,
+ * untagged manifest and unreferenced blob; count who references what) plans the removals; then
+ * slices of at most o->slice items each commit one index write (entries first, so the index
+ * never names a file that is gone) and move their files out of blobs/ (a rename on the loop,
+ * skipped for a digest being filled or stored right now; the unlink on the threadpool). A
+ * blob referenced by a manifest that stays, protected or kept content, and anything pulled
+ * after the scan are never removed. Readers holding a file keep reading it. Everything in o is
+ * copied. cb runs once, on the loop, never before this returns. Returns 0, -EBUSY (a gc runs),
+ * WE_INVALID or -ENOMEM (cb never runs then). */
+int cache_gc(cache_t *c, const cache_gc_opts_t *o, cache_gc_cb cb, void *arg);
+/** True while a cache_gc runs. */
+bool cache_gc_running(const cache_t *c);
+/** Bytes of content this process has indexed since open (fills and manifest puts), never
+ * decreasing: with a gc's total_before and freed, retention keeps its estimate of the total
+ * without scanning. */
+uint64_t cache_bytes_added(const cache_t *c);
+
+/** What the cache holds, as `winch df` shows it. */
+typedef struct cache_usage {
+    uint64_t total, referenced, unreferenced, shared_saved;
+    uint64_t blobs, manifests, tags, dangling;
+} cache_usage_t;
+/** Scans the index (synchronously: for the CLI) and fills *u. 0 or WE_INDEX/-ENOMEM. */
+int cache_usage(cache_t *c, cache_usage_t *u);
+/** Visits every dangling manifest (untagged, referenced by no other manifest: docker's
+ * <none>), after a synchronous scan (for the CLI). fn returns nonzero to stop. */
+int cache_dangling_each(cache_t *c, int (*fn)(void *arg, const char *digest), void *arg);
+
+/* ---- Pins, as retention reads them (pins_read.c) ------------------------------------------ */
+
+/** Visits every stored pin (upstream/repo:tag -> digest; strings borrowed for the call). A pinned
+ * tag, its manifest and everything it references are never evicted or pruned. fn returns
+ * nonzero to stop. Returns 0 or WE_INDEX. */
+int cache_pin_each(cache_t *c,
+                   int (*fn)(void *arg, const char *upstream, const char *repo, const char *tag,
+                             const char *digest),
+                   void *arg);
+
+/* ---- Verification (verify.c) ------------------------------------------------------------ */
+
+enum cache_verify_problem {
+    CACHE_VERIFY_CORRUPT = 1, /* the file's size or digest is wrong: quarantined by a fix */
+    CACHE_VERIFY_MISSING = 2, /* an index entry without its file: the entry goes */
+    CACHE_VERIFY_ORPHAN = 3,  /* a file no index entry names: removed */
+};
+
+typedef struct cache_verify_problem_s {
+    enum cache_verify_problem what;
+    const char *digest; /* borrowed for the callback */
+    bool fixed;
+} cache_verify_problem_t;
+
+typedef struct cache_verify_opts {
+    bool rehash;  /* hash every file (else sizes and presence only: the check after start) */
+    bool orphans; /* walk blobs/ for files without an entry */
+    bool fix;     /* drop bad entries (first), quarantine corrupt files, remove orphans */
+    void (*on_problem)(void *arg, const cache_verify_problem_t *p); /* loop; may be NULL */
+    void *arg;
+} cache_verify_opts_t;
+
+typedef struct cache_verify_result {
+    uint64_t checked, problems, bytes_hashed;
+    int64_t scan_ms;
+} cache_verify_result_t;
+
+typedef void (*cache_verify_cb)(void *arg, int status, const cache_verify_result_t *r);
+
+/** Checks every indexed file on the threadpool (a snapshot of the index, then the files), then
+ * fixes on the loop as o says. cb runs once on the loop, never before this returns. A verify
+ * may run beside a gc and beside serving. Returns 0 or -ENOMEM. */
+int cache_verify(cache_t *c, const cache_verify_opts_t *o, cache_verify_cb cb, void *arg);
 
 #endif

@@ -7,6 +7,7 @@
  *   cache.c      -> manifests.c, index.c, store.c
  *   manifests.c  -> index.c, store.c, hot.c, digest.c
  *   fill.c       -> index.c, store.c, digest.c
+ *   pins.c       -> nothing in cache/ (it uses index.c's environment and databases)
  *   index.c, store.c, hot.c, digest.c -> nothing in cache/
  *
  * index.c, store.c, hot.c and digest.c are leaves: they call nothing else in cache/. So the
@@ -47,6 +48,7 @@ enum wop_what {
     WOP_REFS = 16,   /* put refs[digest] = the manifest's references; with a repo key, also
                       * owners[repo key + each reference and digest itself] */
     WOP_OWNER = 32,  /* put owners[repo key + digest] = {now, size}: the repo holds digest */
+    WOP_CUSTOM = 64, /* op->apply(c, txn, op) does the work (stats.c, evict.c, verify.c) */
 };
 
 /* One reference of a manifest as the index keeps it. */
@@ -74,6 +76,11 @@ struct wop {
     char media_type[CACHE_MEDIA_MAX + 1];
     wop_ref_t *refs; /* WOP_REFS: owned, nrefs of them */
     size_t nrefs;
+    /* WOP_CUSTOM: runs on the threadpool inside the batch's write transaction; returns LMDB's
+     * code. payload is owned by the op (payload_free, if set, runs in wop_free). */
+    int (*apply)(cache_t *c, MDB_txn *t, const wop_t *op);
+    void *payload;
+    void (*payload_free)(void *payload);
     size_t repo_key_len; /* "upstream\0repo" */
     size_t tag_key_len;  /* "upstream\0repo\0tag" */
     char key[];          /* the longer of the two keys; the repo key is its prefix */
@@ -98,7 +105,8 @@ struct cache {
 
     /* index.c */
     MDB_env *env;
-    MDB_dbi dbi_content, dbi_tags, dbi_repos, dbi_refs, dbi_owners;
+    MDB_dbi dbi_content, dbi_tags, dbi_repos, dbi_refs, dbi_owners, dbi_tagstats, dbi_pins;
+    MDB_dbi dbi_taghist;
     MDB_txn *rtxn; /* the loop thread's cached read transaction, kept reset between reads */
     size_t max_key;
     wop_t *wq_head, *wq_tail; /* waiting for the next batch */
@@ -111,10 +119,21 @@ struct cache {
     fill_t *fills[CACHE_FILL_BUCKETS]; /* the single-flight table: fills not yet DONE/FAILED */
     unsigned live_fills;               /* allocated fills, for cache_close's check */
 
+    /* stats.c */
+    struct stats *stats;
+
+    /* evict.c; bytes_added also by fill.c and manifests.c (content newly indexed) */
+    struct gc_run *gc;
+    uint64_t bytes_added;
+    uint64_t trash_seq;
+
     /* manifests.c */
     hot_t *hot;                  /* recently read manifests (hot.c) */
     unsigned live_puts;          /* cache_put_manifest jobs in flight */
     struct pending_put *pending; /* puts accepted but not committed yet */
+
+    /* pins.c */
+    struct pins *pins; /* reads and writes of the pins and tag history databases */
 };
 
 /* ---- index.c: the LMDB index ----------------------------------------------------------------- */
@@ -125,6 +144,18 @@ int index_open(cache_t *c, uint64_t map_size);
 /** Frees ops still queued (logging them as lost: a bug) and closes the environment. Returns
  * -EBUSY, leaving the environment open, when a commit job is still running. */
 int index_close(cache_t *c);
+/** LMDB's codes (positive errnos, its own negatives) as winch errors, logged with what. */
+int index_err(int rc, const char *what);
+/** Little-endian integers of the record formats. */
+void index_put_u64(unsigned char *p, uint64_t v);
+uint64_t index_get_u64(const unsigned char *p);
+/** Joins up to three strings with NULs into buf ("a\0b\0c"); NULL ends the list early.
+ * WE_INVALID when they do not fit cap. */
+int index_make_key(char *buf, size_t cap, const char *a, const char *b, const char *c3,
+                   size_t *len);
+/** The loop's cached read transaction, renewed (index_read_end resets it). */
+int index_read_begin(cache_t *c, MDB_txn **t);
+void index_read_end(cache_t *c);
 /** The committed content record of digest: 0, WE_NOTFOUND or WE_INDEX. Sees no queued op. */
 int index_lookup(cache_t *c, const char *digest, cache_entry_t *out);
 /** Writes the tags key of upstream/repo/tag into key; WE_INVALID if one is NULL or the key
@@ -137,6 +168,8 @@ const wop_t *wop_newest_tag(const wop_t *op, const char *key, size_t kl, const w
 /** The newest of best and the queued or in-flight ops that write tag key[0..kl). The ops'
  * keys, digests and times never change once queued, so reading them beside a job is safe. */
 const wop_t *index_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+/** A tags record: its digest and check time. 0 or WE_INDEX (corrupt, unknown version). */
+int index_tag_decode(const MDB_val *v, char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms);
 /** The committed tag record of upstream/repo/tag: 0, WE_NOTFOUND or WE_INDEX. */
 int index_tag_read(cache_t *c, const char *upstream, const char *repo, const char *tag,
                    char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms);
@@ -164,6 +197,43 @@ int index_repo_key(const cache_t *c, const char *upstream, const char *repo,
 /** Visits every content record (test and maintenance use). fn returns nonzero to stop. */
 int index_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, const cache_entry_t *e),
                        void *arg);
+
+/** Decodes a content record (index.c's format). 0 or WE_INDEX. */
+int index_content_decode(const MDB_val *v, cache_entry_t *e);
+/** Inside a write transaction: adds pulls to digest's record and raises its access time to
+ * at_ms. A digest no longer indexed is skipped. Returns LMDB's code. Threadpool. */
+int index_touch_content(cache_t *c, MDB_txn *t, const char *digest, uint32_t pulls, int64_t at_ms);
+
+/* ---- stats.c: access tracking ------------------------------------------------------------- */
+
+struct stats; /* stats.c: pulls not yet written, by digest and by tag */
+/** Frees what was never flushed (cache_close: the caller flushed first). */
+void stats_close(cache_t *c);
+
+/** Decodes a tagstats record (stats.c's format). 0 or WE_INDEX. */
+int stats_tag_decode(const void *data, size_t len, int64_t *pulled_ms, uint32_t *pulls);
+
+/* ---- walk.c: record decoding for whole-index reads ----------------------------------------- */
+
+/** Decodes a refs record into a malloc'd array (owned by the caller). 0, WE_INDEX, -ENOMEM. */
+int walk_refs_decode(const void *data, size_t len, cache_ref_t **refs, size_t *n);
+
+/* ---- gc.c / evict.c: removal ----------------------------------------------------------------- */
+
+struct gc_run; /* evict.c: the one cache_gc in progress */
+
+/* ---- trash (store.c): files leave blobs/ by a rename, then an unlink off the loop ---------- */
+
+/** Renames digest's published file into trash/ (a metadata operation: cheap enough for the
+ * loop). Returns 0, -ENOENT when there is none, or -errno. *trash_path (malloc'd, owned by the
+ * caller) names the moved file. */
+int store_trash(cache_t *c, const char *digest, char **trash_path);
+/** The hex digests of the fills and puts in progress in tmp/ (names "<seq>.<hex>.part"): for a
+ * tool beside a server, which cannot see the server's fill table. *hexes is a malloc'd array
+ * of malloc'd strings (owned by the caller). Returns 0 or -errno (then *n is 0). */
+int store_tmp_hexes(const cache_t *c, char ***hexes, size_t *n);
+/** True while a fill of digest is in this process's single-flight table (fill.c). */
+bool fill_in_progress(cache_t *c, const char *digest);
 
 /* ---- store.c: files on disk ------------------------------------------------------------------ */
 
@@ -199,6 +269,14 @@ bool manifests_pending_owner(const cache_t *c, const char *key, size_t kl, const
                              uint64_t *size);
 /** The newest of best and the pending puts' tag writes of key[0..kl) (wop_newest_tag). */
 const wop_t *manifests_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+
+/* ---- pins.c: pins and tag history ------------------------------------------------------------ */
+
+/** Sets up the pins' reads and writes (index_open first: it opens their databases). */
+int pins_open(cache_t *c);
+/** Frees queued writes (logging them: a bug) and the read transaction; -EBUSY, leaving the
+ * state allocated, while a write job runs. Fine after a failed pins_open. Before index_close. */
+int pins_close(cache_t *c);
 
 /* ---- hot.c: the in-memory tier of manifests -------------------------------------------------- */
 

@@ -220,6 +220,8 @@ static void pending_done(void *arg, int status)
             break;
         }
     }
+    if (status == 0)
+        c->bytes_added += pp->size;
     if (pp->cb)
         pp->cb(pp->arg, status);
     free(pp);

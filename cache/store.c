@@ -213,12 +213,12 @@ int store_publish(const cache_t *c, int fd, const char *tmp_path, const char *di
 
 /* ---- Open and close: layout, lock, sweep ----------------------------------------------------- */
 
-/* Removes every entry of tmp/: at open no fill is running, so all of them are leftovers of a
- * previous process. */
-static int sweep_tmp(const cache_t *c)
+/* Removes every entry of tmp/ (or trash/): at open no fill is running, so all of them are
+ * leftovers of a previous process (trash: files a removal had taken out of blobs/). */
+static int sweep_tmp(const cache_t *c, const char *sub)
 {
     char path[CACHE_PATH_MAX];
-    int rc = path_printf(path, sizeof path, "%s/tmp", c->dir);
+    int rc = path_printf(path, sizeof path, "%s/%s", c->dir, sub);
     if (rc)
         return rc;
     DIR *d = opendir(path);
@@ -262,6 +262,9 @@ static int open_shared(cache_t *c)
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0)
         return -errno;
+    /* A tool's temp files (import) must never collide with a server's: its sequence starts
+     * in a range of its own. */
+    c->tmp_seq = (uint64_t)getpid() << 32;
     if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
         c->lock_fd = fd;
         return 0;
@@ -274,7 +277,8 @@ static int open_shared(cache_t *c)
 
 int store_open(cache_t *c)
 {
-    static const char *const subdirs[] = {"index", "tmp", "blobs/sha256", "blobs/sha512"};
+    static const char *const subdirs[] = {"index",        "tmp",          "trash",
+                                          "blobs/sha256", "blobs/sha512", "quarantine"};
     char path[CACHE_PATH_MAX];
     int rc, fd = -1;
 
@@ -305,7 +309,7 @@ int store_open(cache_t *c)
         if ((rc = make_dirs(c, path)))
             goto fail;
     }
-    if ((rc = sweep_tmp(c)))
+    if ((rc = sweep_tmp(c, "tmp")) || (rc = sweep_tmp(c, "trash")))
         goto fail;
     c->lock_fd = fd;
     return 0;
@@ -336,5 +340,77 @@ int cache_open_content(cache_t *c, const char *digest, int *fd)
     if (f < 0)
         return -errno;
     *fd = f;
+    return 0;
+}
+
+/* ---- Removal: trash and the fills of other processes ------------------------------------------ */
+
+int store_trash(cache_t *c, const char *digest, char **trash_path)
+{
+    char from[CACHE_PATH_MAX], to[CACHE_PATH_MAX];
+    enum ref_alg alg;
+    const char *hex;
+    int rc = digest_split(digest, &alg, &hex);
+    if (rc || (rc = store_content_path(c, digest, from, sizeof from)))
+        return rc;
+    /* The sequence keeps two removals of one digest (removed, refetched, removed) apart; a
+     * tool's pid keeps it apart from a server's. */
+    if ((rc = path_printf(to, sizeof to, "%s/trash/%d.%" PRIu64 ".%s", c->dir, (int)getpid(),
+                          c->trash_seq++, hex)))
+        return rc;
+    if (rename(from, to) < 0) {
+        rc = -errno;
+        if (rc == -ENOENT) {
+            /* An older cache without trash/: make it, try once more. */
+            char dir[CACHE_PATH_MAX];
+            if (path_printf(dir, sizeof dir, "%s/trash", c->dir) == 0 && make_dir(dir, NULL) == 0 &&
+                rename(from, to) == 0)
+                rc = 0;
+        }
+        if (rc)
+            return rc;
+    }
+    *trash_path = strdup(to);
+    if (!*trash_path) {
+        unlink(to);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+int store_tmp_hexes(const cache_t *c, char ***hexes, size_t *n)
+{
+    char path[CACHE_PATH_MAX];
+    char **list = NULL;
+    size_t cnt = 0, cap = 0;
+    *hexes = NULL;
+    *n = 0;
+    int rc = path_printf(path, sizeof path, "%s/tmp", c->dir);
+    if (rc)
+        return rc;
+    DIR *d = opendir(path);
+    if (!d)
+        return -errno;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *dot = strchr(e->d_name, '.');
+        const char *part = dot ? strstr(dot + 1, ".part") : NULL;
+        if (!dot || !part || part == dot + 1)
+            continue;
+        if (cnt == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            char **nl = realloc(list, nc * sizeof *nl);
+            if (!nl)
+                break;
+            list = nl;
+            cap = nc;
+        }
+        list[cnt] = strndup(dot + 1, (size_t)(part - dot - 1));
+        if (list[cnt])
+            cnt++;
+    }
+    closedir(d);
+    *hexes = list;
+    *n = cnt;
     return 0;
 }

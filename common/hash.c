@@ -7,3 +7,11 @@ uint32_t hash_str(const char *s)
         h = (h ^ *p) * 16777619u;
     return h;
 }
+
+uint64_t hash_bytes64(const void *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ((const unsigned char *)p)[i]) * 1099511628211ULL;
+    return h;
+}

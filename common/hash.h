@@ -11,4 +11,7 @@
  * so this spreads them well enough for chained tables of a few hundred buckets. */
 uint32_t hash_str(const char *s);
 
+/** FNV-1a over n bytes (64-bit: for tables of millions of entries, e.g. retention's model). */
+uint64_t hash_bytes64(const void *p, size_t n);
+
 #endif

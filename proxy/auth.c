@@ -510,8 +510,8 @@ int auth_token_parse(const char *body, size_t len, int64_t now_ms, char **token,
     json_t *e = json_object_get(root, "expires_in");
     if (json_is_integer(e))
         secs = (int64_t)json_integer_value(e);
-    else if (json_is_real(e) && json_real_value(e) < 1e9)
-        secs = (int64_t)json_real_value(e);
+    else if (json_is_real(e) && json_real_value(e) > -1e9 && json_real_value(e) < 1e9)
+        secs = (int64_t)json_real_value(e); /* in range both ways: the conversion is defined */
     if (secs < AUTH_MIN_EXPIRES_S)
         secs = AUTH_MIN_EXPIRES_S;
     if (secs > 366 * 86400)

@@ -47,6 +47,21 @@ void cli_size(uint64_t bytes, char *out, size_t len);
  * minute ago", "3 days ago", "2 months ago"); "never" for 0. */
 void cli_ago(int64_t then_ms, int64_t now_ms, char *out, size_t len);
 
+/** An image reference from the command line, resolved against the configured upstreams
+ * (cli_ref.c): [UPSTREAM/]REPOSITORY[:TAG][@DIGEST]; Docker Hub's library/ added; a missing tag
+ * (and no digest) means "latest". */
+typedef struct cli_ref {
+    char upstream[256];
+    char repo[REF_NAME_MAX + 1];
+    char tag[REF_TAG_MAX + 1];       /* "" when only a digest was given */
+    char digest[REF_DIGEST_MAX + 1]; /* "" when none */
+} cli_ref_t;
+/** Parses s into *out. Returns 0 or WE_INVALID. */
+int cli_ref_parse(const config_t *cfg, const char *s, cli_ref_t *out);
+/** The manifest digest r names: its digest, or what its tag points to in the cache. Returns 0
+ * or WE_NOTFOUND. */
+int cli_ref_resolve(cache_t *c, const cli_ref_t *r, char digest[REF_DIGEST_MAX + 1]);
+
 /** A table printed with its columns aligned (three spaces between columns, as docker's). Cells
  * are copied; at most CLI_TABLE_COLS columns. */
 #define CLI_TABLE_COLS 12

@@ -26,8 +26,23 @@ static const struct {
     const char *name;
     cli_command_fn run;
 } commands[] = {
-    {"serve", cli_serve}, {"version", cli_print_version}, {"--version", cli_print_version},
-    {"help", cli_help},   {"--help", cli_help},           {"-h", cli_help},
+    {"serve", cli_serve},
+    {"version", cli_print_version},
+    {"--version", cli_print_version},
+    {"help", cli_help},
+    {"--help", cli_help},
+    {"-h", cli_help},
+    {"ls", cli_ls},
+    {"df", cli_df},
+    {"inspect", cli_inspect},
+    {"rm", cli_rm},
+    {"prune", cli_prune},
+    {"verify", cli_verify},
+    /* Pull-time policy: pins without editing the configuration, and explaining a decision. */
+    {"pin", cli_pin},
+    {"unpin", cli_unpin},
+    {"pins", cli_pins},
+    {"policy", cli_policy},
 };
 
 int main(int argc, char **argv)

@@ -1,13 +1,22 @@
 /* Manifests, by digest and by tag.
  *
  * By digest: content-addressed, so a cached copy is served forever; a miss is fetched whole
- * (bounded by max_manifest_bytes), verified against the digest, stored, and served.
+ * (bounded by max_manifest_bytes), checked (intake.c: a manifest of the type it claims, with
+ * the digest asked for), stored, and served.
  *
- * By tag: a tag checked less than tag_ttl_s ago is served from the index. Otherwise the
- * upstream is asked with HEAD (free under Docker Hub's rate limit), which names the digest;
- * a cached digest is served at once, an unknown one is fetched by digest. If the upstream is
- * down, slow or erroring, the last known digest is served stale; only a definite 404 from the
- * upstream makes a cached tag disappear for the client.
+ * By tag: a tag checked less than tag_ttl_s ago is served from the index. Otherwise the tag is
+ * checked upstream (revalidate.c: HEAD, then the manifest by digest if it is new), and this
+ * request waits for the check — but when the cache knows the tag, at most
+ * tag_revalidate_wait_ms: then the last known digest is served stale and the check finishes
+ * on its own (stale-while-revalidate). A down upstream (health.c) gets no wait at all. Only a
+ * definite 404 from the upstream makes a cached tag disappear for the client.
+ *
+ * The policy (manifest_gate.c) is asked at each stage: before anything (refusals by name and
+ * tag; a pin, which is then served by digest whatever the upstream's tag says; freeze, which
+ * serves a cached tag without revalidation), once the tag resolved (soak may keep serving the
+ * previous digest), and before a manifest is served (image size and age). What is served is
+ * m->target, and Docker-Content-Digest is always its digest. Only the upstream's own answer is
+ * recorded as the tag's digest (by the check): never a pin or a soaking tag's previous digest.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -18,13 +27,28 @@
 #include "common/log.h"
 #include "common/timeutil.h"
 #include "proxy/fetch.h"
+#include "proxy/health.h"
+#include "proxy/intake.h"
 #include "proxy/manifest.h"
+#include "proxy/manifest_gate.h"
+#include "proxy/negcache.h"
 #include "proxy/reply.h"
+#include "proxy/revalidate.h"
 
+/* One manifest request, from its arrival to its answer. */
 typedef struct mreq {
-    bool have_stale; /* a cached digest exists for the tag */
+    reval_waiter_t rw; /* first: the check's callback gets it back */
+    call_t *c;
+    uv_timer_t *timer; /* the stale deadline; NULL when there is no stale answer to give */
+    bool waiting;      /* joined a tag check (rw) */
+    bool have_stale;   /* a cached digest exists for the tag */
     char stale[REF_DIGEST_MAX + 1];
-    char digest[REF_DIGEST_MAX + 1]; /* the digest being fetched; "" when fetching by tag */
+    mgate_t gate;                    /* the policy's view of this request */
+    char target[REF_DIGEST_MAX + 1]; /* the digest to serve, once known */
+    /* A manifest in memory, kept while the policy checks the image (mgate_image). */
+    char *body;
+    size_t len;
+    char mt[128];
 } mreq_t;
 
 /* Writes the header set every manifest answer carries. */
@@ -90,7 +114,7 @@ static int serve_cached(call_t *c, const char *digest)
     err = cache_read_manifest(c->env->cache, digest, c->env->cfg->max_manifest_bytes, &body, &len);
     if (err < 0) {
         LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching",
-                 (unsigned long long)req_id(c->req), digest, err_str(err));
+                 (unsigned long long)call_id(c), digest, err_str(err));
         return err;
     }
     reply_begin(c, 200);
@@ -100,246 +124,311 @@ static int serve_cached(call_t *c, const char *digest)
     return 0;
 }
 
-static void on_manifest_stored(void *arg, int status)
+static void timer_closed(uv_handle_t *h)
 {
-    char *digest = arg;
-    if (status < 0)
-        LOG_ERROR("storing manifest %s failed: %s", digest, err_str(status));
-    free(digest);
+    free(h);
 }
 
-/* Media type of a fetched manifest: the upstream's Content-Type when it names a manifest type,
- * else what the JSON says it is. */
-static const char *fetched_media_type(upreq_t *up, const char *body, size_t len, char *buf,
-                                      size_t cap)
+static void mreq_free(mreq_t *m)
 {
-    const char *ct = upreq_header(up, "Content-Type");
-    if (ct) {
-        size_t n = strcspn(ct, "; \t");
-        if (n < cap) {
-            memcpy(buf, ct, n);
-            buf[n] = '\0';
-            if (oci_is_manifest_type(buf))
-                return buf;
-        }
+    if (m->waiting)
+        revalidate_leave(&m->rw);
+    if (m->timer) {
+        uv_timer_stop(m->timer);
+        uv_close((uv_handle_t *)m->timer, timer_closed);
     }
-    return oci_detect_media_type(body, len);
-}
-
-static void serve_stale_or_fail(call_t *c, mreq_t *m, int status, int err, upreq_t *up)
-{
-    if (m->have_stale && serve_cached(c, m->stale) == 0) {
-        LOG_WARN("req=%llu upstream %s failed (status %d, %s); serving tag %s stale",
-                 (unsigned long long)req_id(c->req), c->route.upstream->name, status, err_str(err),
-                 c->route.ref);
-        c->cache_status = "stale";
-        free(m);
-        return;
-    }
+    mgate_clear(&m->gate);
+    free(m->body);
     free(m);
-    reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
-                           OCI_MANIFEST_UNKNOWN);
 }
 
-/* Checks what the upstream sent before anything of it is kept or served: its type, that it is
- * a well-formed manifest of that type (image_parse: an error page or a document from wherever
- * a redirect led is not), and its digest — the one asked for, or, fetched by tag, the SHA-256
- * of exactly these bytes. Returns 0 with *mt (static or in mtbuf), digest and *img (owned by
- * the caller), or the error to answer with. */
-static int check_fetched(call_t *c, const mreq_t *m, upreq_t *up, const char *body, size_t len,
-                         char *mtbuf, size_t mtcap, const char **mt,
-                         char digest[REF_DIGEST_MAX + 1], image_t **img)
+static void mreq_free_cb(void *arg)
 {
-    unsigned long long id = (unsigned long long)req_id(c->req);
-    *mt = fetched_media_type(up, body, len, mtbuf, mtcap);
-    if (!*mt) {
-        LOG_WARN("req=%llu upstream sent something that is not a manifest", id);
-        return WE_UPSTREAM;
-    }
-    /* Schema 1 digests are not the hash of the bytes (the JWS signature is excluded), so they
-     * cannot be verified or stored content-addressed. winch never asks for them. */
-    if (strcmp(*mt, MT_DOCKER_V1) == 0 || strcmp(*mt, MT_DOCKER_V1_SIGNED) == 0) {
-        LOG_WARN("req=%llu upstream answered with a schema1 manifest; refusing", id);
-        return WE_UPSTREAM;
-    }
-    char why[160];
-    if (image_parse(body, len, *mt, img, why, sizeof why) != 0) {
-        LOG_WARN("req=%llu upstream sent an invalid %s: %s", id, *mt, why);
-        return WE_UPSTREAM;
-    }
-    if (m->digest[0]) {
-        if (digest_verify(m->digest, body, len) < 0) {
-            LOG_WARN("req=%llu manifest from upstream does not match %s", id, m->digest);
-            image_free(*img);
-            *img = NULL;
-            return WE_DIGEST;
-        }
-        snprintf(digest, REF_DIGEST_MAX + 1, "%s", m->digest);
-        return 0;
-    }
-    digester_t *d;
-    if (digester_new(&d, REF_ALG_SHA256) < 0) {
-        image_free(*img);
-        *img = NULL;
-        return -ENOMEM;
-    }
-    digester_update(d, body, len);
-    digester_final(d, digest);
-    digester_free(d);
-    return 0;
+    mreq_free(arg);
 }
 
-/* Stores a checked manifest (unless a request sharing this fetch stored it already). */
-static void store_fetched(call_t *c, const char *digest, const char *mt, const char *body,
-                          size_t len, const image_t *img)
+static void copy_digest(char dst[REF_DIGEST_MAX + 1], const char *src)
 {
-    const char *tag = c->route.ref_is_digest ? NULL : c->route.ref;
-    cache_entry_t have;
-    if (cache_lookup(c->env->cache, digest, &have) == 0 && have.kind == CACHE_MANIFEST) {
-        if (tag)
-            cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, tag, digest, NULL,
-                          NULL);
+    snprintf(dst, REF_DIGEST_MAX + 1, "%s", src);
+}
+
+/* ---- Negative caching (negcache.h) ------------------------------------------------------- */
+
+/* The upstream said 404 for what the client asked (a tag, or a digest): remembered for
+ * negative_ttl_s. */
+static void remember_404(const call_t *c, const char *ref)
+{
+    negcache_put(c->env->neg, c->route.upstream->name, c->route.name, ref, time_mono_ms(),
+                 c->env->cfg->negative_ttl_s * 1000);
+}
+
+/* The upstream said 404 for this reference a moment ago: so do we, without asking again.
+ * Returns true when answered. */
+static bool answer_negative(call_t *c, const char *ref)
+{
+    if (!negcache_hit(c->env->neg, c->route.upstream->name, c->route.name, ref, time_mono_ms()))
+        return false;
+    c->cache_status = "negative";
+    reply_failure(c, WE_NOTFOUND, OCI_MANIFEST_UNKNOWN);
+    return true;
+}
+
+/* ---- Serving m->target, after the policy's image check -------------------------------------- */
+
+static void on_gate_done(call_t *c, void *arg, bool serve)
+{
+    mreq_t *m = arg;
+    if (serve) {
+        char *body = m->body;
+        m->body = NULL;
+        serve_bytes(c, m->target, m->mt, body, m->len);
+    }
+    mreq_free(m);
+}
+
+/* Serves m->target from body (taken), once the policy's image check allows it. */
+static void deliver(mreq_t *m, char *body, size_t len, const char *mt)
+{
+    m->body = body;
+    m->len = len;
+    snprintf(m->mt, sizeof m->mt, "%s", mt);
+    enum mgate_result r = mgate_image(&m->gate, body, len, m->mt, on_gate_done, m, mreq_free_cb);
+    if (r == MGATE_WAIT)
         return;
-    }
-    cache_manifest_put_t put = {
-        .digest = digest,
-        .media_type = mt,
-        .bytes = body,
-        .len = len,
-        .upstream = c->route.upstream->name,
-        .repo = c->route.name,
-        .tag = tag,
-        .image = img,
-    };
-    char *arg = strdup(digest);
-    int perr = arg ? cache_put_manifest(c->env->cache, &put, on_manifest_stored, arg) : -ENOMEM;
-    if (perr < 0) {
-        free(arg);
-        LOG_ERROR("req=%llu caching manifest %s failed: %s", (unsigned long long)req_id(c->req),
-                  digest, err_str(perr));
-    }
+    on_gate_done(m->c, m, r == MGATE_SERVE);
 }
 
-static void on_manifest_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
-                                size_t len)
+static void on_target_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
+                              size_t len)
 {
     mreq_t *m = ctx;
     if (err || status != 200) {
         free(body);
-        if (status == 404) {
-            free(m);
-            reply_upstream_failure(c, status, 0, NULL, OCI_MANIFEST_UNKNOWN);
-            return;
-        }
-        serve_stale_or_fail(c, m, status, err, up);
+        if (err == 0 && status == 404)
+            remember_404(c, m->target);
+        mreq_free(m);
+        reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
+                               OCI_MANIFEST_UNKNOWN);
         return;
     }
-    char mtbuf[128];
-    const char *mt;
-    char digest[REF_DIGEST_MAX + 1];
-    image_t *img = NULL;
-    int rc = check_fetched(c, m, up, body, len, mtbuf, sizeof mtbuf, &mt, digest, &img);
+    intake_t in;
+    int rc = intake_check(c, up, body, len, m->target, &in);
     if (rc < 0) {
         free(body);
-        serve_stale_or_fail(c, m, 0, rc, NULL);
+        mreq_free(m);
+        reply_failure(c, rc, OCI_MANIFEST_UNKNOWN);
         return;
     }
-    store_fetched(c, digest, mt, body, len, img);
-    image_free(img);
+    /* By digest: no tag is recorded (a pin or a soak chose this digest, not the upstream). */
+    intake_store(c, &in, body, len, NULL);
     c->cache_status = "miss";
-    free(m);
-    serve_bytes(c, digest, mt, body, len);
+    deliver(m, body, len, in.media_type);
+    intake_free(&in);
 }
 
-static void fetch_manifest(call_t *c, mreq_t *m, const char *ref)
+/* Serves m->target: from the cache, or fetched by digest. */
+static void obtain(mreq_t *m)
 {
-    char path[REF_NAME_MAX + 400];
-    fetch_path(c, "manifests", ref, path, sizeof path);
-    int err = fetch_start(c, "GET", path, OCI_UPSTREAM_ACCEPT, c->env->cfg->max_manifest_bytes,
-                          on_manifest_fetched, m, free);
-    if (err < 0)
-        serve_stale_or_fail(c, m, 0, err, NULL);
-}
-
-static void on_tag_checked(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
-                           size_t len)
-{
-    mreq_t *m = ctx;
-    (void)len;
-    free(body);
-    if (err == 0 && status == 200) {
-        const char *d = upreq_header(up, "Docker-Content-Digest");
-        enum ref_alg alg;
-        if (d && strlen(d) <= REF_DIGEST_MAX && ref_digest_parse(d, strlen(d), &alg) == 0) {
-            snprintf(m->digest, sizeof m->digest, "%s", d);
-            cache_entry_t e;
-            if (cache_lookup(c->env->cache, m->digest, &e) == 0 && e.kind == CACHE_MANIFEST) {
-                /* The tag points at a manifest we hold: record the check and serve it. */
-                cache_tag_set(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref,
-                              m->digest, NULL, NULL);
-                c->cache_status = m->have_stale && strcmp(m->stale, m->digest) == 0 ? "revalidated"
-                                                                                    : "hit";
-                if (serve_cached(c, m->digest) == 0) {
-                    free(m);
-                    return;
-                }
+    call_t *c = m->c;
+    cache_t *cache = c->env->cache;
+    cache_entry_t e;
+    if (cache_lookup(cache, m->target, &e) == 0 && e.kind == CACHE_MANIFEST && e.media_type[0]) {
+        if (!(m->gate.d.needs & POLICY_NEED_IMAGE)) {
+            if (serve_cached(c, m->target) == 0) {
+                mreq_free(m);
+                return;
             }
-            fetch_manifest(c, m, m->digest);
+        } else {
+            char *body;
+            size_t len;
+            int err =
+                cache_read_manifest(cache, m->target, c->env->cfg->max_manifest_bytes, &body, &len);
+            if (err == 0) {
+                cache_note_access(cache, m->target);
+                deliver(m, body, len, e.media_type);
+                return;
+            }
+            LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching",
+                     (unsigned long long)call_id(c), m->target, err_str(err));
+        }
+    }
+    if (answer_negative(c, m->target)) {
+        mreq_free(m);
+        return;
+    }
+    if (c->health && health_down(c->health)) {
+        mreq_free(m);
+        reply_failure(c, WE_DOWN, OCI_MANIFEST_UNKNOWN);
+        return;
+    }
+    char path[REF_NAME_MAX + 400];
+    fetch_path(c, "manifests", m->target, path, sizeof path);
+    int err = fetch_start(c, "GET", path, OCI_UPSTREAM_ACCEPT, c->env->cfg->max_manifest_bytes,
+                          on_target_fetched, m, mreq_free_cb);
+    if (err < 0) {
+        mreq_free(m);
+        reply_failure(c, err, OCI_MANIFEST_UNKNOWN);
+    }
+}
+
+/* The tag resolved to digest (the upstream's, or the cache's): the policy picks what to serve.
+ * body (taken, may be NULL) holds digest's manifest when the check just fetched it. */
+static void resolved(mreq_t *m, const char *digest, char *body, size_t len, const char *mt)
+{
+    copy_digest(m->target, mgate_resolved(&m->gate, digest));
+    if (body && strcmp(m->target, digest) == 0) {
+        deliver(m, body, len, mt);
+        return;
+    }
+    free(body);
+    obtain(m);
+}
+
+/* ---- By tag: the check ------------------------------------------------------------------- */
+
+/* The request stops waiting: the client went away. */
+static void mreq_cancel(call_t *c)
+{
+    mreq_t *m = c->op;
+    c->op = NULL;
+    mreq_free(m);
+}
+
+/* The request stops waiting for the check (which goes on); it is answered next. */
+static void detach(mreq_t *m)
+{
+    call_t *c = m->c;
+    c->cancel = NULL;
+    c->op = NULL;
+    if (m->waiting)
+        revalidate_leave(&m->rw);
+    m->waiting = false;
+    if (m->timer) {
+        uv_timer_stop(m->timer);
+        uv_close((uv_handle_t *)m->timer, timer_closed);
+        m->timer = NULL;
+    }
+}
+
+static void serve_stale(mreq_t *m, const char *why)
+{
+    LOG_WARN("req=%llu tag %s served stale: %s", (unsigned long long)call_id(m->c), m->c->route.ref,
+             why);
+    m->c->cache_status = "stale";
+    resolved(m, m->stale, NULL, 0, NULL);
+}
+
+/* The stale deadline passed: answer now, and let the check finish on its own. */
+static void on_stale_deadline(uv_timer_t *t)
+{
+    mreq_t *m = t->data;
+    detach(m);
+    serve_stale(m, "the upstream did not answer in time; revalidating");
+}
+
+/* The check ended while this request still waited. */
+static void on_checked(reval_waiter_t *w, const reval_result_t *res)
+{
+    mreq_t *m = (mreq_t *)w;
+    call_t *c = m->c;
+    m->waiting = false; /* the check let go of every waiter */
+    detach(m);
+    if (res->err == 0) {
+        c->cache_status =
+            !res->body
+                ? (m->have_stale && strcmp(m->stale, res->digest) == 0 ? "revalidated" : "hit")
+                : "miss";
+        char *copy = NULL;
+        if (res->body && (copy = malloc(res->len + 1)) != NULL)
+            memcpy(copy, res->body, res->len);
+        resolved(m, res->digest, copy, res->len, res->media_type);
+        return;
+    }
+    if (res->err == WE_NOTFOUND)
+        remember_404(c, c->route.ref);
+    if (res->err != WE_NOTFOUND && m->have_stale) {
+        serve_stale(m, err_str(res->err));
+        return;
+    }
+    mreq_free(m);
+    reply_upstream_failure(c, res->status, res->err, res->retry_after, OCI_MANIFEST_UNKNOWN);
+}
+
+static void fail_or_stale(mreq_t *m, int err)
+{
+    if (m->have_stale) {
+        serve_stale(m, err_str(err));
+        return;
+    }
+    call_t *c = m->c;
+    mreq_free(m);
+    reply_failure(c, err, OCI_MANIFEST_UNKNOWN);
+}
+
+static void handle_tag(mreq_t *m)
+{
+    call_t *c = m->c;
+    int64_t checked = 0;
+    const config_t *cfg = c->env->cfg;
+    if (cache_tag_get(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref, m->stale,
+                      &checked) == 0) {
+        m->have_stale = true;
+        int64_t age = time_wall_ms() - checked;
+        /* A frozen tag is never revalidated once cached. */
+        if (m->gate.d.freeze || (age >= 0 && age < (int64_t)cfg->tag_ttl_s * 1000)) {
+            c->cache_status = "hit";
+            resolved(m, m->stale, NULL, 0, NULL);
             return;
         }
-        /* No usable digest in the HEAD answer: fetch by tag and hash what arrives. */
-        m->digest[0] = '\0';
-        fetch_manifest(c, m, c->route.ref);
+    }
+    if (answer_negative(c, c->route.ref)) {
+        mreq_free(m);
         return;
     }
-    if (err == 0 && status == 404) {
-        free(m);
-        reply_upstream_failure(c, 404, 0, NULL, OCI_MANIFEST_UNKNOWN);
+    int err = revalidate_join(c, &m->rw);
+    if (err < 0) {
+        fail_or_stale(m, err);
         return;
     }
-    if (err == 0 && status == 405) {
-        /* A registry that refuses HEAD: ask with GET instead. */
-        m->digest[0] = '\0';
-        fetch_manifest(c, m, c->route.ref);
-        return;
+    m->waiting = true;
+    c->op = m;
+    c->cancel = mreq_cancel;
+    if (m->have_stale) {
+        m->timer = malloc(sizeof *m->timer);
+        if (!m->timer) {
+            detach(m);
+            fail_or_stale(m, -ENOMEM);
+            return;
+        }
+        uv_timer_init(c->env->loop, m->timer);
+        m->timer->data = m;
+        uv_timer_start(m->timer, on_stale_deadline, cfg->tag_revalidate_wait_ms, 0);
     }
-    serve_stale_or_fail(c, m, status, err, up);
 }
 
 void manifest_handle(call_t *c)
 {
-    cache_t *cache = c->env->cache;
     mreq_t *m = calloc(1, sizeof *m);
     if (!m) {
         reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
         return;
     }
-    if (c->route.ref_is_digest) {
+    m->c = c;
+    m->rw.done = on_checked;
+    if (!c->route.ref_is_digest)
+        cache_note_tag_pull(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref);
+    switch (mgate_begin(&m->gate, c)) {
+    case MGATE_DENIED:
+        mreq_free(m);
+        return;
+    case MGATE_SERVE:
+        /* By digest, or a pinned tag: served by digest whatever the upstream's tag says. */
+        copy_digest(m->target, m->gate.serve);
         c->cache_status = "hit";
-        if (serve_cached(c, c->route.ref) == 0) {
-            free(m);
-            return;
-        }
-        snprintf(m->digest, sizeof m->digest, "%s", c->route.ref);
-        fetch_manifest(c, m, c->route.ref);
+        obtain(m);
+        return;
+    default:
+        handle_tag(m);
         return;
     }
-    int64_t checked = 0;
-    if (cache_tag_get(cache, c->route.upstream->name, c->route.name, c->route.ref, m->stale,
-                      &checked) == 0) {
-        m->have_stale = true;
-        int64_t age = time_wall_ms() - checked;
-        if (age >= 0 && age < (int64_t)c->env->cfg->tag_ttl_s * 1000) {
-            c->cache_status = "hit";
-            if (serve_cached(c, m->stale) == 0) {
-                free(m);
-                return;
-            }
-        }
-    }
-    char path[REF_NAME_MAX + 400];
-    fetch_path(c, "manifests", c->route.ref, path, sizeof path);
-    int err = fetch_start(c, "HEAD", path, OCI_UPSTREAM_ACCEPT, 0, on_tag_checked, m, free);
-    if (err < 0)
-        serve_stale_or_fail(c, m, 0, err, NULL);
 }

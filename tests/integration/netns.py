@@ -41,7 +41,6 @@ import re
 import secrets
 import select
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -279,10 +278,7 @@ def require(*programs):
     """Raises (the test then fails loudly, never skips) when a program or root is missing."""
     if os.geteuid() != 0:
         raise RuntimeError("the client tests need root (network namespaces, daemons)")
-    missing = [p for p in programs if shutil.which(p) is None]
-    if missing:
-        raise RuntimeError("missing programs: %s (apt-get install docker.io containerd podman "
-                           "iproute2 uidmap)" % " ".join(missing))
+    lab.require(*programs)
 
 
 def _run(argv, timeout=60, env=None, check=True, what=None):
@@ -367,10 +363,12 @@ class Netns:
         there (containerd's /run/containerd/{s,runc,fifo}, dockerd's /run/docker/plugins,
         podman's /run/libpod and /var/lib/containers/cache) vanishes with it. mount_of=PID:
         in that process's mount namespace instead (ctr must share containerd's
-        /run/containerd/fifo)."""
+        /run/containerd/fifo), and under its root directory (entering a mount namespace
+        resets the root to the namespace's, which differs from ours when the suite runs
+        in a chroot)."""
         pre = ["nsenter", "--net=" + self.path]
         if mount_of is not None:
-            pre.append("--mount=/proc/%d/ns/mnt" % mount_of)
+            pre += ["--mount=/proc/%d/ns/mnt" % mount_of, "--root=/proc/%d/root" % mount_of]
         elif mount_ns:
             dirs = ["/run"] + [ensure_dir(d) for d in hide]
             script = " && ".join("mount -t tmpfs -o mode=0755,size=256m winch-it %s" %
@@ -966,6 +964,7 @@ def main():
     import unittest
     prog = unittest.main(module="__main__", exit=False, verbosity=2)
     ok = prog.result.wasSuccessful() and prog.result.testsRun > 0
+    ok = lab.no_skips(prog.result) and ok
     print_summary()
     if not ok:
         lab.dump_logs()

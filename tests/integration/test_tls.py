@@ -23,7 +23,6 @@ import socket
 import ssl
 import subprocess
 import time
-import unittest
 
 import lab
 
@@ -135,6 +134,7 @@ class TlsBase(lab.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.data = lab.seeded()
+        lab.require("openssl", "skopeo")
         cls.pki = lab.tmpdir("winch-tls-pki-")
         make_ca(cls.pki, "ca")
         make_ca(cls.pki, "other-ca")
@@ -250,8 +250,7 @@ class UpstreamTlsBasicAuth(TlsBase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        if shutil.which("htpasswd") is None:
-            raise unittest.SkipTest("htpasswd (apache2-utils) is not installed")
+        lab.require("htpasswd")
         line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True,
                               stdout=subprocess.PIPE).stdout.decode().strip()
         cls.htpasswd = os.path.join(cls.pki, "htpasswd")
@@ -362,12 +361,11 @@ class ListenerTls(TlsBase):
                         "docker://127.0.0.1:%d/%s" % (w.tls_port, BIG_IMAGE), "dir:" + mine2])
             self.assertSameDirs(os.path.join(self.out, "plain-direct-range16"), mine2)
             # curl verifies too.
-            if shutil.which("curl"):
-                p = subprocess.run(["curl", "-sS", "--cacert", self.ca, "-o", "/dev/null",
-                                    "-w", "%{http_code}",
-                                    "https://localhost:%d/v2/" % w.tls_port],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
-                self.assertEqual(p.stdout.decode(), "200")
+            lab.require("curl")
+            p = subprocess.run(["curl", "-sS", "--cacert", self.ca, "-o", "/dev/null",
+                                "-w", "%{http_code}", "https://localhost:%d/v2/" % w.tls_port],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+            self.assertEqual(p.stdout.decode(), "200")
             # Without the CA the client refuses winch's certificate.
             with self.assertRaises(ssl.SSLError):
                 tls_get(w.tls_port, "/v2/", None)

@@ -162,5 +162,80 @@ class UpstreamHangs(lab.TestCase):
             self.assertLess(elapsed, limit, "%s %s took %.1fs" % (method, p, elapsed))
 
 
+class StaleWhileRevalidate(lab.TestCase):
+    """A hung upstream: a stale cached tag answers within tag_revalidate_wait_ms (plus a little),
+    the revalidation finishes (or times out) in the background; once the breaker opens the
+    tag answers at once and uncached content fails fast with 503 + Retry-After; when the
+    upstream answers again, a probe closes the breaker."""
+
+    WAIT_MS = 400
+
+    def setUp(self):
+        self.fake = lab.FakeUpstream()
+        self.winch = lab.Winch([("docker.io", self.fake.url)],
+                               config={"tag_ttl_s": 0,
+                                       "tag_revalidate_wait_ms": self.WAIT_MS,
+                                       "upstream_response_timeout_ms": 1500,
+                                       "upstream_connect_timeout_ms": 1000,
+                                       "upstream_failure_threshold": 2,
+                                       "upstream_probe_interval_ms": 300})
+
+    def tearDown(self):
+        self.fake.clear_faults()
+        self.winch.stop()
+        self.fake.stop()
+
+    def timed_get(self, path, headers=None):
+        t0 = time.monotonic()
+        r = lab.get(self.winch.hostport, path, headers or [], timeout=30)
+        return r, time.monotonic() - t0
+
+    def test_stale_then_breaker_then_recovery(self):
+        md, mb, cd, lds = self.fake.add_image("lab/swr", "v1", [b"swr layer"])
+        path = "/v2/lab/swr/manifests/v1"
+        r, _ = self.timed_get(path, H(lab.SKOPEO_ACCEPT))
+        self.assertStatus(r, 200, "warming the tag")
+        time.sleep(0.5)  # the index write lands
+        self.fake.fault_all = lab.Fault("hang")
+        # Stale while revalidating: each answer within the wait plus slack, while the
+        # revalidation still waits for the hung upstream.
+        waits = []
+        for _ in range(2):
+            r, dt = self.timed_get(path, H(lab.SKOPEO_ACCEPT))
+            waits.append(dt)
+            self.assertStatus(r, 200, "stale tag, upstream hanging")
+            self.assertEqual(r.body, mb)
+            self.assertEqual(r.header("Docker-Content-Digest"), md)
+        lab.log("stale answers with a hung upstream: %s s (wait %d ms)" % (
+            ["%.3f" % w for w in waits], self.WAIT_MS))
+        for w in waits:
+            self.assertGreaterEqual(w, self.WAIT_MS / 1000.0 - 0.05)
+            self.assertLess(w, self.WAIT_MS / 1000.0 + 0.5, "stale answer waited too long")
+        # The revalidations time out (1.5 s each): two failures in a row open the breaker.
+        # Requests keep coming meanwhile (each one past a finished check starts the next).
+        def opened():
+            self.timed_get(path, H(lab.SKOPEO_ACCEPT))
+            return "is down after" in self.winch.log()
+        lab.wait_for(opened, 15, what="the breaker to open")
+        r, dt = self.timed_get(path, H(lab.SKOPEO_ACCEPT))
+        lab.log("stale answer with the breaker open: %.3f s" % dt)
+        self.assertStatus(r, 200, "stale tag, breaker open")
+        self.assertLess(dt, 0.2, "a stale tag waited although the upstream is known down")
+        r, dt = self.timed_get("/v2/lab/swr/blobs/" + lab.sha256_digest(b"not cached"))
+        self.assertOciError(r, 503, "UNAVAILABLE", "uncached blob, breaker open")
+        self.assertIsNotNone(r.header("Retry-After"))
+        self.assertLess(dt, 0.2, "an uncached blob waited although the upstream is known down")
+        # The upstream answers again: a probe closes the breaker, tags revalidate upstream.
+        self.fake.clear_faults()
+        lab.wait_for(lambda: "answers again" in self.winch.log(), 10,
+                     what="a probe to close the breaker")
+        self.fake.add_image("lab/swr", "v1", [b"swr layer, pushed again"])
+        new_md = self.fake.manifests[("lab/swr", "v1")]
+        r, _ = self.timed_get(path, H(lab.SKOPEO_ACCEPT))
+        self.assertStatus(r, 200, "tag after recovery")
+        self.assertEqual(r.header("Docker-Content-Digest"), lab.sha256_digest(new_md[1]),
+                         "the tag revalidated upstream after recovery")
+
+
 if __name__ == "__main__":
     lab.main()

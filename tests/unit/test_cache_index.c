@@ -432,10 +432,6 @@ static void test_note_access(void)
     cache_t *c = open_at(dir);
     const char *digest = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
 
-    /* Unknown digests queue nothing. */
-    cache_note_access(c, digest);
-    CHECK(!c->wq_running && !c->wq_head);
-
     /* A content record stored two minutes ago. */
     wop_t *op;
     CHECK_INT(wop_new(c, NULL, NULL, NULL, &op), 0);
@@ -451,11 +447,21 @@ static void test_note_access(void)
     CHECK_INT(cache_lookup(c, digest, &e), 0);
     CHECK_INT(e.accessed_ms, old);
     CHECK_INT(e.created_ms, old);
+    CHECK_INT(e.pulls, 0);
     CHECK_STR(e.media_type, "");
 
-    /* Stale: one write, however many hits arrive before it commits. */
+    /* Pulls are counted in memory: no write per request. */
     for (int i = 0; i < 100; i++)
         cache_note_access(c, digest);
+    cache_note_tag_pull(c, "docker.io", "library/a", "1");
+    cache_note_tag_pull(c, "docker.io", "library/a", "1");
+    CHECK(!c->wq_running && !c->wq_head);
+    /* Invalid names and digests are ignored. */
+    cache_note_access(c, "sha256:zz");
+    cache_note_tag_pull(c, "docker.io", "UPPER", "1");
+    cache_note_tag_pull(c, "docker.io", "library/a", "bad tag");
+    /* One flush: one op, whatever was counted. */
+    cache_stats_flush(c);
     CHECK(c->wq_running);
     CHECK(c->wq_head == NULL);
     run();
@@ -463,9 +469,19 @@ static void test_note_access(void)
     CHECK(e.accessed_ms > old + 60000);
     CHECK_INT(e.created_ms, old);
     CHECK_INT(e.size, 42);
+    CHECK_INT(e.pulls, 100);
 
-    /* Fresh: nothing queued. */
+    /* Counts add up across flushes; the kind and media type stay. */
     cache_note_access(c, digest);
+    cache_note_tag_pull(c, "docker.io", "library/a", "1");
+    cache_stats_flush(c);
+    run();
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK_INT(e.pulls, 101);
+    CHECK_INT(e.kind, CACHE_BLOB);
+
+    /* Nothing counted: nothing queued. */
+    cache_stats_flush(c);
     CHECK(!c->wq_running && !c->wq_head);
     cache_close(c);
 }
