@@ -68,6 +68,12 @@ int cli_common_parse(int argc, char **argv, char **rest, cli_common_t *out)
             out->json = true;
             continue;
         }
+        /* Asked for help, a command answers with the usage, before it opens anything (a cache
+         * that is not there must not hide the answer). */
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(cli_usage, stdout);
+            exit(0);
+        }
         rest[out->argc++] = argv[i];
     }
     return 0;
