@@ -409,6 +409,57 @@ class ThrottleAndReload(Base):
             self.assertNotIn("NfGS1cB61", out)
 
 
+class AuthBeforePolicy(Base):
+    """Client authentication decides before the pull-time policy: a client the access rules
+    refuse gets their 401/403, never the policy's message (which would tell it what exists and
+    what the rules are); a client they admit meets the policy like any other."""
+
+    MARK = "ask-the-platform-team"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cfg = auth_config(cls.pw)
+        cfg["policy"] = [
+            {"match": "docker.io/lab/denied", "deny": True, "message": cls.MARK},
+            {"match": "docker.io/lab/**", "deny_tags": ["^latest$"], "message": cls.MARK},
+            {"match": "docker.io/library/busybox", "deny_tags": ["^1\\.36$"],
+             "message": cls.MARK},
+        ]
+        cls.w = lab.Winch([("docker.io", cls.up.url)], config=cfg)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.w.stop()
+        super().tearDownClass()
+
+    def get(self, path, headers=()):
+        return lab.get(self.w.hostport, path, lab.accept(lab.ALL_MANIFEST_ACCEPT) + list(headers))
+
+    def test_order(self):
+        alice = [basic("alice", PASSWORDS["alice"])]
+        bob = [basic("bob", PASSWORDS["bob"])]
+        for path in ("/v2/lab/busybox-oci/manifests/latest", "/v2/lab/denied/tags/list",
+                     "/v2/lab/denied/manifests/1.36"):
+            with self.subTest(path=path):
+                r = self.get(path)
+                self.assertOciError(r, 401, "UNAUTHORIZED", "anonymous " + path)
+                self.assertIn("Basic realm=", r.header("WWW-Authenticate"))
+                self.assertNotIn(self.MARK.encode(), r.body)
+                r = self.get(path, bob)
+                self.assertOciError(r, 403, "DENIED", "bob " + path)
+                self.assertNotIn(self.MARK.encode(), r.body)
+                r = self.get(path, alice)
+                self.assertOciError(r, 403, "DENIED", "alice " + path)
+                self.assertIn(self.MARK.encode(), r.body, "alice meets the policy")
+        self.assertStatus(self.get("/v2/lab/busybox-oci/manifests/1.36", alice), 200, "alice")
+        # An anonymous repository admits everyone, and the policy still applies to them.
+        r = self.get("/v2/library/busybox/manifests/1.36")
+        self.assertOciError(r, 403, "DENIED", "anonymous, refused by the policy")
+        self.assertIn(self.MARK.encode(), r.body)
+        self.assertIsNone(r.header("WWW-Authenticate"))
+
+
 # ---- real clients in namespaces ------------------------------------------------------------
 
 class Clients(Base):
