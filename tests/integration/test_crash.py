@@ -50,7 +50,7 @@ class KillDuringFill(lab.TestCase):
         got = s.read(4 << 20)
         self.assertEqual(got, blob[:4 << 20])
         self.assertTrue(fault.reached.wait(10), "fill did not reach 16 MiB")
-        # The partial fill lives in tmp/ (DESIGN §3) and nowhere else.
+        # The partial fill lives in tmp/ (docs/lifecycle.md, "A blob") and nowhere else.
         lab.wait_for(lambda: self.winch.tmp_files(), 5, what="a temp file of the fill in tmp/")
         self.assertFalse(os.path.exists(self.winch.blob_path(digest)),
                          "blob published before its fill completed")
