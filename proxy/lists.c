@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/sbuf.h"
+#include "policy/policy.h"
 #include "proxy/fetch.h"
 #include "proxy/reply.h"
 
@@ -205,6 +206,7 @@ void lists_tags(call_t *c)
 /* ---- _catalog -------------------------------------------------------------------------- */
 
 typedef struct catalog_walk {
+    const call_t *c;
     sbuf_t *b;
     long want;
     long got;
@@ -212,9 +214,26 @@ typedef struct catalog_walk {
     char last[REF_NAME_MAX + 1];
 } catalog_walk_t;
 
+/* A repository the policy denies (enforced, not audited) is not listed: its name is as much
+ * its content as its tags are. */
+static bool catalog_denied(const call_t *c, const char *repo)
+{
+    policy_request_t pr = {
+        .upstream = c->route.upstream->name,
+        .repo = repo,
+        .object = POLICY_TAGS,
+        .now_ms = policy_now_ms(c->env),
+    };
+    policy_decision_t d;
+    policy_decide(c->env->policy, &pr, &d);
+    return d.verdict == POLICY_DENY;
+}
+
 static int catalog_visit(void *arg, const char *repo)
 {
     catalog_walk_t *w = arg;
+    if (catalog_denied(w->c, repo))
+        return 0;
     if (w->got == w->want) {
         w->more = true;
         return 1;
@@ -243,7 +262,7 @@ void lists_catalog(call_t *c)
     sbuf_t b;
     sbuf_init(&b, body, cap);
     sbuf_puts(&b, "{\"repositories\":[");
-    catalog_walk_t w = {.b = &b, .want = want};
+    catalog_walk_t w = {.c = c, .b = &b, .want = want};
     int err =
         cache_repos_each(c->env->cache, c->route.upstream->name, c->route.last, catalog_visit, &w);
     if (err < 0) {
