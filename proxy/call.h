@@ -23,7 +23,7 @@
 #include "proxy/server.h"
 #include "proxy/upstream.h"
 
-typedef struct blob_producers blob_producers_t; /* blob.c */
+typedef struct blob_producers blob_producers_t; /* producer.c */
 typedef struct access access_t;                 /* access.c */
 typedef struct negcache negcache_t;             /* negcache.c */
 typedef struct health health_t;                 /* health.c */
@@ -39,7 +39,7 @@ typedef struct call_env {
     cache_t *cache;
     upstream_t *const *upstreams; /* [i] serves cfg->upstreams[i] */
     flight_table_t *fetches;      /* shared buffered upstream fetches (fetch.c) */
-    blob_producers_t *producers;  /* blob fills' upstream producers running (blob.c) */
+    blob_producers_t *producers;  /* blob fills' upstream producers running (producer.c) */
     access_t *access;             /* client authentication (access.c); NULL when off */
     negcache_t *neg;              /* upstream 404s remembered for negative_ttl_s (negcache.h) */
     revalidator_t *revalidator;   /* tag checks running (revalidate.c) */
@@ -61,8 +61,8 @@ struct call {
     req_t *req;            /* the HTTP exchange, borrowed; NULL for background work */
     const call_env_t *env; /* borrowed */
     route_t route;
-    upstream_t *up;   /* the client of route.upstream; NULL for /v2/ */
-    health_t *health; /* route.upstream's breaker (health.c); NULL for /v2/ */
+    upstream_t *up;   /* the client of route.upstream (for /v2/, the default upstream's) */
+    health_t *health; /* route.upstream's breaker (health.c) */
     unsigned accept;  /* ACCEPT_* bits from every Accept line */
     http_range_t range;
     const char *if_none_match;    /* the header value (borrowed), NULL when absent */

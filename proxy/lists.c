@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/sbuf.h"
+#include "policy/policy.h"
 #include "proxy/access.h"
 #include "proxy/fetch.h"
 #include "proxy/reply.h"
@@ -214,11 +215,28 @@ typedef struct catalog_walk {
     char last[REF_NAME_MAX + 1];
 } catalog_walk_t;
 
+/* A repository the policy denies (enforced, not audited) is not listed: its name is as much
+ * its content as its tags are. */
+static bool catalog_denied(const call_t *c, const char *repo)
+{
+    policy_request_t pr = {
+        .upstream = c->route.upstream->name,
+        .repo = repo,
+        .object = POLICY_TAGS,
+        .now_ms = policy_now_ms(c->env),
+    };
+    policy_decision_t d;
+    policy_decide(c->env->policy, &pr, &d);
+    return d.verdict == POLICY_DENY;
+}
+
 static int catalog_visit(void *arg, const char *repo)
 {
     catalog_walk_t *w = arg;
-    /* Only what the client may read (client authentication); the rest is not there. */
-    if (!access_may_read(w->c->env->access, w->c, w->c->route.upstream->name, repo))
+    /* Only what the client may read (client authentication) and the policy does not deny;
+     * the rest is not there. */
+    if (!access_may_read(w->c->env->access, w->c, w->c->route.upstream->name, repo) ||
+        catalog_denied(w->c, repo))
         return 0;
     if (w->got == w->want) {
         w->more = true;

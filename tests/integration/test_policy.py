@@ -131,6 +131,30 @@ class Policy(lab.TestCase):
         finally:
             w.stop()
 
+    def test_catalog_hides_denied(self):
+        """A denied repository already in the cache is not listed by _catalog either."""
+        w = self.winch([])
+        try:
+            for repo in ("lab/busybox-oci", "library/busybox"):
+                st, _, _, _ = pi.served_digest(w, repo, "1.36", "GET")
+                self.assertEqual(st, 200, repo)
+            # Repositories reach the index with the manifests' commit, just after the answers.
+            lab.wait_for(lambda: sorted(json.loads(lab.get(w.hostport, "/v2/_catalog", ALL).body)
+                                        ["repositories"]) == ["lab/busybox-oci", "library/busybox"],
+                         10, what="both repositories in _catalog")
+            cache = w.cache_dir
+        finally:
+            w.stop()
+        w = self.winch([{"match": "docker.io/lab/**", "deny": True}], cache_dir=cache)
+        try:
+            r = lab.get(w.hostport, "/v2/_catalog", ALL)
+            self.assertStatus(r, 200, "catalog")
+            self.assertEqual(json.loads(r.body)["repositories"], ["library/busybox"])
+            r = lab.get(w.hostport, "/v2/_catalog?n=1", ALL)
+            self.assertEqual(json.loads(r.body)["repositories"], ["library/busybox"])
+        finally:
+            w.stop()
+
     def test_require_digest(self):
         up2 = lab.seeded_registry(name="upstream-ghcr.io")
         multi = self.data["images"]["multi"]
