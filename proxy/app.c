@@ -20,14 +20,17 @@
 #include "common/err.h"
 #include "common/flight.h"
 #include "common/log.h"
+#include "common/timeutil.h"
 #include "policy/policy.h"
 #include "proxy/blob.h"
 #include "proxy/call.h"
 #include "proxy/health.h"
 #include "proxy/lists.h"
 #include "proxy/manifest.h"
+#include "proxy/metrics.h"
 #include "proxy/negcache.h"
 #include "proxy/oci.h"
+#include "proxy/ops.h"
 #include "proxy/producer.h"
 #include "proxy/reply.h"
 #include "proxy/retention.h"
@@ -53,6 +56,8 @@ struct app {
     retention_t *retention;
     server_t *server;
     SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
+    metrics_t *metrics;
+    ops_env_t ops; /* what /metrics and /readyz read */
     call_env_t env;
     bool shut;
 };
@@ -146,12 +151,19 @@ static void on_request(req_t *r, void *arg)
     c->req = r;
     c->env = &a->env;
     c->cache_status = "-";
+    c->mroute = METRICS_ROUTE_OTHER;
     if (req_bad(r)) {
         answer_bad(c, req_bad(r));
         return;
     }
     read_headers(c);
     enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
+    enum ops_endpoint ep = ops_route(req_target(r), req_target_len(r));
+    if (ep != OPS_NONE && m != ROUTE_OTHER) {
+        c->mroute = METRICS_ROUTE_OPS;
+        ops_handle(c, &a->ops, ep);
+        return;
+    }
     route_error_t rerr;
     if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {
         reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
@@ -162,6 +174,12 @@ static void on_request(req_t *r, void *arg)
         c->up = a->upstreams[i];
         c->health = a->health[i];
     }
+    static const uint8_t mroutes[] = {
+        [ROUTE_PING] = METRICS_ROUTE_PING,           [ROUTE_MANIFEST] = METRICS_ROUTE_MANIFEST,
+        [ROUTE_BLOB] = METRICS_ROUTE_BLOB,           [ROUTE_TAGS] = METRICS_ROUTE_TAGS,
+        [ROUTE_REFERRERS] = METRICS_ROUTE_REFERRERS, [ROUTE_CATALOG] = METRICS_ROUTE_CATALOG,
+    };
+    c->mroute = mroutes[c->route.op];
     if (!policy_allows(a, c))
         return;
     switch (c->route.op) {
@@ -187,15 +205,29 @@ static void on_request(req_t *r, void *arg)
     reply_error(c, 0, OCI_UNSUPPORTED, "unsupported operation", NULL);
 }
 
+/* The request's counters: route, status, cache result, bytes by source. A miss that joined
+ * another request's upstream fetch is counted as coalesced. */
+static void count_request(app_t *a, call_t *c, req_t *r)
+{
+    if (c->fill_waiter)
+        metrics_fill_waiters(a->metrics, -1);
+    enum metrics_result res = metrics_result_of(c->cache_status);
+    if (res == METRICS_MISS && c->joined)
+        res = METRICS_COALESCED;
+    metrics_request(a->metrics, (enum metrics_route)c->mroute, req_status(r), res,
+                    c->env && c->route.upstream ? call_upstream_ix(c) : -1, req_bytes_sent(r));
+}
+
 static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
 {
-    (void)arg;
+    app_t *a = arg;
     call_t *c = req_data(r);
     if (outcome == REQ_GONE && c->cancel) {
         void (*cancel)(call_t *) = c->cancel;
         c->cancel = NULL;
         cancel(c);
     }
+    count_request(a, c, r);
     if (log_threshold < WLOG_WARN || (outcome != REQ_ABORTED && log_threshold < WLOG_INFO))
         return;
     /* Everything the client sent is escaped: a log line never carries its control bytes. */
@@ -274,6 +306,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         (rc = revalidator_create(&a->revalidator)) < 0 ||
         (rc = negcache_create(&a->neg, APP_NEGCACHE_MAX)) < 0)
         goto fail;
+    if ((rc = metrics_create(&a->metrics, cfg->n_upstreams, time_wall_ms())) < 0)
+        goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
         goto fail_said;
     if ((rc = retention_create(&a->retention, loop, cfg, cache)) < 0)
@@ -323,6 +357,14 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .retention = a->retention,
         .policy = a->policy,
         .policy_clock_offset_ms = app_test_clock_offset_ms(),
+        .metrics = a->metrics,
+    };
+    a->ops = (ops_env_t){
+        .metrics = a->metrics,
+        .server = a->server,
+        .retention = a->retention,
+        .health = a->health,
+        .upstreams = a->upstreams,
     };
     log_policy(a->policy);
     *out = a;
@@ -405,5 +447,6 @@ void app_destroy(app_t *a)
     if (a->fetches && flight_table_count(a->fetches))
         LOG_ERROR("%zu upstream fetches still in flight at exit", flight_table_count(a->fetches));
     flight_table_free(a->fetches);
+    metrics_free(a->metrics);
     free(a);
 }
