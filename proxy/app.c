@@ -12,6 +12,8 @@
  */
 #include "proxy/app.h"
 
+#include "proxy/accesslog.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +101,9 @@ static void answer_bad(call_t *c, int status)
         reply_error(c, 503, OCI_UNAVAILABLE, "server busy: too many requests in progress", NULL);
         return;
     default:
+        /* Not an error of the client's HTTP: it tried TLS (counted as neither hit nor error). */
+        if (req_tls_hello(c->req))
+            c->cache_status = "none";
         reply_error(c, 400, OCI_UNKNOWN, "malformed HTTP request", NULL);
         return;
     }
@@ -238,11 +243,25 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
     if (outcome == REQ_ABORTED)
         LOG_WARN("req=%llu %s: response cut short after %llu body bytes",
                  (unsigned long long)req_id(r), target, (unsigned long long)req_bytes_sent(r));
-    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld peer=%s ua=\"%s\"%s",
-             (unsigned long long)req_id(r), req_method(r), target[0] ? target : "-", req_status(r),
-             (unsigned long long)req_bytes_sent(r), c->cache_status ? c->cache_status : "-",
-             (long long)req_duration_ms(r), req_peer_str(r), ua,
-             outcome == REQ_GONE ? " (client gone)" : "");
+    bool hello = req_bad(r) && req_tls_hello(r);
+    accesslog_entry_t e = {
+        .id = req_id(r),
+        .peer = req_peer_str(r),
+        .method = req_method(r),
+        .target = target[0] ? target : "-",
+        .ua = ua,
+        .upstream = c->route.upstream ? c->route.upstream->name : "-",
+        .cache = hello             ? "-"
+                 : c->cache_status ? c->cache_status
+                                   : "-",
+        .status = req_status(r),
+        .bytes = req_bytes_sent(r),
+        .ms = req_duration_ms(r),
+        .note = hello                 ? "TLS handshake on the plain listener: use http:// here"
+                : outcome == REQ_GONE ? "client gone"
+                                      : NULL,
+    };
+    accesslog_write(&e, a->cfg->log_json);
 }
 
 /* What the rest of the process may hold open besides client connections and their requests:

@@ -139,6 +139,8 @@ const struct sockaddr_storage *req_peer(const req_t *r);
 const char *req_peer_str(const req_t *r);
 /** True when the request came over the TLS listener. */
 bool req_is_tls(const req_t *r);
+/** True when req_bad's 400 was a TLS handshake arriving on the plain listener. */
+bool req_tls_hello(const req_t *r);
 /** The application's per-request storage (opts.data_size bytes, zeroed for each request). */
 void *req_data(req_t *r);
 

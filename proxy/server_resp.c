@@ -110,6 +110,11 @@ bool req_is_tls(const req_t *r)
     return client_of(r)->tls;
 }
 
+bool req_tls_hello(const req_t *r)
+{
+    return client_of(r)->tls_hello;
+}
+
 void *req_data(req_t *r)
 {
     return client_of(r)->rq;

@@ -7,10 +7,17 @@ docker-registry (behind a forwarder of our own that can hold the upstream's answ
     cache (the bandwidth saved) equal the test's own sum, the blob bytes fetched upstream equal
     the one fill, and the upstream exchanges counted equal the requests the forwarder saw;
   - Cache-Status (RFC 9211) on a miss, a hit, a coalesced waiter and a stale answer;
+  - the JSON access log (log_format "json"): every line parses and carries time, request id,
+    client address, method, target, status, bytes, duration, cache result, upstream and user
+    agent; a TLS handshake on the plain listener is logged once as such; an upstream 404 is a
+    miss, not an error;
   - /healthz, /readyz (503 while the cache's tmp/ cannot take a file: chattr +i, since the
     suite runs as root), unknown paths answer 404."""
 
+import json
 import os
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -243,6 +250,70 @@ class Metrics(lab.TestCase):
         for path in ("/", "/index.html", "/v1/", "/metricsx", "/v2x"):
             self.assertStatus(lab.get(w, path), 404, path)
         self.assertStatus(lab.request(w, "POST", "/metrics"), 405, "POST /metrics")
+
+
+class AccessLog(lab.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.data = lab.seeded()
+        cls.up = lab.seeded_registry()
+        cls.winch = lab.Winch([("docker.io", cls.up.url)], config={"log_format": "json"},
+                              log_level="info")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.winch.stop()
+        cls.up.stop()
+
+    def access_lines(self):
+        out = []
+        for line in self.winch.log().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))  # every JSON line parses
+        return out
+
+    def test_json_lines(self):
+        w = self.winch.hostport
+        img = self.data["images"]["busybox"]
+        ua = 'ci-runner/1.0 "quoted"\tand tab'
+        path = "/v2/%s/manifests/%s" % (img["repo"], img["tag"])
+        r = lab.get(w, path, H(lab.SKOPEO_ACCEPT) + [("User-Agent", ua),
+                                                     ("Authorization", "Bearer s3cr3t-token")])
+        self.assertStatus(r, 200, path)
+        body_len = len(r.body)
+        r = lab.get(w, "/v2/%s/manifests/missing" % img["repo"], H(lab.SKOPEO_ACCEPT))
+        self.assertStatus(r, 404, "upstream 404")
+        # A TLS client on the plain port: one line, said as such.
+        raw = socket.create_connection(("127.0.0.1", self.winch.port), timeout=10)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with self.assertRaises((ssl.SSLError, OSError)):
+            ctx.wrap_socket(raw, server_hostname="localhost")
+        raw.close()
+        lab.wait_for(lambda: len(self.access_lines()) >= 3, 10, what="three access lines")
+        lines = self.access_lines()
+        self.assertNotIn("s3cr3t", self.winch.log())
+        fields = {"time", "level", "msg", "req", "peer", "method", "target", "status", "bytes",
+                  "ms", "cache", "upstream", "ua"}
+        for e in lines:
+            self.assertTrue(fields <= set(e), "fields missing in %r" % e)
+        ok = [e for e in lines if e["target"] == path]
+        self.assertEqual(len(ok), 1, lines)
+        e = ok[0]
+        self.assertEqual((e["method"], e["status"], e["cache"], e["upstream"], e["peer"]),
+                         ("GET", 200, "miss", "docker.io", "127.0.0.1"))
+        self.assertEqual(e["bytes"], body_len)
+        self.assertIn("ci-runner/1.0", e["ua"])
+        self.assertNotIn("\t", e["ua"])  # control bytes escaped
+        self.assertIsInstance(e["req"], int)
+        miss = [e for e in lines if e["target"].endswith("/manifests/missing")]
+        self.assertEqual([(m["status"], m["cache"]) for m in miss], [(404, "miss")])
+        hello = [e for e in lines if "TLS handshake" in e.get("note", "")]
+        self.assertEqual(len(hello), 1, lines)
+        self.assertNotEqual(hello[0]["cache"], "error")
+        bad = [e for e in lines if e["cache"] == "error"]
+        self.assertEqual(bad, [])
 
 
 if __name__ == "__main__":
