@@ -139,6 +139,7 @@ typedef struct config {
     config_upstream_t upstreams[CONFIG_MAX_UPSTREAMS];
     size_t n_upstreams; /* >= 1; default one: docker.io=https://registry-1.docker.io */
     char *log_level;    /* owned; "error" | "warn" | "info" (default) | "debug" */
+    bool log_json;      /* "log_format": "json" (one JSON object per access line); else "text" */
 
     /* Upstream timeouts, milliseconds. */
     uint32_t upstream_connect_timeout_ms;  /* TCP (+TLS) connect; default 5000 */

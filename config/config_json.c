@@ -397,6 +397,15 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
             rc = want_string(d, key, v, &s);
             if (rc == 0)
                 rc = config_set_log_level(c, d, key, s);
+        } else if (strcmp(key, "log_format") == 0) {
+            rc = want_string(d, key, v, &s);
+            if (rc == 0 && strcmp(s, "text") != 0 && strcmp(s, "json") != 0) {
+                char q[80];
+                rc = diag_fail(d, key, "%s is not a log format (text, json)",
+                               diag_quote(q, sizeof q, s, strlen(s)));
+            }
+            if (rc == 0)
+                c->log_json = strcmp(s, "json") == 0;
         } else if (strcmp(key, "upstreams") == 0) {
             rc = parse_upstreams(c, d, v);
         } else if (strcmp(key, "retention") == 0) {

@@ -12,6 +12,8 @@
  */
 #include "proxy/app.h"
 
+#include "proxy/accesslog.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +22,7 @@
 #include "common/err.h"
 #include "common/flight.h"
 #include "common/log.h"
+#include "common/timeutil.h"
 #include "common/util.h"
 #include "policy/policy.h"
 #include "proxy/access.h"
@@ -28,8 +31,10 @@
 #include "proxy/health.h"
 #include "proxy/lists.h"
 #include "proxy/manifest.h"
+#include "proxy/metrics.h"
 #include "proxy/negcache.h"
 #include "proxy/oci.h"
+#include "proxy/ops.h"
 #include "proxy/producer.h"
 #include "proxy/reply.h"
 #include "proxy/retention.h"
@@ -56,6 +61,8 @@ struct app {
     access_t *access; /* client authentication; NULL when off */
     server_t *server;
     SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
+    metrics_t *metrics;
+    ops_env_t ops; /* what /metrics and /readyz read */
     call_env_t env;
     bool shut;
 };
@@ -97,6 +104,9 @@ static void answer_bad(call_t *c, int status)
         reply_error(c, 503, OCI_UNAVAILABLE, "server busy: too many requests in progress", NULL);
         return;
     default:
+        /* Not an error of the client's HTTP: it tried TLS (counted as neither hit nor error). */
+        if (req_tls_hello(c->req))
+            c->cache_status = "none";
         reply_error(c, 400, OCI_UNKNOWN, "malformed HTTP request", NULL);
         return;
     }
@@ -179,6 +189,7 @@ static void on_request(req_t *r, void *arg)
     c->req = r;
     c->env = &a->env;
     c->cache_status = "-";
+    c->mroute = METRICS_ROUTE_OTHER;
     if (req_bad(r)) {
         answer_bad(c, req_bad(r));
         return;
@@ -187,6 +198,12 @@ static void on_request(req_t *r, void *arg)
     if (access_intercept(a->access, c))
         return;
     enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
+    enum ops_endpoint ep = ops_route(req_target(r), req_target_len(r));
+    if (ep != OPS_NONE && m != ROUTE_OTHER) {
+        c->mroute = METRICS_ROUTE_OPS;
+        ops_handle(c, &a->ops, ep);
+        return;
+    }
     route_error_t rerr;
     if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {
         reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
@@ -197,21 +214,41 @@ static void on_request(req_t *r, void *arg)
         c->up = a->upstreams[i];
         c->health = a->health[i];
     }
+    static const uint8_t mroutes[] = {
+        [ROUTE_PING] = METRICS_ROUTE_PING,           [ROUTE_MANIFEST] = METRICS_ROUTE_MANIFEST,
+        [ROUTE_BLOB] = METRICS_ROUTE_BLOB,           [ROUTE_TAGS] = METRICS_ROUTE_TAGS,
+        [ROUTE_REFERRERS] = METRICS_ROUTE_REFERRERS, [ROUTE_CATALOG] = METRICS_ROUTE_CATALOG,
+    };
+    c->mroute = mroutes[c->route.op];
     /* Who the client is and whether it may read this repository, before the policy (dispatch)
      * or any cache or upstream look: an answer never tells a stranger what exists. */
     if (access_admit(a->access, c, dispatch))
         dispatch(c);
 }
 
+/* The request's counters: route, status, cache result, bytes by source. A miss that joined
+ * another request's upstream fetch is counted as coalesced. */
+static void count_request(app_t *a, call_t *c, req_t *r)
+{
+    if (c->fill_waiter)
+        metrics_fill_waiters(a->metrics, -1);
+    enum metrics_result res = metrics_result_of(c->cache_status);
+    if (res == METRICS_MISS && c->joined)
+        res = METRICS_COALESCED;
+    metrics_request(a->metrics, (enum metrics_route)c->mroute, req_status(r), res,
+                    c->env && c->route.upstream ? call_upstream_ix(c) : -1, req_bytes_sent(r));
+}
+
 static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
 {
-    (void)arg;
+    app_t *a = arg;
     call_t *c = req_data(r);
     if (outcome == REQ_GONE && c->cancel) {
         void (*cancel)(call_t *) = c->cancel;
         c->cancel = NULL;
         cancel(c);
     }
+    count_request(a, c, r);
     if (log_threshold < WLOG_WARN || (outcome != REQ_ABORTED && log_threshold < WLOG_INFO))
         return;
     /* Everything the client sent is escaped: a log line never carries its control bytes. */
@@ -222,12 +259,27 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
     if (outcome == REQ_ABORTED)
         LOG_WARN("req=%llu %s: response cut short after %llu body bytes",
                  (unsigned long long)req_id(r), target, (unsigned long long)req_bytes_sent(r));
+    bool hello = req_bad(r) && req_tls_hello(r);
     char user[CALL_USER_MAX * 4 + 1];
-    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld user=%s peer=%s ua=\"%s\"%s",
-             (unsigned long long)req_id(r), req_method(r), target[0] ? target : "-", req_status(r),
-             (unsigned long long)req_bytes_sent(r), c->cache_status ? c->cache_status : "-",
-             (long long)req_duration_ms(r), access_log_user(c, user, sizeof user), req_peer_str(r),
-             ua, outcome == REQ_GONE ? " (client gone)" : "");
+    accesslog_entry_t e = {
+        .id = req_id(r),
+        .peer = req_peer_str(r),
+        .method = req_method(r),
+        .target = target[0] ? target : "-",
+        .ua = ua,
+        .user = access_log_user(c, user, sizeof user),
+        .upstream = c->route.upstream ? c->route.upstream->name : "-",
+        .cache = hello             ? "-"
+                 : c->cache_status ? c->cache_status
+                                   : "-",
+        .status = req_status(r),
+        .bytes = req_bytes_sent(r),
+        .ms = req_duration_ms(r),
+        .note = hello                 ? "TLS handshake on the plain listener: use http:// here"
+                : outcome == REQ_GONE ? "client gone"
+                                      : NULL,
+    };
+    accesslog_write(&e, a->cfg->log_json);
 }
 
 /* What the rest of the process may hold open besides client connections and their requests:
@@ -291,6 +343,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         (rc = revalidator_create(&a->revalidator)) < 0 ||
         (rc = negcache_create(&a->neg, APP_NEGCACHE_MAX)) < 0)
         goto fail;
+    if ((rc = metrics_create(&a->metrics, cfg->n_upstreams, time_wall_ms())) < 0)
+        goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
         goto fail_said;
     if ((rc = access_create(&a->access, loop, cfg, err, errlen)) < 0)
@@ -343,6 +397,14 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .retention = a->retention,
         .policy = a->policy,
         .policy_clock_offset_ms = app_test_clock_offset_ms(),
+        .metrics = a->metrics,
+    };
+    a->ops = (ops_env_t){
+        .metrics = a->metrics,
+        .server = a->server,
+        .retention = a->retention,
+        .health = a->health,
+        .upstreams = a->upstreams,
     };
     log_policy(a->policy);
     *out = a;
@@ -430,5 +492,6 @@ void app_destroy(app_t *a)
     if (a->fetches && flight_table_count(a->fetches))
         LOG_ERROR("%zu upstream fetches still in flight at exit", flight_table_count(a->fetches));
     flight_table_free(a->fetches);
+    metrics_free(a->metrics);
     free(a);
 }

@@ -23,6 +23,7 @@
 #include "proxy/blob.h"
 #include "proxy/fetch.h"
 #include "proxy/health.h"
+#include "proxy/metrics.h"
 #include "proxy/negcache.h"
 #include "proxy/producer.h"
 #include "proxy/reply.h"
@@ -316,6 +317,8 @@ static void blob_fill(call_t *c)
         return;
     }
     c->cache_status = created ? "miss" : "coalesced";
+    c->fill_waiter = true;
+    metrics_fill_waiters(c->env->metrics, 1);
     if (created)
         producer_start(c, fill);
     serve_fill(c, fill);

@@ -28,6 +28,7 @@ typedef struct access access_t;                 /* access.c */
 typedef struct negcache negcache_t;             /* negcache.c */
 typedef struct health health_t;                 /* health.c */
 typedef struct revalidator revalidator_t;       /* revalidate.c */
+typedef struct metrics metrics_t;               /* metrics.c */
 
 /** Longest user name a call carries (htpasswd users and certificate names). */
 #define CALL_USER_MAX 256
@@ -45,6 +46,7 @@ typedef struct call_env {
     revalidator_t *revalidator;   /* tag checks running (revalidate.c) */
     struct retention *retention;  /* background eviction (retention.c); told of a full disk */
     const policy_t *policy;       /* the pull-time rules */
+    metrics_t *metrics;           /* counters (metrics.h); updated on the loop */
     /* Added to the wall clock for the policy's decisions and the tag history it keeps (soak):
      * 0, except under the test clock (WINCH_TEST_CLOCK_OFFSET_S, app.c). */
     int64_t policy_clock_offset_ms;
@@ -70,12 +72,21 @@ struct call {
     void (*cancel)(call_t *c);    /* the pending operation's cancel, NULL when none */
     void *op;                     /* the pending operation, the handler's */
     char user[CALL_USER_MAX + 1]; /* the authenticated client (access.c); "" when anonymous */
+    bool joined;                  /* an upstream fetch of another request was joined (fetch.c) */
+    bool fill_waiter; /* counted in the metrics' fill waiters until completion (blob.c) */
+    uint8_t mroute;   /* enum metrics_route, set when routed (app.c) */
 };
 
 /** The request id for logs; 0 for a call that belongs to no client (background work). */
 static inline uint64_t call_id(const call_t *c)
 {
     return c->req ? req_id(c->req) : 0;
+}
+
+/** The index of c's upstream in the configuration (metrics labels); -1 for none. */
+static inline int call_upstream_ix(const call_t *c)
+{
+    return c->route.upstream ? (int)(c->route.upstream - c->env->cfg->upstreams) : -1;
 }
 
 #endif

@@ -15,6 +15,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "proxy/health.h"
+#include "proxy/metrics.h"
 
 /* Error bodies are read but not kept beyond this: they are never relayed. */
 #define ERROR_BODY_MAX 4096
@@ -22,7 +23,11 @@
 /* The operation of a flight: one upstream request and the body it collects. */
 typedef struct fetch_op {
     flight_t *fl;
-    health_t *health; /* borrowed: told how the exchange ended */
+    health_t *health;   /* borrowed: told how the exchange ended */
+    metrics_t *metrics; /* borrowed: answers, latency, bytes */
+    int upstream;       /* index for the metrics */
+    enum metrics_kind kind;
+    uint64_t t0_ns; /* uv_hrtime at the start */
     upreq_t *up;
     buf_t body;
     size_t max;
@@ -108,6 +113,7 @@ static void op_on_headers(upreq_t *up, void *arg, int status)
 {
     fetch_op_t *op = arg;
     op->status = status;
+    metrics_upstream_answer(op->metrics, op->upstream, status, 0, (uv_hrtime() - op->t0_ns) / 1000);
     /* Only a 200's body is kept; an error body is bounded and dropped. */
     op->body.max = status == 200 ? op->max : ERROR_BODY_MAX;
     uint64_t cl = upreq_content_length(up);
@@ -120,6 +126,7 @@ static void op_on_body(upreq_t *up, void *arg, const char *data, size_t len)
     fetch_op_t *op = arg;
     if (op->too_big || op->cut)
         return;
+    metrics_upstream_bytes(op->metrics, op->upstream, op->kind, len);
     if (buf_append(&op->body, data, len) < 0)
         over_bound(op, up);
 }
@@ -158,6 +165,8 @@ static void op_on_done(upreq_t *up, void *arg, int err)
      * answer. */
     if (op->health)
         health_report(op->health, op->status, op->too_big || op->cut ? 0 : err);
+    if (op->status == 0)
+        metrics_upstream_answer(op->metrics, op->upstream, 0, err, 0);
     if (op->too_big)
         err = WE_TOOBIG;
     else if (op->cut)
@@ -185,6 +194,10 @@ static int op_start(call_t *c, flight_t *fl, enum upreq_lane lane, const char *m
         return -ENOMEM;
     op->fl = fl;
     op->health = c->health;
+    op->metrics = c->env->metrics;
+    op->upstream = call_upstream_ix(c);
+    op->kind = c->route.op == ROUTE_MANIFEST ? METRICS_KIND_MANIFEST : METRICS_KIND_OTHER;
+    op->t0_ns = uv_hrtime();
     op->max = max;
     op->head = strcmp(method, "HEAD") == 0;
     buf_init(&op->body, max);
@@ -244,6 +257,7 @@ int fetch_start_in(call_t *c, enum upreq_lane lane, const char *method, const ch
             return err;
         }
     } else {
+        c->joined = true;
         LOG_DEBUG("req=%llu joins the upstream %s in flight", (unsigned long long)call_id(c),
                   method);
     }

@@ -27,6 +27,7 @@
 #include "common/timeutil.h"
 #include "proxy/fetch.h"
 #include "proxy/health.h"
+#include "proxy/metrics.h"
 #include "proxy/negcache.h"
 #include "proxy/retention.h"
 
@@ -45,6 +46,9 @@ struct producer {
     health_t *health;            /* borrowed: told how the exchange ended */
     struct retention *retention; /* told when the disk is full */
     negcache_t *neg;             /* borrowed: an upstream 404 is remembered there */
+    metrics_t *metrics;          /* borrowed: answers, latency, bytes */
+    int upstream_ix;             /* the upstream's index, for the metrics */
+    uint64_t t0_ns;              /* uv_hrtime when the current request was sent */
     const config_t *cfg;
     upreq_t *up;   /* NULL between requests and once over */
     bool answered; /* the first request's headers arrived */
@@ -226,6 +230,7 @@ static void on_headers(upreq_t *up, void *arg, int status)
 {
     producer_t *f = arg;
     int err;
+    metrics_upstream_answer(f->metrics, f->upstream_ix, status, 0, (uv_hrtime() - f->t0_ns) / 1000);
     if (!f->answered) {
         f->answered = true;
         if (f->health)
@@ -251,6 +256,7 @@ static void on_body(upreq_t *up, void *arg, const char *data, size_t len)
     producer_t *f = arg;
     (void)up;
     f->received += len;
+    metrics_upstream_bytes(f->metrics, f->upstream_ix, METRICS_KIND_BLOB, len);
     /* Of unknown size: no bigger than max_blob_bytes, whatever the upstream streams. */
     if (f->size == UINT64_MAX && f->received > f->cfg->max_blob_bytes) {
         LOG_WARN("upstream %s: blob %s passed max_blob_bytes; cut", f->upstream, f->digest);
@@ -271,6 +277,7 @@ static int resume(producer_t *f)
     snprintf(range, sizeof range, "Range: bytes=%" PRIu64 "-", f->received);
     const char *hdrs[] = {range, NULL};
     f->resumes++;
+    f->t0_ns = uv_hrtime();
     return upreq_start(&f->up, f->client, "GET", f->path, hdrs, &producer_cbs, f);
 }
 
@@ -297,6 +304,8 @@ static void on_done(upreq_t *up, void *arg, int err)
      * fill's business (the client retries). */
     if (err && !f->answered && f->health)
         health_report(f->health, 0, err);
+    if (err && !f->answered)
+        metrics_upstream_answer(f->metrics, f->upstream_ix, 0, err, 0);
     if (err && f->writing)
         return; /* on_written ends it */
     if (err) {
@@ -326,6 +335,9 @@ void producer_start(call_t *c, fill_t *fill)
     f->health = c->health;
     f->retention = c->env->retention;
     f->neg = c->env->neg;
+    f->metrics = c->env->metrics;
+    f->upstream_ix = call_upstream_ix(c);
+    f->t0_ns = uv_hrtime();
     f->cfg = c->env->cfg;
     f->size = UINT64_MAX;
     snprintf(f->digest, sizeof f->digest, "%s", c->route.ref);
@@ -362,6 +374,14 @@ bool producer_runs_for(const blob_producers_t *p, const char *digest, const char
             return true;
     }
     return false;
+}
+
+size_t blob_producers_count(const blob_producers_t *p)
+{
+    size_t n = 0;
+    for (const producer_t *f = p->head; f; f = f->next)
+        n++;
+    return n;
 }
 
 int blob_producers_create(blob_producers_t **out)

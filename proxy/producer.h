@@ -27,6 +27,8 @@ int blob_producers_create(blob_producers_t **out);
 /** Fails every running producer's fill with WE_CANCELLED (shutdown). A producer whose write is
  * in flight ends when that write lands: run the loop afterwards. */
 void blob_producers_cancel_all(blob_producers_t *p);
+/** Producers running now (the fills in flight, for the metrics). */
+size_t blob_producers_count(const blob_producers_t *p);
 /** Frees the list; NULL is fine. */
 void blob_producers_free(blob_producers_t *p);
 

@@ -9,6 +9,7 @@
 #include "common/util.h"
 #include "proxy/fetch.h"
 #include "proxy/health.h"
+#include "proxy/metrics.h"
 
 #define ERRBODY_MAX 8192 /* policy refusals carry a rule's own message */
 /* Retry-After of a 503 for a full or slow upstream queue: long enough for the queue to move,
@@ -23,10 +24,48 @@ static void registry_headers(call_t *c)
         resp_header(c->req, "OCI-Namespace", "%s", c->route.ns);
 }
 
+/* RFC 9211 Cache-Status for a manifest or blob answer: what the cache did for this request. */
+static void cache_status_header(call_t *c)
+{
+    if (c->route.op != ROUTE_MANIFEST && c->route.op != ROUTE_BLOB)
+        return;
+    enum metrics_result r = metrics_result_of(c->cache_status);
+    if (r == METRICS_MISS && c->joined)
+        r = METRICS_COALESCED;
+    const char *v;
+    switch (r) {
+    case METRICS_HIT:
+        v = "winch; hit";
+        break;
+    case METRICS_MISS:
+        v = "winch; fwd=miss; stored";
+        break;
+    case METRICS_COALESCED:
+        v = "winch; fwd=miss; collapsed";
+        break;
+    case METRICS_STALE:
+        v = "winch; fwd=stale; detail=served-stale";
+        break;
+    case METRICS_REVALIDATED:
+        v = "winch; fwd=stale; fwd-status=200; detail=revalidated";
+        break;
+    case METRICS_NEGATIVE:
+        v = "winch; hit; detail=negative";
+        break;
+    case METRICS_UPSTREAM:
+        v = "winch; fwd=miss";
+        break;
+    default:
+        return;
+    }
+    resp_header(c->req, "Cache-Status", "%s", v);
+}
+
 void reply_begin(call_t *c, int status)
 {
     resp_begin(c->req, status);
     registry_headers(c);
+    cache_status_header(c);
 }
 
 void reply_error(call_t *c, int status, enum oci_code code, const char *message,
@@ -88,6 +127,9 @@ void reply_failure(call_t *c, int err, enum oci_code notfound)
 {
     const char *name = c->route.upstream ? c->route.upstream->name : "upstream";
     if (err == WE_NOTFOUND) {
+        /* The upstream was asked and has no such thing: a miss, not an error of winch's. */
+        if (c->cache_status == NULL || strcmp(c->cache_status, "-") == 0)
+            c->cache_status = "miss";
         reply_error(c, 0, notfound,
                     notfound == OCI_BLOB_UNKNOWN   ? "blob unknown to registry"
                     : notfound == OCI_NAME_UNKNOWN ? "repository name not known to registry"

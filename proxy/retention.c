@@ -34,6 +34,7 @@ struct retention {
     bool disk_full; /* a fill hit ENOSPC: make room at the next tick */
     bool running;   /* a gc of ours is in flight */
     bool stopping;
+    uint64_t evicted_items, evicted_bytes; /* since start, for the metrics */
 };
 
 static uint64_t estimate(const retention_t *r)
@@ -50,6 +51,8 @@ static void on_gc_done(void *arg, int status, const cache_gc_result_t *res)
     } else {
         r->base = res->total_before - res->freed;
         r->known = true;
+        r->evicted_items += res->contents;
+        r->evicted_bytes += res->freed;
         if (res->contents || res->tags)
             LOG_INFO("retention: removed %llu tag(s) and %llu item(s), %llu bytes freed "
                      "(%llu bytes before; %llu kept as used since; scan %lld ms, longest "
@@ -211,4 +214,15 @@ void retention_free(retention_t *r)
     /* After the loop drained: a gc in flight kept it running until its callback closed the
      * timer, so nothing refers to r any more. */
     free(r);
+}
+
+void retention_view(const retention_t *r, retention_view_t *out)
+{
+    *out = (retention_view_t){
+        .known = r->known,
+        .bytes = r->known ? estimate(r) : 0,
+        .max_bytes = r->max_bytes,
+        .evicted_items = r->evicted_items,
+        .evicted_bytes = r->evicted_bytes,
+    };
 }

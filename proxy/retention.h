@@ -3,6 +3,8 @@
 #ifndef WINCH_PROXY_RETENTION_H
 #define WINCH_PROXY_RETENTION_H
 
+#include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "cache/cache.h"
@@ -19,6 +21,15 @@ int retention_create(retention_t **out, uv_loop_t *loop, const config_t *cfg, ca
 void retention_disk_full(retention_t *r);
 /** Stops the tick (a gc in flight finishes; the loop drains). Idempotent; NULL is fine. */
 void retention_stop(retention_t *r);
+/** What retention knows of the cache's size, for the metrics and the status page. */
+typedef struct retention_view {
+    bool known;         /* bytes comes from a scan (the first gc after start has run) */
+    uint64_t bytes;     /* content bytes: the last scan plus what was indexed since */
+    uint64_t max_bytes; /* the bound; 0: none */
+    uint64_t evicted_items, evicted_bytes; /* removed by retention since start */
+} retention_view_t;
+void retention_view(const retention_t *r, retention_view_t *out);
+
 /** Frees it after the loop has drained; NULL is fine. */
 void retention_free(retention_t *r);
 

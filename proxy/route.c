@@ -26,6 +26,15 @@ static int fail(route_error_t *err, enum oci_code code, const char *message)
 
 /* A 403 whose message names the host, formatted into err->text: the host came from the
  * request, so it is bounded (REF_NAME_MAX) and has been checked to be printable ASCII. */
+/* A path that is not the registry API: 404, as for any unknown resource (not 405: the method
+ * is fine, the resource does not exist). */
+static int unknown_path(route_error_t *err)
+{
+    fail(err, OCI_UNSUPPORTED, "unknown API path");
+    err->status = 404;
+    return WE_INVALID;
+}
+
 static int deny_host(route_error_t *err, const char *host, size_t len)
 {
     if (len > REF_NAME_MAX)
@@ -351,7 +360,7 @@ static int split_operation(route_t *out, const char *rest, size_t rlen, const ch
         }
     }
     if (!ps || ps == rest)
-        return fail(err, OCI_UNSUPPORTED, "unknown API path");
+        return unknown_path(err);
     const char *kind = ps + 1;
     size_t kind_len = (size_t)(ls - kind);
     if (eq(kind, kind_len, "manifests"))
@@ -361,7 +370,7 @@ static int split_operation(route_t *out, const char *rest, size_t rlen, const ch
     else if (eq(kind, kind_len, "referrers"))
         out->op = ROUTE_REFERRERS;
     else
-        return fail(err, OCI_UNSUPPORTED, "unknown API path");
+        return unknown_path(err);
     *name = rest;
     *name_len = (size_t)(ps - rest);
     *ref = ls + 1;
@@ -447,7 +456,7 @@ int route_parse(route_t *out, const config_t *cfg, enum route_method method, con
         return 0;
     }
     if (plen < 4 || memcmp(path, "/v2/", 4) != 0)
-        return fail(err, OCI_UNSUPPORTED, "unknown API path");
+        return unknown_path(err);
     const char *rest = path + 4;
     size_t rlen = plen - 4;
 

@@ -225,6 +225,9 @@ static void parse_input(client_t *c, const char *data, size_t n)
     conn_read_stop(&c->conn);
     if (!c->bad)
         c->bad = 400;
+    /* A TLS record of type handshake (0x16) as a connection's first byte: a client trying TLS
+     * (skopeo and podman probe https first). */
+    c->tls_hello = !c->tls && !c->served && n > 0 && (unsigned char)data[0] == 0x16;
     c->keep_alive = false;
     c->rest_len = 0;
     buf_clear(&c->url);

@@ -142,6 +142,8 @@ bool req_is_tls(const req_t *r);
 /** The name in the client's verified TLS certificate into buf[len] (conn_tls_peer_name):
  * 0, WE_NOTFOUND (no certificate, or not TLS) or WE_TLS (unusable). */
 int req_tls_peer_name(const req_t *r, char *buf, size_t len);
+/** True when req_bad's 400 was a TLS handshake arriving on the plain listener. */
+bool req_tls_hello(const req_t *r);
 /** The application's per-request storage (opts.data_size bytes, zeroed for each request). */
 void *req_data(req_t *r);
 

@@ -58,6 +58,7 @@ typedef struct client {
                          byte, not at accept */
     bool budgeted;    /* the request in progress counts FDS_PER_REQUEST in the fd budget */
     int bad;          /* req_bad: 0, 400, 414, 431 or 503 */
+    bool tls_hello;   /* the bad request was a TLS handshake on the plain listener */
     uint64_t head_bytes;
     uint64_t id;
     struct sockaddr_storage peer_addr;

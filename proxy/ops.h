@@ -1,0 +1,34 @@
+/** The operator's endpoints, beside the registry API: `GET /metrics` (Prometheus text),
+ * `GET /healthz` (liveness: the loop answers) and `GET /readyz` (readiness: the cache directory
+ * takes a new file and the index answers a read; each upstream's breaker state is reported in
+ * the body but never fails readiness, since a stale tag can still be served). Internal to
+ * proxy/; app.c routes to it before the registry routes. */
+#ifndef WINCH_PROXY_OPS_H
+#define WINCH_PROXY_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "proxy/call.h"
+#include "proxy/metrics.h"
+
+enum ops_endpoint { OPS_NONE, OPS_METRICS, OPS_HEALTHZ, OPS_READYZ };
+
+/** What the endpoints read; every pointer borrowed from the app, valid while it runs. */
+typedef struct ops_env {
+    metrics_t *metrics;
+    struct server *server;
+    struct retention *retention;
+    health_t *const *health;      /* [i] for cfg->upstreams[i] */
+    upstream_t *const *upstreams; /* [i] for cfg->upstreams[i] */
+} ops_env_t;
+
+/** Which endpoint the request-target names (path exactly, any query ignored); OPS_NONE for
+ * anything else. */
+enum ops_endpoint ops_route(const char *target, size_t len);
+
+/** Answers c (a GET or HEAD) for ep. /readyz answers later, after its file probe on the
+ * threadpool; the probe outlives a client that goes away. */
+void ops_handle(call_t *c, const ops_env_t *e, enum ops_endpoint ep);
+
+#endif
