@@ -28,6 +28,8 @@
 #include "proxy/manifest.h"
 #include "proxy/negcache.h"
 #include "proxy/oci.h"
+#include "proxy/platforms.h"
+#include "proxy/prefetch.h"
 #include "proxy/producer.h"
 #include "proxy/reply.h"
 #include "proxy/retention.h"
@@ -49,6 +51,7 @@ struct app {
     revalidator_t *revalidator;
     blob_producers_t *producers;
     negcache_t *neg; /* upstream 404s, remembered briefly */
+    prefetcher_t *prefetch;
     policy_t *policy;
     retention_t *retention;
     server_t *server;
@@ -153,7 +156,18 @@ static void on_request(req_t *r, void *arg)
     read_headers(c);
     enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
     route_error_t rerr;
-    if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {
+    /* A client group's mirror URL (http://winch/edge): its path prefix is the group's, and
+     * the rest routes like any /v2/ request. Else the group is the source address's. */
+    const char *target = req_target(r);
+    size_t tlen = req_target_len(r), plen = 0;
+    c->group = platforms_group_by_path(a->cfg, target, tlen, &plen);
+    if (c->group) {
+        target += plen;
+        tlen -= plen;
+    } else {
+        c->group = platforms_group_by_peer(a->cfg, req_peer(r));
+    }
+    if (route_parse(&c->route, a->cfg, m, target, tlen, &rerr) != 0) {
         reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
         return;
     }
@@ -272,7 +286,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     if ((rc = flight_table_create(&a->fetches)) < 0 ||
         (rc = blob_producers_create(&a->producers)) < 0 ||
         (rc = revalidator_create(&a->revalidator)) < 0 ||
-        (rc = negcache_create(&a->neg, APP_NEGCACHE_MAX)) < 0)
+        (rc = negcache_create(&a->neg, APP_NEGCACHE_MAX)) < 0 ||
+        (rc = prefetcher_create(&a->prefetch, cfg)) < 0)
         goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
         goto fail_said;
@@ -322,6 +337,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .revalidator = a->revalidator,
         .retention = a->retention,
         .policy = a->policy,
+        .prefetch = a->prefetch,
         .policy_clock_offset_ms = app_test_clock_offset_ms(),
     };
     log_policy(a->policy);
@@ -378,6 +394,7 @@ void app_shutdown(app_t *a)
         return;
     a->shut = true;
     server_shutdown(a->server);
+    prefetcher_cancel_all(a->prefetch);
     blob_producers_cancel_all(a->producers);
     revalidator_cancel_all(a->revalidator);
     retention_stop(a->retention);
@@ -392,6 +409,7 @@ void app_destroy(app_t *a)
 {
     if (!a)
         return;
+    prefetcher_cancel_all(a->prefetch); /* its fetches are requests of the clients closed next */
     close_upstreams(a);
     server_destroy(a->server);
     tls_ctx_free(a->tls_ctx); /* every TLS conn is closed by now */
@@ -400,6 +418,7 @@ void app_destroy(app_t *a)
         health_destroy(a->health[i]);
     revalidator_free(a->revalidator);
     retention_free(a->retention);
+    prefetcher_free(a->prefetch);
     blob_producers_free(a->producers);
     negcache_free(a->neg);
     if (a->fetches && flight_table_count(a->fetches))

@@ -27,6 +27,7 @@ typedef struct blob_producers blob_producers_t; /* blob.c */
 typedef struct negcache negcache_t;             /* negcache.c */
 typedef struct health health_t;                 /* health.c */
 typedef struct revalidator revalidator_t;       /* revalidate.c */
+typedef struct prefetcher prefetcher_t;         /* prefetch.c */
 
 /** What the application owns and every call borrows. Filled once by app.c. */
 typedef struct call_env {
@@ -40,6 +41,7 @@ typedef struct call_env {
     revalidator_t *revalidator;   /* tag checks running (revalidate.c) */
     struct retention *retention;  /* background eviction (retention.c); told of a full disk */
     const policy_t *policy;       /* the pull-time rules */
+    prefetcher_t *prefetch;       /* background fetches of an index's platforms (prefetch.c) */
     /* Added to the wall clock for the policy's decisions and the tag history it keeps (soak):
      * 0, except under the test clock (WINCH_TEST_CLOCK_OFFSET_S, app.c). */
     int64_t policy_clock_offset_ms;
@@ -62,6 +64,8 @@ struct call {
     http_range_t range;
     const char *if_none_match; /* the header value (borrowed), NULL when absent */
     const char *cache_status;  /* static text for the access log: hit, miss, stale, ... */
+    /* The client's group (by path prefix, else source address); NULL when none. */
+    const config_client_group_t *group;
     void (*cancel)(call_t *c); /* the pending operation's cancel, NULL when none */
     void *op;                  /* the pending operation, the handler's */
 };

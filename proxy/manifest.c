@@ -32,6 +32,7 @@
 #include "proxy/manifest.h"
 #include "proxy/manifest_gate.h"
 #include "proxy/negcache.h"
+#include "proxy/prefetch.h"
 #include "proxy/reply.h"
 #include "proxy/revalidate.h"
 
@@ -59,6 +60,19 @@ static void manifest_headers(call_t *c, const char *digest, const char *media_ty
     resp_header(c->req, "ETag", "\"%s\"", digest);
 }
 
+/* An index goes out to a client: the content of its client's platforms is prefetched. */
+static void maybe_prefetch(call_t *c, const char *body, size_t len, const char *media_type)
+{
+    if (c->env->cfg->n_platform_rules == 0 || !image_type_is_index(media_type))
+        return;
+    image_t *img;
+    char err[160];
+    if (image_parse(body, len, media_type, &img, err, sizeof err) != 0)
+        return;
+    prefetch_index(c, img);
+    image_free(img);
+}
+
 /* Answers with a manifest held in memory (body taken). */
 static void serve_bytes(call_t *c, const char *digest, const char *media_type, char *body,
                         size_t len)
@@ -76,6 +90,7 @@ static void serve_bytes(call_t *c, const char *digest, const char *media_type, c
         resp_send(c->req, 0, NULL, 0, false);
         return;
     }
+    maybe_prefetch(c, body, len, media_type);
     reply_begin(c, 200);
     manifest_headers(c, digest, media_type);
     resp_send(c->req, len, body, len, true);
@@ -103,6 +118,15 @@ static int serve_cached(call_t *c, const char *digest)
         return 0;
     }
     if (req_is_head(c->req)) {
+        if (c->env->cfg->n_platform_rules && image_type_is_index(e.media_type)) {
+            char *b;
+            size_t n;
+            if (cache_read_manifest(c->env->cache, digest, c->env->cfg->max_manifest_bytes, &b,
+                                    &n) == 0) {
+                maybe_prefetch(c, b, n, e.media_type);
+                free(b);
+            }
+        }
         reply_begin(c, 200);
         manifest_headers(c, digest, e.media_type);
         resp_send(c->req, e.size, NULL, 0, false);
@@ -117,6 +141,7 @@ static int serve_cached(call_t *c, const char *digest)
                  (unsigned long long)call_id(c), digest, err_str(err));
         return err;
     }
+    maybe_prefetch(c, body, len, e.media_type);
     reply_begin(c, 200);
     manifest_headers(c, digest, e.media_type);
     resp_send(c->req, len, body, len, true);
