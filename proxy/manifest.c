@@ -32,6 +32,8 @@
 #include "proxy/manifest.h"
 #include "proxy/manifest_gate.h"
 #include "proxy/negcache.h"
+#include "proxy/oci.h"
+#include "proxy/platforms.h"
 #include "proxy/prefetch.h"
 #include "proxy/reply.h"
 #include "proxy/revalidate.h"
@@ -296,12 +298,63 @@ static void obtain(mreq_t *m)
     }
 }
 
+/* A request by tag from a client that reads no index (no index or list type, no wildcard in
+ * Accept) resolved to an index: the target becomes the index's manifest for the client's
+ * platform (its group's, its User-Agent's, the rule's first, else linux/amd64), as registries
+ * have always done for old clients; that platform's content is prefetched as for an index.
+ * body (borrowed, may be NULL: read from the cache) is m->target's. True when retargeted. */
+static bool retarget_for_platform(mreq_t *m, const char *body, size_t len, const char *mt)
+{
+    call_t *c = m->c;
+    if (c->route.ref_is_digest ||
+        (c->accept & (ACCEPT_DOCKER_LIST | ACCEPT_OCI_INDEX | ACCEPT_ANY)))
+        return false;
+    char *owned = NULL, err[160];
+    cache_entry_t e;
+    if (!body) {
+        if (cache_lookup(c->env->cache, m->target, &e) != 0 || e.kind != CACHE_MANIFEST ||
+            !image_type_is_index(e.media_type) ||
+            cache_read_manifest(c->env->cache, m->target, c->env->cfg->max_manifest_bytes, &owned,
+                                &len) != 0)
+            return false;
+        body = owned;
+        mt = e.media_type;
+    }
+    image_t *img = NULL;
+    int idx = -1;
+    if (image_type_is_index(mt) && image_parse(body, len, mt, &img, err, sizeof err) == 0) {
+        platsel_t sel;
+        platforms_select(c, &sel);
+        idx = platforms_pick(img, &sel.set[0]);
+        char p[PLATFORM_STR_MAX];
+        platform_format(&sel.set[0], p, sizeof p);
+        if (idx >= 0) {
+            LOG_INFO("req=%llu the client reads no index: serving %s's manifest %s (%s)",
+                     (unsigned long long)call_id(c), p, img->refs[idx].digest, sel.source);
+            prefetch_index(c, img);
+            copy_digest(m->target, img->refs[idx].digest);
+        } else {
+            LOG_INFO("req=%llu the client reads no index and the index has no %s manifest",
+                     (unsigned long long)call_id(c), p);
+        }
+    }
+    image_free(img);
+    free(owned);
+    return idx >= 0;
+}
+
 /* The tag resolved to digest (the upstream's, or the cache's): the policy picks what to serve.
  * body (taken, may be NULL) holds digest's manifest when the check just fetched it. */
 static void resolved(mreq_t *m, const char *digest, char *body, size_t len, const char *mt)
 {
     copy_digest(m->target, mgate_resolved(&m->gate, digest));
-    if (body && strcmp(m->target, digest) == 0) {
+    bool mine = body && strcmp(m->target, digest) == 0;
+    if (retarget_for_platform(m, mine ? body : NULL, len, mine ? mt : NULL)) {
+        free(body);
+        obtain(m);
+        return;
+    }
+    if (mine) {
         deliver(m, body, len, mt);
         return;
     }

@@ -201,5 +201,53 @@ class PlatformsTest(lab.TestCase):
         self.assert_untouched(["linux/amd64"])
 
 
+    def test_clients_without_index_types(self):
+        self.start({
+            "platforms": [{"match": "**", "platforms": ["linux/s390x", "linux/amd64"],
+                           "prefetch": False}],
+            "client_groups": [{"name": "edge", "path_prefix": "/edge",
+                               "platforms": ["linux/arm/v7"]}]})
+        hp = self.winch.hostport
+        single = ["application/vnd.docker.distribution.manifest.v2+json",
+                  "application/vnd.oci.image.manifest.v1+json"]
+        tag = "/v2/%s/manifests/v1" % self.img.repo
+        cases = [
+            ("rule's first platform", tag, [], "linux/s390x"),
+            ("User-Agent", tag, [("User-Agent", "cri-o/1.28 os/linux arch/arm64")],
+             "linux/arm64/v8"),
+            ("group by path", "/edge" + tag, [], "linux/arm/v7"),
+        ]
+        for what, path, extra, plat in cases:
+            want = self.img.by_platform[plat]["manifest"]
+            for accept in ([("Accept", t) for t in single], [("Accept", ", ".join(single))],
+                           [("Accept", single[1])]):
+                r = lab.get(hp, path, accept + extra)
+                self.assertStatus(r, 200, "%s: %s" % (what, accept))
+                self.assertEqual(r.header("Docker-Content-Digest"), want, what)
+                self.assertEqual(lab.sha256_digest(r.body), want, "%s: body's digest" % what)
+                self.assertEqual(r.header("Content-Type"),
+                                 "application/vnd.oci.image.manifest.v1+json")
+                h = lab.head(hp, path, accept + extra)
+                self.assertStatus(h, 200, "HEAD " + what)
+                self.assertEqual(h.header("Docker-Content-Digest"), want, "HEAD " + what)
+        # A client that reads indexes gets the index, by tag.
+        r = lab.get(hp, tag, [("Accept", t) for t in ALL_TYPES])
+        self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        r = lab.get(hp, tag, [("Accept", "*/*")])
+        self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        # By digest: never altered, whatever Accept says: as the upstream answers. (Not */*:
+        # docker-registry answers an OCI index to */* with 404, winch serves it, as before.)
+        for digest in (self.img.index_digest, self.img.by_platform["linux/amd64"]["manifest"]):
+            path = "/v2/%s/manifests/%s" % (self.img.repo, digest)
+            for accept in ([("Accept", t) for t in ALL_TYPES], [("Accept", ", ".join(single))],
+                           [("Accept", INDEX_TYPES[0])], []):
+                direct = lab.get(self.up.direct_hostport, path, accept)
+                r = lab.get(hp, path, accept)
+                self.assertEqual(r.status, direct.status, "by digest %s, %s" % (digest, accept))
+                if direct.status == 200:
+                    self.assertEqual(r.body, direct.body, "by digest, %s" % accept)
+                    self.assertEqual(r.header("Docker-Content-Digest"), digest)
+
+
 if __name__ == "__main__":
     lab.main()
