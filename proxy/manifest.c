@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/glob.h"
 #include "common/log.h"
 #include "common/timeutil.h"
 #include "proxy/fetch.h"
@@ -71,6 +72,7 @@ static void maybe_prefetch(call_t *c, const char *body, size_t len, const char *
     char err[160];
     if (image_parse(body, len, media_type, &img, err, sizeof err) != 0)
         return;
+    prefetch_note_index(c->env->prefetch, img);
     prefetch_index(c, img);
     image_free(img);
 }
@@ -331,6 +333,7 @@ static bool retarget_for_platform(mreq_t *m, const char *body, size_t len, const
         if (idx >= 0) {
             LOG_INFO("req=%llu the client reads no index: serving %s's manifest %s (%s)",
                      (unsigned long long)call_id(c), p, img->refs[idx].digest, sel.source);
+            prefetch_note_index(c->env->prefetch, img);
             prefetch_index(c, img);
             copy_digest(m->target, img->refs[idx].digest);
         } else {
@@ -484,8 +487,30 @@ static void handle_tag(mreq_t *m)
     }
 }
 
+/* A rule with restrict refuses the platform manifests outside its set (known from an index
+ * seen before: a request by digest names no platform). True when refused. */
+static bool restricted(call_t *c)
+{
+    const config_t *cfg = c->env->cfg;
+    if (!c->route.ref_is_digest || cfg->n_platform_rules == 0)
+        return false;
+    const config_platform_rule_t *r = platforms_rule(cfg, c->route.upstream->name, c->route.name);
+    platform_t p;
+    if (!r || !r->restrict_ || prefetch_platform_of(c->env->prefetch, c->route.ref, &p) != 0 ||
+        platform_in(r->platforms, r->n_platforms, &p))
+        return false;
+    char msg[GLOB_MAX + PLATFORM_STR_MAX + 96], ps[PLATFORM_STR_MAX];
+    snprintf(msg, sizeof msg, "platform %s is not allowed by platforms[%zu] (%s)",
+             platform_format(&p, ps, sizeof ps), (size_t)(r - cfg->platform_rules), r->match);
+    LOG_INFO("req=%llu %s refused: %s", (unsigned long long)call_id(c), c->route.ref, msg);
+    reply_denied(c, msg);
+    return true;
+}
+
 void manifest_handle(call_t *c)
 {
+    if (restricted(c))
+        return;
     mreq_t *m = calloc(1, sizeof *m);
     if (!m) {
         reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);

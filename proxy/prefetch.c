@@ -43,8 +43,17 @@ typedef struct job_list {
     size_t n;
 } job_list_t;
 
+/* The platform memory: PLATMEMO_SLOTS entries, ~170 bytes each, allocated on first use. */
+#define PLATMEMO_SLOTS 16384u
+
+typedef struct platmemo {
+    char digest[REF_DIGEST_MAX + 1]; /* "" when empty */
+    platform_t platform;
+} platmemo_t;
+
 struct prefetcher {
     const config_t *cfg;
+    platmemo_t *memo; /* NULL until an index is noted */
     job_list_t queue, running;
     size_t per_up[CONFIG_MAX_UPSTREAMS];
     bool pumping;
@@ -315,6 +324,43 @@ void prefetch_index(call_t *c, const image_t *img)
     pump(pf);
 }
 
+static size_t memo_slot(const char *digest)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = digest; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    return h % PLATMEMO_SLOTS;
+}
+
+void prefetch_note_index(prefetcher_t *pf, const image_t *img)
+{
+    if (!pf || img->kind != IMAGE_INDEX)
+        return;
+    if (!pf->memo && !(pf->memo = calloc(PLATMEMO_SLOTS, sizeof *pf->memo)))
+        return;
+    for (size_t i = 0; i < img->nrefs; i++) {
+        const image_ref_t *r = &img->refs[i];
+        platform_t p;
+        if (r->role != IMAGE_CHILD || !r->has_platform || platforms_is_attestation(r) ||
+            platform_from_parts(r->platform.os, r->platform.arch, r->platform.variant, &p) != 0)
+            continue;
+        platmemo_t *m = &pf->memo[memo_slot(r->digest)];
+        snprintf(m->digest, sizeof m->digest, "%s", r->digest);
+        m->platform = p;
+    }
+}
+
+int prefetch_platform_of(const prefetcher_t *pf, const char *digest, platform_t *out)
+{
+    if (!pf || !pf->memo)
+        return -1;
+    const platmemo_t *m = &pf->memo[memo_slot(digest)];
+    if (strcmp(m->digest, digest) != 0)
+        return -1;
+    *out = m->platform;
+    return 0;
+}
+
 int prefetcher_create(prefetcher_t **out, const config_t *cfg)
 {
     prefetcher_t *pf = calloc(1, sizeof *pf);
@@ -365,5 +411,7 @@ size_t prefetcher_queued(const prefetcher_t *pf)
 
 void prefetcher_free(prefetcher_t *pf)
 {
+    if (pf)
+        free(pf->memo);
     free(pf);
 }

@@ -19,6 +19,13 @@
  * such a rule. */
 void prefetch_index(call_t *c, const image_t *img);
 
+/** Remembers the platform of each platform manifest of the index img (for restrict: a request
+ * by digest names no platform). A bounded, direct-mapped memory: an entry may be overwritten
+ * by another digest, and nothing survives a restart; an unknown digest is not refused. */
+void prefetch_note_index(prefetcher_t *p, const image_t *img);
+/** The platform the last index seen gave digest. Returns 0 with *out set, or -1 if unknown. */
+int prefetch_platform_of(const prefetcher_t *p, const char *digest, platform_t *out);
+
 /** Creates the prefetcher. *out owned by the caller (prefetcher_free). */
 int prefetcher_create(prefetcher_t **out, const config_t *cfg);
 /** Drops the queue and stops every running job (shutdown). Run before the producers are

@@ -249,5 +249,30 @@ class PlatformsTest(lab.TestCase):
                     self.assertEqual(r.header("Docker-Content-Digest"), digest)
 
 
+    def test_restrict(self):
+        self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
+                                                                            "linux/amd64"],
+                                   "restrict": True}]})
+        hp = self.winch.hostport
+        # skopeo copy --all asks for every platform manifest: refused, naming the rule.
+        dest = lab.tmpdir("winch-it-plat-")
+        with self.assertRaises(RuntimeError) as cm:
+            lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest, ["--all"])
+        self.assertIn("denied", str(cm.exception).lower())
+        self.assertIn("is not allowed by platforms[0] (docker.io/lab/*)", str(cm.exception))
+        # The raw answer: 403 DENIED for a platform outside the set, 200 inside.
+        ppc = self.img.by_platform["linux/ppc64le"]["manifest"]
+        r = lab.get(hp, self.img.manifest_path(ppc), [("Accept", t) for t in ALL_TYPES])
+        self.assertOciError(r, 403, "DENIED", "ppc64le by digest")
+        self.assertIn(b"platform linux/ppc64le is not allowed by platforms[0]", r.body)
+        self.assertEqual(self.upstream_gets(self.img.manifest_path(ppc)), 0,
+                         "a refused manifest was fetched upstream")
+        # The allowed platforms pull.
+        for arch in ("arm64", "amd64"):
+            dest = lab.tmpdir("winch-it-plat-")
+            lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest,
+                            ["--override-arch", arch, "--override-os", "linux"])
+
+
 if __name__ == "__main__":
     lab.main()
