@@ -145,8 +145,7 @@ static const int_field_t int_fields[] = {
     {"index_map_size", offsetof(config_t, index_map_size), true, MIB, TIB, 4 * GIB},
     /* Issue 11: prefetch of the platform manifests, configs and layers of an index. */
     {"prefetch_max_concurrent", offsetof(config_t, prefetch_max_concurrent), false, 1, 1024, 8},
-    {"prefetch_max_per_upstream", offsetof(config_t, prefetch_max_per_upstream), false, 1, 1024,
-     4},
+    {"prefetch_max_per_upstream", offsetof(config_t, prefetch_max_per_upstream), false, 1, 1024, 4},
     {"prefetch_max_queue", offsetof(config_t, prefetch_max_queue), false, 1, 1000000, 4096},
 };
 
