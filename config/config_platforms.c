@@ -212,7 +212,9 @@ static int parse_cidr(const diag_t *d, const char *field, const char *s, config_
         if (pl == 0 || pl > 3 || strspn(p, "0123456789") != pl || (pl > 1 && p[0] == '0'))
             return diag_fail(d, field, "%s: the prefix length is not a number",
                              diag_quote(q, sizeof q, s, strlen(s)));
-        prefix = (unsigned)atoi(p);
+        prefix = 0;
+        for (size_t i = 0; i < pl; i++)
+            prefix = prefix * 10 + (unsigned)(p[i] - '0');
         if (prefix > max)
             return diag_fail(d, field, "%s: the prefix length is over %u",
                              diag_quote(q, sizeof q, s, strlen(s)), max);
@@ -322,7 +324,7 @@ static int parse_group(config_t *c, const diag_t *d, size_t idx, const json_t *v
         return diag_fail(d, field, "%s: expected 1..%d of [a-z0-9._-]",
                          diag_quote(q, sizeof q, name, nl), CONFIG_GROUP_NAME_MAX);
     for (size_t i = 0; i < idx; i++)
-        if (strcmp(c->client_groups[i].name, name) == 0)
+        if (c->client_groups[i].name && strcmp(c->client_groups[i].name, name) == 0)
             return diag_fail(d, field, "%s is also client_groups[%zu].name",
                              diag_quote(q, sizeof q, name, nl), i);
     if (!(g->name = strdup(name)))

@@ -53,8 +53,11 @@ typedef struct platmemo {
 
 struct prefetcher {
     const config_t *cfg;
-    platmemo_t *memo; /* NULL until an index is noted */
-    job_list_t queue, running;
+    platmemo_t *memo;   /* NULL until an index is noted */
+    job_t *queue;       /* FIFO, singly linked through next */
+    job_t **queue_tail; /* the last next field (or &queue) */
+    size_t queued;
+    job_list_t running;
     size_t per_up[CONFIG_MAX_UPSTREAMS];
     bool pumping;
     bool stopped;
@@ -87,9 +90,9 @@ static void list_remove(job_list_t *l, job_t *j)
     l->n--;
 }
 
-static bool list_has(const job_list_t *l, const char *digest)
+static bool chain_has(const job_t *j, const char *digest)
 {
-    for (const job_t *j = l->head; j; j = j->next)
+    for (; j; j = j->next)
         if (strcmp(j->bg.route.ref, digest) == 0)
             return true;
     return false;
@@ -101,6 +104,10 @@ static void pump(prefetcher_t *pf);
 static void job_done(job_t *j)
 {
     prefetcher_t *pf = j->pf;
+    if (pf->stopped) { /* prefetcher_cancel_all took the lists already */
+        free(j);
+        return;
+    }
     list_remove(&pf->running, j);
     pf->per_up[j->up]--;
     free(j);
@@ -111,9 +118,9 @@ static void job_done(job_t *j)
 static void enqueue(prefetcher_t *pf, const call_t *tmpl, enum job_kind kind, const char *digest,
                     uint64_t size)
 {
-    if (pf->stopped || list_has(&pf->queue, digest) || list_has(&pf->running, digest))
+    if (pf->stopped || chain_has(pf->queue, digest) || chain_has(pf->running.head, digest))
         return;
-    if (pf->queue.n >= pf->cfg->prefetch_max_queue) {
+    if (pf->queued >= pf->cfg->prefetch_max_queue) {
         if (pf->dropped++ % 1000 == 0)
             LOG_WARN("prefetch: queue full (prefetch_max_queue %u): %s not prefetched",
                      pf->cfg->prefetch_max_queue, digest);
@@ -135,7 +142,9 @@ static void enqueue(prefetcher_t *pf, const call_t *tmpl, enum job_kind kind, co
     snprintf(j->bg.route.ref, sizeof j->bg.route.ref, "%s", digest);
     j->bg.route.ref_is_digest = true;
     j->bg.cache_status = "prefetch";
-    list_push(&pf->queue, j);
+    *pf->queue_tail = j;
+    pf->queue_tail = &j->next;
+    pf->queued++;
 }
 
 /* The config and layers of a platform manifest. */
@@ -267,20 +276,24 @@ static void pump(prefetcher_t *pf)
     for (;;) {
         if (pf->stopped || pf->running.n >= pf->cfg->prefetch_max_concurrent)
             break;
-        job_t *j = pf->queue.head;
-        while (j && pf->per_up[j->up] >= pf->cfg->prefetch_max_per_upstream)
-            j = j->next;
+        job_t **link = &pf->queue;
+        while (*link && pf->per_up[(*link)->up] >= pf->cfg->prefetch_max_per_upstream)
+            link = &(*link)->next;
+        job_t *j = *link;
         if (!j)
             break;
-        list_remove(&pf->queue, j);
+        *link = j->next;
+        if (!j->next)
+            pf->queue_tail = link;
+        j->next = NULL;
+        pf->queued--;
+        /* Linked only once started: nothing a start does calls back into this job. */
+        if (j->kind == JOB_MANIFEST ? manifest_start(j) : blob_start(j)) {
+            free(j);
+            continue;
+        }
         list_push(&pf->running, j);
         pf->per_up[j->up]++;
-        bool over = j->kind == JOB_MANIFEST ? manifest_start(j) : blob_start(j);
-        if (over) {
-            list_remove(&pf->running, j);
-            pf->per_up[j->up]--;
-            free(j);
-        }
     }
     pf->pumping = false;
 }
@@ -367,34 +380,38 @@ int prefetcher_create(prefetcher_t **out, const config_t *cfg)
     if (!pf)
         return -ENOMEM;
     pf->cfg = cfg;
+    pf->queue_tail = &pf->queue;
     *out = pf;
     return 0;
 }
 
 void prefetcher_cancel_all(prefetcher_t *pf)
 {
-    if (!pf)
+    if (!pf || pf->stopped)
         return;
     pf->stopped = true;
-    while (pf->queue.head) {
-        job_t *j = pf->queue.head;
-        list_remove(&pf->queue, j);
+    for (job_t *j = pf->queue, *next; j; j = next) {
+        next = j->next;
         free(j);
     }
-    pf->pumping = true; /* job_done must not start anything now */
-    while (pf->running.head) {
-        job_t *j = pf->running.head;
+    job_t *run = pf->running.head;
+    pf->queue = NULL;
+    pf->queue_tail = &pf->queue;
+    pf->queued = 0;
+    pf->running = (job_list_t){0};
+    memset(pf->per_up, 0, sizeof pf->per_up);
+    for (job_t *j = run, *next; j; j = next) {
+        next = j->next;
         if (j->kind == JOB_BLOB) {
             fill_unsubscribe(&j->sub);
             fill_unref(j->fill);
-            j->fill = NULL;
-            job_done(j);
+            free(j);
         } else if (j->bg.cancel) {
             void (*cancel)(call_t *) = j->bg.cancel;
             j->bg.cancel = NULL;
-            cancel(&j->bg); /* runs manifest_free_cb: job_done */
+            cancel(&j->bg); /* runs manifest_free_cb: job_done frees j */
         } else {
-            job_done(j);
+            free(j);
         }
     }
 }
@@ -406,7 +423,7 @@ size_t prefetcher_running(const prefetcher_t *pf)
 
 size_t prefetcher_queued(const prefetcher_t *pf)
 {
-    return pf->queue.n;
+    return pf->queued;
 }
 
 void prefetcher_free(prefetcher_t *pf)
