@@ -143,6 +143,10 @@ static const int_field_t int_fields[] = {
      3600000, 5000},
     /* LMDB reserves the map as address space only; 1 TiB is far beyond any index. */
     {"index_map_size", offsetof(config_t, index_map_size), true, MIB, TIB, 4 * GIB},
+    /* Issue 11: prefetch of the platform manifests, configs and layers of an index. */
+    {"prefetch_max_concurrent", offsetof(config_t, prefetch_max_concurrent), false, 1, 1024, 8},
+    {"prefetch_max_per_upstream", offsetof(config_t, prefetch_max_per_upstream), false, 1, 1024, 4},
+    {"prefetch_max_queue", offsetof(config_t, prefetch_max_queue), false, 1, 1000000, 4096},
 };
 
 const int_field_t *config_int_field(const char *name)
@@ -205,6 +209,7 @@ void config_free(config_t *c)
         return;
     config_upstreams_clear(c);
     config_policy_free(c);
+    config_platforms_free(c);
     free(c->listen_host);
     free(c->tls_listen_host);
     free(c->tls_cert);
@@ -464,5 +469,6 @@ int config_check_whole(const config_t *c, const diag_t *d)
     int rc = config_policy_check(c, d);
     if (rc < 0)
         return rc;
-    return config_auth_check_whole(c, d);
+    rc = config_auth_check_whole(c, d);
+    return rc < 0 ? rc : config_platforms_check(c, d);
 }

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/platform.h"
+
 #define CONFIG_MAX_UPSTREAMS 32
 #define CONFIG_MAX_ALLOW_HOSTS 64
 
@@ -44,6 +46,45 @@ typedef struct config_policy_rule {
     bool audit;                  /* refusals logged, not enforced */
     char *message;               /* owned; appended to refusals; NULL when none */
 } config_policy_rule_t;
+
+/* ---- Platforms and client groups (issue 11; parsed in config_platforms.c) ------------------ */
+
+#define CONFIG_MAX_PLATFORM_RULES 256
+#define CONFIG_MAX_PLATFORMS 32 /* platforms in one rule or group */
+#define CONFIG_MAX_CLIENT_GROUPS 64
+#define CONFIG_MAX_GROUP_CIDRS 64 /* per group */
+#define CONFIG_GROUP_NAME_MAX 64
+#define CONFIG_PATH_PREFIX_MAX 128
+
+/** One rule of "platforms": the first whose match fits a repository decides which platforms
+ * of its indexes winch cares about. */
+typedef struct config_platform_rule {
+    char *match;           /* owned; glob over "UPSTREAM/REPOSITORY" (common/glob.h) */
+    platform_t *platforms; /* owned; n_platforms (>= 1), normalised, no duplicates */
+    size_t n_platforms;
+    bool prefetch;     /* an index fetches its platforms' manifests, configs, layers ahead */
+    bool attestations; /* prefetch attestation manifests too (needs prefetch) */
+    bool filter;       /* tag requests get an index of the allowed platforms only */
+    bool restrict_;    /* "restrict": platform manifests outside the set are refused (403) */
+} config_platform_rule_t;
+
+/** An IPv4 or IPv6 network of a client group. */
+typedef struct config_cidr {
+    bool v6;
+    uint8_t addr[16]; /* network byte order; host bits zero */
+    uint8_t prefix;   /* 0..32 or 0..128 */
+} config_cidr_t;
+
+/** One of "client_groups": clients recognised by source address or by a path prefix on the
+ * mirror URL, whose platform set replaces the matching rule's. */
+typedef struct config_client_group {
+    char *name;           /* owned; unique; [a-z0-9._-]{1,64} */
+    config_cidr_t *cidrs; /* owned; n_cidrs (may be 0) */
+    size_t n_cidrs;
+    char *path_prefix;     /* owned; "/edge" (no trailing '/'); NULL when none */
+    platform_t *platforms; /* owned; n_platforms (>= 1) */
+    size_t n_platforms;
+} config_client_group_t;
 
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */
@@ -208,6 +249,14 @@ typedef struct config {
 
     /* Client authentication (config_auth.c). */
     config_auth_t *auth; /* owned; NULL: no client authentication (everyone reads everything) */
+    /* Platforms (config_platforms.c): rules in order, client groups, prefetch bounds. */
+    config_platform_rule_t *platform_rules; /* owned; n_platform_rules; NULL when none */
+    size_t n_platform_rules;
+    config_client_group_t *client_groups; /* owned; n_client_groups; NULL when none */
+    size_t n_client_groups;
+    uint32_t prefetch_max_concurrent;   /* prefetch fetches running at once; default 8 */
+    uint32_t prefetch_max_per_upstream; /* of them, to one upstream; default 4 */
+    uint32_t prefetch_max_queue;        /* prefetch fetches waiting; more are dropped; 4096 */
 } config_t;
 
 /** Parses a size: digits (bytes) with an optional unit B, KB, MB, GB, TB (powers of 1000) or

@@ -416,6 +416,10 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
             rc = config_parse_policy(c, d, v);
         } else if (strcmp(key, "auth") == 0) {
             rc = config_auth_parse(c, d, v);
+        } else if (strcmp(key, "platforms") == 0) {
+            rc = config_parse_platforms(c, d, v);
+        } else if (strcmp(key, "client_groups") == 0) {
+            rc = config_parse_client_groups(c, d, v);
         } else {
             const int_field_t *f = config_int_field(key);
             if (f) {

@@ -216,4 +216,16 @@ int config_policy_check(const config_t *c, const diag_t *d);
 /** Frees the rules; c->policy is NULL afterwards. */
 void config_policy_free(config_t *c);
 
+/* ---- Platforms and client groups (config_platforms.c) ------------------------------------- */
+
+/** Parses the "platforms" array over c (replacing any rules there). */
+int config_parse_platforms(config_t *c, const diag_t *d, const struct json_t *v);
+/** Parses the "client_groups" array over c (replacing any groups there). */
+int config_parse_client_groups(config_t *c, const diag_t *d, const struct json_t *v);
+/** The checks that need the final upstream list and every field: each rule's match names a
+ * configured upstream (or starts with a glob); prefetch bounds agree. */
+int config_platforms_check(const config_t *c, const diag_t *d);
+/** Frees the rules and groups. */
+void config_platforms_free(config_t *c);
+
 #endif

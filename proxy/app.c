@@ -35,6 +35,8 @@
 #include "proxy/negcache.h"
 #include "proxy/oci.h"
 #include "proxy/ops.h"
+#include "proxy/platforms.h"
+#include "proxy/prefetch.h"
 #include "proxy/producer.h"
 #include "proxy/reply.h"
 #include "proxy/retention.h"
@@ -56,6 +58,7 @@ struct app {
     revalidator_t *revalidator;
     blob_producers_t *producers;
     negcache_t *neg; /* upstream 404s, remembered briefly */
+    prefetcher_t *prefetch;
     policy_t *policy;
     retention_t *retention;
     access_t *access; /* client authentication; NULL when off */
@@ -205,7 +208,18 @@ static void on_request(req_t *r, void *arg)
         return;
     }
     route_error_t rerr;
-    if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {
+    /* A client group's mirror URL (http://winch/edge): its path prefix is the group's, and
+     * the rest routes like any /v2/ request. Else the group is the source address's. */
+    const char *target = req_target(r);
+    size_t tlen = req_target_len(r), plen = 0;
+    c->group = platforms_group_by_path(a->cfg, target, tlen, &plen);
+    if (c->group) {
+        target += plen;
+        tlen -= plen;
+    } else {
+        c->group = platforms_group_by_peer(a->cfg, req_peer(r));
+    }
+    if (route_parse(&c->route, a->cfg, m, target, tlen, &rerr) != 0) {
         reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
         return;
     }
@@ -341,7 +355,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     if ((rc = flight_table_create(&a->fetches)) < 0 ||
         (rc = blob_producers_create(&a->producers)) < 0 ||
         (rc = revalidator_create(&a->revalidator)) < 0 ||
-        (rc = negcache_create(&a->neg, APP_NEGCACHE_MAX)) < 0)
+        (rc = negcache_create(&a->neg, APP_NEGCACHE_MAX)) < 0 ||
+        (rc = prefetcher_create(&a->prefetch, cfg)) < 0)
         goto fail;
     if ((rc = metrics_create(&a->metrics, cfg->n_upstreams, time_wall_ms())) < 0)
         goto fail;
@@ -396,6 +411,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .revalidator = a->revalidator,
         .retention = a->retention,
         .policy = a->policy,
+        .prefetch = a->prefetch,
         .policy_clock_offset_ms = app_test_clock_offset_ms(),
         .metrics = a->metrics,
     };
@@ -464,6 +480,7 @@ void app_shutdown(app_t *a)
     a->shut = true;
     server_shutdown(a->server);
     access_shutdown(a->access);
+    prefetcher_cancel_all(a->prefetch);
     blob_producers_cancel_all(a->producers);
     revalidator_cancel_all(a->revalidator);
     retention_stop(a->retention);
@@ -478,6 +495,7 @@ void app_destroy(app_t *a)
 {
     if (!a)
         return;
+    prefetcher_cancel_all(a->prefetch); /* its fetches are requests of the clients closed next */
     close_upstreams(a);
     server_destroy(a->server);
     tls_ctx_free(a->tls_ctx); /* every TLS conn is closed by now */
@@ -487,6 +505,7 @@ void app_destroy(app_t *a)
         health_destroy(a->health[i]);
     revalidator_free(a->revalidator);
     retention_free(a->retention);
+    prefetcher_free(a->prefetch);
     blob_producers_free(a->producers);
     negcache_free(a->neg);
     if (a->fetches && flight_table_count(a->fetches))

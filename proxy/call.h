@@ -28,6 +28,7 @@ typedef struct access access_t;                 /* access.c */
 typedef struct negcache negcache_t;             /* negcache.c */
 typedef struct health health_t;                 /* health.c */
 typedef struct revalidator revalidator_t;       /* revalidate.c */
+typedef struct prefetcher prefetcher_t;         /* prefetch.c */
 typedef struct metrics metrics_t;               /* metrics.c */
 
 /** Longest user name a call carries (htpasswd users and certificate names). */
@@ -47,6 +48,7 @@ typedef struct call_env {
     struct retention *retention;  /* background eviction (retention.c); told of a full disk */
     const policy_t *policy;       /* the pull-time rules */
     metrics_t *metrics;           /* counters (metrics.h); updated on the loop */
+    prefetcher_t *prefetch;       /* background fetches of an index's platforms (prefetch.c) */
     /* Added to the wall clock for the policy's decisions and the tag history it keeps (soak):
      * 0, except under the test clock (WINCH_TEST_CLOCK_OFFSET_S, app.c). */
     int64_t policy_clock_offset_ms;
@@ -75,6 +77,8 @@ struct call {
     bool joined;                  /* an upstream fetch of another request was joined (fetch.c) */
     bool fill_waiter; /* counted in the metrics' fill waiters until completion (blob.c) */
     uint8_t mroute;   /* enum metrics_route, set when routed (app.c) */
+    /* The client's group (by path prefix, else source address); NULL when none. */
+    const config_client_group_t *group;
 };
 
 /** The request id for logs; 0 for a call that belongs to no client (background work). */

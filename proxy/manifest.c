@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/glob.h"
 #include "common/log.h"
 #include "common/timeutil.h"
 #include "proxy/fetch.h"
@@ -32,6 +33,9 @@
 #include "proxy/manifest.h"
 #include "proxy/manifest_gate.h"
 #include "proxy/negcache.h"
+#include "proxy/oci.h"
+#include "proxy/platforms.h"
+#include "proxy/prefetch.h"
 #include "proxy/reply.h"
 #include "proxy/revalidate.h"
 
@@ -59,6 +63,20 @@ static void manifest_headers(call_t *c, const char *digest, const char *media_ty
     resp_header(c->req, "ETag", "\"%s\"", digest);
 }
 
+/* An index goes out to a client: the content of its client's platforms is prefetched. */
+static void maybe_prefetch(call_t *c, const char *body, size_t len, const char *media_type)
+{
+    if (c->env->cfg->n_platform_rules == 0 || !image_type_is_index(media_type))
+        return;
+    image_t *img;
+    char err[160];
+    if (image_parse(body, len, media_type, &img, err, sizeof err) != 0)
+        return;
+    prefetch_note_index(c->env->prefetch, img);
+    prefetch_index(c, img);
+    image_free(img);
+}
+
 /* Answers with a manifest held in memory (body taken). */
 static void serve_bytes(call_t *c, const char *digest, const char *media_type, char *body,
                         size_t len)
@@ -76,6 +94,7 @@ static void serve_bytes(call_t *c, const char *digest, const char *media_type, c
         resp_send(c->req, 0, NULL, 0, false);
         return;
     }
+    maybe_prefetch(c, body, len, media_type);
     reply_begin(c, 200);
     manifest_headers(c, digest, media_type);
     resp_send(c->req, len, body, len, true);
@@ -103,6 +122,15 @@ static int serve_cached(call_t *c, const char *digest)
         return 0;
     }
     if (req_is_head(c->req)) {
+        if (c->env->cfg->n_platform_rules && image_type_is_index(e.media_type)) {
+            char *b;
+            size_t n;
+            if (cache_read_manifest(c->env->cache, digest, c->env->cfg->max_manifest_bytes, &b,
+                                    &n) == 0) {
+                maybe_prefetch(c, b, n, e.media_type);
+                free(b);
+            }
+        }
         reply_begin(c, 200);
         manifest_headers(c, digest, e.media_type);
         resp_send(c->req, e.size, NULL, 0, false);
@@ -117,6 +145,7 @@ static int serve_cached(call_t *c, const char *digest)
                  (unsigned long long)call_id(c), digest, err_str(err));
         return err;
     }
+    maybe_prefetch(c, body, len, e.media_type);
     reply_begin(c, 200);
     manifest_headers(c, digest, e.media_type);
     resp_send(c->req, len, body, len, true);
@@ -271,12 +300,64 @@ static void obtain(mreq_t *m)
     }
 }
 
+/* A request by tag from a client that reads no index (no index or list type, no wildcard in
+ * Accept) resolved to an index: the target becomes the index's manifest for the client's
+ * platform (its group's, its User-Agent's, the rule's first, else linux/amd64), as registries
+ * have always done for old clients; that platform's content is prefetched as for an index.
+ * body (borrowed, may be NULL: read from the cache) is m->target's. True when retargeted. */
+static bool retarget_for_platform(mreq_t *m, const char *body, size_t len, const char *mt)
+{
+    call_t *c = m->c;
+    if (c->route.ref_is_digest ||
+        (c->accept & (ACCEPT_DOCKER_LIST | ACCEPT_OCI_INDEX | ACCEPT_ANY)))
+        return false;
+    char *owned = NULL, err[160];
+    cache_entry_t e;
+    if (!body) {
+        if (cache_lookup(c->env->cache, m->target, &e) != 0 || e.kind != CACHE_MANIFEST ||
+            !image_type_is_index(e.media_type) ||
+            cache_read_manifest(c->env->cache, m->target, c->env->cfg->max_manifest_bytes, &owned,
+                                &len) != 0)
+            return false;
+        body = owned;
+        mt = e.media_type;
+    }
+    image_t *img = NULL;
+    int idx = -1;
+    if (image_type_is_index(mt) && image_parse(body, len, mt, &img, err, sizeof err) == 0) {
+        platsel_t sel;
+        platforms_select(c, &sel);
+        idx = platforms_pick(img, &sel.set[0]);
+        char p[PLATFORM_STR_MAX];
+        platform_format(&sel.set[0], p, sizeof p);
+        if (idx >= 0) {
+            LOG_INFO("req=%llu the client reads no index: serving %s's manifest %s (%s)",
+                     (unsigned long long)call_id(c), p, img->refs[idx].digest, sel.source);
+            prefetch_note_index(c->env->prefetch, img);
+            prefetch_index(c, img);
+            copy_digest(m->target, img->refs[idx].digest);
+        } else {
+            LOG_INFO("req=%llu the client reads no index and the index has no %s manifest",
+                     (unsigned long long)call_id(c), p);
+        }
+    }
+    image_free(img);
+    free(owned);
+    return idx >= 0;
+}
+
 /* The tag resolved to digest (the upstream's, or the cache's): the policy picks what to serve.
  * body (taken, may be NULL) holds digest's manifest when the check just fetched it. */
 static void resolved(mreq_t *m, const char *digest, char *body, size_t len, const char *mt)
 {
     copy_digest(m->target, mgate_resolved(&m->gate, digest));
-    if (body && strcmp(m->target, digest) == 0) {
+    bool mine = body && strcmp(m->target, digest) == 0;
+    if (retarget_for_platform(m, mine ? body : NULL, len, mine ? mt : NULL)) {
+        free(body);
+        obtain(m);
+        return;
+    }
+    if (mine) {
         deliver(m, body, len, mt);
         return;
     }
@@ -406,8 +487,30 @@ static void handle_tag(mreq_t *m)
     }
 }
 
+/* A rule with restrict refuses the platform manifests outside its set (known from an index
+ * seen before: a request by digest names no platform). True when refused. */
+static bool restricted(call_t *c)
+{
+    const config_t *cfg = c->env->cfg;
+    if (!c->route.ref_is_digest || cfg->n_platform_rules == 0)
+        return false;
+    const config_platform_rule_t *r = platforms_rule(cfg, c->route.upstream->name, c->route.name);
+    platform_t p;
+    if (!r || !r->restrict_ || prefetch_platform_of(c->env->prefetch, c->route.ref, &p) != 0 ||
+        platform_in(r->platforms, r->n_platforms, &p))
+        return false;
+    char msg[GLOB_MAX + PLATFORM_STR_MAX + 96], ps[PLATFORM_STR_MAX];
+    snprintf(msg, sizeof msg, "platform %s is not allowed by platforms[%zu] (%s)",
+             platform_format(&p, ps, sizeof ps), (size_t)(r - cfg->platform_rules), r->match);
+    LOG_INFO("req=%llu %s refused: %s", (unsigned long long)call_id(c), c->route.ref, msg);
+    reply_denied(c, msg);
+    return true;
+}
+
 void manifest_handle(call_t *c)
 {
+    if (restricted(c))
+        return;
     mreq_t *m = calloc(1, sizeof *m);
     if (!m) {
         reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);

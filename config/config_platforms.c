@@ -1,0 +1,421 @@
+/* The "platforms" rules and "client_groups" (README, "Platforms"). Every field is validated
+ * here with a message naming it (platforms[2].platforms[1], client_groups[0].cidrs[3]);
+ * unknown fields, wrong types, bad platforms, duplicate platforms after normalisation
+ * ("linux/arm64/v8" is "linux/arm64"), fields that could never take effect, groups that match
+ * no client and overlapping group prefixes all stop winch at start. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/glob.h"
+#include "config/internal.h"
+
+static const char rule_fields[] = "match, platforms, prefetch, attestations, filter, restrict";
+static const char group_fields[] = "name, cidrs, path_prefix, platforms";
+
+/* Readers return WE_CONFIG themselves so every path returning 0 set *out. */
+static int want_bool(const diag_t *d, const char *field, const json_t *v, bool *out)
+{
+    if (!json_is_boolean(v)) {
+        diag_fail(d, field, "expected true or false, got %s", config_json_type_name(v));
+        return WE_CONFIG;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int want_str(const diag_t *d, const char *field, const json_t *v, const char **out)
+{
+    const char *s = json_string_value(v);
+    if (!s) {
+        diag_fail(d, field, "expected a string, got %s", config_json_type_name(v));
+        return WE_CONFIG;
+    }
+    if (strlen(s) != json_string_length(v)) {
+        diag_fail(d, field, "must not contain a NUL character");
+        return WE_CONFIG;
+    }
+    *out = s;
+    return 0;
+}
+
+/* "platforms": a non-empty array of distinct platforms, into *out (malloc'd). */
+static int parse_platform_list(const diag_t *d, const char *base, const json_t *v, platform_t **out,
+                               size_t *n_out)
+{
+    char field[160], q[80], a[PLATFORM_STR_MAX];
+    snprintf(field, sizeof field, "%s.platforms", base);
+    if (!json_is_array(v))
+        return diag_fail(d, field,
+                         "expected an array of platforms (e.g. [\"linux/amd64\"]), got %s",
+                         config_json_type_name(v));
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return diag_fail(d, field, "must list at least one platform");
+    if (n > CONFIG_MAX_PLATFORMS)
+        return diag_fail(d, field, "at most %d platforms", CONFIG_MAX_PLATFORMS);
+    platform_t *ps = calloc(n, sizeof *ps);
+    if (!ps)
+        return diag_oom(d);
+    *out = ps;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = NULL, *why = NULL;
+        snprintf(field, sizeof field, "%s.platforms[%zu]", base, i);
+        int rc = want_str(d, field, json_array_get(v, i), &s);
+        if (rc < 0)
+            return rc;
+        if (platform_parse(s, strlen(s), &ps[i], &why) != 0)
+            return diag_fail(d, field, "%s is not a platform: %s",
+                             diag_quote(q, sizeof q, s, strlen(s)), why);
+        if (platform_in(ps, i, &ps[i]))
+            return diag_fail(d, field, "%s is listed twice (as %s)",
+                             diag_quote(q, sizeof q, s, strlen(s)),
+                             platform_format(&ps[i], a, sizeof a));
+        *n_out = i + 1;
+    }
+    return 0;
+}
+
+/* A name is UPSTREAM/REPOSITORY: a one-component pattern other than ** matches nothing. */
+static const char *match_problem(const char *m)
+{
+    if (!strchr(m, '/') && strcmp(m, "**") != 0)
+        return "matches no repository (names are UPSTREAM/REPOSITORY; "
+               "e.g. docker.io/** for all of an upstream)";
+    return NULL;
+}
+
+static int parse_rule(config_platform_rule_t *out, const diag_t *d, size_t idx, const json_t *v)
+{
+    char rule[40], field[160], q[80];
+    snprintf(rule, sizeof rule, "platforms[%zu]", idx);
+    if (!json_is_object(v))
+        return diag_fail(d, rule,
+                         "expected an object {\"match\": ..., \"platforms\": [...]}, got %s",
+                         config_json_type_name(v));
+    const char *key, *match = NULL;
+    const json_t *val, *plist = NULL;
+    int rc = 0;
+    json_object_foreach((json_t *)v, key, val)
+    {
+        config_field_path(field, sizeof field, rule, key);
+        if (strcmp(key, "match") == 0)
+            rc = want_str(d, field, val, &match);
+        else if (strcmp(key, "platforms") == 0)
+            plist = val;
+        else if (strcmp(key, "prefetch") == 0)
+            rc = want_bool(d, field, val, &out->prefetch);
+        else if (strcmp(key, "attestations") == 0)
+            rc = want_bool(d, field, val, &out->attestations);
+        else if (strcmp(key, "filter") == 0)
+            rc = want_bool(d, field, val, &out->filter);
+        else if (strcmp(key, "restrict") == 0)
+            rc = want_bool(d, field, val, &out->restrict_);
+        else
+            rc = diag_fail(d, field, "unknown field (a platforms rule has %s)", rule_fields);
+        if (rc < 0)
+            return rc;
+    }
+    snprintf(field, sizeof field, "%s.match", rule);
+    if (!match)
+        return diag_fail(d, field, "missing (a glob over UPSTREAM/REPOSITORY, e.g. docker.io/**)");
+    const char *why;
+    if (!glob_valid(match, &why) || (why = match_problem(match)) != NULL)
+        return diag_fail(d, field, "%s is not a usable glob: %s",
+                         diag_quote(q, sizeof q, match, strlen(match)), why);
+    if (!plist) {
+        snprintf(field, sizeof field, "%s.platforms", rule);
+        return diag_fail(d, field, "missing (e.g. [\"linux/amd64\", \"linux/arm64\"])");
+    }
+    if ((rc = parse_platform_list(d, rule, plist, &out->platforms, &out->n_platforms)) < 0)
+        return rc;
+    if (out->filter) {
+        /* Said at start rather than accepted and ignored. */
+        snprintf(field, sizeof field, "%s.filter", rule);
+        return diag_fail(d, field, "true is not implemented yet (filtered indexes); leave it out");
+    }
+    if (out->attestations && !out->prefetch) {
+        snprintf(field, sizeof field, "%s.attestations", rule);
+        return diag_fail(d, field,
+                         "has no effect: attestations are only prefetched with "
+                         "\"prefetch\": true");
+    }
+    out->match = strdup(match);
+    return out->match ? 0 : diag_oom(d);
+}
+
+static void free_rules(config_t *c)
+{
+    for (size_t i = 0; i < c->n_platform_rules; i++) {
+        free(c->platform_rules[i].match);
+        free(c->platform_rules[i].platforms);
+    }
+    free(c->platform_rules);
+    c->platform_rules = NULL;
+    c->n_platform_rules = 0;
+}
+
+int config_parse_platforms(config_t *c, const diag_t *d, const json_t *v)
+{
+    if (!json_is_array(v))
+        return diag_fail(d, "platforms", "expected an array of rules, got %s",
+                         config_json_type_name(v));
+    size_t n = json_array_size(v);
+    if (n > CONFIG_MAX_PLATFORM_RULES)
+        return diag_fail(d, "platforms", "at most %d rules", CONFIG_MAX_PLATFORM_RULES);
+    free_rules(c);
+    if (n == 0)
+        return 0;
+    c->platform_rules = calloc(n, sizeof *c->platform_rules);
+    if (!c->platform_rules)
+        return diag_oom(d);
+    for (size_t i = 0; i < n; i++) {
+        c->n_platform_rules++; /* counted first: a failing rule is freed with the others */
+        int rc = parse_rule(&c->platform_rules[i], d, i, json_array_get(v, i));
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- Client groups ------------------------------------------------------------------------ */
+
+/* "A.B.C.D/N" or "V6/N" (a bare address is a /32 or /128). Host bits must be zero: a typo in
+ * the prefix length should not silently widen or narrow the group. */
+static int parse_cidr(const diag_t *d, const char *field, const char *s, config_cidr_t *out)
+{
+    char q[80], addr[64];
+    const char *slash = strchr(s, '/');
+    size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+    if (alen == 0 || alen >= sizeof addr)
+        return diag_fail(d, field, "%s is not a CIDR (e.g. 10.20.0.0/16 or fd00::/8)",
+                         diag_quote(q, sizeof q, s, strlen(s)));
+    memcpy(addr, s, alen);
+    addr[alen] = '\0';
+    memset(out, 0, sizeof *out);
+    if (inet_pton(AF_INET, addr, out->addr) == 1) {
+        out->v6 = false;
+    } else if (inet_pton(AF_INET6, addr, out->addr) == 1) {
+        out->v6 = true;
+    } else {
+        return diag_fail(d, field, "%s is not an IPv4 or IPv6 address",
+                         diag_quote(q, sizeof q, addr, alen));
+    }
+    unsigned max = out->v6 ? 128 : 32, prefix = max;
+    if (slash) {
+        const char *p = slash + 1;
+        size_t pl = strlen(p);
+        if (pl == 0 || pl > 3 || strspn(p, "0123456789") != pl || (pl > 1 && p[0] == '0'))
+            return diag_fail(d, field, "%s: the prefix length is not a number",
+                             diag_quote(q, sizeof q, s, strlen(s)));
+        prefix = 0;
+        for (size_t i = 0; i < pl; i++)
+            prefix = prefix * 10 + (unsigned)(p[i] - '0');
+        if (prefix > max)
+            return diag_fail(d, field, "%s: the prefix length is over %u",
+                             diag_quote(q, sizeof q, s, strlen(s)), max);
+    }
+    out->prefix = (uint8_t)prefix;
+    for (unsigned bit = prefix; bit < max; bit++)
+        if (out->addr[bit / 8] & (0x80u >> (bit % 8)))
+            return diag_fail(d, field,
+                             "%s has host bits set (did you mean a shorter address or a "
+                             "longer prefix?)",
+                             diag_quote(q, sizeof q, s, strlen(s)));
+    return 0;
+}
+
+static int parse_cidrs(config_client_group_t *g, const diag_t *d, const char *base, const json_t *v)
+{
+    char field[160];
+    snprintf(field, sizeof field, "%s.cidrs", base);
+    if (!json_is_array(v))
+        return diag_fail(d, field, "expected an array of CIDRs, got %s", config_json_type_name(v));
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return diag_fail(d, field, "must list at least one CIDR (or leave the field out)");
+    if (n > CONFIG_MAX_GROUP_CIDRS)
+        return diag_fail(d, field, "at most %d CIDRs", CONFIG_MAX_GROUP_CIDRS);
+    g->cidrs = calloc(n, sizeof *g->cidrs);
+    if (!g->cidrs)
+        return diag_oom(d);
+    for (size_t i = 0; i < n; i++) {
+        const char *s = NULL;
+        snprintf(field, sizeof field, "%s.cidrs[%zu]", base, i);
+        int rc = want_str(d, field, json_array_get(v, i), &s);
+        if (rc == 0)
+            rc = parse_cidr(d, field, s, &g->cidrs[i]);
+        if (rc < 0)
+            return rc;
+        g->n_cidrs = i + 1;
+    }
+    return 0;
+}
+
+/* "/edge", "/site/a": path segments of [a-z0-9._-], never the registry's own /v2. */
+static int check_prefix(const diag_t *d, const char *field, const char *p)
+{
+    char q[80];
+    size_t n = strlen(p);
+    if (n < 2 || p[0] != '/' || p[n - 1] == '/')
+        return diag_fail(d, field,
+                         "%s: expected a path like \"/edge\" (a leading '/', no "
+                         "trailing '/')",
+                         diag_quote(q, sizeof q, p, n));
+    if (n > CONFIG_PATH_PREFIX_MAX)
+        return diag_fail(d, field, "longer than %d bytes", CONFIG_PATH_PREFIX_MAX);
+    for (size_t i = 1; i < n; i++) {
+        char ch = p[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || is_digit(ch) || ch == '.' || ch == '_' || ch == '-' ||
+                  (ch == '/' && p[i - 1] != '/');
+        if (!ok)
+            return diag_fail(d, field, "%s: segments are made of [a-z0-9._-]",
+                             diag_quote(q, sizeof q, p, n));
+        if (ch == '.' && p[i - 1] == '/' && (i + 1 == n || p[i + 1] == '/' || p[i + 1] == '.'))
+            return diag_fail(d, field, "%s: no \".\" or \"..\" segments",
+                             diag_quote(q, sizeof q, p, n));
+    }
+    if (strcmp(p, "/v2") == 0 || strncmp(p, "/v2/", 4) == 0)
+        return diag_fail(d, field, "must not be /v2 or under it (the registry API lives there)");
+    return 0;
+}
+
+static int parse_group(config_t *c, const diag_t *d, size_t idx, const json_t *v)
+{
+    config_client_group_t *g = &c->client_groups[idx];
+    char base[40], field[160], q[80];
+    snprintf(base, sizeof base, "client_groups[%zu]", idx);
+    if (!json_is_object(v))
+        return diag_fail(d, base,
+                         "expected an object {\"name\": ..., \"platforms\": [...]}, got %s",
+                         config_json_type_name(v));
+    const char *key, *name = NULL, *prefix = NULL;
+    const json_t *val, *plist = NULL, *cidrs = NULL;
+    int rc = 0;
+    json_object_foreach((json_t *)v, key, val)
+    {
+        config_field_path(field, sizeof field, base, key);
+        if (strcmp(key, "name") == 0)
+            rc = want_str(d, field, val, &name);
+        else if (strcmp(key, "path_prefix") == 0)
+            rc = want_str(d, field, val, &prefix);
+        else if (strcmp(key, "cidrs") == 0)
+            cidrs = val;
+        else if (strcmp(key, "platforms") == 0)
+            plist = val;
+        else
+            rc = diag_fail(d, field, "unknown field (a client group has %s)", group_fields);
+        if (rc < 0)
+            return rc;
+    }
+    snprintf(field, sizeof field, "%s.name", base);
+    if (!name)
+        return diag_fail(d, field, "missing (names the group in logs)");
+    size_t nl = strlen(name);
+    bool ok = nl >= 1 && nl <= CONFIG_GROUP_NAME_MAX;
+    for (size_t i = 0; ok && i < nl; i++)
+        ok = (name[i] >= 'a' && name[i] <= 'z') || is_digit(name[i]) || name[i] == '.' ||
+             name[i] == '_' || name[i] == '-';
+    if (!ok)
+        return diag_fail(d, field, "%s: expected 1..%d of [a-z0-9._-]",
+                         diag_quote(q, sizeof q, name, nl), CONFIG_GROUP_NAME_MAX);
+    for (size_t i = 0; i < idx; i++)
+        if (c->client_groups[i].name && strcmp(c->client_groups[i].name, name) == 0)
+            return diag_fail(d, field, "%s is also client_groups[%zu].name",
+                             diag_quote(q, sizeof q, name, nl), i);
+    if (!(g->name = strdup(name)))
+        return diag_oom(d);
+    if (!cidrs && !prefix)
+        return diag_fail(d, base, "matches no client: give cidrs, path_prefix or both");
+    if (cidrs && (rc = parse_cidrs(g, d, base, cidrs)) < 0)
+        return rc;
+    if (prefix) {
+        snprintf(field, sizeof field, "%s.path_prefix", base);
+        if ((rc = check_prefix(d, field, prefix)) < 0)
+            return rc;
+        /* One prefix inside another would make the routing depend on the order. */
+        for (size_t i = 0; i < idx; i++) {
+            const char *o = c->client_groups[i].path_prefix;
+            size_t ol = o ? strlen(o) : 0, pl = strlen(prefix);
+            size_t m = ol < pl ? ol : pl;
+            if (o && strncmp(o, prefix, m) == 0 && (ol == pl || (ol < pl ? prefix : o)[m] == '/'))
+                return diag_fail(d, field, "%s overlaps client_groups[%zu].path_prefix",
+                                 diag_quote(q, sizeof q, prefix, pl), i);
+        }
+        if (!(g->path_prefix = strdup(prefix)))
+            return diag_oom(d);
+    }
+    if (!plist) {
+        snprintf(field, sizeof field, "%s.platforms", base);
+        return diag_fail(d, field, "missing (the platforms this group's clients run)");
+    }
+    return parse_platform_list(d, base, plist, &g->platforms, &g->n_platforms);
+}
+
+static void free_groups(config_t *c)
+{
+    for (size_t i = 0; i < c->n_client_groups; i++) {
+        config_client_group_t *g = &c->client_groups[i];
+        free(g->name);
+        free(g->cidrs);
+        free(g->path_prefix);
+        free(g->platforms);
+    }
+    free(c->client_groups);
+    c->client_groups = NULL;
+    c->n_client_groups = 0;
+}
+
+int config_parse_client_groups(config_t *c, const diag_t *d, const json_t *v)
+{
+    if (!json_is_array(v))
+        return diag_fail(d, "client_groups", "expected an array of groups, got %s",
+                         config_json_type_name(v));
+    size_t n = json_array_size(v);
+    if (n > CONFIG_MAX_CLIENT_GROUPS)
+        return diag_fail(d, "client_groups", "at most %d groups", CONFIG_MAX_CLIENT_GROUPS);
+    free_groups(c);
+    if (n == 0)
+        return 0;
+    c->client_groups = calloc(n, sizeof *c->client_groups);
+    if (!c->client_groups)
+        return diag_oom(d);
+    for (size_t i = 0; i < n; i++) {
+        c->n_client_groups++;
+        int rc = parse_group(c, d, i, json_array_get(v, i));
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int config_platforms_check(const config_t *c, const diag_t *d)
+{
+    char field[48], q[80];
+    if (c->prefetch_max_per_upstream > c->prefetch_max_concurrent)
+        return diag_fail(d, "prefetch_max_per_upstream",
+                         "%u is more than prefetch_max_concurrent (%u)",
+                         c->prefetch_max_per_upstream, c->prefetch_max_concurrent);
+    for (size_t i = 0; i < c->n_platform_rules; i++) {
+        const char *m = c->platform_rules[i].match;
+        size_t first = strcspn(m, "/");
+        if (strcspn(m, "*?") < first || config_upstream_find(c, m, first))
+            continue;
+        snprintf(field, sizeof field, "platforms[%zu].match", i);
+        return diag_fail(d, field,
+                         "%s is not a configured upstream (the first component of match names "
+                         "one, e.g. %s)",
+                         diag_quote(q, sizeof q, m, first), c->upstreams[0].name);
+    }
+    return 0;
+}
+
+void config_platforms_free(config_t *c)
+{
+    free_rules(c);
+    free_groups(c);
+}

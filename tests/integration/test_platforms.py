@@ -1,0 +1,278 @@
+#!/usr/bin/python3
+"""Multi-arch images resolved per client platform (issue 11), against the seeded lab/multi
+index (six platforms, one attestation manifest) in a real docker-registry:
+  - prefetch: with the platform set linux/arm64, one tag request makes winch fetch the arm64
+    manifest, config and layer with no client asking; `skopeo copy --override-arch arm64` then
+    makes no upstream blob or manifest request; no other platform's manifest or layer and no
+    attestation was fetched; a second tag request costs nothing upstream;
+  - client groups: a group by source address (a client bound to 127.0.0.2) and a group by path
+    prefix (/edge/v2/...) each get their own platform prefetched."""
+
+import http.client
+import json
+import os
+import time
+
+import lab
+
+INDEX_TYPES = ["application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json"]
+ALL_TYPES = ["application/vnd.oci.image.manifest.v1+json",
+             "application/vnd.docker.distribution.manifest.v2+json"] + INDEX_TYPES
+
+
+def platform_of(desc):
+    p = desc.get("platform", {})
+    s = "%s/%s" % (p.get("os"), p.get("architecture"))
+    return s + ("/" + p["variant"] if p.get("variant") else "")
+
+
+class Image:
+    """The multi-arch image as the upstream holds it: platform -> manifest, config, layers."""
+
+    def __init__(self, up, repo, tag):
+        self.repo = repo
+        r = lab.get(up.direct_hostport, "/v2/%s/manifests/%s" % (repo, tag),
+                    [("Accept", t) for t in ALL_TYPES])
+        assert r.status == 200, r
+        self.index_digest = r.header("Docker-Content-Digest")
+        self.index = r.json()
+        self.by_platform = {}
+        self.attestations = []
+        for d in self.index["manifests"]:
+            ann = d.get("annotations", {})
+            if ann.get("vnd.docker.reference.type") == "attestation-manifest":
+                self.attestations.append(d["digest"])
+                continue
+            m = lab.get(up.direct_hostport, "/v2/%s/manifests/%s" % (repo, d["digest"]),
+                        [("Accept", d["mediaType"])]).json()
+            self.by_platform[platform_of(d)] = {
+                "manifest": d["digest"], "config": m["config"]["digest"],
+                "layers": [layer["digest"] for layer in m["layers"]]}
+
+    def blobs(self, platform):
+        p = self.by_platform[platform]
+        return [p["config"]] + p["layers"]
+
+    def manifest_path(self, digest):
+        return "/v2/%s/manifests/%s" % (self.repo, digest)
+
+    def blob_path(self, digest):
+        return "/v2/%s/blobs/%s" % (self.repo, digest)
+
+
+def get_from(source, hostport, path, headers):
+    """GET from a given source address (a second loopback address is another client)."""
+    host, port = hostport.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30, source_address=(source, 0))
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        for k, v in headers:
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+class PlatformsTest(lab.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.data = lab.seeded()
+
+    def start(self, config):
+        self.up = lab.seeded_registry()
+        self.addCleanup(self.up.stop)
+        self.winch = lab.Winch([("docker.io", self.up.url)], config=config)
+        self.addCleanup(self.winch.stop)
+        self.img = Image(self.up, self.data["images"]["multi"]["repo"], "v1")
+
+    def upstream_gets(self, path):
+        return self.up.count("GET", path)
+
+    def wait_cached(self, platform, what):
+        paths = [self.img.blob_path(d) for d in self.img.blobs(platform)]
+        paths.append(self.img.manifest_path(self.img.by_platform[platform]["manifest"]))
+        lab.wait_for(lambda: all(self.upstream_gets(p) == 1 for p in paths) and all(
+            os.path.exists(self.winch.blob_path(d))
+            for d in self.img.blobs(platform)), 30, what=what)
+
+    def assert_untouched(self, platforms):
+        for plat in platforms:
+            info = self.img.by_platform[plat]
+            self.assertEqual(self.upstream_gets(self.img.manifest_path(info["manifest"])), 0,
+                             "manifest of %s fetched" % plat)
+            for d in self.img.blobs(plat):
+                self.assertEqual(self.upstream_gets(self.img.blob_path(d)), 0,
+                                 "blob %s of %s fetched" % (d, plat))
+        for d in self.img.attestations:
+            self.assertEqual(self.upstream_gets(self.img.manifest_path(d)), 0,
+                             "attestation %s fetched" % d)
+
+    def test_prefetch_arm64(self):
+        self.start({"platforms": [{"match": "docker.io/**", "platforms": ["linux/arm64"],
+                                   "prefetch": True}]})
+        hp = self.winch.hostport
+        t0 = time.monotonic()
+        r = lab.get(hp, "/v2/%s/manifests/v1" % self.img.repo, [("Accept", t) for t in ALL_TYPES])
+        self.assertStatus(r, 200, "tag request")
+        self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        self.wait_cached("linux/arm64/v8", "the arm64 manifest, config and layer prefetched")
+        lab.log("prefetch of the arm64 image after one tag request: %.2fs" % (time.monotonic() - t0))
+        others = [p for p in self.img.by_platform if p != "linux/arm64/v8"]
+        self.assert_untouched(others)
+
+        before_blobs = self.up.count("GET", contains="/blobs/")
+        before_all = self.up.count()
+        dest = lab.tmpdir("winch-it-plat-")
+        lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest,
+                        ["--override-arch", "arm64", "--override-os", "linux"])
+        self.assertEqual(self.up.count("GET", contains="/blobs/"), before_blobs,
+                         "skopeo's pull of arm64 fetched blobs upstream: %s" % self.up.seen())
+        manifest = json.load(open(dest + "/manifest.json"))
+        self.assertEqual(manifest["config"]["digest"], self.img.by_platform["linux/arm64/v8"]["config"])
+        # skopeo's requests: the tag (a fresh check is a hit within tag_ttl_s) and the arm64
+        # manifest by digest (cached by the prefetch).
+        self.assertEqual(self.up.count(), before_all,
+                         "skopeo's pull went upstream: %s" % self.up.seen()[-5:])
+        self.assert_untouched(others)
+        # A second tag request: everything cached, prefetch costs nothing upstream.
+        r = lab.get(hp, "/v2/%s/manifests/v1" % self.img.repo, [("Accept", t) for t in ALL_TYPES])
+        self.assertStatus(r, 200, "second tag request")
+        time.sleep(0.5)
+        self.assertEqual(self.up.count(), before_all, "a cached prefetch went upstream")
+        self.assertIn("prefetch: 1 manifest of docker.io/%s for linux/arm64 (rule)" % self.img.repo,
+                      self.winch.log())
+
+    def test_attestations_when_asked(self):
+        self.start({"platforms": [{"match": "**", "platforms": ["linux/s390x"],
+                                   "prefetch": True, "attestations": True}]})
+        r = lab.get(self.winch.hostport, "/v2/%s/manifests/v1" % self.img.repo,
+                    [("Accept", t) for t in ALL_TYPES])
+        self.assertStatus(r, 200, "tag request")
+        self.wait_cached("linux/s390x", "s390x prefetched")
+        for d in self.img.attestations:
+            lab.wait_for(lambda d=d: self.upstream_gets(self.img.manifest_path(d)) == 1, 30,
+                         what="the attestation manifest prefetched")
+
+    def test_no_rule_no_prefetch(self):
+        self.start({"platforms": [{"match": "docker.io/other/*", "platforms": ["linux/arm64"],
+                                   "prefetch": True}]})
+        r = lab.get(self.winch.hostport, "/v2/%s/manifests/v1" % self.img.repo,
+                    [("Accept", t) for t in ALL_TYPES])
+        self.assertStatus(r, 200, "tag request")
+        time.sleep(1.0)
+        self.assert_untouched(list(self.img.by_platform))
+
+    def test_client_groups(self):
+        self.start({
+            "platforms": [{"match": "**", "platforms": ["linux/amd64"], "prefetch": True}],
+            "client_groups": [
+                {"name": "second-address", "cidrs": ["127.0.0.2/32"],
+                 "platforms": ["linux/ppc64le"]},
+                {"name": "edge", "path_prefix": "/edge", "platforms": ["linux/arm/v7"]}]})
+        hp = self.winch.hostport
+        accept = [("Accept", t) for t in ALL_TYPES]
+        status, _ = get_from("127.0.0.2", hp, "/v2/%s/manifests/v1" % self.img.repo, accept)
+        self.assertEqual(status, 200)
+        self.wait_cached("linux/ppc64le", "the CIDR group's platform prefetched")
+        r = lab.get(hp, "/edge/v2/%s/manifests/v1" % self.img.repo, accept)
+        self.assertStatus(r, 200, "tag request through /edge")
+        self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        self.wait_cached("linux/arm/v7", "the path group's platform prefetched")
+        # /edge/v2/ is the registry API too; a prefix that is no group's is not.
+        self.assertStatus(lab.get(hp, "/edge/v2/"), 200, "/edge/v2/")
+        self.assertOciError(lab.get(hp, "/other/v2/%s/manifests/v1" % self.img.repo, accept),
+                            404, "UNSUPPORTED", "a prefix that is no group's")
+        self.assert_untouched(["linux/amd64", "linux/arm/v6", "linux/s390x", "linux/arm64/v8"])
+        log = self.winch.log()
+        self.assertIn("for linux/ppc64le (group second-address)", log)
+        self.assertIn("for linux/arm/v7 (group edge)", log)
+
+    def test_user_agent_hint(self):
+        self.start({"platforms": [{"match": "**", "platforms": ["linux/amd64"], "prefetch": True}]})
+        r = lab.get(self.winch.hostport, "/v2/%s/manifests/v1" % self.img.repo,
+                    [("Accept", t) for t in ALL_TYPES] +
+                    [("User-Agent", "docker/24.0.7 go/go1.20 os/linux arch/arm64 "
+                                    "UpstreamClient(Docker-Client/24.0.7)")])
+        self.assertStatus(r, 200, "tag request")
+        self.wait_cached("linux/arm64/v8", "the User-Agent's platform prefetched")
+        self.assert_untouched(["linux/amd64"])
+
+
+    def test_clients_without_index_types(self):
+        self.start({
+            "platforms": [{"match": "**", "platforms": ["linux/s390x", "linux/amd64"],
+                           "prefetch": False}],
+            "client_groups": [{"name": "edge", "path_prefix": "/edge",
+                               "platforms": ["linux/arm/v7"]}]})
+        hp = self.winch.hostport
+        single = ["application/vnd.docker.distribution.manifest.v2+json",
+                  "application/vnd.oci.image.manifest.v1+json"]
+        tag = "/v2/%s/manifests/v1" % self.img.repo
+        cases = [
+            ("rule's first platform", tag, [], "linux/s390x"),
+            ("User-Agent", tag, [("User-Agent", "cri-o/1.28 os/linux arch/arm64")],
+             "linux/arm64/v8"),
+            ("group by path", "/edge" + tag, [], "linux/arm/v7"),
+        ]
+        for what, path, extra, plat in cases:
+            want = self.img.by_platform[plat]["manifest"]
+            for accept in ([("Accept", t) for t in single], [("Accept", ", ".join(single))],
+                           [("Accept", single[1])]):
+                r = lab.get(hp, path, accept + extra)
+                self.assertStatus(r, 200, "%s: %s" % (what, accept))
+                self.assertEqual(r.header("Docker-Content-Digest"), want, what)
+                self.assertEqual(lab.sha256_digest(r.body), want, "%s: body's digest" % what)
+                self.assertEqual(r.header("Content-Type"),
+                                 "application/vnd.oci.image.manifest.v1+json")
+                h = lab.head(hp, path, accept + extra)
+                self.assertStatus(h, 200, "HEAD " + what)
+                self.assertEqual(h.header("Docker-Content-Digest"), want, "HEAD " + what)
+        # A client that reads indexes gets the index, by tag.
+        r = lab.get(hp, tag, [("Accept", t) for t in ALL_TYPES])
+        self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        r = lab.get(hp, tag, [("Accept", "*/*")])
+        self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        # By digest: never altered, whatever Accept says: as the upstream answers. (Not */*:
+        # docker-registry answers an OCI index to */* with 404, winch serves it, as before.)
+        for digest in (self.img.index_digest, self.img.by_platform["linux/amd64"]["manifest"]):
+            path = "/v2/%s/manifests/%s" % (self.img.repo, digest)
+            for accept in ([("Accept", t) for t in ALL_TYPES], [("Accept", ", ".join(single))],
+                           [("Accept", INDEX_TYPES[0])], []):
+                direct = lab.get(self.up.direct_hostport, path, accept)
+                r = lab.get(hp, path, accept)
+                self.assertEqual(r.status, direct.status, "by digest %s, %s" % (digest, accept))
+                if direct.status == 200:
+                    self.assertEqual(r.body, direct.body, "by digest, %s" % accept)
+                    self.assertEqual(r.header("Docker-Content-Digest"), digest)
+
+
+    def test_restrict(self):
+        self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
+                                                                            "linux/amd64"],
+                                   "restrict": True}]})
+        hp = self.winch.hostport
+        # skopeo copy --all asks for every platform manifest: refused, naming the rule.
+        dest = lab.tmpdir("winch-it-plat-")
+        with self.assertRaises(RuntimeError) as cm:
+            lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest, ["--all"])
+        self.assertIn("denied", str(cm.exception).lower())
+        self.assertIn("is not allowed by platforms[0] (docker.io/lab/*)", str(cm.exception))
+        # The raw answer: 403 DENIED for a platform outside the set, 200 inside.
+        ppc = self.img.by_platform["linux/ppc64le"]["manifest"]
+        r = lab.get(hp, self.img.manifest_path(ppc), [("Accept", t) for t in ALL_TYPES])
+        self.assertOciError(r, 403, "DENIED", "ppc64le by digest")
+        self.assertIn(b"platform linux/ppc64le is not allowed by platforms[0]", r.body)
+        self.assertEqual(self.upstream_gets(self.img.manifest_path(ppc)), 0,
+                         "a refused manifest was fetched upstream")
+        # The allowed platforms pull.
+        for arch in ("arm64", "amd64"):
+            dest = lab.tmpdir("winch-it-plat-")
+            lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest,
+                            ["--override-arch", arch, "--override-os", "linux"])
+
+
+if __name__ == "__main__":
+    lab.main()
