@@ -38,6 +38,8 @@ static const struct {
     {"rm", cli_rm},
     {"prune", cli_prune},
     {"verify", cli_verify},
+    {"export", cli_export},
+    {"import", cli_import},
 };
 
 int main(int argc, char **argv)
