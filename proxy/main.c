@@ -38,6 +38,7 @@ static const struct {
     {"rm", cli_rm},
     {"prune", cli_prune},
     {"verify", cli_verify},
+    {"warm", cli_warm},
     {"export", cli_export},
     {"import", cli_import},
 };
