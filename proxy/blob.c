@@ -21,8 +21,10 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "proxy/blob.h"
+#include "proxy/blobhead.h"
 #include "proxy/fetch.h"
 #include "proxy/health.h"
+#include "proxy/passthru.h"
 #include "proxy/reply.h"
 #include "proxy/retention.h"
 
@@ -36,8 +38,12 @@
  * subscribers piece by piece; the upstream is paused only when both buffers are busy. */
 #define PRODUCER_BUF ((size_t)1 << 20)
 
+/* Free space a fill leaves on the cache's filesystem for the index and directories. */
+#define PASS_RESERVE ((uint64_t)4 << 20)
+
 typedef struct producer {
     blob_producers_t *owner;
+    const call_env_t *env;       /* borrowed: the app's */
     health_t *health;            /* borrowed: told how the exchange ended */
     bool answered;               /* the upstream's headers arrived */
     struct retention *retention; /* told when the disk is full */
@@ -191,8 +197,21 @@ static void producer_on_headers(upreq_t *up, void *arg, int status)
         producer_abort(f, fetch_status_err(status));
         return;
     }
+    uint64_t len = upreq_content_length(up);
+    uint64_t room;
+    /* Passing through: a blob that cannot fit is not even started (each client then streams
+     * it from the upstream), rather than written until the disk is full. Not an eviction
+     * trigger: a blob bigger than the space there is would otherwise empty the cache. */
+    if (f->env->cfg->disk_full_pass_through && len != UINT64_MAX &&
+        cache_space_free(f->env->cache, &room) == 0 &&
+        (room < PASS_RESERVE || len > room - PASS_RESERVE)) {
+        LOG_WARN("blob %s: %llu bytes, %llu free on the cache's filesystem: passed through",
+                 f->digest, (unsigned long long)len, (unsigned long long)room);
+        producer_abort(f, -EFBIG);
+        return;
+    }
     const char *ct = upreq_header(up, "Content-Type");
-    int err = fill_set_size(f->fill, upreq_content_length(up), ct);
+    int err = fill_set_size(f->fill, len, ct);
     if (err < 0)
         producer_abort(f, err);
 }
@@ -252,6 +271,7 @@ static void producer_start(call_t *c, fill_t *fill)
     char path[REF_NAME_MAX + 400];
     fetch_path(c, "blobs", c->route.ref, path, sizeof path);
     f->owner = c->env->producers;
+    f->env = c->env;
     f->health = c->health;
     f->retention = c->env->retention;
     f->next = f->owner->head;
@@ -292,44 +312,6 @@ void blob_producers_cancel_all(blob_producers_t *p)
     }
 }
 
-/* ---- Ranges and headers ------------------------------------------------------------------ */
-
-/* verified: the bytes sent will have been checked against the digest (a hit, or a response
- * that reaches the blob's end, whose last byte waits for the verdict). Anything else must not
- * be kept by a cache in between. */
-static void blob_headers(call_t *c, const char *digest, bool verified)
-{
-    resp_header(c->req, "Content-Type", "application/octet-stream");
-    resp_header(c->req, "Docker-Content-Digest", "%s", digest);
-    resp_header(c->req, "ETag", "\"%s\"", digest);
-    resp_header(c->req, "Accept-Ranges", "bytes");
-    resp_header(c->req, "Cache-Control", verified ? "max-age=31536000" : "no-store");
-}
-
-static void reply_416(call_t *c, uint64_t size)
-{
-    reply_begin(c, 416);
-    resp_header(c->req, "Content-Range", "bytes */%llu", (unsigned long long)size);
-    reply_error(c, 0, OCI_RANGE_INVALID, "requested range not satisfiable", NULL);
-}
-
-/* Begins the head for a blob of size; returns the status, and the byte span to send. */
-static int begin_blob_head(call_t *c, const char *digest, uint64_t size, bool verified,
-                           uint64_t *first, uint64_t *count)
-{
-    uint64_t last;
-    int status = http_range_resolve(&c->range, size, first, &last);
-    if (status == 416)
-        return 416;
-    *count = size ? last - *first + 1 : 0;
-    reply_begin(c, status);
-    blob_headers(c, digest, verified || last + 1 == size);
-    if (status == 206)
-        resp_header(c->req, "Content-Range", "bytes %llu-%llu/%llu", (unsigned long long)*first,
-                    (unsigned long long)last, (unsigned long long)size);
-    return status;
-}
-
 /* ---- Hits -------------------------------------------------------------------------------- */
 
 static int serve_hit(call_t *c, const cache_entry_t *e)
@@ -355,9 +337,9 @@ static int serve_hit(call_t *c, const cache_entry_t *e)
                  (unsigned long long)req_id(c->req), digest, err_str(err));
         return err;
     }
-    if (begin_blob_head(c, digest, e->size, true, &first, &count) == 416) {
+    if (blob_begin_head(c, digest, e->size, true, &first, &count) == 416) {
         close(fd);
-        reply_416(c, e->size);
+        blob_reply_416(c, e->size);
         return 0;
     }
     resp_send_file(c->req, count, fd, (off_t)first, count);
@@ -434,6 +416,31 @@ static bool range_waits_for_verdict(const call_t *c, uint64_t size)
     return size <= c->env->cfg->range_verify_max_bytes;
 }
 
+/* on_disk_full "pass_through": a fill that failed for lack of space does not fail its
+ * clients. */
+static bool passes_through(const call_t *c, int err)
+{
+    return c->env->cfg->disk_full_pass_through &&
+           (err == -ENOSPC || err == -EDQUOT || err == -EFBIG);
+}
+
+/* Hands the client over to a stream of its own from the upstream (passthru.c). */
+static void pass_through(sub_t *s)
+{
+    call_t *c = s->c;
+    passthru_from_t from = {.head_sent = s->head_sent,
+                            .size = fill_size(s->fill),
+                            .cur = s->cur,
+                            .end = s->end,
+                            .fill = s->head_sent ? s->fill : NULL};
+    if (from.fill)
+        fill_ref(from.fill);
+    c->cancel = NULL;
+    c->op = NULL;
+    sub_free(s);
+    passthru_start(c, &from);
+}
+
 /* Moves the subscriber as far as the fill allows; called at every notification and after every
  * send completes. Level-triggered: it reads the fill's state each time. */
 static void sub_pump(sub_t *s)
@@ -448,6 +455,10 @@ static void sub_pump(sub_t *s)
     bool verified = fill_verified(f);
     if (st == FILL_FAILED && !verified) {
         int err = fill_error(f);
+        if (passes_through(c, err)) {
+            pass_through(s);
+            return;
+        }
         if (s->head_sent) {
             sub_abort(s);
             return;
@@ -469,11 +480,11 @@ static void sub_pump(sub_t *s)
         if (!verified && range_waits_for_verdict(c, size))
             return;
         uint64_t first, count;
-        if (begin_blob_head(c, c->route.ref, size, verified, &first, &count) == 416) {
+        if (blob_begin_head(c, c->route.ref, size, verified, &first, &count) == 416) {
             c->cancel = NULL;
             c->op = NULL;
             sub_free(s);
-            reply_416(c, size);
+            blob_reply_416(c, size);
             return;
         }
         s->cur = first;
