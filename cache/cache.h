@@ -194,8 +194,9 @@ int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb 
 int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
                   const char *digest, cache_done_cb cb, void *arg);
 
-/** Whether upstream/repo is known to hold digest: one of the repository's stored manifests
- * references it (or is it), or cache_owner_set recorded that the upstream served it there.
+/** Whether upstream/repo is known to hold digest (repo NULL: any repository of upstream): one
+ * of the repository's stored manifests references it (or is it), or cache_owner_set recorded
+ * that the upstream served it there.
  * Sees writes this process queued but has not committed. On 0, *size (may be NULL) gets the
  * size recorded with it (the descriptor's). Returns 0, WE_NOTFOUND, WE_INDEX. */
 int cache_owner_get(cache_t *c, const char *upstream, const char *repo, const char *digest,
@@ -219,6 +220,66 @@ int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
 int cache_repos_each(cache_t *c, const char *upstream, const char *after,
                      int (*fn)(void *arg, const char *repo), void *arg);
 
+/* ---- Pins and tag history (pins.c) -------------------------------------------------------
+ * Two small records per (upstream, repo, tag), kept beside the tags for the policy (which the
+ * cache knows nothing of): pins set with `winch pin`, and what soak needs to know of a tag.
+ *
+ * Retention: a pinned manifest and everything its references reach (refs) are never evicted,
+ * whether the pin is stored here (pins_read.c marks them) or written in the configuration
+ * (passed as cache_gc_opts_t.keep: config_pin_digests). */
+
+#define CACHE_PIN_STORED 1 /* cache_pin_t.source: set with winch pin */
+
+/** A stored pin: the tag resolves to digest for every client until it is removed. */
+typedef struct cache_pin {
+    char digest[REF_DIGEST_MAX + 1];
+    int64_t set_ms; /* wall clock, when it was set */
+    int source;     /* CACHE_PIN_STORED */
+} cache_pin_t;
+
+/** The stored pin of upstream/repo:tag (sees writes this process queued): 0 and *out,
+ * WE_NOTFOUND, or WE_INDEX. A read transaction on the loop thread (cheap: no I/O beyond the
+ * mmap), so a pin set by another process is seen by the next request after its commit. */
+int cache_pin_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  cache_pin_t *out);
+
+/** Stores (or replaces) the pin of upstream/repo:tag -> digest, now. Asynchronous: cb (may be
+ * NULL) runs on the loop thread after the commit, with 0 or an error. Returns 0 when queued,
+ * WE_INVALID (cb never runs) for bad names, tag or digest. */
+int cache_pin_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  const char *digest, cache_done_cb cb, void *arg);
+
+/** Removes the pin of upstream/repo:tag; cb gets 0, WE_NOTFOUND when there was none, or an
+ * error. Returns 0 when queued, WE_INVALID for bad names. */
+int cache_pin_delete(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                     cache_done_cb cb, void *arg);
+
+/** Visits the committed stored pins in key order (upstream, repo, tag), with their records: all
+ * of them when upstream is NULL, else those of upstream (and of repo, when not NULL: a prefix
+ * scan). fn returns nonzero to stop. Returns 0 or WE_INDEX. */
+int cache_pins_list(cache_t *c, const char *upstream, const char *repo,
+                    int (*fn)(void *arg, const char *upstream, const char *repo, const char *tag,
+                              const cache_pin_t *pin),
+                    void *arg);
+
+/** What is remembered of a tag for soak: the digest last served for it, and the digest its
+ * upstream last announced with when that digest was first seen (on the caller's clock). */
+typedef struct cache_tag_history {
+    char served[REF_DIGEST_MAX + 1]; /* "" when none */
+    char seen[REF_DIGEST_MAX + 1];   /* "" when none */
+    int64_t seen_first_ms;
+} cache_tag_history_t;
+
+/** The history of upstream/repo:tag (sees writes this process queued): 0, WE_NOTFOUND,
+ * WE_INDEX. Loop thread. */
+int cache_tag_history_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                          cache_tag_history_t *out);
+
+/** Replaces the history of upstream/repo:tag with *h (copied). Asynchronous like
+ * cache_pin_set; returns 0 when queued, WE_INVALID for bad names or digests. */
+int cache_tag_history_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                          const cache_tag_history_t *h, cache_done_cb cb, void *arg);
+
 /* ---- Fills: one download per digest ----------------------------------------------------- */
 
 enum fill_state {
@@ -230,11 +291,15 @@ enum fill_state {
 
 #define FILL_SIZE_UNKNOWN UINT64_MAX
 
-/** Single flight. Returns the fill already running for digest, or creates one (with its temp
- * file) and sets *created: the caller is then the producer and must end it with fill_finish
- * or fill_fail. Either way the caller holds one reference (fill_unref). digest must be valid.
- * A digest that is already published gets a new fill too: check cache_lookup first. */
+/** Single flight. Returns the fill already running for digest, or creates one and sets
+ * *created: the caller is then the producer and must end it with fill_finish or fill_fail.
+ * Either way the caller holds one reference (fill_unref). digest must be valid. A new fill has
+ * no file and no fd until fill_set_size (nothing on disk for a fill whose upstream never
+ * answers). A digest that is already published gets a new fill too: check cache_lookup first. */
 int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created);
+
+/** True while a fill for digest runs (not yet DONE or FAILED): fill_get would join it. */
+bool fill_running(cache_t *c, const char *digest);
 
 void fill_ref(fill_t *f);
 /** Drops a reference; the last one closes the fill's read fd at once and frees its memory on a
@@ -246,9 +311,10 @@ void fill_unref(fill_t *f);
 /* Producer side. */
 
 /** Announces the total size (FILL_SIZE_UNKNOWN for a chunked upstream) and the media type
- * (borrowed, copied; may be NULL; one longer than 127 bytes is dropped). WAITING -> STREAMING;
- * subscribers are notified asynchronously. Returns 0, fill_error() if already FAILED, or
- * -EINVAL when not WAITING. */
+ * (borrowed, copied; may be NULL; one longer than 127 bytes is dropped), and creates the fill's
+ * temp file. WAITING -> STREAMING; subscribers are notified asynchronously. Returns 0,
+ * fill_error() if already FAILED, -EINVAL when not WAITING, or the temp file's -errno (the fill
+ * is then FAILED with it). */
 int fill_set_size(fill_t *f, uint64_t size, const char *media_type);
 
 typedef void (*fill_write_cb)(void *arg, int status);
@@ -308,8 +374,9 @@ bool fill_verified(const fill_t *f);
 const char *fill_media_type(const fill_t *f); /* borrowed; "" if none */
 const char *fill_digest(const fill_t *f);     /* borrowed */
 /** A read-only fd on the fill's file, valid while the caller holds a reference, across the
- * publishing rename. Read it only with explicit offsets (pread, sendfile with an offset) below
- * fill_written(). Borrowed: do not close. */
+ * publishing rename; -1 before fill_set_size (or fill_finish) made the file. Read it only with
+ * explicit offsets (pread, sendfile with an offset) below fill_written(). Borrowed: do not
+ * close. */
 int fill_fd(const fill_t *f);
 
 /* ---- Hashing ---------------------------------------------------------------------------- */

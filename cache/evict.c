@@ -135,7 +135,7 @@ static bool used_since(struct gc_run *g, MDB_txn *t, const gc_item_t *it)
         uint32_t pulls;
         k = (MDB_val){r->klen, (void *)r->key};
         if (mdb_get(t, c->dbi_tags, &k, &v) == 0 &&
-            (walk_tag_decode(&v, digest, &checked) || checked != r->checked_ms ||
+            (index_tag_decode(&v, digest, &checked) || checked != r->checked_ms ||
              strcmp(digest, r->digest) != 0))
             return true;
         return mdb_get(t, c->dbi_tagstats, &k, &v) == 0 &&

@@ -2,10 +2,12 @@
  *
  * Lifecycle (states WAITING -> STREAMING -> DONE | FAILED; fill_state() tells which)
  *
- *   fill_get (miss)        creates tmp/<seq>.<hex>.part (write fd) and a read-only fd on it,
- *                          enters the single-flight table; state WAITING; the caller is the
+ *   fill_get (miss)        enters the single-flight table; state WAITING; the caller is the
  *                          producer. Later fill_get calls for the digest return the same fill.
- *   fill_set_size          WAITING -> STREAMING (size may stay unknown for chunked upstreams).
+ *                          No file yet: a fill whose upstream never answers (a queue full of
+ *                          requests for blobs that do not exist) costs memory, not fds.
+ *   fill_set_size          creates tmp/<seq>.<hex>.part (write fd) and a read-only fd on it;
+ *                          WAITING -> STREAMING (size may stay unknown for chunked upstreams).
  *   fill_write (repeated)  one at a time: a threadpool job hashes the chunk and pwrites it at
  *                          `written`; back on the loop, written grows, subscribers are
  *                          notified, then the producer's callback runs (and sends the next).
@@ -73,8 +75,8 @@ struct fill {
     int err;
     uint64_t size, written;
     int wfd;       /* producer side; owned by the job in flight, closed at publish or cleanup */
-    int rfd;       /* fill_fd; closed with the last reference */
-    bool tmp_gone; /* the temp file was renamed or unlinked */
+    int rfd;       /* fill_fd; closed with the last reference; -1 until the temp file exists */
+    bool tmp_gone; /* no temp file: not made yet (fill_set_size makes it), renamed or unlinked */
     bool finish_called; /* the producer called fill_finish: fill_fail no longer applies */
     bool verified;      /* every byte is in and hashes to the digest (publishing may go on) */
     digester_t *dg;
@@ -311,6 +313,11 @@ static void fill_fail_now(fill_t *f, int err)
 
 /* ---- Producer -------------------------------------------------------------------------------- */
 
+bool fill_running(cache_t *c, const char *digest)
+{
+    return table_find(c, digest) != NULL;
+}
+
 int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created)
 {
     enum ref_alg alg;
@@ -333,18 +340,12 @@ int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created)
         return -ENOMEM;
     f->c = c;
     f->wfd = f->rfd = -1;
+    f->tmp_gone = true; /* none yet */
     f->size = FILL_SIZE_UNKNOWN;
     f->state = FILL_WAITING;
     memcpy(f->digest, digest, n + 1);
     if ((rc = digester_new(&f->dg, alg)))
         goto fail;
-    if ((rc = store_create_temp(c, c->tmp_seq++, digest, &f->wfd, &f->tmp_path)))
-        goto fail;
-    f->rfd = open(f->tmp_path, O_RDONLY | O_CLOEXEC);
-    if (f->rfd < 0) {
-        rc = -errno;
-        goto fail;
-    }
     /* Last: from here on, freeing the fill goes through uv_close. */
     if ((rc = uv_timer_init(c->loop, &f->kick)))
         goto fail;
@@ -356,16 +357,25 @@ int fill_get(cache_t *c, const char *digest, fill_t **out, bool *created)
     return 0;
 fail:
     LOG_ERROR("cache: cannot start a fill for %s: %s", digest, err_str(rc));
-    if (f->rfd >= 0)
-        close(f->rfd);
-    if (f->wfd >= 0)
-        close(f->wfd);
-    if (f->tmp_path)
-        unlink(f->tmp_path);
-    free(f->tmp_path);
     digester_free(f->dg);
     free(f);
     return rc;
+}
+
+/* The temp file and its two fds, made when the producer knows the upstream answered. */
+static int make_temp(fill_t *f)
+{
+    cache_t *c = f->c;
+    char *path = NULL;
+    int rc = store_create_temp(c, c->tmp_seq++, f->digest, &f->wfd, &path);
+    if (rc || !path)
+        return rc ? rc : -ENOMEM;
+    f->tmp_path = path;
+    f->tmp_gone = false;
+    f->rfd = open(f->tmp_path, O_RDONLY | O_CLOEXEC);
+    if (f->rfd < 0)
+        return -errno; /* fill_fail_now removes the file and closes wfd */
+    return 0;
 }
 
 int fill_set_size(fill_t *f, uint64_t size, const char *media_type)
@@ -374,6 +384,12 @@ int fill_set_size(fill_t *f, uint64_t size, const char *media_type)
         return f->err;
     if (f->state != FILL_WAITING || f->finish_called)
         return -EINVAL;
+    int rc = make_temp(f);
+    if (rc) {
+        LOG_ERROR("cache: cannot create the temp file of fill %s: %s", f->digest, err_str(rc));
+        fill_fail_now(f, rc);
+        return rc;
+    }
     f->size = size;
     /* A blob's media type is informational; one too long to store is dropped, not fatal. */
     if (media_type && strlen(media_type) <= CACHE_MEDIA_MAX)
@@ -528,6 +544,14 @@ void fill_finish(fill_t *f)
 {
     if (f->state == FILL_FAILED || f->state == FILL_DONE || f->finish_called)
         return;
+    if (f->tmp_gone && !f->tmp_path) {
+        /* Finished without fill_set_size (an empty blob): its (empty) file is made now. */
+        int rc = make_temp(f);
+        if (rc) {
+            fill_fail_now(f, rc);
+            return;
+        }
+    }
     f->finish_called = true;
     /* With a write in flight, write_done starts the finish once the chunk is on disk. */
     if (f->job == JOB_NONE)

@@ -23,8 +23,8 @@
 
 #include "cache/gc.h"
 #include "common/err.h"
-#include "common/hash.h"
 #include "common/glob.h"
+#include "common/hash.h"
 #include "common/log.h"
 
 #define ARENA_BLOCK ((size_t)1 << 20)
@@ -208,7 +208,7 @@ static int load_tags(gc_model_t *m, cache_t *c, MDB_txn *t)
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         char digest[REF_DIGEST_MAX + 1];
         int64_t checked;
-        if (k.mv_size == 0 || k.mv_size > CACHE_KEY_MAX || walk_tag_decode(&v, digest, &checked))
+        if (k.mv_size == 0 || k.mv_size > CACHE_KEY_MAX || index_tag_decode(&v, digest, &checked))
             continue;
         gc_root_t *r;
         if ((rc = add_root(m, &r)))

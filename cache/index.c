@@ -2,7 +2,7 @@
  * reads, and the one write queue every index write goes through. It knows nothing of files or
  * of manifest puts in progress (cache.c combines its reads with those).
  *
- * Schema (five named databases, all keys compared bytewise):
+ * Schema (named databases, all keys compared bytewise):
  *   content  digest string -> content record (below)
  *   tags     "upstream\0repo\0tag" -> {u8 version, i64 checked_ms, digest string}
  *   repos    "upstream\0repo" -> i64 last_ms (when a manifest of the repo was last stored)
@@ -12,7 +12,9 @@
  *            known to hold digest (one of its stored manifests references it, or the upstream
  *            served it under that repository); blobs are served per repository from this
  *   tagstats "upstream\0repo\0tag" -> {u8 version, i64 pulled_ms, u32 pulls} (stats.c)
- *   pins     "upstream\0repo\0tag" -> {u8 version, i64 since_ms, u8 source, digest} (pins_read.c)
+ *   pins     "upstream\0repo\0tag" -> {u8 version, i64 since_ms, u8 source, digest} (pins.c writes
+ *            and reads them for the request path; pins_read.c for retention)
+ *   taghist  "upstream\0repo\0tag" -> the tag's history for soak (pins.c)
  * Integers are little-endian. The content record is a fixed 32-byte header
  *   {u8 version, u8 kind, u16 flags, u32 pulls, u64 size, i64 created_ms, i64 accessed_ms}
  * followed by the media type bytes. flags is zero today and kept across updates; pulls counts
@@ -51,7 +53,7 @@
 /* ---- Errors ---------------------------------------------------------------------------------- */
 
 /* LMDB returns positive errnos and its own negative codes; neither leaves this file raw. */
-static int index_err(int rc, const char *what)
+int index_err(int rc, const char *what)
 {
     if (rc == 0)
         return 0;
@@ -71,13 +73,13 @@ static int index_err(int rc, const char *what)
 
 /* ---- Record formats -------------------------------------------------------------------------- */
 
-static void put_u64(unsigned char *p, uint64_t v)
+void index_put_u64(unsigned char *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static uint64_t get_u64(const unsigned char *p)
+uint64_t index_get_u64(const unsigned char *p)
 {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++)
@@ -99,9 +101,9 @@ static int content_decode(const MDB_val *v, struct content_rec *r)
     r->e.kind = p[1];
     r->flags = (uint16_t)(p[2] | p[3] << 8);
     r->e.pulls = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
-    r->e.size = get_u64(p + 8);
-    r->e.created_ms = (int64_t)get_u64(p + 16);
-    r->e.accessed_ms = (int64_t)get_u64(p + 24);
+    r->e.size = index_get_u64(p + 8);
+    r->e.created_ms = (int64_t)index_get_u64(p + 16);
+    r->e.accessed_ms = (int64_t)index_get_u64(p + 24);
     size_t ml = v->mv_size - CONTENT_HDR;
     memcpy(r->e.media_type, p + CONTENT_HDR, ml);
     r->e.media_type[ml] = '\0';
@@ -128,16 +130,15 @@ static size_t content_encode(const struct content_rec *r, unsigned char *buf)
     buf[3] = (unsigned char)(r->flags >> 8);
     for (int i = 0; i < 4; i++)
         buf[4 + i] = (unsigned char)(r->e.pulls >> (8 * i));
-    put_u64(buf + 8, r->e.size);
-    put_u64(buf + 16, (uint64_t)r->e.created_ms);
-    put_u64(buf + 24, (uint64_t)r->e.accessed_ms);
+    index_put_u64(buf + 8, r->e.size);
+    index_put_u64(buf + 16, (uint64_t)r->e.created_ms);
+    index_put_u64(buf + 24, (uint64_t)r->e.accessed_ms);
     memcpy(buf + CONTENT_HDR, r->e.media_type, ml);
     return CONTENT_HDR + ml;
 }
 
 /* Joins up to three strings with NULs into buf ("a\0b\0c"); NULL ends the list early. */
-static int make_key(char *buf, size_t cap, const char *a, const char *b, const char *c3,
-                    size_t *len)
+int index_make_key(char *buf, size_t cap, const char *a, const char *b, const char *c3, size_t *len)
 {
     const char *parts[3] = {a, b, c3};
     size_t n = 0;
@@ -166,7 +167,7 @@ int index_open(cache_t *c, uint64_t map_size)
         goto fail;
     if ((rc = index_err(mdb_env_set_mapsize(c->env, map_size ? map_size : DEFAULT_MAP_SIZE),
                         "set map size")) ||
-        (rc = index_err(mdb_env_set_maxdbs(c->env, 8), "set max dbs")))
+        (rc = index_err(mdb_env_set_maxdbs(c->env, 16), "set max dbs")))
         goto fail;
     snprintf(path, sizeof path, "%s/index", c->dir);
     /* MDB_NOTLS: the loop's read transaction and the threadpool's write transactions are not
@@ -190,7 +191,8 @@ int index_open(cache_t *c, uint64_t map_size)
         (rc = index_err(mdb_dbi_open(t, "owners", MDB_CREATE, &c->dbi_owners), "open owners")) ||
         (rc = index_err(mdb_dbi_open(t, "tagstats", MDB_CREATE, &c->dbi_tagstats),
                         "open tagstats")) ||
-        (rc = index_err(mdb_dbi_open(t, "pins", MDB_CREATE, &c->dbi_pins), "open pins")))
+        (rc = index_err(mdb_dbi_open(t, "pins", MDB_CREATE, &c->dbi_pins), "open pins")) ||
+        (rc = index_err(mdb_dbi_open(t, "taghist", MDB_CREATE, &c->dbi_taghist), "open taghist")))
         goto fail;
     rc = mdb_txn_commit(t);
     t = NULL;
@@ -236,7 +238,7 @@ int index_close(cache_t *c)
 
 /* ---- Reads on the loop thread ---------------------------------------------------------------- */
 
-static int rtxn_begin(cache_t *c, MDB_txn **t)
+int index_read_begin(cache_t *c, MDB_txn **t)
 {
     if (c->rtxn) {
         if (mdb_txn_renew(c->rtxn) == 0) {
@@ -255,7 +257,7 @@ static int rtxn_begin(cache_t *c, MDB_txn **t)
     return 0;
 }
 
-static void rtxn_end(cache_t *c)
+void index_read_end(cache_t *c)
 {
     mdb_txn_reset(c->rtxn);
 }
@@ -267,7 +269,7 @@ int index_lookup(cache_t *c, const char *digest, cache_entry_t *out)
     size_t n = strnlen(digest, REF_DIGEST_MAX + 1);
     if (n == 0 || n > REF_DIGEST_MAX)
         return WE_NOTFOUND;
-    int rc = rtxn_begin(c, &t);
+    int rc = index_read_begin(c, &t);
     if (rc)
         return rc;
     MDB_val k = {n, (void *)digest}, v;
@@ -279,7 +281,7 @@ int index_lookup(cache_t *c, const char *digest, cache_entry_t *out)
     } else {
         rc = index_err(rc, "lookup");
     }
-    rtxn_end(c);
+    index_read_end(c);
     if (rc == 0)
         *out = r.e;
     return rc;
@@ -307,8 +309,20 @@ int index_tag_key(const cache_t *c, const char *upstream, const char *repo, cons
 {
     if (!upstream || !repo || !tag)
         return WE_INVALID;
-    return make_key(key, CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key, upstream, repo,
-                    tag, kl);
+    return index_make_key(key, CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key, upstream,
+                          repo, tag, kl);
+}
+
+int index_tag_decode(const MDB_val *v, char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms)
+{
+    const unsigned char *p = v->mv_data;
+    if (v->mv_size <= TAG_HDR || p[0] != TAG_VERSION || v->mv_size - TAG_HDR > REF_DIGEST_MAX)
+        return WE_INDEX;
+    size_t dl = v->mv_size - TAG_HDR;
+    *checked_ms = (int64_t)index_get_u64(p + 1);
+    memcpy(digest_out, p + TAG_HDR, dl);
+    digest_out[dl] = '\0';
+    return 0;
 }
 
 int index_tag_read(cache_t *c, const char *upstream, const char *repo, const char *tag,
@@ -319,161 +333,21 @@ int index_tag_read(cache_t *c, const char *upstream, const char *repo, const cha
     MDB_txn *t;
     if (index_tag_key(c, upstream, repo, tag, key, &kl))
         return WE_NOTFOUND;
-    int rc = rtxn_begin(c, &t);
+    int rc = index_read_begin(c, &t);
     if (rc)
         return rc;
     MDB_val k = {kl, key}, v;
     rc = mdb_get(t, c->dbi_tags, &k, &v);
     if (rc == 0) {
-        const unsigned char *p = v.mv_data;
-        size_t dl = v.mv_size - TAG_HDR;
-        if (v.mv_size <= TAG_HDR || p[0] != TAG_VERSION || dl > REF_DIGEST_MAX) {
+        if (index_tag_decode(&v, digest_out, checked_ms)) {
             LOG_ERROR("cache: tag record %s/%s:%s is corrupt or of an unknown version", upstream,
                       repo, tag);
             rc = WE_INDEX;
-        } else {
-            *checked_ms = (int64_t)get_u64(p + 1);
-            memcpy(digest_out, p + TAG_HDR, dl);
-            digest_out[dl] = '\0';
         }
     } else {
         rc = index_err(rc, "tag lookup");
     }
-    rtxn_end(c);
-    return rc;
-}
-
-/* Walks the keys of dbi that start with prefix[0..pl), from start[0..sl) on (start begins with
- * the prefix), handing visit the rest of each key and its value; visit returns nonzero to stop.
- * A read transaction of its own, not the cached one: the visitors' callers may look things up
- * meanwhile. */
-static int prefix_scan(cache_t *c, MDB_dbi dbi, const char *start, size_t sl, size_t pl,
-                       int (*visit)(void *arg, const char *rest, size_t rl, const MDB_val *v),
-                       void *arg, const char *what)
-{
-    MDB_txn *t = NULL;
-    MDB_cursor *cur = NULL;
-    int rc;
-    if (sl > c->max_key)
-        return 0; /* too long to have been stored */
-    if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")))
-        goto out;
-    if ((rc = index_err(mdb_cursor_open(t, dbi, &cur), "cursor")))
-        goto out;
-    MDB_val k = {sl, (void *)start}, v;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size < pl || memcmp(k.mv_data, start, pl) != 0)
-            break;
-        if (visit(arg, (const char *)k.mv_data + pl, k.mv_size - pl, &v))
-            break;
-    }
-    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, what);
-out:
-    if (cur)
-        mdb_cursor_close(cur);
-    if (t)
-        mdb_txn_abort(t);
-    return rc;
-}
-
-struct repos_walk {
-    const char *after;
-    int (*fn)(void *arg, const char *repo);
-    void *arg;
-};
-
-static int visit_repo(void *arg, const char *rest, size_t rl, const MDB_val *v)
-{
-    struct repos_walk *w = arg;
-    char repo[REF_NAME_MAX + 1];
-    (void)v;
-    if (rl == 0 || rl > REF_NAME_MAX)
-        return 0;
-    memcpy(repo, rest, rl);
-    repo[rl] = '\0';
-    if (w->after && strcmp(repo, w->after) == 0)
-        return 0;
-    return w->fn(w->arg, repo);
-}
-
-int cache_repos_each(cache_t *c, const char *upstream, const char *after,
-                     int (*fn)(void *arg, const char *repo), void *arg)
-{
-    char start[CACHE_KEY_MAX];
-    size_t sl, pl;
-    if (!upstream || !upstream[0])
-        return 0;
-    if (after && !after[0])
-        after = NULL;
-    if (make_key(start, sizeof start, upstream, "", NULL, &pl))
-        return 0; /* an upstream name too long to be stored has no repositories */
-    if (make_key(start, sizeof start, upstream, after ? after : "", NULL, &sl))
-        return 0;
-    struct repos_walk w = {after, fn, arg};
-    return prefix_scan(c, c->dbi_repos, start, sl, pl, visit_repo, &w, "repos scan");
-}
-
-struct tags_walk {
-    int (*fn)(void *arg, const char *tag, const char *digest);
-    void *arg;
-};
-
-static int visit_tag(void *arg, const char *rest, size_t tl, const MDB_val *v)
-{
-    struct tags_walk *w = arg;
-    char tag[REF_TAG_MAX + 1], digest[REF_DIGEST_MAX + 1];
-    const unsigned char *p = v->mv_data;
-    size_t dl = v->mv_size > TAG_HDR ? v->mv_size - TAG_HDR : 0;
-    if (tl == 0 || tl > REF_TAG_MAX || dl == 0 || dl > REF_DIGEST_MAX || p[0] != TAG_VERSION)
-        return 0;
-    memcpy(tag, rest, tl);
-    tag[tl] = '\0';
-    memcpy(digest, p + TAG_HDR, dl);
-    digest[dl] = '\0';
-    return w->fn(w->arg, tag, digest);
-}
-
-int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
-                    int (*fn)(void *arg, const char *tag, const char *digest), void *arg)
-{
-    char prefix[CACHE_KEY_MAX];
-    size_t pl;
-    if (!upstream || !repo || make_key(prefix, sizeof prefix, upstream, repo, "", &pl))
-        return 0; /* names too long to be stored have no tags */
-    struct tags_walk w = {fn, arg};
-    return prefix_scan(c, c->dbi_tags, prefix, pl, pl, visit_tag, &w, "tags scan");
-}
-
-int index_content_each(cache_t *c, int (*fn)(void *arg, const char *digest, const cache_entry_t *e),
-                       void *arg)
-{
-    char digest[REF_DIGEST_MAX + 1];
-    struct content_rec r;
-    MDB_txn *t = NULL;
-    MDB_cursor *cur = NULL;
-    int rc;
-
-    if ((rc = index_err(mdb_txn_begin(c->env, NULL, MDB_RDONLY, &t), "begin read")))
-        goto out;
-    if ((rc = index_err(mdb_cursor_open(t, c->dbi_content, &cur), "cursor")))
-        goto out;
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size > REF_DIGEST_MAX || content_decode(&v, &r))
-            continue;
-        memcpy(digest, k.mv_data, k.mv_size);
-        digest[k.mv_size] = '\0';
-        if (fn(arg, digest, &r.e))
-            break;
-    }
-    rc = rc == MDB_NOTFOUND || rc == 0 ? 0 : index_err(rc, "content scan");
-out:
-    if (cur)
-        mdb_cursor_close(cur);
-    if (t)
-        mdb_txn_abort(t);
+    index_read_end(c);
     return rc;
 }
 
@@ -491,9 +365,9 @@ int wop_new(cache_t *c, const char *upstream, const char *repo, const char *tag,
         if (tag && !ref_tag_valid(tag, strlen(tag)))
             return WE_INVALID;
         size_t cap = CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key;
-        if ((rc = make_key(key, cap, upstream, repo, NULL, &rl)))
+        if ((rc = index_make_key(key, cap, upstream, repo, NULL, &rl)))
             return rc;
-        if (tag && (rc = make_key(key, cap, upstream, repo, tag, &tl)))
+        if (tag && (rc = index_make_key(key, cap, upstream, repo, tag, &tl)))
             return rc;
     }
     size_t kl = tl ? tl : rl;
@@ -563,26 +437,39 @@ int index_touch_content(cache_t *c, MDB_txn *t, const char *digest, uint32_t pul
     return mdb_put(t, c->dbi_content, &k, &v, 0);
 }
 
-/* owners[repo key + digest] = {now, size}. A key over LMDB's limit (a very long upstream name
- * and repository) is skipped: that repository then proves each blob to the upstream. */
+/* One owners record: key + '\0' + digest -> {now, size}. */
+static int put_owner_key(cache_t *c, MDB_txn *t, const char *prefix, size_t pl, int64_t now,
+                         const char *digest, uint64_t size)
+{
+    char key[CACHE_KEY_MAX];
+    size_t dl = strlen(digest);
+    size_t kl = pl + 1 + dl;
+    if (kl > c->max_key || kl > sizeof key)
+        return 0;
+    memcpy(key, prefix, pl);
+    key[pl] = '\0';
+    memcpy(key + pl + 1, digest, dl);
+    unsigned char rec[OWNER_REC];
+    rec[0] = OWNER_VERSION;
+    index_put_u64(rec + 1, (uint64_t)now);
+    index_put_u64(rec + 9, size);
+    MDB_val k = {kl, key}, v = {sizeof rec, rec};
+    return mdb_put(t, c->dbi_owners, &k, &v, 0);
+}
+
+/* owners[repo key + digest] and owners[upstream + "\0" + digest] (the upstream holds it under
+ * some repository: what a globally scoped upstream asks) = {now, size}. A key over LMDB's limit
+ * (a very long upstream name and repository) is skipped: that repository then proves each blob
+ * to the upstream. */
 static int put_owner(cache_t *c, MDB_txn *t, const wop_t *op, const char *digest, uint64_t size)
 {
     if (!op->repo_key_len)
         return 0;
-    char key[CACHE_KEY_MAX];
-    size_t dl = strlen(digest);
-    size_t kl = op->repo_key_len + 1 + dl;
-    if (kl > c->max_key || kl > sizeof key)
-        return 0;
-    memcpy(key, op->key, op->repo_key_len);
-    key[op->repo_key_len] = '\0';
-    memcpy(key + op->repo_key_len + 1, digest, dl);
-    unsigned char rec[OWNER_REC];
-    rec[0] = OWNER_VERSION;
-    put_u64(rec + 1, (uint64_t)op->now_ms);
-    put_u64(rec + 9, size);
-    MDB_val k = {kl, key}, v = {sizeof rec, rec};
-    return mdb_put(t, c->dbi_owners, &k, &v, 0);
+    int rc = put_owner_key(c, t, op->key, op->repo_key_len, op->now_ms, digest, size);
+    if (rc)
+        return rc;
+    size_t ul = strnlen(op->key, op->repo_key_len); /* the upstream part, then "\0repo" */
+    return put_owner_key(c, t, op->key, ul + 1, op->now_ms, digest, size);
 }
 
 /* refs[digest] = the packed references; owners for the manifest and each reference. */
@@ -599,7 +486,7 @@ static int apply_refs(cache_t *c, MDB_txn *t, const wop_t *op)
     for (size_t i = 0; i < op->nrefs; i++) {
         size_t dl = strlen(op->refs[i].digest);
         rec[n++] = op->refs[i].role;
-        put_u64(rec + n, op->refs[i].size);
+        index_put_u64(rec + n, op->refs[i].size);
         n += 8;
         rec[n++] = (unsigned char)dl;
         memcpy(rec + n, op->refs[i].digest, dl);
@@ -624,7 +511,7 @@ static int apply_op(cache_t *c, MDB_txn *t, const wop_t *op)
         return rc;
     if (op->what & WOP_REPO) {
         unsigned char last[8];
-        put_u64(last, (uint64_t)op->now_ms);
+        index_put_u64(last, (uint64_t)op->now_ms);
         MDB_val k = {op->repo_key_len, (void *)op->key}, v = {sizeof last, last};
         if ((rc = mdb_put(t, c->dbi_repos, &k, &v, 0)))
             return rc;
@@ -639,7 +526,7 @@ static int apply_op(cache_t *c, MDB_txn *t, const wop_t *op)
         unsigned char rec[TAG_HDR + REF_DIGEST_MAX];
         size_t dl = strlen(op->digest);
         rec[0] = TAG_VERSION;
-        put_u64(rec + 1, (uint64_t)op->now_ms);
+        index_put_u64(rec + 1, (uint64_t)op->now_ms);
         memcpy(rec + TAG_HDR, op->digest, dl);
         MDB_val k = {op->tag_key_len, (void *)op->key}, v = {TAG_HDR + dl, rec};
         if ((rc = mdb_put(t, c->dbi_tags, &k, &v, 0)))
@@ -771,8 +658,12 @@ int wop_set_refs(wop_t *op, const image_t *img)
 
 bool wop_owns(const wop_t *op, const char *key, size_t kl, const char *digest, uint64_t *size)
 {
-    if (!(op->what & (WOP_REFS | WOP_OWNER)) || op->repo_key_len != kl ||
-        memcmp(op->key, key, kl) != 0)
+    if (!(op->what & (WOP_REFS | WOP_OWNER)) || !op->repo_key_len)
+        return false;
+    /* key is "upstream\0repo", or "upstream\0" for any repository of the upstream. */
+    bool any_repo = kl > 0 && key[kl - 1] == '\0';
+    if (any_repo ? kl > op->repo_key_len || memcmp(op->key, key, kl) != 0
+                 : op->repo_key_len != kl || memcmp(op->key, key, kl) != 0)
         return false;
     if (strcmp(op->digest, digest) == 0) {
         *size = op->size;
@@ -790,10 +681,20 @@ bool wop_owns(const wop_t *op, const char *key, size_t kl, const char *digest, u
 int index_repo_key(const cache_t *c, const char *upstream, const char *repo,
                    char key[CACHE_KEY_MAX], size_t *kl)
 {
+    if (upstream && upstream[0] && !repo) {
+        /* Any repository of the upstream: "upstream\0". */
+        size_t ul = strlen(upstream);
+        if (ul + 1 > CACHE_KEY_MAX || ul + 1 > c->max_key)
+            return WE_INVALID;
+        memcpy(key, upstream, ul);
+        key[ul] = '\0';
+        *kl = ul + 1;
+        return 0;
+    }
     if (!upstream || !upstream[0] || !repo || !ref_name_valid(repo, strlen(repo)))
         return WE_INVALID;
     size_t cap = CACHE_KEY_MAX < c->max_key ? CACHE_KEY_MAX : c->max_key;
-    return make_key(key, cap, upstream, repo, NULL, kl);
+    return index_make_key(key, cap, upstream, repo, NULL, kl);
 }
 
 int index_owner_read(cache_t *c, const char *key, size_t kl, const char *digest, uint64_t *size)
@@ -813,7 +714,7 @@ int index_owner_read(cache_t *c, const char *key, size_t kl, const char *digest,
     k[kl] = '\0';
     memcpy(k + kl + 1, digest, dl);
     MDB_txn *t;
-    int rc = rtxn_begin(c, &t);
+    int rc = index_read_begin(c, &t);
     if (rc)
         return rc;
     MDB_val mk = {kl + 1 + dl, k}, v;
@@ -821,7 +722,7 @@ int index_owner_read(cache_t *c, const char *key, size_t kl, const char *digest,
     if (rc == 0 && (v.mv_size != OWNER_REC || ((unsigned char *)v.mv_data)[0] != OWNER_VERSION))
         rc = MDB_INCOMPATIBLE;
     if (rc == 0)
-        *size = get_u64((unsigned char *)v.mv_data + 9);
+        *size = index_get_u64((unsigned char *)v.mv_data + 9);
     mdb_txn_reset(t);
     return rc == MDB_NOTFOUND ? WE_NOTFOUND : index_err(rc, "owners read");
 }
@@ -844,29 +745,10 @@ void index_note_access(cache_t *c, const char *digest)
     index_queue(c, op);
 }
 
-int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
-                  const char *digest, cache_done_cb cb, void *arg)
-{
-    enum ref_alg alg;
-    wop_t *op;
-    size_t dl = strnlen(digest, REF_DIGEST_MAX + 1);
-    if (dl > REF_DIGEST_MAX || !tag)
-        return WE_INVALID;
-    int rc = ref_digest_parse(digest, dl, &alg);
-    if (rc)
-        return rc;
-    if ((rc = wop_new(c, upstream, repo, tag, &op)))
-        return rc;
-    op->what = WOP_TAG | WOP_REPO;
-    memcpy(op->digest, digest, dl + 1);
-    op->cb = cb;
-    op->arg = arg;
-    index_queue(c, op);
-    return 0;
-}
-
-int cache_owner_set(cache_t *c, const char *upstream, const char *repo, const char *digest,
-                    uint64_t size, cache_done_cb cb, void *arg)
+/* Queues an op of what for digest under upstream/repo[/tag]. */
+static int queue_digest_op(cache_t *c, unsigned what, const char *upstream, const char *repo,
+                           const char *tag, const char *digest, uint64_t size, cache_done_cb cb,
+                           void *arg)
 {
     enum ref_alg alg;
     wop_t *op;
@@ -876,13 +758,27 @@ int cache_owner_set(cache_t *c, const char *upstream, const char *repo, const ch
     int rc = ref_digest_parse(digest, dl, &alg);
     if (rc)
         return rc;
-    if ((rc = wop_new(c, upstream, repo, NULL, &op)))
+    if ((rc = wop_new(c, upstream, repo, tag, &op)))
         return rc;
-    op->what = WOP_OWNER;
+    op->what = what;
     op->size = size;
     memcpy(op->digest, digest, dl + 1);
     op->cb = cb;
     op->arg = arg;
     index_queue(c, op);
     return 0;
+}
+
+int cache_tag_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  const char *digest, cache_done_cb cb, void *arg)
+{
+    if (!tag)
+        return WE_INVALID;
+    return queue_digest_op(c, WOP_TAG | WOP_REPO, upstream, repo, tag, digest, 0, cb, arg);
+}
+
+int cache_owner_set(cache_t *c, const char *upstream, const char *repo, const char *digest,
+                    uint64_t size, cache_done_cb cb, void *arg)
+{
+    return queue_digest_op(c, WOP_OWNER, upstream, repo, NULL, digest, size, cb, arg);
 }

@@ -7,6 +7,7 @@
  *   cache.c      -> manifests.c, index.c, store.c
  *   manifests.c  -> index.c, store.c, hot.c, digest.c
  *   fill.c       -> index.c, store.c, digest.c
+ *   pins.c       -> nothing in cache/ (it uses index.c's environment and databases)
  *   index.c, store.c, hot.c, digest.c -> nothing in cache/
  *
  * index.c, store.c, hot.c and digest.c are leaves: they call nothing else in cache/. So the
@@ -105,6 +106,7 @@ struct cache {
     /* index.c */
     MDB_env *env;
     MDB_dbi dbi_content, dbi_tags, dbi_repos, dbi_refs, dbi_owners, dbi_tagstats, dbi_pins;
+    MDB_dbi dbi_taghist;
     MDB_txn *rtxn; /* the loop thread's cached read transaction, kept reset between reads */
     size_t max_key;
     wop_t *wq_head, *wq_tail; /* waiting for the next batch */
@@ -129,6 +131,9 @@ struct cache {
     hot_t *hot;                  /* recently read manifests (hot.c) */
     unsigned live_puts;          /* cache_put_manifest jobs in flight */
     struct pending_put *pending; /* puts accepted but not committed yet */
+
+    /* pins.c */
+    struct pins *pins; /* reads and writes of the pins and tag history databases */
 };
 
 /* ---- index.c: the LMDB index ----------------------------------------------------------------- */
@@ -139,6 +144,18 @@ int index_open(cache_t *c, uint64_t map_size);
 /** Frees ops still queued (logging them as lost: a bug) and closes the environment. Returns
  * -EBUSY, leaving the environment open, when a commit job is still running. */
 int index_close(cache_t *c);
+/** LMDB's codes (positive errnos, its own negatives) as winch errors, logged with what. */
+int index_err(int rc, const char *what);
+/** Little-endian integers of the record formats. */
+void index_put_u64(unsigned char *p, uint64_t v);
+uint64_t index_get_u64(const unsigned char *p);
+/** Joins up to three strings with NULs into buf ("a\0b\0c"); NULL ends the list early.
+ * WE_INVALID when they do not fit cap. */
+int index_make_key(char *buf, size_t cap, const char *a, const char *b, const char *c3,
+                   size_t *len);
+/** The loop's cached read transaction, renewed (index_read_end resets it). */
+int index_read_begin(cache_t *c, MDB_txn **t);
+void index_read_end(cache_t *c);
 /** The committed content record of digest: 0, WE_NOTFOUND or WE_INDEX. Sees no queued op. */
 int index_lookup(cache_t *c, const char *digest, cache_entry_t *out);
 /** Writes the tags key of upstream/repo/tag into key; WE_INVALID if one is NULL or the key
@@ -151,6 +168,8 @@ const wop_t *wop_newest_tag(const wop_t *op, const char *key, size_t kl, const w
 /** The newest of best and the queued or in-flight ops that write tag key[0..kl). The ops'
  * keys, digests and times never change once queued, so reading them beside a job is safe. */
 const wop_t *index_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+/** A tags record: its digest and check time. 0 or WE_INDEX (corrupt, unknown version). */
+int index_tag_decode(const MDB_val *v, char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms);
 /** The committed tag record of upstream/repo/tag: 0, WE_NOTFOUND or WE_INDEX. */
 int index_tag_read(cache_t *c, const char *upstream, const char *repo, const char *tag,
                    char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms);
@@ -198,8 +217,6 @@ int stats_tag_decode(const void *data, size_t len, int64_t *pulled_ms, uint32_t 
 
 /** Decodes a refs record into a malloc'd array (owned by the caller). 0, WE_INDEX, -ENOMEM. */
 int walk_refs_decode(const void *data, size_t len, cache_ref_t **refs, size_t *n);
-/** Decodes a tags record. 0 or WE_INDEX. */
-int walk_tag_decode(const MDB_val *v, char digest[REF_DIGEST_MAX + 1], int64_t *checked_ms);
 
 /* ---- gc.c / evict.c: removal ----------------------------------------------------------------- */
 
@@ -252,6 +269,14 @@ bool manifests_pending_owner(const cache_t *c, const char *key, size_t kl, const
                              uint64_t *size);
 /** The newest of best and the pending puts' tag writes of key[0..kl) (wop_newest_tag). */
 const wop_t *manifests_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+
+/* ---- pins.c: pins and tag history ------------------------------------------------------------ */
+
+/** Sets up the pins' reads and writes (index_open first: it opens their databases). */
+int pins_open(cache_t *c);
+/** Frees queued writes (logging them: a bug) and the read transaction; -EBUSY, leaving the
+ * state allocated, while a write job runs. Fine after a failed pins_open. Before index_close. */
+int pins_close(cache_t *c);
 
 /* ---- hot.c: the in-memory tier of manifests -------------------------------------------------- */
 

@@ -65,26 +65,12 @@ static void batch_free(void *p)
     free(b);
 }
 
-static void put_u64le(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t get_u64le(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 int stats_tag_decode(const void *data, size_t len, int64_t *pulled_ms, uint32_t *pulls)
 {
     const unsigned char *p = data;
     if (len != TAGSTAT_REC || p[0] != TAGSTAT_VERSION)
         return WE_INDEX;
-    *pulled_ms = (int64_t)get_u64le(p + 1);
+    *pulled_ms = (int64_t)index_get_u64(p + 1);
     *pulls = (uint32_t)p[9] | (uint32_t)p[10] << 8 | (uint32_t)p[11] << 16 | (uint32_t)p[12] << 24;
     return 0;
 }
@@ -104,7 +90,7 @@ static int touch_tag(cache_t *c, MDB_txn *t, const stat_ent_t *e)
     if (pulled < e->last_ms)
         pulled = e->last_ms;
     rec[0] = TAGSTAT_VERSION;
-    put_u64le(rec + 1, (uint64_t)pulled);
+    index_put_u64(rec + 1, (uint64_t)pulled);
     for (int i = 0; i < 4; i++)
         rec[9 + i] = (unsigned char)(pulls >> (8 * i));
     v.mv_data = rec;

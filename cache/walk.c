@@ -11,8 +11,6 @@
 #include "common/log.h"
 
 #define REFS_VERSION 1
-#define TAG_VERSION 1
-#define TAG_HDR 9
 
 static int lmdb_err(int rc)
 {
@@ -98,20 +96,6 @@ static bool split_tag_key(const MDB_val *k, char *buf, size_t cap, const char **
     return *tag < end && (*up)[0] && (*repo)[0] && (*tag)[0];
 }
 
-int walk_tag_decode(const MDB_val *v, char digest[REF_DIGEST_MAX + 1], int64_t *checked_ms)
-{
-    const unsigned char *p = v->mv_data;
-    if (v->mv_size <= TAG_HDR || p[0] != TAG_VERSION || v->mv_size - TAG_HDR > REF_DIGEST_MAX)
-        return WE_INDEX;
-    int64_t ms = 0;
-    for (int i = 0; i < 8; i++)
-        ms |= (int64_t)((uint64_t)p[1 + i] << (8 * i));
-    *checked_ms = ms;
-    memcpy(digest, p + TAG_HDR, v->mv_size - TAG_HDR);
-    digest[v->mv_size - TAG_HDR] = '\0';
-    return 0;
-}
-
 int cache_tags_all_each(cache_t *c, int (*fn)(void *arg, const cache_tag_info_t *t), void *arg)
 {
     char key[CACHE_KEY_MAX + 1];
@@ -127,7 +111,7 @@ int cache_tags_all_each(cache_t *c, int (*fn)(void *arg, const cache_tag_info_t 
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         cache_tag_info_t ti = {0};
         if (!split_tag_key(&k, key, sizeof key, &ti.upstream, &ti.repo, &ti.tag) ||
-            walk_tag_decode(&v, ti.digest, &ti.checked_ms))
+            index_tag_decode(&v, ti.digest, &ti.checked_ms))
             continue;
         MDB_val sv;
         if (mdb_get(t, c->dbi_tagstats, &k, &sv) == 0)

@@ -22,8 +22,10 @@
     X(WE_DENIED, -20010, "denied by policy")                                                       \
     X(WE_TLS, -20011, "TLS error")                                                                 \
     X(WE_SHORT, -20012, "stream ended before the announced length")                                \
-    X(WE_RATELIMIT, -20013, "upstream rate limit reached")                                        \
-    X(WE_DOWN, -20014, "upstream is down")
+    X(WE_RATELIMIT, -20013, "upstream rate limit reached")                                         \
+    X(WE_DOWN, -20014, "upstream is down")                                                         \
+    X(WE_BUSY, -20015, "upstream busy: too many requests waiting, or waited too long")             \
+    X(WE_FORBIDDEN, -20016, "redirect or token realm names an address winch may not reach")
 
 enum winch_err {
 #define WINCH_ERR_ENUM(name, value, text) name = (value),

@@ -113,11 +113,22 @@ static const int_field_t int_fields[] = {
     {"upstream_keepalive_ms", offsetof(config_t, upstream_keepalive_ms), false, 1, 3600000, 30000},
     {"upstream_max_conns", offsetof(config_t, upstream_max_conns), false, 1, 1024, 32},
     {"upstream_max_redirects", offsetof(config_t, upstream_max_redirects), false, 0, 20, 5},
+    /* Issue 8: the upstream wait queue, the buffered fetch deadline, negative caching. */
+    {"upstream_max_queue", offsetof(config_t, upstream_max_queue), false, 1, 100000, 256},
+    {"upstream_queue_timeout_ms", offsetof(config_t, upstream_queue_timeout_ms), false, 1, 3600000,
+     10000},
+    {"upstream_fetch_deadline_ms", offsetof(config_t, upstream_fetch_deadline_ms), false, 1,
+     3600000, 60000},
+    {"negative_ttl_s", offsetof(config_t, negative_ttl_s), false, 0, 3600, 10},
+    /* Docker clients send their head at once; a socket that says nothing for 10 s is an idle
+     * slot holder, cheap to drop (nginx's 60 s suits slower networks than a registry's). */
     {"client_header_timeout_ms", offsetof(config_t, client_header_timeout_ms), false, 1, 3600000,
-     30000},
+     10000},
     {"client_idle_timeout_ms", offsetof(config_t, client_idle_timeout_ms), false, 1, 3600000,
      120000},
     {"max_connections", offsetof(config_t, max_connections), false, 1, 1000000, 4096},
+    {"max_connections_per_client", offsetof(config_t, max_connections_per_client), false, 0,
+     1000000, 256},
     {"max_header_bytes", offsetof(config_t, max_header_bytes), false, KIB, MIB, 32 * KIB},
     {"tag_ttl_s", offsetof(config_t, tag_ttl_s), false, 0, 31536000, 300},
     {"max_manifest_bytes", offsetof(config_t, max_manifest_bytes), false, KIB, 64 * MIB, 4 * MIB},
@@ -177,6 +188,7 @@ static void upstream_clear(config_upstream_t *u)
     free_secret(u->password);
     free(u->password_file);
     free(u->password_env);
+    config_allow_hosts_free(u);
     memset(u, 0, sizeof *u);
 }
 
@@ -192,6 +204,7 @@ void config_free(config_t *c)
     if (!c)
         return;
     config_upstreams_clear(c);
+    config_policy_free(c);
     free(c->listen_host);
     free(c->tls_listen_host);
     free(c->tls_cert);
@@ -447,5 +460,5 @@ int config_check_whole(const config_t *c, const diag_t *d)
             strcmp(c->listen_host, c->tls_listen_host) == 0)
             return diag_fail(d, "tls_listen", "same address as listen");
     }
-    return 0;
+    return config_policy_check(c, d);
 }

@@ -10,9 +10,47 @@
 #include <stdint.h>
 
 #define CONFIG_MAX_UPSTREAMS 32
+#define CONFIG_MAX_ALLOW_HOSTS 64
+
+/* ---- Pull-time policy (issue 9; parsed in config_policy.c, compiled by policy/) ----------- */
+
+#define CONFIG_MAX_POLICY_RULES 1024
+#define CONFIG_MAX_DENY_TAGS 64    /* regexes per rule */
+#define CONFIG_MAX_REGEX_LEN 256   /* bytes of one regex */
+#define CONFIG_MAX_PINS 1024       /* pins per rule */
+#define CONFIG_MAX_MESSAGE_LEN 512 /* bytes of a rule's message */
+
+/** One tag -> digest pin of a rule. */
+typedef struct config_pin {
+    char *tag;    /* owned; a valid tag */
+    char *digest; /* owned; a valid sha256/sha512 digest */
+} config_pin_t;
+
+/** One rule of "policy", as written (validated; policy_create compiles it). Rules are ordered:
+ * the first whose match fits a request decides with every field it carries. */
+typedef struct config_policy_rule {
+    char *match;      /* owned; glob over "UPSTREAM/REPOSITORY" (common/glob.h) */
+    bool allow;       /* "allow": true */
+    bool deny;        /* "deny": true (or "allow": false) */
+    char **deny_tags; /* owned; n_deny_tags POSIX extended regexes */
+    size_t n_deny_tags;
+    bool require_digest;
+    config_pin_t *pins; /* owned; n_pins, tags unique within the rule */
+    size_t n_pins;
+    uint32_t soak_s;             /* 0: no soak */
+    bool freeze;                 /* tags never revalidated once cached */
+    uint64_t max_image_bytes;    /* 0: no bound */
+    uint32_t max_image_age_days; /* 0: no bound */
+    bool audit;                  /* refusals logged, not enforced */
+    char *message;               /* owned; appended to refusals; NULL when none */
+} config_policy_rule_t;
 
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */
+/** Which requests may be served a cached blob of an upstream: any repository of the upstream
+ * that is known to hold it (global), or only a repository known to hold it (repository). */
+enum blob_scope { BLOB_SCOPE_GLOBAL = 0, BLOB_SCOPE_REPOSITORY = 1 };
+
 typedef struct config_upstream {
     char *name;      /* owned; lowercase host[:port], e.g. "docker.io", "127.0.0.1:5001" */
     char *url;       /* owned; as written, e.g. "https://registry-1.docker.io" */
@@ -33,6 +71,16 @@ typedef struct config_upstream {
     char *password;      /* owned; read at load from password_file or the env variable */
     char *password_file; /* owned; as configured (for messages), NULL if unused */
     char *password_env;  /* owned; the environment variable's name, NULL if unused */
+
+    /* Redirect targets and token realms of this upstream that may be reached even at a
+     * loopback, private, link-local, unspecified or multicast address (issue 8): host names
+     * or IP literals, lowercase, IPv6 without brackets; "*.example.com" allows any name below
+     * example.com. Owned (array and strings); NULL when none. */
+    char **allow_redirect_hosts;
+    size_t n_allow_redirect_hosts; /* <= CONFIG_MAX_ALLOW_HOSTS */
+
+    /* Default: repository when the upstream has credentials, else global. */
+    enum blob_scope blob_scope;
 } config_upstream_t;
 
 typedef struct config {
@@ -61,12 +109,25 @@ typedef struct config {
      * default 32. */
     uint32_t upstream_max_conns;
     uint32_t upstream_max_redirects; /* redirects followed per request; default 5 */
+    /* Requests that may wait for a connection, per origin and lane (priority: manifests, tag
+     * checks, lists, tokens; bulk: blob fills); more are refused at once (503). Default 256. */
+    uint32_t upstream_max_queue;
+    /* A request still waiting for a connection after this long fails (503); default 10000. */
+    uint32_t upstream_queue_timeout_ms;
+    /* Whole buffered exchange (manifest, tag check, list, token), from the request to the last
+     * body byte, redirects included; default 60000. Blob fills have no such deadline. */
+    uint32_t upstream_fetch_deadline_ms;
+    /* An upstream 404 for a manifest reference or a blob is remembered this long and answered
+     * without asking again; 0 turns it off. Default 10. */
+    uint32_t negative_ttl_s;
 
     /* Client side. */
-    uint32_t client_header_timeout_ms; /* whole request head must arrive within; default 30000 */
+    uint32_t client_header_timeout_ms; /* head whole within, from accept or 1st byte; 10000 */
     uint32_t client_idle_timeout_ms;   /* keep-alive idle and stalled send; default 120000 */
     uint32_t max_connections;          /* accepted at once; default 4096 */
     uint32_t max_header_bytes;         /* request head, and upstream response head; default 32768 */
+    /* Connections from one client address at once (0: no limit); default 256. */
+    uint32_t max_connections_per_client;
 
     /* Cache. */
     /* A tag younger than this is served without asking upstream; default 300. */
@@ -98,6 +159,10 @@ typedef struct config {
     char **retention_protect;             /* owned; globs over "upstream/repo", never evicted */
     size_t retention_nprotect;
     bool disk_full_pass_through; /* on_disk_full "pass_through": stream uncached when full */
+
+    /* Pull-time policy rules, in order (none by default: everything is allowed). */
+    config_policy_rule_t *policy; /* owned; n_policy of them */
+    size_t n_policy;
 } config_t;
 
 /** Parses a size: digits (bytes) with an optional unit B, KB, MB, GB, TB (powers of 1000) or
@@ -118,6 +183,11 @@ int config_load(config_t **out, int argc, char **argv, char *err, size_t errlen)
 /** Same, from a JSON text (for tests and tools); `origin` names it in messages. */
 int config_from_json(config_t **out, const char *json, size_t len, const char *origin, char *err,
                      size_t errlen);
+
+/** The digests the configuration's pins name (every rule's), for retention to keep with everything
+ * they reference. *out is a malloc'd array (free it) of n strings borrowed from c; NULL when n
+ * is 0. Returns 0 or -ENOMEM. */
+int config_pin_digests(const config_t *c, const char ***out, size_t *n);
 
 /** Looks an upstream up by its name, case-insensitively; "index.docker.io" and
  * "registry-1.docker.io" find "docker.io". Returns a borrowed pointer or NULL. */

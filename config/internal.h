@@ -164,9 +164,18 @@ int config_set_log_level(config_t *c, const diag_t *d, const char *field, const 
 /** memset that the compiler may not drop as a dead store before free(). */
 void config_wipe(void *p, size_t n);
 
-/* ---- Retention (config_retention.c) ------------------------------------------------------- */
+/* ---- Redirect and realm allow list (config_redirect.c) ------------------------------------ */
 
 struct json_t;
+/** "upstreams[i].allow_redirect_hosts": an array of host names, "*.suffix" patterns or IP
+ * literals, validated and stored in u. field is the JSON path of the list. */
+int config_allow_hosts_parse(config_upstream_t *u, const diag_t *d, const char *field,
+                             const struct json_t *v);
+/** Frees u's list. */
+void config_allow_hosts_free(config_upstream_t *u);
+
+/* ---- Retention (config_retention.c) ------------------------------------------------------- */
+
 /** "retention": the object's fields, each validated with its path in messages. */
 int config_retention_json(config_t *c, const diag_t *d, const struct json_t *v);
 /** "on_disk_full": "fail" (default) or "pass_through". */
@@ -175,9 +184,27 @@ void config_retention_free(config_t *c);
 
 /* ---- JSON (config_json.c) ----------------------------------------------------------------- */
 
+struct json_t; /* jansson's value type */
+
+/** "an object", "a string", ...: what a JSON value is, for messages. */
+const char *config_json_type_name(const struct json_t *v);
+/** Builds "prefix.key" (or "key" when prefix is NULL) with the key made printable. */
+void config_field_path(char *buf, size_t cap, const char *prefix, const char *key);
+
 /** Parses the JSON text json[0..len) over c (defaults already in place); origin names it in
  * messages, which go to err[errlen]. */
 int config_apply_json_text(config_t *c, const char *json, size_t len, const char *origin, char *err,
                            size_t errlen);
+
+/* ---- Pull-time policy (config_policy.c) ---------------------------------------------------- */
+
+/** Parses the "policy" array over c (replacing any rules there): every field validated, every
+ * dead or contradictory combination refused, with messages naming policy[i].field. */
+int config_parse_policy(config_t *c, const diag_t *d, const struct json_t *v);
+/** The checks that need the final upstream list (flags may replace it): each rule's match
+ * names a configured upstream (or starts with a glob). */
+int config_policy_check(const config_t *c, const diag_t *d);
+/** Frees the rules; c->policy is NULL afterwards. */
+void config_policy_free(config_t *c);
 
 #endif

@@ -15,13 +15,16 @@
 
 #include "cache/cache.h"
 #include "common/flight.h"
+#include "common/timeutil.h"
 #include "config/config.h"
+#include "policy/policy.h"
 #include "proxy/http.h"
 #include "proxy/route.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
 
 typedef struct blob_producers blob_producers_t; /* blob.c */
+typedef struct negcache negcache_t;             /* negcache.c */
 typedef struct health health_t;                 /* health.c */
 typedef struct revalidator revalidator_t;       /* revalidate.c */
 
@@ -33,9 +36,20 @@ typedef struct call_env {
     upstream_t *const *upstreams; /* [i] serves cfg->upstreams[i] */
     flight_table_t *fetches;      /* shared buffered upstream fetches (fetch.c) */
     blob_producers_t *producers;  /* blob fills' upstream producers running (blob.c) */
+    negcache_t *neg;              /* upstream 404s remembered for negative_ttl_s (negcache.h) */
     revalidator_t *revalidator;   /* tag checks running (revalidate.c) */
     struct retention *retention;  /* background eviction (retention.c); told of a full disk */
+    const policy_t *policy;       /* the pull-time rules */
+    /* Added to the wall clock for the policy's decisions and the tag history it keeps (soak):
+     * 0, except under the test clock (WINCH_TEST_CLOCK_OFFSET_S, app.c). */
+    int64_t policy_clock_offset_ms;
 } call_env_t;
+
+/** The policy's clock (Unix ms): the wall clock, offset in tests. */
+static inline int64_t policy_now_ms(const call_env_t *env)
+{
+    return time_wall_ms() + env->policy_clock_offset_ms;
+}
 
 typedef struct call call_t;
 struct call {

@@ -22,4 +22,12 @@ int cli_warm(int argc, char **argv);    /* cli_warm.c */
 int cli_export(int argc, char **argv);  /* cli_export.c */
 int cli_import(int argc, char **argv);  /* cli_import.c */
 
+/** winch pin REF [DIGEST], winch unpin REF, winch pins: stored pins (cli_pin.c). */
+int cli_pin(int argc, char **argv);
+int cli_unpin(int argc, char **argv);
+int cli_pins(int argc, char **argv);
+
+/** winch policy explain REF...: which rule decides and why (cli_policy.c). */
+int cli_policy(int argc, char **argv);
+
 #endif

@@ -302,6 +302,15 @@ static int tls_stage_buf(tls_conn_t *t)
     return 0;
 }
 
+void conn_tls_release(conn_t *c)
+{
+    tls_conn_t *t = tls_of(c);
+    if (t && t->staged == 0) {
+        free(t->wbuf);
+        t->wbuf = NULL;
+    }
+}
+
 ssize_t conn_tls_send(conn_t *c, const struct iovec *iov, int niov)
 {
     tls_conn_t *t = tls_of(c);

@@ -1,3 +1,9 @@
+/* Buffered upstream fetches (fetch.h). Every one has a deadline for the whole exchange
+ * (upstream_fetch_deadline_ms): a client waits on it. Most go in the priority lane. A body over its
+ * bound is abandoned the moment that is known, never drained: a Content-Length over the bound
+ * ends the request at its headers, a chunked body at the byte that crosses the bound, and the
+ * connection is closed (upreq_abort). An error answer's body is not needed at all: it is read
+ * up to ERROR_BODY_MAX to keep the connection, or abandoned beyond. */
 #include "proxy/fetch.h"
 
 #include <errno.h>
@@ -23,6 +29,7 @@ typedef struct fetch_op {
     int status;
     bool head; /* HEAD: Content-Length describes what a GET would send, not a body */
     bool too_big;
+    bool cut; /* an error answer's body was abandoned: the status is all that counts */
 } fetch_op_t;
 
 /* One call waiting for a flight. */
@@ -87,25 +94,34 @@ static void waiter_cancel(call_t *c)
     }
 }
 
+/* The body passed its bound: stop reading now and close the connection. */
+static void over_bound(fetch_op_t *op, upreq_t *up)
+{
+    if (op->status == 200)
+        op->too_big = true;
+    else
+        op->cut = true;
+    upreq_abort(up, WE_TOOBIG);
+}
+
 static void op_on_headers(upreq_t *up, void *arg, int status)
 {
     fetch_op_t *op = arg;
     op->status = status;
-    uint64_t cl = upreq_content_length(up);
-    if (!op->head && status == 200 && cl != UINT64_MAX && cl > op->max)
-        op->too_big = true;
     /* Only a 200's body is kept; an error body is bounded and dropped. */
     op->body.max = status == 200 ? op->max : ERROR_BODY_MAX;
+    uint64_t cl = upreq_content_length(up);
+    if (!op->head && cl != UINT64_MAX && cl > op->body.max)
+        over_bound(op, up);
 }
 
 static void op_on_body(upreq_t *up, void *arg, const char *data, size_t len)
 {
     fetch_op_t *op = arg;
-    (void)up;
-    if (op->too_big)
+    if (op->too_big || op->cut)
         return;
-    if (buf_append(&op->body, data, len) < 0 && op->status == 200)
-        op->too_big = true;
+    if (buf_append(&op->body, data, len) < 0)
+        over_bound(op, up);
 }
 
 static void on_land(flight_waiter_t *w, void *result)
@@ -138,10 +154,14 @@ static void on_land(flight_waiter_t *w, void *result)
 static void op_on_done(upreq_t *up, void *arg, int err)
 {
     fetch_op_t *op = arg;
+    /* The breaker hears how the upstream answered: a body abandoned over its bound was still an
+     * answer. */
     if (op->health)
-        health_report(op->health, op->status, err);
-    if (err == 0 && op->too_big)
+        health_report(op->health, op->status, op->too_big || op->cut ? 0 : err);
+    if (op->too_big)
         err = WE_TOOBIG;
+    else if (op->cut)
+        err = 0; /* the answer is its status; its body was never going to be used */
     fetch_result_t res = {.status = op->status, .err = err, .up = up, .body = &op->body};
     /* The flight leaves the table before anyone is told: a waiter that asks again from its
      * callback starts a new flight. */
@@ -156,9 +176,10 @@ static const upreq_cbs_t op_cbs = {
 };
 
 /* Starts the upstream request of a new flight. */
-static int op_start(call_t *c, flight_t *fl, const char *method, const char *path,
-                    const char *accept, size_t max)
+static int op_start(call_t *c, flight_t *fl, enum upreq_lane lane, const char *method,
+                    const char *path, const char *accept, size_t max)
 {
+    upreq_opts_t opts = {.lane = lane, .deadline_ms = c->env->cfg->upstream_fetch_deadline_ms};
     fetch_op_t *op = calloc(1, sizeof *op);
     if (!op)
         return -ENOMEM;
@@ -173,7 +194,7 @@ static int op_start(call_t *c, flight_t *fl, const char *method, const char *pat
         snprintf(acc, sizeof acc, "Accept: %s", accept);
         hdrs[0] = acc;
     }
-    int err = upreq_start(&op->up, c->up, method, path, hdrs, &op_cbs, op);
+    int err = upreq_start_opts(&op->up, c->up, method, path, hdrs, &op_cbs, op, &opts);
     if (err < 0) {
         op_free(op);
         return err;
@@ -184,6 +205,12 @@ static int op_start(call_t *c, flight_t *fl, const char *method, const char *pat
 
 int fetch_start(call_t *c, const char *method, const char *path, const char *accept, size_t max,
                 fetch_cb cb, void *ctx, void (*ctx_free)(void *))
+{
+    return fetch_start_in(c, UPREQ_PRIORITY, method, path, accept, max, cb, ctx, ctx_free);
+}
+
+int fetch_start_in(call_t *c, enum upreq_lane lane, const char *method, const char *path,
+                   const char *accept, size_t max, fetch_cb cb, void *ctx, void (*ctx_free)(void *))
 {
     /* Identical means: same upstream, method, path, Accept and bound. */
     char key[REF_NAME_MAX + 1200];
@@ -209,7 +236,7 @@ int fetch_start(call_t *c, const char *method, const char *path, const char *acc
         return err;
     }
     if (created) {
-        err = op_start(c, fl, method, path, accept, max);
+        err = op_start(c, fl, lane, method, path, accept, max);
         if (err < 0) {
             flight_leave(&fw->w);
             flight_drop(fl);

@@ -28,6 +28,14 @@ typedef void (*fetch_cb)(call_t *c, void *ctx, int status, int err, upreq_t *up,
 int fetch_start(call_t *c, const char *method, const char *path, const char *accept, size_t max,
                 fetch_cb cb, void *ctx, void (*ctx_free)(void *));
 
+/** fetch_start in the given upstream lane (fetch_start uses UPREQ_PRIORITY, for what a client
+ * waits on: manifests, tag checks, lists). A blob HEAD goes in the bulk lane, so a flood of
+ * them cannot hold the connections kept for manifests. Joining a flight started in the other
+ * lane is fine: the flight's request keeps its lane. */
+int fetch_start_in(call_t *c, enum upreq_lane lane, const char *method, const char *path,
+                   const char *accept, size_t max, fetch_cb cb, void *ctx,
+                   void (*ctx_free)(void *));
+
 /** Writes "<base path>/v2/<repo>/<kind>[/<ref>]" for c's upstream into out[len]; ref may be
  * NULL (tags/list). */
 void fetch_path(const call_t *c, const char *kind, const char *ref, char *out, size_t len);

@@ -100,13 +100,21 @@ static void on_probe_timer(uv_timer_t *t)
         return;
     char path[512];
     snprintf(path, sizeof path, "%s/v2/", upstream_config(h->up)->base_path);
-    if (upreq_start(&h->probe, h->up, "GET", path, NULL, &probe_cbs, h) < 0)
+    /* Priority lane, so a queue of blob fills cannot hold the probe back; a hung answer ends
+     * at the fetch deadline like any small exchange. */
+    upreq_opts_t opts = {.lane = UPREQ_PRIORITY, .deadline_ms = h->cfg->upstream_fetch_deadline_ms};
+    if (upreq_start_opts(&h->probe, h->up, "GET", path, NULL, &probe_cbs, h, &opts) < 0)
         h->probe = NULL;
 }
 
 void health_report(health_t *h, int status, int err)
 {
     if (h->stopped)
+        return;
+    /* winch's own limits (a full or slow wait queue) and refusals (a redirect to an address it
+     * may not reach) say nothing about whether the upstream is up: a flood of requests must not
+     * open the breaker for everyone. */
+    if (err == WE_BUSY || err == WE_FORBIDDEN)
         return;
     bool failed = err != 0 || status >= 500;
     if (!failed) {

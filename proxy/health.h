@@ -31,7 +31,8 @@ bool health_down(const health_t *h);
 
 /** One upstream exchange ended: status is the HTTP status (0 when none arrived), err the
  * transport error (0 when an answer arrived). A 5xx or a transport error counts as a failure,
- * anything else (404 and 429 included: the upstream answered) as a success. */
+ * anything else (404 and 429 included: the upstream answered) as a success; WE_BUSY and
+ * WE_FORBIDDEN (winch's own queue limits and redirect refusals) do not count at all. */
 void health_report(health_t *h, int status, int err);
 
 /** Seconds a client should wait before trying again while the upstream is down. */

@@ -34,10 +34,45 @@ static size_t tags_path_len(const char *target)
     return q ? (size_t)(q - target) : strlen(target);
 }
 
+static int add_stored_pin(void *arg, const char *upstream, const char *repo, const char *tag,
+                          const cache_pin_t *pin)
+{
+    (void)upstream;
+    (void)repo;
+    (void)pin;
+    return json_array_append_new(arg, json_string(tag)) < 0;
+}
+
+/* Pinned tags are tags of the repository for every client, including aliases the upstream does
+ * not have (winch pin acme/app:production sha256:...). */
+static void add_pinned_tags(call_t *c, json_t *tags)
+{
+    const policy_t *p = c->env->policy;
+    int rule = policy_match(p, c->route.upstream->name, c->route.name);
+    if (rule >= 0) {
+        const config_policy_rule_t *r = policy_rule(p, (size_t)rule);
+        for (size_t i = 0; i < r->n_pins; i++)
+            json_array_append_new(tags, json_string(r->pins[i].tag));
+    }
+    if (cache_pins_list(c->env->cache, c->route.upstream->name, c->route.name, add_stored_pin,
+                        tags) < 0)
+        LOG_WARN("req=%llu listing the stored pins of %s failed",
+                 (unsigned long long)req_id(c->req), c->route.name);
+}
+
 static void tags_reply(call_t *c, json_t *root)
 {
     json_t *tags = json_object_get(root, "tags");
-    size_t n = json_is_array(tags) ? json_array_size(tags) : 0;
+    if (!json_is_array(tags)) {
+        /* distribution says "tags": null for a repository without tags. */
+        tags = json_array();
+        if (!tags || json_object_set_new(root, "tags", tags) < 0) {
+            reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
+            return;
+        }
+    }
+    add_pinned_tags(c, tags);
+    size_t n = json_array_size(tags);
     const char **list = calloc(n ? n : 1, sizeof *list);
     if (!list) {
         reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
@@ -50,6 +85,12 @@ static void tags_reply(call_t *c, json_t *root)
             list[k++] = t;
     }
     qsort(list, k, sizeof *list, cmp_str);
+    /* A pinned tag the upstream has too is listed once. */
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++)
+        if (u == 0 || strcmp(list[u - 1], list[i]) != 0)
+            list[u++] = list[i];
+    k = u;
     /* Apply last (exclusive) and n. */
     size_t start = 0;
     if (c->route.last[0]) {

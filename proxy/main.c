@@ -41,6 +41,11 @@ static const struct {
     {"warm", cli_warm},
     {"export", cli_export},
     {"import", cli_import},
+    /* Pull-time policy: pins without editing the configuration, and explaining a decision. */
+    {"pin", cli_pin},
+    {"unpin", cli_unpin},
+    {"pins", cli_pins},
+    {"policy", cli_policy},
 };
 
 int main(int argc, char **argv)

@@ -149,6 +149,10 @@ static void on_headers(upreq_t *up, void *arg, int status)
     if (c->health)
         health_report(c->health, status, 0);
     uint64_t len = upreq_content_length(up);
+    if (len != UINT64_MAX && len > c->env->cfg->max_blob_bytes && status == 200) {
+        pt_fail(p, WE_TOOBIG);
+        return;
+    }
     if (p->ranged && status == 206 && len == p->end - p->cur) {
         p->pos = p->cur;
     } else if (status == 200 && len != UINT64_MAX && (!p->head_sent || len == p->size)) {

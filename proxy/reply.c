@@ -10,14 +10,23 @@
 #include "proxy/fetch.h"
 #include "proxy/health.h"
 
-#define ERRBODY_MAX 1024
+#define ERRBODY_MAX 8192 /* policy refusals carry a rule's own message */
+/* Retry-After of a 503 for a full or slow upstream queue: long enough for the queue to move,
+ * short enough that a client that backs off is not idle for long. */
+#define BUSY_RETRY_AFTER_S 5
+
+/* The headers every registry answer carries. */
+static void registry_headers(call_t *c)
+{
+    resp_header(c->req, "Docker-Distribution-API-Version", "registry/2.0");
+    if (c->route.ns_given)
+        resp_header(c->req, "OCI-Namespace", "%s", c->route.ns);
+}
 
 void reply_begin(call_t *c, int status)
 {
     resp_begin(c->req, status);
-    resp_header(c->req, "Docker-Distribution-API-Version", "registry/2.0");
-    if (c->route.ns_given)
-        resp_header(c->req, "OCI-Namespace", "%s", c->route.ns);
+    registry_headers(c);
 }
 
 void reply_error(call_t *c, int status, enum oci_code code, const char *message,
@@ -36,6 +45,16 @@ void reply_error(call_t *c, int status, enum oci_code code, const char *message,
     if (c->cache_status == NULL || strcmp(c->cache_status, "-") == 0)
         c->cache_status = "error";
     resp_send(c->req, n, body, n, true);
+}
+
+void reply_denied(call_t *c, const char *message)
+{
+    char reason[RESP_REASON_MAX + 1];
+    snprintf(reason, sizeof reason, "DENIED: %s", message);
+    resp_begin_reason(c->req, 403, reason);
+    registry_headers(c);
+    c->cache_status = "policy";
+    reply_error(c, 0, OCI_DENIED, message, NULL);
 }
 
 /* Retry-After is seconds or an HTTP date: pass on any short single-line value. */
@@ -58,6 +77,8 @@ static const struct {
     {WE_TOOBIG, OCI_BAD_GATEWAY, "sent a response over winch's size limit"},
     {WE_UPSTREAM, OCI_BAD_GATEWAY, "answered with an error"},
     {WE_TLS, OCI_BAD_GATEWAY, "failed the TLS handshake or certificate check"},
+    {WE_BUSY, OCI_UNAVAILABLE, "is busy: too many requests are waiting for it; retry later"},
+    {WE_FORBIDDEN, OCI_BAD_GATEWAY, "sent winch to an address it may not reach"},
     {WE_INDEX, OCI_UNKNOWN, NULL},
     {-ENOSPC, OCI_UNKNOWN, NULL},
     {-EIO, OCI_UNKNOWN, NULL},
@@ -73,6 +94,10 @@ void reply_failure(call_t *c, int err, enum oci_code notfound)
                                                    : "manifest unknown",
                     NULL);
         return;
+    }
+    if (err == WE_BUSY && !resp_begun(c->req)) {
+        reply_begin(c, 503);
+        resp_header(c->req, "Retry-After", "%d", BUSY_RETRY_AFTER_S);
     }
     if (err == WE_DOWN && !resp_begun(c->req)) {
         reply_begin(c, 503);

@@ -140,6 +140,10 @@ int tls_server_ctx_new(const char *cert_file, const char *key_file, SSL_CTX **ou
     /* Clients fetch many blobs over several connections: let them resume sessions (stateless
      * tickets, OpenSSL's default) instead of paying a full handshake each time. */
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, NULL);
+    /* Thousands of clients may idle on keep-alive connections: OpenSSL's record buffers
+     * (about 34 KiB a connection) are freed while nothing is buffered, and come back with the
+     * next record. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
         snprintf(what, sizeof what, "tls_cert %.256s: cannot load the certificate chain",
                  cert_file);

@@ -23,6 +23,8 @@
 #include "proxy/tls.h"
 #include "proxy/upstream_internal.h"
 
+static void on_deadline(uv_timer_t *t);
+
 int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *ucfg,
                     const config_t *gcfg)
 {
@@ -35,6 +37,7 @@ int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *
     u->gcfg = gcfg;
     u->rl.limit = u->rl.remaining = -1;
     u->conn_ready = wire_send;
+    u->deadline_cb = on_deadline;
     origin_t *o = calloc(1, sizeof *o);
     if (!o) {
         rc = -ENOMEM;
@@ -63,6 +66,10 @@ int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *
     }
     uv_timer_init(loop, &u->defer_timer);
     u->defer_timer.data = u;
+    uv_timer_init(loop, &u->queue_timer);
+    u->queue_timer.data = u;
+    uv_timer_init(loop, &u->dl_timer);
+    u->dl_timer.data = u;
     *out = u;
     return 0;
 fail:
@@ -75,7 +82,9 @@ fail:
 
 static void on_upstream_closed(uv_handle_t *h)
 {
-    free(h->data);
+    upstream_t *u = h->data;
+    if (--u->open_handles == 0)
+        free(u);
 }
 
 /* Frees a request left over at destroy time, without callbacks. A token fetch's own request
@@ -98,10 +107,12 @@ void upstream_destroy(upstream_t *u)
      * token flight has its fetch's request in one of these places. */
     for (int i = 0; i < u->norigins; i++) {
         origin_t *o = u->origins[i];
-        while (o->wait_head) {
-            upreq_t *r = o->wait_head;
-            req_unlist(r);
-            abandon(r, "still waiting");
+        for (int l = 0; l < UP_LANES; l++) {
+            while (o->wait_head[l]) {
+                upreq_t *r = o->wait_head[l];
+                req_unlist(r);
+                abandon(r, "still waiting");
+            }
         }
     }
     while (u->defer_head) {
@@ -128,7 +139,10 @@ void upstream_destroy(upstream_t *u)
     u->tokens = NULL;
     tls_ctx_free(u->tls_ctx); /* live SSL objects hold their own reference */
     u->tls_ctx = NULL;
+    u->open_handles = 3;
     uv_close((uv_handle_t *)&u->defer_timer, on_upstream_closed);
+    uv_close((uv_handle_t *)&u->queue_timer, on_upstream_closed);
+    uv_close((uv_handle_t *)&u->dl_timer, on_upstream_closed);
 }
 
 const config_upstream_t *upstream_config(const upstream_t *u)
@@ -142,18 +156,38 @@ bool upstream_ratelimit(const upstream_t *u, upstream_ratelimit_t *out)
     return u->rl.known;
 }
 
+size_t upstream_waiting(const upstream_t *u, enum upreq_lane lane)
+{
+    return u->origins[0]->nwait[lane == UPREQ_BULK ? UPREQ_BULK : UPREQ_PRIORITY];
+}
+
+void upstream_test_set_addr_classifier(upstream_t *u, upstream_addr_class_fn fn)
+{
+    u->classify_hook = fn;
+}
+
 int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *path,
                 const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg)
+{
+    return upreq_start_opts(out, u, method, path, extra_headers, cbs, arg, NULL);
+}
+
+int upreq_start_opts(upreq_t **out, upstream_t *u, const char *method, const char *path,
+                     const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg,
+                     const upreq_opts_t *opts)
 {
     upreq_t *r = NULL;
     if (u->destroying || !cbs || !cbs->on_headers || !cbs->on_body || !cbs->on_done)
         return -EINVAL;
     origin_t *o = u->origins[0];
-    if (o->nwait >= UP_MAX_QUEUE)
-        return -EAGAIN;
+    bool bulk = !opts || opts->lane != UPREQ_PRIORITY;
+    /* Refused before anything is allocated: a full queue must stay cheap to say no to. */
+    if (o->nwait[bulk ? UPREQ_BULK : UPREQ_PRIORITY] >= u->gcfg->upstream_max_queue)
+        return WE_BUSY;
     int rc = req_create(&r, u, method, path, extra_headers, cbs, arg);
     if (rc < 0)
         return rc;
+    r->bulk = bulk;
     req_set_origin(r, o);
     upauth_attach_known(r);
     /* The loop's clock is stale when the caller spent time since the last poll; timeouts
@@ -164,6 +198,8 @@ int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *pa
         req_free(r);
         return rc;
     }
+    if (opts)
+        req_set_deadline(r, opts->deadline_ms);
     *out = r;
     return 0;
 }
@@ -194,6 +230,62 @@ void upreq_resume(upreq_t *r)
         wire_resume(r);
     else
         r->hold = false;
+}
+
+/* Ends r with err wherever it is, outside any parser callback of its own. */
+static void end_now(upreq_t *r, int err)
+{
+    switch (r->state) {
+    case UR_QUEUED:
+    case UR_TOKEN:
+        req_unlist(r);
+        req_fail_later(r, err);
+        return;
+    case UR_CONNECTING:
+    case UR_SENT:
+    case UR_DRAINING:
+    case UR_BODY:
+    case UR_PAUSED:
+    case UR_RESUMING:
+        wire_abort(r, err);
+        return;
+    default:
+        /* NEW and COMPLETE never last past the call that set them; ENDING, DONE and
+         * CANCELLED are ending already. */
+        return;
+    }
+}
+
+void upreq_abort(upreq_t *r, int err)
+{
+    if (r->state == UR_DONE || r->state == UR_CANCELLED)
+        return;
+    if (err >= 0)
+        err = WE_CANCELLED;
+    if (r->in_parser) {
+        /* Inside on_headers or on_body: the wire (or the replay of a 401) ends r with it once
+         * the callback has returned. */
+        if (!r->abort_err)
+            r->abort_err = err;
+        return;
+    }
+    end_now(r, err);
+}
+
+/* The earliest deadlines have passed: those requests end with -ETIMEDOUT. */
+static void on_deadline(uv_timer_t *t)
+{
+    upstream_t *u = t->data;
+    uint64_t now = uv_now(u->loop);
+    while (u->dl_head && u->dl_head->deadline_at <= now) {
+        upreq_t *r = u->dl_head;
+        req_clear_deadline(r);
+        LOG_DEBUG("upstream %s: %s: deadline passed (%s)", u->ucfg->name, r->logline,
+                  r->state == UR_QUEUED ? "still waiting for a connection" : "still running");
+        end_now(r, -ETIMEDOUT);
+    }
+    if (u->dl_head)
+        uv_timer_start(&u->dl_timer, on_deadline, u->dl_head->deadline_at - now, 0);
 }
 
 void upreq_cancel(upreq_t *r)

@@ -12,6 +12,19 @@
  * on_done exactly once (0 after a complete message, else an error). upreq_cancel before on_done
  * stops everything and no callback fires after it returns. After on_done the upreq is freed by
  * the client: do not touch it again.
+ *
+ * Limits (issue 8). Requests that find every connection of their origin busy wait in one of
+ * two lanes: priority (manifests, tag checks, lists, token fetches) is served before bulk (blob
+ * fills), and a quarter of upstream_max_conns (at least one, when there are two or more) is
+ * kept for priority, so a flood of blob fills never holds every connection. Each lane holds at
+ * most upstream_max_queue requests per origin (more fail with WE_BUSY at once), and a request
+ * that waits upstream_queue_timeout_ms fails with WE_BUSY. A request may carry a deadline for
+ * its whole exchange. Redirect targets and token realms (every origin but the configured one)
+ * are reached only at addresses of a class the upstream's own addresses have (public, or
+ * loopback for a lab upstream on 127.0.0.1, ...) or when their host is in the upstream's
+ * allow_redirect_hosts: the check runs on the resolved addresses, so a name that resolves to
+ * 169.254.169.254 is refused too (WE_FORBIDDEN). The configured credentials go to the
+ * upstream's own origin, and to a token realm only on https (or on the upstream's own origin).
  */
 #ifndef WINCH_PROXY_UPSTREAM_H
 #define WINCH_PROXY_UPSTREAM_H
@@ -19,6 +32,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "config/config.h"
@@ -67,13 +81,34 @@ typedef struct upreq_cbs {
     void (*on_done)(upreq_t *r, void *arg, int status);
 } upreq_cbs_t;
 
+/** The lane a request waits in for a connection. */
+enum upreq_lane {
+    UPREQ_BULK = 0, /* blob fills: never more than upstream_max_conns minus the priority share */
+    UPREQ_PRIORITY = 1, /* small answers a client waits for: served first, may use every conn */
+};
+
+/** How a request is treated; zero-initialised means bulk lane, no deadline. */
+typedef struct upreq_opts {
+    enum upreq_lane lane;
+    /* The whole exchange (waiting, connecting, redirects, auth, headers and body) must end
+     * within this many ms, else on_done(-ETIMEDOUT) and the connection is closed; 0: none. */
+    uint32_t deadline_ms;
+} upreq_opts_t;
+
 /** Sends `method path` (path is absolute and already includes the upstream's base path and
  * query). extra_headers is a NULL-terminated array of "Name: value" lines (borrowed, copied
  * before return; an Authorization line among them goes to this upstream's own origin only);
  * Host, User-Agent, Connection and any Authorization winch obtained are added by the client
  * (a caller's own Authorization turns winch's auth handling off for the request). cbs and arg are
- * borrowed until on_done. *out is valid until on_done or upreq_cancel. No callback fires
- * before this returns. */
+ * borrowed until on_done. opts (borrowed, copied; NULL: the defaults above) picks the lane and
+ * the deadline. *out is valid until on_done or upreq_cancel. No callback fires before this
+ * returns. Returns 0, WE_BUSY (the lane's wait queue is full), WE_INVALID, WE_TOOBIG,
+ * -EINVAL, -ENOMEM. */
+int upreq_start_opts(upreq_t **out, upstream_t *u, const char *method, const char *path,
+                     const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg,
+                     const upreq_opts_t *opts);
+
+/** upreq_start_opts with the defaults: bulk lane, no deadline. */
 int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *path,
                 const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg);
 
@@ -88,6 +123,13 @@ void upreq_resume(upreq_t *r);
 /** Abandons the request; its connection is closed, not pooled. No callback after return. */
 void upreq_cancel(upreq_t *r);
 
+/** Ends the request now with err (< 0): its connection is closed at once (nothing more is read:
+ * an oversized or endless body is never drained), and on_done(err) follows on a later loop
+ * iteration, never from inside this call; no other callback fires after it returns. Callable
+ * from on_headers and on_body (then the headers stay readable until on_done) or from outside
+ * any callback. No effect once on_done has run or the request was cancelled. */
+void upreq_abort(upreq_t *r, int err);
+
 /** First response header named name (case-insensitive), NUL-terminated, borrowed until on_done;
  * NULL if absent. Valid from on_headers on. */
 const char *upreq_header(const upreq_t *r, const char *name);
@@ -97,5 +139,15 @@ const char *upreq_header_next(const upreq_t *r, const char *name, const char *pr
 uint64_t upreq_content_length(const upreq_t *r);
 /** Redirects followed to reach the response on_headers saw (for logs and tests). */
 int upreq_redirects(const upreq_t *r);
+
+/** Requests waiting for a connection at u's own origin, in lane (for tests and metrics). */
+size_t upstream_waiting(const upstream_t *u, enum upreq_lane lane);
+
+/** FOR TESTS ONLY: classify addresses with fn instead of netaddr_classify (proxy/netaddr.h),
+ * e.g. to make a fake upstream on 127.0.0.1 count as public so that a redirect to loopback is
+ * refused without real DNS. fn returns an enum netaddr_class, or -1 for the normal answer.
+ * NULL restores the default. Never called by winch itself. */
+typedef int (*upstream_addr_class_fn)(const struct sockaddr *sa);
+void upstream_test_set_addr_classifier(upstream_t *u, upstream_addr_class_fn fn);
 
 #endif

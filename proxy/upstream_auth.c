@@ -6,7 +6,8 @@
  * service and scopes. A cached one is used when it is not the one just refused; otherwise the
  * request joins the token flight of that cache key (common/flight.h): the first request starts
  * the fetch, the flight's operation, an internal GET to the realm (with Basic credentials when
- * configured and the challenge came from the primary origin); every request that needs the
+ * configured, the challenge came from the primary origin and the realm may have them: see
+ * realm_gets_credentials); every request that needs the
  * same token meanwhile waits on the same flight. The fetch lands the flight with the token (or
  * the transport error, or nothing), and each waiter goes on from its land callback: sent again
  * with the token, failed, or shown the original 401 (headers only) from the deferred list.
@@ -38,7 +39,9 @@ typedef struct token_op {
     bool proactive; /* the challenge came from the primary origin */
     int status;
     bool too_big;
-    buf_t body; /* the realm's answer, at most AUTH_MAX_BODY; freed with buf_free_secret */
+    bool cut;         /* an error answer's body was abandoned (its status says enough) */
+    uint64_t ignored; /* bytes of an error answer's body read and dropped */
+    buf_t body;       /* the realm's answer, at most AUTH_MAX_BODY; freed with buf_free_secret */
 } token_op_t;
 
 /* What a token flight lands with: the token (borrowed for the land call) or why there is none. */
@@ -157,23 +160,41 @@ static void token_op_free(token_op_t *op)
     free(op);
 }
 
+/* Bytes of a realm's error answer read (to keep the connection) before it is abandoned. */
+#define TOKEN_ERROR_BODY_MAX 4096
+
+/* The answer is bigger than it may be: nothing more is read, the connection closes. */
+static void abandon_body(token_op_t *op, upreq_t *t)
+{
+    if (op->status == 200)
+        op->too_big = true; /* over AUTH_MAX_BODY (or out of memory): no token from this */
+    else
+        op->cut = true;
+    upreq_abort(t, WE_TOOBIG);
+}
+
 static void op_on_headers(upreq_t *t, void *arg, int status)
 {
     token_op_t *op = arg;
     op->status = status;
     uint64_t cl = upreq_content_length(t);
-    if (status == 200 && cl != UINT64_MAX && cl > AUTH_MAX_BODY)
-        op->too_big = true;
+    if (cl != UINT64_MAX && cl > (status == 200 ? AUTH_MAX_BODY : TOKEN_ERROR_BODY_MAX))
+        abandon_body(op, t);
 }
 
 static void op_on_body(upreq_t *t, void *arg, const char *data, size_t len)
 {
     token_op_t *op = arg;
-    (void)t;
-    if (op->status != 200 || op->too_big)
+    if (op->too_big || op->cut)
         return;
+    if (op->status != 200) {
+        op->ignored += len;
+        if (op->ignored > TOKEN_ERROR_BODY_MAX)
+            abandon_body(op, t);
+        return;
+    }
     if (buf_append(&op->body, data, len) < 0)
-        op->too_big = true; /* over AUTH_MAX_BODY (or out of memory): no token from this */
+        abandon_body(op, t);
 }
 
 /* The token in the fetch's answer, cached; NULL when there is none (logged). */
@@ -209,6 +230,8 @@ static void op_on_done(upreq_t *t, void *arg, int err)
     token_op_t *op = arg;
     (void)t;
     uint64_t gen;
+    if (op->too_big || op->cut)
+        err = 0; /* what went wrong is in op: no token (too big), or the realm's status */
     char *token = token_of(op, err, &gen);
     token_result_t res = {.token = token, .gen = gen, .err = token ? 0 : err};
     flight_land(op->fl, &res);
@@ -249,6 +272,23 @@ static void on_token_landed(flight_waiter_t *w, void *result)
     }
 }
 
+/* The configured credentials go to a token realm the configured upstream named (never one a
+ * redirect target named: from_primary) when the realm is https, or is the upstream's own origin
+ * (a plain-http lab registry that is its own token server). Never to a plain-http realm
+ * elsewhere, where anyone on the path reads them, and so never downgraded from an https
+ * upstream to an http realm. */
+static bool realm_gets_credentials(upstream_t *u, const origin_t *realm)
+{
+    if (realm->tls || realm->primary)
+        return true;
+    if (!u->warned_realm_creds)
+        LOG_WARN("upstream %s: not sending the configured credentials to the token realm %s: "
+                 "it is plain http and not the upstream itself; fetching a token anonymously",
+                 u->ucfg->name, realm->key);
+    u->warned_realm_creds = true;
+    return false;
+}
+
 /* Starts the fetch of flight f, which answers challenge c. */
 static int start_fetch(upstream_t *u, flight_t *f, const auth_challenge_t *c, bool from_primary)
 {
@@ -267,8 +307,10 @@ static int start_fetch(upstream_t *u, flight_t *f, const auth_challenge_t *c, bo
     origin_t *o = NULL;
     if (rc == 0)
         rc = pool_origin_get(u, tu->tls, tu->host, tu->port, &o);
-    if (rc < 0)
+    if (rc != 0 || !o) {
+        rc = rc < 0 ? rc : -EINVAL;
         goto fail;
+    }
     op->u = u;
     op->fl = f;
     op->proactive = from_primary;
@@ -278,14 +320,14 @@ static int start_fetch(upstream_t *u, flight_t *f, const auth_challenge_t *c, bo
     if (rc < 0)
         goto fail;
     t->internal = true;
-    /* The configured credentials go to the realm the configured upstream named, never to one
-     * a redirect target named. */
-    if (from_primary && has_credentials(u))
+    t->bulk = false; /* a token gates a client's request: priority lane */
+    if (from_primary && has_credentials(u) && realm_gets_credentials(u, o))
         rc = set_basic(t, o);
     if (rc == 0)
         rc = pool_queue(t, o);
     if (rc < 0)
         goto fail;
+    req_set_deadline(t, u->gcfg->upstream_fetch_deadline_ms);
     flight_set_op(f, op);
     LOG_DEBUG("upstream %s: fetching a token from %s%.*s (%s)", u->ucfg->name, o->key,
               (int)strcspn(tu->path, "?"), tu->path, c->scope[0] ? c->scope : "no scope");
@@ -375,6 +417,8 @@ static int answer_bearer(upreq_t *r, const auth_challenge_t *c)
     if (tok)
         auth_cache_drop(u->tokens, gen); /* the token r carried was refused: forget it */
     rc = wait_token(r, c, key);
+    if (rc == WE_BUSY)
+        return rc; /* the realm's queue is full: say so, as for any request */
     if (rc < 0) {
         LOG_WARN("upstream %s: %s: cannot fetch a token: %s", u->ucfg->name, r->logline,
                  err_str(rc));

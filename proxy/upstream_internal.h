@@ -22,10 +22,12 @@
  *   upstream_req.c    the request object: creation, state, request head, response headers,
  *                     completion and the deferred list that reports endings
  *
- * One call goes up: when the pool has a connection for a request (a pooled one, or a new one
+ * Two calls go up: when the pool has a connection for a request (a pooled one, or a new one
  * that just connected), it calls u->conn_ready, which upstream_create points at the wire's
- * wire_send. Everything else a lower file learns about is in the request's state, or comes
- * back through the public callbacks (a token fetch is an upreq like any caller's).
+ * wire_send; and the deadline timer that upstream_req.c arms runs u->deadline_cb
+ * (upstream.c), which ends requests wherever they are. Everything else a lower file learns
+ * about is in the request's state, or comes back through the public callbacks (a token fetch
+ * is an upreq like any caller's).
  *
  * The request's life (enum upreq_state below; req_set_state checks every change against
  * the table in upstream_req.c):
@@ -68,8 +70,8 @@
 
 /* Read buffer per upstream connection: large enough that a fast upstream fills few reads. */
 #define UP_RBUF (128 * 1024)
-/* Requests that may wait for a connection slot before upreq_start refuses with -EAGAIN. */
-#define UP_MAX_QUEUE 4096
+/* The wait queue's lanes (enum upreq_lane). */
+#define UP_LANES 2
 /* Bound of a request head (request line, Host, User-Agent, caller's headers, Authorization).
  * Bearer tokens (AUTH_MAX_TOKEN) and pre-signed URLs (URL_MAX) are the biggest things in
  * there and fit together. */
@@ -136,6 +138,7 @@ struct upconn {
     enum uc_state state;
     int open_handles;                /* after close: handles whose close callback is due */
     bool reused;                     /* served a request before: may be a stale keep-alive */
+    bool bulk;                       /* bound to a bulk-lane request (counted in o->nbulk) */
     int addr_idx;                    /* address being tried */
     upconn_t *prev, *next;           /* every live conn of the origin */
     upconn_t *idle_prev, *idle_next; /* idle stack */
@@ -160,10 +163,18 @@ struct upreq {
     char logline[UP_LOGLINE]; /* for logs: never headers (they carry tokens), never a query */
     /* Facts that hold whatever the state. */
     bool is_head, idempotent;
-    bool internal;  /* a token fetch: no auth handling, callbacks are upstream_auth.c's */
-    bool fresh;     /* must not take a pooled connection (retry after a stale one) */
-    bool retried;   /* the one stale-connection retry was used */
-    bool hold;      /* upreq_pause came before the head: pause as soon as the caller has it */
+    bool internal;      /* a token fetch: no auth handling, callbacks are upstream_auth.c's */
+    bool fresh;         /* must not take a pooled connection (retry after a stale one) */
+    bool retried;       /* the one stale-connection retry was used */
+    bool hold;          /* upreq_pause came before the head: pause as soon as the caller has it */
+    bool bulk;          /* waits in the bulk lane; uses no more than the bulk share of conns */
+    uint64_t queued_at; /* QUEUED: uv_now when it joined its origin's queue */
+    /* The whole-exchange deadline (upreq_opts_t.deadline_ms): uv_now ms, and the links of the
+     * upstream's deadline list (sorted by deadline_at) while in it. */
+    uint64_t deadline_at;
+    bool in_dl;
+    upreq_t *dl_prev, *dl_next;
+    int abort_err;  /* upreq_abort inside a parser callback: the wire ends r with it */
     int redirects;  /* followed so far */
     int auth_tries; /* 401s answered so far */
     /* The hop a DRAINING or COMPLETE answer asks for: one of them, or neither. */
@@ -214,8 +225,13 @@ struct origin {
     upconn_t *conns; /* every live connection */
     upconn_t *idle;  /* most recently used first */
     uint32_t nconns; /* live: connecting + active + idle */
-    upreq_t *wait_head, *wait_tail;
-    size_t nwait;
+    /* The wait queue, one FIFO per lane (enum upreq_lane). */
+    upreq_t *wait_head[UP_LANES], *wait_tail[UP_LANES];
+    size_t nwait[UP_LANES];
+    uint32_t nbulk; /* connections bound to bulk requests */
+    /* Every address the last resolution gave was refused (redirect/realm screening): requests
+     * fail with WE_FORBIDDEN until addrs_expire. */
+    bool refused;
     uint32_t nreqs;     /* requests whose current hop is here (waiting, bound, parked) */
     uint64_t last_used; /* upstream tick, for LRU eviction */
 };
@@ -227,10 +243,21 @@ struct upstream {
     origin_t *origins[UP_MAX_ORIGINS]; /* [0] is the primary origin */
     int norigins;
     uint64_t tick;
-    /* The one upward call: the pool gives r (bound to r->uc, connected) to the wire. */
+    /* The upward calls: the pool gives r (bound to r->uc, connected) to the wire; the deadline
+     * timer ends requests (upstream.c). */
     void (*conn_ready)(upreq_t *r);
+    uv_timer_cb deadline_cb;
     upreq_t *defer_head, *defer_tail; /* ENDING requests */
     uv_timer_t defer_timer;
+    uv_timer_t queue_timer; /* the oldest waiting request's queue deadline (upstream_pool.c) */
+    uv_timer_t dl_timer;    /* the earliest whole-exchange deadline (dl_head) */
+    upreq_t *dl_head, *dl_tail;
+    int open_handles; /* after destroy: timers whose close callback is due */
+    /* Where redirects and realms may go: the classes (bits of enum netaddr_class) of the
+     * primary origin's addresses, from its latest resolution. */
+    unsigned primary_classes;
+    upstream_addr_class_fn classify_hook; /* tests only; NULL in winch */
+    bool warned_realm_creds; /* said once that credentials were kept from a plain-http realm */
     /* Auth. */
     auth_cache_t *tokens;
     flight_table_t *token_flights; /* token fetches running, at most UP_MAX_TOKEN_FETCHES */
@@ -249,6 +276,9 @@ void wire_pause(upreq_t *r);
 void wire_resume(upreq_t *r);
 /* Tears down r (not in any list): its connection, if any, is closed; r is freed. */
 void wire_drop(upreq_t *r);
+/* Ends r (bound to a connection, outside the parser) with err: the connection is closed and
+ * on_done(err) follows from the deferred list. */
+void wire_abort(upreq_t *r, int err);
 
 /* ---- upstream_hops.c ---- */
 
@@ -285,7 +315,7 @@ void pool_origin_free(origin_t *o);
  * user callbacks (failures go through the deferred list). */
 void pool_pump(origin_t *o);
 /* Queues r (NEW, or between hops) at origin o with its head rebuilt for o, and pumps o. Returns
- * 0 or the head's error (r untouched but for its origin). */
+ * 0, WE_BUSY (r's lane at o is full) or the head's error (r untouched but for its origin). */
 int pool_queue(upreq_t *r, origin_t *o);
 /* r (SENT) goes back to the front of its origin's queue for a new connection. */
 void pool_requeue_fresh(upreq_t *r);
@@ -318,6 +348,13 @@ void req_clear_auth(upreq_t *r);
 /* Queues the wait-queue links: used by the pool for the origin's queue. */
 void req_push(upreq_t **head, upreq_t **tail, upreq_t *r, bool front);
 void req_pull(upreq_t **head, upreq_t **tail, upreq_t *r);
+/* r's lane, as an index of the origin's wait queues. */
+int req_lane(const upreq_t *r);
+/* r must end within ms from now (0: no deadline): it joins the upstream's deadline list, whose
+ * timer runs u->deadline_cb. req_free takes it out. */
+void req_set_deadline(upreq_t *r, uint32_t ms);
+/* Takes r out of the deadline list (no-op when not in it). */
+void req_clear_deadline(upreq_t *r);
 /* r (COMPLETE or ENDING) ends: on_done(status), then r is freed. */
 void req_complete(upreq_t *r, int status);
 /* r (in no list, unbound) reports status through on_done on the next loop iteration. */

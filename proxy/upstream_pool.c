@@ -19,6 +19,23 @@
  * one, or a new one within upstream_max_conns (per origin: a registry and its CDN are
  * different servers). It never calls user code; a request it cannot serve fails through the
  * deferred list.
+ *
+ * The wait queue has two lanes (enum upreq_lane). The pump serves the priority lane first,
+ * and a bulk request only while fewer than bulk_share() connections serve bulk requests, so
+ * a quarter of the connections (at least one when there are two or more) is always there for
+ * the manifests and tag checks a client is waiting on, however many blob fills are queued.
+ * Each lane holds at most upstream_max_queue requests; one that waits longer than
+ * upstream_queue_timeout_ms fails with WE_BUSY (the queue timer). Nothing heavy is attached
+ * to a waiting request: its response buffer comes when a connection serves it.
+ *
+ * Where winch may connect. The configured upstream's own origin is trusted as configured;
+ * every other origin (a redirect target, a token realm) is screened on the addresses it
+ * resolves to: an address of a class that is not public (netaddr.h: loopback, private,
+ * link-local, ...) is refused unless the primary origin's own addresses have that class (a
+ * lab upstream on 127.0.0.1 may send winch to 127.0.0.1) or the host is in the upstream's
+ * allow_redirect_hosts. The check runs after DNS and winch connects to exactly the addresses
+ * it checked, so a name that resolves (or re-resolves, DNS rebinding) to 169.254.169.254 is
+ * refused like the literal.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,6 +47,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "proxy/netaddr.h"
 #include "proxy/tls.h"
 #include "proxy/upstream_internal.h"
 
@@ -89,9 +107,24 @@ upreq_t *pool_detach(upconn_t *uc)
 {
     upreq_t *r = uc->req;
     uc->req = NULL;
+    if (uc->bulk) {
+        uc->o->nbulk--;
+        uc->bulk = false;
+    }
     if (r)
         r->uc = NULL;
     return r;
+}
+
+/* r is served by uc from now on. */
+static void bind_req(upconn_t *uc, upreq_t *r)
+{
+    uc->req = r;
+    r->uc = uc;
+    if (r->bulk) {
+        uc->bulk = true;
+        uc->o->nbulk++;
+    }
 }
 
 void pool_arm(upconn_t *uc, uint64_t ms, uv_timer_cb cb)
@@ -202,8 +235,7 @@ static int start_connect(origin_t *o, upreq_t *r, int idx)
         o->conns->prev = uc;
     o->conns = uc;
     o->nconns++;
-    uc->req = r;
-    r->uc = uc;
+    bind_req(uc, r);
     req_set_state(r, UR_CONNECTING);
     pool_arm(uc, u->gcfg->upstream_connect_timeout_ms, on_pool_timer);
     return 0;
@@ -232,6 +264,65 @@ static void on_connected(conn_t *c, int status)
 
 /* ---- Addresses. ---- */
 
+static enum netaddr_class addr_class(const upstream_t *u, const struct sockaddr *sa)
+{
+    int c = u->classify_hook ? u->classify_hook(sa) : -1;
+    if (c >= 0 && c < NETADDR_NCLASSES)
+        return (enum netaddr_class)c;
+    return netaddr_classify(sa);
+}
+
+/* May origin o (not the primary) be reached at sa? Logs a refusal. */
+static bool addr_allowed(const origin_t *o, const struct sockaddr *sa)
+{
+    const upstream_t *u = o->u;
+    enum netaddr_class c = addr_class(u, sa);
+    if (c == NETADDR_PUBLIC || (u->primary_classes & (1u << c)))
+        return true;
+    const config_upstream_t *uc = u->ucfg;
+    if (netaddr_host_listed(o->host, uc->allow_redirect_hosts, uc->n_allow_redirect_hosts))
+        return true;
+    char a[INET6_ADDRSTRLEN + 1];
+    LOG_WARN("upstream %s: refusing %s at %s: %s addresses are reached only when the upstream "
+             "itself is at one, or when allow_redirect_hosts names the host",
+             u->ucfg->name, o->key, netaddr_str(sa, a, sizeof a), netaddr_class_name(c));
+    return false;
+}
+
+/* Takes the addresses in addrs[0..n) that o may use into o->addrs; the primary origin's set the
+ * classes the others may reach. Returns how many were kept. */
+static int keep_addrs(origin_t *o, const struct sockaddr_storage *addrs, int n)
+{
+    upstream_t *u = o->u;
+    int kept = 0;
+    if (o->primary)
+        u->primary_classes = 0;
+    for (int i = 0; i < n; i++) {
+        const struct sockaddr *sa = (const struct sockaddr *)&addrs[i];
+        if (o->primary)
+            u->primary_classes |= 1u << addr_class(u, sa);
+        else if (!addr_allowed(o, sa))
+            continue;
+        if (&o->addrs[kept] != &addrs[i])
+            memcpy(&o->addrs[kept], &addrs[i], sizeof addrs[i]);
+        kept++;
+    }
+    o->naddrs = kept;
+    o->refused = n > 0 && kept == 0;
+    return kept;
+}
+
+static void fail_waiting(origin_t *o, int err)
+{
+    for (int l = 0; l < UP_LANES; l++) {
+        while (o->wait_head[l]) {
+            upreq_t *r = o->wait_head[l];
+            req_unlist(r);
+            req_fail_later(r, err);
+        }
+    }
+}
+
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     dns_req_t *d = (dns_req_t *)req;
@@ -243,20 +334,27 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     }
     upstream_t *u = o->u;
     o->dns = NULL;
+    struct sockaddr_storage got[UP_MAX_ADDRS];
     int n = 0;
     for (struct addrinfo *ai = res; status == 0 && ai && n < UP_MAX_ADDRS; ai = ai->ai_next) {
         if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
-            ai->ai_addrlen > sizeof o->addrs[0])
+            ai->ai_addrlen > sizeof got[0])
             continue;
-        memcpy(&o->addrs[n++], ai->ai_addr, ai->ai_addrlen);
+        memset(&got[n], 0, sizeof got[n]);
+        memcpy(&got[n++], ai->ai_addr, ai->ai_addrlen);
     }
     uv_freeaddrinfo(res);
     if (status == 0 && n == 0)
         status = UV_EAI_NODATA;
     uint64_t now = uv_now(u->loop);
     if (status == 0) {
-        o->naddrs = n;
+        /* A new answer replaces the old one whole: a name that now resolves somewhere it may
+         * not go loses its old addresses too. */
         o->addrs_expire = now + UP_DNS_TTL_MS;
+        if (keep_addrs(o, got, n) == 0) {
+            fail_waiting(o, WE_FORBIDDEN);
+            return;
+        }
     } else if (o->naddrs > 0) {
         LOG_WARN("upstream %s: resolving %s failed (%s); keeping the previous addresses",
                  u->ucfg->name, o->host, err_str(status));
@@ -265,11 +363,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         LOG_WARN("upstream %s: resolving %s failed: %s", u->ucfg->name, o->host, err_str(status));
         /* Nothing was ever resolved, so no connection exists: every waiting request waited
          * for this answer. */
-        while (o->wait_head) {
-            upreq_t *r = o->wait_head;
-            req_unlist(r);
-            req_fail_later(r, status);
-        }
+        fail_waiting(o, status);
         return;
     }
     pool_pump(o);
@@ -278,9 +372,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 /* A literal address never goes through the resolver: 1 when host is one. */
 static int literal_addr(origin_t *o)
 {
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&o->addrs[0];
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&o->addrs[0];
-    memset(&o->addrs[0], 0, sizeof o->addrs[0]);
+    struct sockaddr_storage a;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&a;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a;
+    memset(&a, 0, sizeof a);
     if (inet_pton(AF_INET, o->host, &s4->sin_addr) == 1) {
         s4->sin_family = AF_INET;
         s4->sin_port = htons(o->port);
@@ -290,21 +385,23 @@ static int literal_addr(origin_t *o)
     } else {
         return 0;
     }
-    o->naddrs = 1;
     o->addrs_expire = UINT64_MAX;
+    (void)keep_addrs(o, &a, 1);
     return 1;
 }
 
 /* 1: addresses usable now; 0: a resolution is running (the pump runs again when it ends);
- * < 0: the resolution could not start. */
+ * < 0: the resolution could not start, or every address was refused (WE_FORBIDDEN). */
 static int ensure_addrs(origin_t *o)
 {
     upstream_t *u = o->u;
     uint64_t now = uv_now(u->loop);
     if (o->naddrs > 0 && now < o->addrs_expire)
         return 1;
-    if (o->naddrs == 0 && literal_addr(o))
-        return 1;
+    if (o->refused && now < o->addrs_expire)
+        return WE_FORBIDDEN;
+    if (o->naddrs == 0 && !o->refused && literal_addr(o))
+        return o->naddrs > 0 ? 1 : WE_FORBIDDEN;
     if (!o->dns) {
         dns_req_t *d = calloc(1, sizeof *d);
         if (!d)
@@ -328,17 +425,57 @@ static int ensure_addrs(origin_t *o)
 
 /* ---- The wait queue and the pump. ---- */
 
+/* Fails the requests that waited too long for a connection, and re-arms for the next one. */
+static void on_queue_timer(uv_timer_t *t)
+{
+    upstream_t *u = t->data;
+    uint64_t now = uv_now(u->loop), wait = u->gcfg->upstream_queue_timeout_ms;
+    uint64_t next = UINT64_MAX;
+    if (wait == 0)
+        return;
+    for (int i = 0; i < u->norigins; i++) {
+        origin_t *o = u->origins[i];
+        for (int l = 0; l < UP_LANES; l++) {
+            for (upreq_t *r = o->wait_head[l], *nx; r; r = nx) {
+                nx = r->next;
+                if (now - r->queued_at >= wait) {
+                    LOG_DEBUG("upstream %s: %s: waited %llu ms for a connection; giving up",
+                              u->ucfg->name, r->logline, (unsigned long long)(now - r->queued_at));
+                    req_unlist(r);
+                    req_fail_later(r, WE_BUSY);
+                } else if (r->queued_at + wait < next) {
+                    next = r->queued_at + wait;
+                }
+            }
+        }
+    }
+    if (next != UINT64_MAX)
+        uv_timer_start(&u->queue_timer, on_queue_timer, next - now, 0);
+}
+
 static void enqueue(upreq_t *r, bool front)
 {
     origin_t *o = r->o;
+    upstream_t *u = o->u;
+    int l = req_lane(r);
     req_set_state(r, UR_QUEUED);
-    req_push(&o->wait_head, &o->wait_tail, r, front);
-    o->nwait++;
+    req_push(&o->wait_head[l], &o->wait_tail[l], r, front);
+    o->nwait[l]++;
+    r->queued_at = uv_now(u->loop);
+    /* Every later request waits until later, so a running timer is early enough. */
+    uint64_t wait = u->gcfg->upstream_queue_timeout_ms;
+    if (wait && !uv_is_active((uv_handle_t *)&u->queue_timer))
+        uv_timer_start(&u->queue_timer, on_queue_timer, wait, 0);
 }
 
 int pool_queue(upreq_t *r, origin_t *o)
 {
     req_set_origin(r, o);
+    if (o->nwait[req_lane(r)] >= o->u->gcfg->upstream_max_queue) {
+        LOG_DEBUG("upstream %s: %s: %s queue of %s is full", o->u->ucfg->name, r->logline,
+                  r->bulk ? "bulk" : "priority", o->key);
+        return WE_BUSY;
+    }
     int rc = req_build_head(r);
     if (rc < 0)
         return rc;
@@ -361,18 +498,37 @@ static void take_idle(origin_t *o, upreq_t *r)
     idle_remove(uc);
     req_unlist(r);
     uc->state = UC_ACTIVE;
-    uc->req = r;
-    r->uc = uc;
+    bind_req(uc, r);
     uv_timer_stop(&uc->timer);
     o->u->conn_ready(r);
+}
+
+/* Connections bulk requests may hold at once: all but the priority share (a quarter, at least
+ * one) when there are two or more. */
+static uint32_t bulk_share(uint32_t max)
+{
+    if (max < 2)
+        return max;
+    uint32_t reserve = max / 4 ? max / 4 : 1;
+    return max - reserve;
+}
+
+/* The request the pump serves next: priority first; bulk within its share. */
+static upreq_t *next_waiting(const origin_t *o, uint32_t max)
+{
+    if (o->wait_head[UPREQ_PRIORITY])
+        return o->wait_head[UPREQ_PRIORITY];
+    if (o->wait_head[UPREQ_BULK] && o->nbulk < bulk_share(max))
+        return o->wait_head[UPREQ_BULK];
+    return NULL;
 }
 
 void pool_pump(origin_t *o)
 {
     upstream_t *u = o->u;
     uint32_t max = u->gcfg->upstream_max_conns ? u->gcfg->upstream_max_conns : 1;
-    while (o->wait_head && !u->destroying) {
-        upreq_t *r = o->wait_head;
+    upreq_t *r;
+    while (!u->destroying && (r = next_waiting(o, max)) != NULL) {
         if (!r->fresh && o->idle) {
             take_idle(o, r);
             continue;

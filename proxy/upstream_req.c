@@ -120,10 +120,12 @@ void req_pull(upreq_t **head, upreq_t **tail, upreq_t *r)
 void req_unlist(upreq_t *r)
 {
     switch (r->state) {
-    case UR_QUEUED:
-        req_pull(&r->o->wait_head, &r->o->wait_tail, r);
-        r->o->nwait--;
+    case UR_QUEUED: {
+        int l = req_lane(r);
+        req_pull(&r->o->wait_head[l], &r->o->wait_tail[l], r);
+        r->o->nwait[l]--;
         break;
+    }
     case UR_TOKEN:
         /* The last waiter leaving lets the fetch finish: its token will be cached. */
         (void)flight_leave(&r->token_wait);
@@ -134,6 +136,56 @@ void req_unlist(upreq_t *r)
     default:
         break;
     }
+}
+
+int req_lane(const upreq_t *r)
+{
+    return r->bulk ? UPREQ_BULK : UPREQ_PRIORITY;
+}
+
+/* The deadline list is sorted by deadline_at; requests mostly arrive in deadline order (one
+ * deadline per kind of caller), so the walk from the tail is short. */
+void req_set_deadline(upreq_t *r, uint32_t ms)
+{
+    upstream_t *u = r->u;
+    req_clear_deadline(r);
+    if (ms == 0)
+        return;
+    r->deadline_at = uv_now(u->loop) + ms;
+    upreq_t *after = u->dl_tail;
+    while (after && after->deadline_at > r->deadline_at)
+        after = after->dl_prev;
+    r->dl_prev = after;
+    r->dl_next = after ? after->dl_next : u->dl_head;
+    if (r->dl_next)
+        r->dl_next->dl_prev = r;
+    else
+        u->dl_tail = r;
+    if (after)
+        after->dl_next = r;
+    else
+        u->dl_head = r;
+    r->in_dl = true;
+    if (u->dl_head == r)
+        uv_timer_start(&u->dl_timer, u->deadline_cb, ms, 0);
+}
+
+/* Leaves the timer as it is: when it fires early, it finds nothing due and re-arms. */
+void req_clear_deadline(upreq_t *r)
+{
+    upstream_t *u = r->u;
+    if (!r->in_dl)
+        return;
+    if (r->dl_prev)
+        r->dl_prev->dl_next = r->dl_next;
+    else
+        u->dl_head = r->dl_next;
+    if (r->dl_next)
+        r->dl_next->dl_prev = r->dl_prev;
+    else
+        u->dl_tail = r->dl_prev;
+    r->dl_prev = r->dl_next = NULL;
+    r->in_dl = false;
 }
 
 /* ---- Creating and freeing. ---- */
@@ -251,6 +303,7 @@ void req_clear_auth(upreq_t *r)
 
 void req_free(upreq_t *r)
 {
+    req_clear_deadline(r);
     if (r->o)
         r->o->nreqs--;
     req_clear_auth(r);
@@ -379,6 +432,7 @@ void req_complete(upreq_t *r, int status)
         LOG_DEBUG("upstream %s: %s -> %d", u->ucfg->name, r->logline, r->status);
     else
         LOG_DEBUG("upstream %s: %s failed: %s", u->ucfg->name, r->logline, err_str(status));
+    req_clear_deadline(r);
     req_set_state(r, UR_DONE);
     r->cbs->on_done(r, r->arg, status);
     req_free(r);
@@ -389,6 +443,7 @@ static void on_defer(uv_timer_t *t);
 static void end_later(upreq_t *r, int status, bool replay)
 {
     upstream_t *u = r->u;
+    req_clear_deadline(r);
     req_set_state(r, UR_ENDING);
     r->end_status = status;
     r->end_replay = replay;
@@ -418,7 +473,7 @@ static void replay(upreq_t *r)
         req_free(r);
         return;
     }
-    req_complete(r, 0);
+    req_complete(r, r->abort_err);
 }
 
 static void on_defer(uv_timer_t *t)

@@ -53,6 +53,18 @@ void wire_drop(upreq_t *r)
     pool_pump(o);
 }
 
+void wire_abort(upreq_t *r, int err)
+{
+    origin_t *o = r->o;
+    upconn_t *uc = r->uc;
+    if (uc) {
+        pool_detach(uc);
+        pool_close(uc); /* whatever is still on the wire is never read */
+    }
+    req_fail_later(r, err);
+    pool_pump(o);
+}
+
 /* r's connection is gone (already detached and closed) with err: an answer that is a hop had
  * told us all we needed, so go on with the next hop; otherwise report err. */
 static void lost_conn(upreq_t *r, int err)
@@ -231,7 +243,7 @@ static int deliver_head(upreq_t *r, int status)
 {
     req_set_state(r, UR_BODY);
     r->cbs->on_headers(r, r->arg, status);
-    if (r->state == UR_CANCELLED)
+    if (r->state == UR_CANCELLED || r->abort_err)
         return -1;
     bool hold = r->hold;
     r->hold = false;
@@ -279,7 +291,7 @@ static int on_body_span(llhttp_t *p, const char *at, size_t len)
         return r->drained > UP_MAX_DRAIN ? HPE_PAUSED : 0;
     }
     r->cbs->on_body(r, r->arg, at, len);
-    if (r->state == UR_CANCELLED)
+    if (r->state == UR_CANCELLED || r->abort_err)
         return -1;
     return r->state == UR_PAUSED ? HPE_PAUSED : 0;
 }
@@ -331,6 +343,11 @@ static int after_execute(upconn_t *uc, upreq_t *r, llhttp_errno_t e, const char 
         wire_drop(r);
         return 0;
     }
+    if (r->abort_err) {
+        /* upreq_abort from on_headers or on_body: nothing more is read. */
+        wire_abort(r, r->abort_err);
+        return 0;
+    }
     if (e == HPE_OK)
         return 1;
     if (e == HPE_PAUSED) {
@@ -375,6 +392,10 @@ static void on_eof(upconn_t *uc, upreq_t *r, int err)
         r->in_parser--;
         if (r->state == UR_CANCELLED) {
             wire_drop(r);
+            return;
+        }
+        if (r->abort_err) {
+            wire_abort(r, r->abort_err);
             return;
         }
         if (r->state == UR_COMPLETE) {

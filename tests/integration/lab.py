@@ -514,9 +514,11 @@ class Registry:
     front; then .hostport is the forwarder (what winch should use) and .direct_hostport the
     registry itself."""
 
-    def __init__(self, root=None, readonly=False, count=True, log_level="info", name="registry"):
+    def __init__(self, root=None, readonly=False, count=True, log_level="info", name="registry",
+                 auth_htpasswd=None):
         self.root = root or os.path.join(tmpdir("winch-registry-"), "root")
         self.readonly = readonly
+        self.auth_htpasswd = auth_htpasswd  # htpasswd file: Basic auth on every request
         self.count_requests = count
         self.log_level = log_level
         self.name = name
@@ -528,6 +530,12 @@ class Registry:
         self.start()
 
     def _config(self):
+        cfg = self._base_config()
+        if self.auth_htpasswd:
+            cfg["auth"] = {"htpasswd": {"realm": "winch-test", "path": self.auth_htpasswd}}
+        return cfg
+
+    def _base_config(self):
         return {
             "version": "0.1",
             "log": {"level": self.log_level, "formatter": "text",
@@ -579,7 +587,7 @@ class Registry:
                 return False
             try:
                 r = request("%s:%d" % (LOOPBACK, self.port), "GET", "/v2/", timeout=2)
-                if r.status == 200:
+                if r.status == 200 or (r.status == 401 and self.auth_htpasswd):
                     return True
             except OSError:
                 pass
@@ -637,10 +645,11 @@ class Winch:
     """The winch daemon under test.
 
     upstreams: list of (NAME, URL); the first is the default. config: dict written as the
-    --config JSON file (e.g. {"tag_ttl_s": 0}). cache_dir: reused across restart()."""
+    --config JSON file (e.g. {"tag_ttl_s": 0}). cache_dir: reused across restart(). env: extra
+    environment variables for the process (e.g. the test clock), changeable before restart()."""
 
     def __init__(self, upstreams, config=None, cache_dir=None, log_level="debug", extra_args=(),
-                 start=True, name="winch"):
+                 start=True, name="winch", env=None):
         if not os.path.exists(WINCH_BIN):
             raise RuntimeError("winch binary not found at %s (set WINCH_BIN)" % WINCH_BIN)
         self.upstreams = list(upstreams)
@@ -650,6 +659,7 @@ class Winch:
         self.log_level = log_level
         self.extra_args = list(extra_args)
         self.name = name
+        self.env = dict(env or {})
         self.proc = None
         self.port = None
         self.generation = 0
@@ -678,8 +688,10 @@ class Winch:
         _logs.append(("%s #%d" % (self.name, self.generation), self.logpath))
         argv = self.argv()
         logf = open(self.logpath, "wb")
+        env = dict(os.environ)
+        env.update(self.env)
         self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         logf.close()
         _register(self)
         end = time.monotonic() + timeout
@@ -893,6 +905,8 @@ class Fault:
       "wrong":  send same-length bytes that do not hash to the digest.
       "delay":  wait `seconds` before answering normally.
       "throttle": send the body at `rate` bytes/s.
+      "chunked": send the body with Transfer-Encoding: chunked (no Content-Length), followed
+                by `body` (extra bytes past the real ones, if any).
     times: apply to this many matching requests, then behave normally (None = always)."""
 
     def __init__(self, kind, status=None, headers=(), body=b"", after=0, then="continue",
@@ -1170,6 +1184,19 @@ class FakeUpstream:
                 c.sendall(body)
             return True
         status, hs, body, start = self._resolve(rq)
+        if f is not None and f.kind == "chunked":
+            # Transfer-Encoding: chunked, no Content-Length; f.body (if any) follows the real
+            # bytes, so the stream is longer than the blob.
+            extra = f.body if isinstance(f.body, bytes) else f.body.encode()
+            self._send_head(c, status, hs + [("Transfer-Encoding", "chunked")])
+            if rq.method == "HEAD":
+                return True
+            data = body + extra
+            for i in range(0, len(data), 65536):
+                piece = data[i:i + 65536]
+                c.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            c.sendall(b"0\r\n\r\n")
+            return True
         if f is not None and f.kind == "wrong" and body:
             mid = len(body) // 2
             body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1:]

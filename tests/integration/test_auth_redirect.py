@@ -4,9 +4,13 @@
 (a) a token-auth upstream, the way Docker Hub works: a small Bearer-token proxy in front of the
     seeded docker-registry answers 401 + `WWW-Authenticate: Bearer realm=...,service=...,
     scope=repository:<name>:pull` to any request without a valid token, and a token server
-    issues tokens as JSON. A pull fetches one token and reuses it; the configured credentials
-    reach the token server as Basic; tokens that arrive expired (issued_at in the past) are
-    fetched again instead of reused; no token or password ever shows up in winch's log.
+    (on https, with a test CA) issues tokens as JSON. A pull fetches one token and reuses it;
+    the configured credentials reach the https token server as Basic; tokens that arrive
+    expired (issued_at in the past) are fetched again instead of reused; no token or password
+    ever shows up in winch's log.
+(a') the configured credentials never go to a plain-http token realm that is not the upstream
+    itself (anyone on the path would read them), from an http upstream or (a downgrade) from an
+    https one: the token request goes out anonymous, and the pull is refused.
 (b) a redirecting upstream: authorised blob GETs answer 307 to a "CDN" that refuses any request
     carrying Authorization (like pre-signed S3/R2 URLs) and serves the bytes from the real
     registry. Pulls through winch succeed and each blob is fetched from the CDN once.
@@ -23,12 +27,14 @@ import json
 import os
 import re
 import secrets
+import ssl
 import threading
 import time
 import unittest
 import urllib.parse
 
 import lab
+from test_tls import make_ca, make_leaf
 
 SERVICE = "test"
 PULL_RE = re.compile(r"^/v2/(.+?)/(manifests|blobs|referrers)/([^/]+)$|^/v2/(.+?)/tags/list$")
@@ -44,12 +50,18 @@ def repo_of(path):
 
 
 class _Server:
-    """A ThreadingHTTPServer on a random loopback port, serving handler_cls (HTTP/1.1)."""
+    """A ThreadingHTTPServer on a random loopback port, serving handler_cls (HTTP/1.1); over TLS
+    when tls is (certificate file, key file)."""
 
-    def __init__(self, handler_cls):
+    def __init__(self, handler_cls, tls=None):
         handler_cls.owner = self
         self.httpd = http.server.ThreadingHTTPServer((lab.LOOPBACK, 0), handler_cls)
         self.httpd.daemon_threads = True
+        self.tls = tls
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -57,7 +69,7 @@ class _Server:
 
     @property
     def url(self):
-        return "http://%s:%d" % (lab.LOOPBACK, self.port)
+        return "%s://%s:%d" % ("https" if self.tls else "http", lab.LOOPBACK, self.port)
 
     def stop(self, check=True):
         self.httpd.shutdown()
@@ -114,13 +126,13 @@ class TokenServer(_Server):
     expired=True backdates issued_at so the token is expired on arrival (the test hook for
     expiry); spelling="access_token" uses the OAuth2 field name."""
 
-    def __init__(self, username=None, password=None):
+    def __init__(self, username=None, password=None, tls=None):
         self.valid = set()
         self.requests = []  # (query dict, Authorization header)
         self.expired = False
         self.spelling = "token"
         self.username, self.password = username, password
-        super().__init__(TokenHandler)
+        super().__init__(TokenHandler, tls)
 
     def count(self):
         with self.lock:
@@ -164,12 +176,12 @@ class AuthProxy(_Server):
     """A registry front that wants Bearer tokens from `tokens` and relays to the real registry.
     redirect_to (a Cdn) makes authorised blob GETs answer 307 there instead."""
 
-    def __init__(self, reg_port, tokens, redirect_to=None):
+    def __init__(self, reg_port, tokens, redirect_to=None, tls=None):
         self.reg_port = reg_port
         self.tokens = tokens
         self.redirect_to = redirect_to
         self.seen = []  # (method, path, had valid token, status)
-        super().__init__(ProxyHandler)
+        super().__init__(ProxyHandler, tls)
 
     def count(self, pred=lambda s: True):
         with self.lock:
@@ -269,6 +281,30 @@ def blob_digests(d):
     return [m["config"]["digest"]] + [x["digest"] for x in m["layers"]]
 
 
+_pki = None
+
+
+def pki():
+    """A test CA and a certificate for localhost/127.0.0.1 it signed: (ca.crt, (crt, key))."""
+    global _pki
+    if _pki is None:
+        d = lab.tmpdir("winch-auth-pki-")
+        make_ca(d, "ca")
+        make_leaf(d, "ca", "server")
+        _pki = (os.path.join(d, "ca.crt"),
+                (os.path.join(d, "server.crt"), os.path.join(d, "server.key")))
+    return _pki
+
+
+def password_file(password):
+    work = lab.tmpdir("winch-auth-")
+    pwfile = os.path.join(work, "password")
+    with open(pwfile, "w") as f:
+        f.write(password + "\n")
+    os.chmod(pwfile, 0o600)
+    return pwfile
+
+
 class TokenAuthUpstream(lab.TestCase):
     USER, PASSWORD = "winch-bot", "s3cret-" + secrets.token_hex(6)
 
@@ -276,16 +312,13 @@ class TokenAuthUpstream(lab.TestCase):
     def setUpClass(cls):
         cls.data = lab.seeded()
         cls.reg = lab.seeded_registry(count=False)
-        cls.tokens = TokenServer(cls.USER, cls.PASSWORD)
+        ca, tls = pki()
+        # The token server on https: the configured credentials may go there.
+        cls.tokens = TokenServer(cls.USER, cls.PASSWORD, tls=tls)
         cls.proxy = AuthProxy(cls.reg.port, cls.tokens)
-        work = lab.tmpdir("winch-auth-")
-        pwfile = os.path.join(work, "password")
-        with open(pwfile, "w") as f:
-            f.write(cls.PASSWORD + "\n")
-        os.chmod(pwfile, 0o600)
         cls.winch = lab.Winch([], config={
             "upstreams": [{"name": "docker.io", "url": cls.proxy.url, "username": cls.USER,
-                           "password_file": pwfile}],
+                           "password_file": password_file(cls.PASSWORD), "ca_file": ca}],
         })
         cls.out = lab.tmpdir("winch-auth-out-")
 
@@ -317,7 +350,7 @@ class TokenAuthUpstream(lab.TestCase):
         self.assertEqual(q.get("scope"), ["repository:lab/busybox-oci:pull"])
         want = "Basic " + base64.b64encode(
             ("%s:%s" % (self.USER, self.PASSWORD)).encode()).decode()
-        self.assertEqual(auth, want, "the configured credentials go to the token server")
+        self.assertEqual(auth, want, "the configured credentials go to the https token server")
         # Authorised upstream requests: manifest and every blob, each once.
         ok = self.proxy.count(lambda s: s[2] and s[1].startswith("/v2/lab/busybox-oci/"))
         self.assertGreaterEqual(ok, 3)
@@ -356,6 +389,54 @@ class TokenAuthUpstream(lab.TestCase):
         for tok in self.tokens.issued():
             self.assertNotIn(tok, text, "a token is in winch's log")
         self.assertIn("rate limit nearly used up", text)
+
+
+class PlainHttpRealm(lab.TestCase):
+    """A token server on plain http at another origin than the upstream: it asks for the
+    credentials, and must never get them, whether the upstream is http or https."""
+
+    USER, PASSWORD = "winch-bot", "s3cret-" + secrets.token_hex(6)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.reg = lab.seeded_registry(count=False)
+        cls.tokens = TokenServer(cls.USER, cls.PASSWORD)  # plain http, wants Basic
+        cls.pwfile = password_file(cls.PASSWORD)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tokens.stop()
+        cls.reg.stop()
+
+    def refused_without_credentials(self, tls):
+        ca, cert = pki()
+        proxy = AuthProxy(self.reg.port, self.tokens, tls=cert if tls else None)
+        up = {"name": "docker.io", "url": proxy.url, "username": self.USER,
+              "password_file": self.pwfile}
+        if tls:
+            up["ca_file"] = ca
+        w = lab.Winch([], config={"upstreams": [up]})
+        try:
+            t0 = self.tokens.count()
+            r = lab.get(w.hostport, "/v2/lab/busybox-oci/manifests/1.36",
+                        lab.accept(lab.ALL_MANIFEST_ACCEPT))
+            self.assertOciError(r, 403, "DENIED", "no token without credentials")
+            asked = self.tokens.requests[t0:]
+            self.assertGreaterEqual(len(asked), 1, "winch asked the token server")
+            self.assertEqual([a for _q, a in asked if a], [],
+                             "credentials sent to a plain-http realm")
+            self.assertIn("not sending the configured credentials to the token realm "
+                          "http://127.0.0.1:%d" % self.tokens.port, w.log())
+            self.assertNotIn(self.PASSWORD, w.log())
+        finally:
+            w.stop()
+            proxy.stop()
+
+    def test_http_upstream(self):
+        self.refused_without_credentials(tls=False)
+
+    def test_https_upstream_never_downgrades(self):
+        self.refused_without_credentials(tls=True)
 
 
 class RedirectingUpstream(lab.TestCase):

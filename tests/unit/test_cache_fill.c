@@ -199,17 +199,21 @@ static void test_single_flight_done(void)
     CHECK(!created);
     CHECK(f2 == f);
     fill_unref(f2);
-    CHECK_INT(cachetest_tmp_count(dir), 1);
+    /* No file and no fd before the upstream answered (issue 8: a queue of fills for digests the
+     * upstream does not have must not hold temp files and fds). */
+    CHECK_INT(cachetest_tmp_count(dir), 0);
+    CHECK_INT(fill_fd(f), -1);
     CHECK_INT(fill_state(f), FILL_WAITING);
     CHECK_INT(fill_size(f), FILL_SIZE_UNKNOWN);
     CHECK_STR(fill_digest(f), digest);
     CHECK_STR(fill_media_type(f), "");
-    CHECK(fill_fd(f) >= 0);
 
     struct reader a, b, late;
     reader_start(&a, f, len); /* before the size is known */
     CHECK_INT(fill_set_size(f, len, MT_LAYER), 0);
     CHECK_INT(fill_state(f), FILL_STREAMING);
+    CHECK_INT(cachetest_tmp_count(dir), 1);
+    CHECK(fill_fd(f) >= 0);
     CHECK_INT(fill_set_size(f, len, MT_LAYER), -EINVAL);
     CHECK_INT(a.notes, 0); /* notifications are never synchronous */
     reader_start(&b, f, len);
@@ -260,13 +264,77 @@ static void test_single_flight_done(void)
      * published one. */
     CHECK_INT(fill_get(c, digest, &f2, &created), 0);
     CHECK(created && f2 != f);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
+    CHECK_INT(fill_set_size(f2, len, NULL), 0);
     CHECK_INT(cachetest_tmp_count(dir), 1);
     fill_unref(f2);
     fill_unref(f);
     run();
     CHECK_INT(cachetest_tmp_count(dir), 0);
     CHECK(published_equals(c, digest, data, len));
+
+    /* A producer that vanishes before the upstream answered leaves nothing behind either. */
+    CHECK_INT(fill_get(c, digest, &f2, &created), 0);
+    CHECK(created);
+    fill_unref(f2);
+    run();
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     free(data);
+    close_cache(c);
+}
+
+/* The temp file is made by fill_set_size: when that fails, the fill fails with the error. */
+static void test_temp_file_at_size(void)
+{
+    char dir[256], digest[REF_DIGEST_MAX + 1], tmp[300], moved[300];
+    cache_t *c = open_cache(dir, sizeof dir, NULL);
+    cachetest_digest_of(REF_ALG_SHA256, "", 0, digest);
+    fill_t *f;
+    bool created;
+    struct reader r;
+    /* Many fills waiting for their upstream: no files. */
+    enum { N = 100 };
+    fill_t *many[N];
+    char d[REF_DIGEST_MAX + 1];
+    for (int i = 0; i < N; i++) {
+        char seed[16];
+        snprintf(seed, sizeof seed, "%d", i);
+        cachetest_digest_of(REF_ALG_SHA256, seed, strlen(seed), d);
+        CHECK_INT(fill_get(c, d, &many[i], &created), 0);
+        CHECK(created);
+    }
+    CHECK_INT(cachetest_tmp_count(dir), 0);
+    for (int i = 0; i < N; i++)
+        fill_unref(many[i]);
+    run();
+    /* tmp/ gone: fill_set_size fails, and so does the fill, for its subscribers too. */
+    snprintf(tmp, sizeof tmp, "%s/tmp", dir);
+    snprintf(moved, sizeof moved, "%s/tmp.away", dir);
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    reader_start(&r, f, 1);
+    CHECK_INT(rename(tmp, moved), 0);
+    int saved = log_threshold;
+    log_threshold = -1; /* the expected error line is not news */
+    CHECK_INT(fill_set_size(f, 0, NULL), -ENOENT);
+    log_threshold = saved;
+    CHECK_INT(rename(moved, tmp), 0);
+    CHECK_INT(fill_state(f), FILL_FAILED);
+    CHECK_INT(fill_error(f), -ENOENT);
+    CHECK_INT(fill_fd(f), -1);
+    run();
+    CHECK(r.ended && r.final == FILL_FAILED);
+    free(r.copy);
+    fill_unref(f);
+    /* An empty blob finished without a size announced still gets its (empty) file. */
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    fill_finish(f);
+    run();
+    CHECK_INT(fill_state(f), FILL_DONE);
+    fill_unref(f);
+    cache_entry_t e;
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK_INT(e.size, 0);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
     close_cache(c);
 }
 
@@ -655,7 +723,7 @@ static const test_case_t cases[] = {
     TEST_CASE(test_single_flight_done),        TEST_CASE(test_many_concurrent),
     TEST_CASE(test_digest_mismatch_and_short), TEST_CASE(test_too_big),
     TEST_CASE(test_injected_faults),           TEST_CASE(test_fail_and_races),
-    TEST_CASE(test_unsubscribe_in_notify),
+    TEST_CASE(test_unsubscribe_in_notify),     TEST_CASE(test_temp_file_at_size),
 };
 
 int main(int argc, char **argv)

@@ -262,8 +262,12 @@ static void test_pool_limit(void)
     upstream_t *u = up_make();
     upres_t s[6];
     memset(s, 0, sizeof s);
-    for (int i = 0; i < 6; i++)
+    /* Priority requests may use every connection (bulk ones leave a share for priority:
+     * test_proxy_upstream_limits). */
+    for (int i = 0; i < 6; i++) {
+        s[i].priority = true;
         up_start(u, "GET", "/slow/50", NULL, &s[i]);
+    }
     double t0 = up_mono_ms();
     up_wait(s, 6);
     double dt = up_mono_ms() - t0;
@@ -285,6 +289,7 @@ static void test_queue_bound(void)
     fake_upstream_t *f = server();
     up_gcfg.upstream_max_conns = 1;
     up_gcfg.upstream_response_timeout_ms = 100000;
+    up_gcfg.upstream_max_queue = 4096;
     upstream_t *u = up_make();
     enum { N = 4097 };
     static upres_t s[N];
@@ -292,8 +297,9 @@ static void test_queue_bound(void)
     /* The first one takes the only connection; 4096 wait; the next is refused. */
     for (int i = 0; i < N; i++)
         up_start(u, "GET", "/silent", NULL, &s[i]);
+    CHECK_INT(upstream_waiting(u, UPREQ_BULK), N - 1);
     upreq_t *r;
-    CHECK_INT(upreq_start(&r, u, "GET", "/silent", NULL, &up_cbs, &s[0]), -EAGAIN);
+    CHECK_INT(upreq_start(&r, u, "GET", "/silent", NULL, &up_cbs, &s[0]), WE_BUSY);
     /* Cancelling frees them without callbacks, and makes room again. */
     for (int i = N - 1; i >= 0; i--)
         upreq_cancel(s[i].req);

@@ -34,6 +34,7 @@ static atomic_int tok_mode;          /* 0 normal, 1 expired on arrival, 2 answer
 static atomic_int tok_release;       /* ends a hang */
 static atomic_int reject_all;        /* the registry refuses every token */
 static atomic_int access_token_only; /* answer {"access_token": ...} */
+static atomic_int realm_self;        /* the realm is the registry's own origin, not lab.tok */
 
 static const char *const b64_user_pass = "dXNlcjpwYXNz"; /* "user:pass" */
 
@@ -142,7 +143,9 @@ static void h_v2(const fu_request_t *q, fu_response_t *r, void *arg)
     const char *auth = fu_header(q, "Authorization", v, sizeof v);
     r->headers = r->buf;
     if (atomic_load(&reject_all) || !auth || strcmp(auth, want) != 0) {
-        unsigned rp = strncmp(name, "dead/", 5) == 0 ? lab.dead_port : fu_port(lab.tok);
+        unsigned rp = strncmp(name, "dead/", 5) == 0 ? lab.dead_port
+                      : atomic_load(&realm_self)     ? fu_port(lab.reg)
+                                                     : fu_port(lab.tok);
         snprintf(r->buf, sizeof r->buf,
                  "Content-Type: application/json\r\n"
                  "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:%u/token\","
@@ -189,6 +192,7 @@ static void lab_start(void)
     atomic_store(&tok_release, 0);
     atomic_store(&reject_all, 0);
     atomic_store(&access_token_only, 0);
+    atomic_store(&realm_self, 0);
     lab.reg = fu_start();
     lab.tok = fu_start();
     for (int i = 0; i < NCDN; i++) {
@@ -198,6 +202,7 @@ static void lab_start(void)
     lab.dead_port = fu_unused_port();
     fu_route_fn(lab.tok, "/token?*", h_token, NULL);
     fake_upstream_t *f = lab.reg;
+    fu_route_fn(f, "/token?*", h_token, NULL); /* the registry as its own token server */
     fu_route(f, "/r/rel", &(fu_response_t){.status = 302, .headers = "Location: /final?x=1\r\n"});
     fu_route(f, "/r/relpath/a/b",
              &(fu_response_t){.status = 301, .headers = "Location: ../c#frag\r\n"});
@@ -647,9 +652,11 @@ static void test_token_flight_bound(void)
 
 static void test_token_with_credentials(void)
 {
-    /* With credentials configured, the token request carries them as Basic. */
+    /* With credentials configured, a token realm on the registry's own (plain http) origin gets
+     * them as Basic (a lab registry that is its own token server). */
     lab_start();
     up_credentials("user", "pass");
+    atomic_store(&realm_self, 1);
     upstream_t *u = up_make();
     upres_t s;
     fu_request_t q;
@@ -657,7 +664,22 @@ static void test_token_with_credentials(void)
     CHECK_INT(s.status, 200);
     char want[64];
     snprintf(want, sizeof want, "Basic %s", b64_user_pass);
-    CHECK_STR(nth_auth(lab.tok, "/token", 0, &q), want);
+    CHECK_STR(nth_auth(lab.reg, "/token", 0, &q), want);
+    CHECK_INT(fu_count(lab.tok, NULL), 0);
+    up_destroy(u);
+
+    /* A plain-http realm anywhere else never gets them (anyone on the path would read them):
+     * the token is fetched anonymously. The https realm that does get them is covered by
+     * tests/integration/test_auth_redirect.py (TLS token server). */
+    atomic_store(&realm_self, 0);
+    u = up_make();
+    fetch(u, "GET", "/v2/lab/cred/manifests/2", NULL, &s);
+    CHECK_INT(s.status, 200);
+    CHECK_INT(fu_count(lab.tok, "/token"), 1);
+    CHECK_STR(nth_auth(lab.tok, "/token", 0, &q), "");
+    /* Nor does a realm named by a redirect target, nor the redirect target itself. */
+    fetch(u, "GET", "/r/abs/3", NULL, &s);
+    CHECK_STR(nth_auth(lab.cdn[0], "/cdn/", 0, &q), "");
     up_destroy(u);
     lab_stop();
 }

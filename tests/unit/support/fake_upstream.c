@@ -48,6 +48,8 @@ struct fake_upstream {
     fu_request_t **log;
     int nlog, caplog;
     int accepts, closed, open, max_open;
+    int send_failures;   /* responses cut short by the client (a send failed) */
+    uint64_t body_bytes; /* body bytes written, every response */
 };
 
 unsigned char fu_pattern(uint64_t i)
@@ -154,6 +156,9 @@ static int send_body(fake_upstream_t *f, int fd, const fu_response_t *r)
         if ((r->chunked && write_str(fd, hdr) < 0) || write_all(fd, buf, piece) < 0 ||
             (r->chunked && write_str(fd, "\r\n") < 0))
             return -1;
+        pthread_mutex_lock(&f->mu);
+        f->body_bytes += piece;
+        pthread_mutex_unlock(&f->mu);
         off += piece;
         if (r->pause_ms > 0 && off == r->pause_at && !fu_sleep(f, r->pause_ms))
             return -1;
@@ -264,7 +269,7 @@ static void record(fake_upstream_t *f, const fu_request_t *q)
     pthread_mutex_lock(&f->mu);
     if (f->nlog == f->caplog) {
         f->caplog = f->caplog ? 2 * f->caplog : 64;
-        f->log = realloc(f->log, (size_t)f->caplog * sizeof *f->log);
+        f->log = realloc(f->log, (size_t)f->caplog * sizeof(fu_request_t *));
         CHECK(f->log != NULL);
     }
     f->log[f->nlog++] = copy;
@@ -309,8 +314,14 @@ static void serve(fu_conn_t *c)
         record(f, q);
         script_for(f, q, r);
         int sent = respond(f, c->fd, q, r);
-        if (sent < 0)
+        if (sent < 0) {
+            if (!stopping(f)) {
+                pthread_mutex_lock(&f->mu);
+                f->send_failures++;
+                pthread_mutex_unlock(&f->mu);
+            }
             break;
+        }
         if (r->hold) {
             hold(f, c->fd);
             break;
@@ -357,7 +368,7 @@ static void *accept_main(void *arg)
         pthread_mutex_lock(&f->mu);
         if (f->nconns == f->capconns) {
             f->capconns = f->capconns ? 2 * f->capconns : 16;
-            f->conns = realloc(f->conns, (size_t)f->capconns * sizeof *f->conns);
+            f->conns = realloc(f->conns, (size_t)f->capconns * sizeof(fu_conn_t *));
             CHECK(f->conns != NULL);
         }
         f->conns[f->nconns++] = c;
@@ -498,6 +509,19 @@ int fu_closed(fake_upstream_t *f)
 int fu_max_open(fake_upstream_t *f)
 {
     return read_counter(f, &f->max_open);
+}
+
+int fu_send_failures(fake_upstream_t *f)
+{
+    return read_counter(f, &f->send_failures);
+}
+
+uint64_t fu_body_bytes(fake_upstream_t *f)
+{
+    pthread_mutex_lock(&f->mu);
+    uint64_t v = f->body_bytes;
+    pthread_mutex_unlock(&f->mu);
+    return v;
 }
 
 uint16_t fu_unused_port(void)

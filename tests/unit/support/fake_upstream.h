@@ -100,6 +100,11 @@ const char *fu_header(const fu_request_t *q, const char *name, char *out, size_t
 int fu_accepts(fake_upstream_t *f);
 int fu_closed(fake_upstream_t *f);
 int fu_max_open(fake_upstream_t *f);
+/** Responses the client cut short: a send failed (the client closed the connection) before the
+ * whole response went out. */
+int fu_send_failures(fake_upstream_t *f);
+/** Body bytes written to clients so far, every response together. */
+uint64_t fu_body_bytes(fake_upstream_t *f);
 
 /** Sleeps ms milliseconds, or less when the server is stopping; returns false then. For
  * handlers that wait for the test. */

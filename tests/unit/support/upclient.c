@@ -20,6 +20,9 @@ void up_config(uint16_t port)
     up_gcfg.upstream_keepalive_ms = 30000;
     up_gcfg.upstream_max_conns = 8;
     up_gcfg.upstream_max_redirects = 5;
+    up_gcfg.upstream_max_queue = 256;
+    up_gcfg.upstream_queue_timeout_ms = 10000;
+    up_gcfg.upstream_fetch_deadline_ms = 60000;
     up_gcfg.max_header_bytes = 32768;
     memset(&up_ucfg, 0, sizeof up_ucfg);
     snprintf(host_buf, sizeof host_buf, "127.0.0.1");
@@ -104,6 +107,10 @@ static void on_headers(upreq_t *r, void *arg, int status)
         upreq_cancel(r);
         s->cancelled = true;
     }
+    if (s->abort_in_headers) {
+        upreq_abort(r, s->abort_err);
+        s->aborted = true;
+    }
 }
 
 static void pause_each(upreq_t *r, upres_t *s, const char *data, size_t len)
@@ -142,7 +149,13 @@ static void on_body(upreq_t *r, void *arg, const char *data, size_t len)
         upreq_resume(r);
     }
     take_body(s, data, len);
+    if (s->abort_after && s->body_len > s->abort_after && !s->aborted) {
+        upreq_abort(r, s->abort_err);
+        s->aborted = true;
+    }
 }
+
+static int done_seq;
 
 static void on_done(upreq_t *r, void *arg, int status)
 {
@@ -153,6 +166,8 @@ static void on_done(upreq_t *r, void *arg, int status)
         s->check_done(r, s);
     s->done = true;
     s->done_status = status;
+    s->done_ms = up_mono_ms();
+    s->done_seq = ++done_seq;
 }
 
 const upreq_cbs_t up_cbs = {.on_headers = on_headers, .on_body = on_body, .on_done = on_done};
@@ -162,7 +177,9 @@ const upreq_cbs_t up_cbs = {.on_headers = on_headers, .on_body = on_body, .on_do
 void up_start(upstream_t *u, const char *method, const char *path, const char *const *hdrs,
               upres_t *s)
 {
-    CHECK_INT(upreq_start(&s->req, u, method, path, hdrs, &up_cbs, s), 0);
+    upreq_opts_t o = {.lane = s->priority ? UPREQ_PRIORITY : UPREQ_BULK,
+                      .deadline_ms = s->deadline_ms};
+    CHECK_INT(upreq_start_opts(&s->req, u, method, path, hdrs, &up_cbs, s, &o), 0);
     CHECK(!s->done && s->headers_calls == 0); /* nothing fires inside upreq_start */
 }
 

@@ -18,7 +18,8 @@ extern config_t up_gcfg;
 extern config_upstream_t up_ucfg;
 
 /** Test defaults (connect 2 s, response and idle 5 s, keep-alive 30 s, 8 connections, 5
- * redirects, 32 KiB of headers), for the upstream http://127.0.0.1:port. */
+ * redirects, 32 KiB of headers, 256 waiting per lane for at most 10 s, 60 s token fetch
+ * deadline), for the upstream http://127.0.0.1:port. */
 void up_config(uint16_t port);
 /** The upstream's host name instead of 127.0.0.1 (copied). */
 void up_config_host(const char *host);
@@ -54,6 +55,14 @@ struct upres {
     bool cancel_in_body;
     void (*check_headers)(upreq_t *r, upres_t *s); /* extra checks in on_headers */
     void (*check_done)(upreq_t *r, upres_t *s);    /* extra checks in on_done */
+    bool priority;         /* the priority lane (else bulk, upreq_start's default) */
+    uint32_t deadline_ms;  /* upreq_opts_t.deadline_ms */
+    int abort_err;         /* with the next two: upreq_abort(r, abort_err) ... */
+    bool abort_in_headers; /* ... in on_headers */
+    uint64_t abort_after;  /* ... in on_body once more than this many body bytes came (0: no) */
+    bool aborted;          /* one of them did */
+    double done_ms;        /* up_mono_ms() when on_done ran */
+    int done_seq;          /* order of on_done among every upres_t, from 1 */
     /* pause_each. */
     const char *held;
     size_t held_len;

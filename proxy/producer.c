@@ -1,0 +1,412 @@
+/* The producer of a blob fill (producer.h).
+ *
+ * The producer copies upstream bytes into one of two buffers while the threadpool hashes and
+ * writes the other, so reading from the upstream overlaps hashing and writing (SHA-256 runs at
+ * about the speed of a local upstream: done in turn, they halve the fill's speed). A write
+ * starts whenever none is in flight and bytes are waiting, so a slow upstream still reaches
+ * subscribers piece by piece; the upstream is paused only when both buffers are busy. The
+ * buffers are allocated when the upstream answers, not when the request is queued.
+ *
+ * Sizes: the fill's size is the upstream's Content-Length, which must equal the size a cached
+ * manifest gives for the blob when one does; a chunked body takes that size, or, unknown, is
+ * cut at max_blob_bytes. Past the size, fill_write fails the fill (WE_TOOBIG).
+ *
+ * Resuming: when the stream is cut after the headers (and the size is known), the producer asks
+ * again with Range: bytes=<what it has>- and goes on with the 206, up to PRODUCER_RESUMES times;
+ * subscribers only see the fill grow a little later. */
+#include "proxy/producer.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/timeutil.h"
+#include "proxy/fetch.h"
+#include "proxy/health.h"
+#include "proxy/negcache.h"
+#include "proxy/retention.h"
+
+#define PRODUCER_BUF ((size_t)1 << 20)
+/* Cuts of one blob's stream answered with a Range request before the fill fails. */
+#define PRODUCER_RESUMES 3
+
+/* Free space a fill leaves on the cache's filesystem for the index and directories. */
+#define PASS_RESERVE ((uint64_t)4 << 20)
+
+typedef struct producer producer_t;
+struct producer {
+    blob_producers_t *owner;
+    producer_t *prev, *next;
+    bool linked; /* on the owner's list */
+    fill_t *fill;
+    cache_t *cache;              /* borrowed */
+    upstream_t *client;          /* borrowed */
+    health_t *health;            /* borrowed: told how the exchange ended */
+    struct retention *retention; /* told when the disk is full */
+    negcache_t *neg;             /* borrowed: an upstream 404 is remembered there */
+    const config_t *cfg;
+    upreq_t *up;   /* NULL between requests and once over */
+    bool answered; /* the first request's headers arrived */
+    bool writing;  /* a fill_write is in flight: its callback still needs this struct */
+    bool paused;   /* the upstream is paused: `in` holds bytes that did not fit yet */
+    bool ended;    /* the upstream is done; end_err says how */
+    int end_err;
+    int resumes;       /* Range requests sent after cuts */
+    uint64_t expect;   /* the size a manifest gives, UINT64_MAX when unknown */
+    uint64_t size;     /* the fill's size, UINT64_MAX when unknown (chunked) */
+    uint64_t received; /* bytes taken from the upstream so far */
+    const char *in;    /* upstream bytes not yet copied (valid while paused) */
+    size_t in_len;
+    int fillidx; /* the buffer being filled; the other one may be being written */
+    size_t blen[2];
+    char *buf[2];
+    char digest[REF_DIGEST_MAX + 1];
+    char upstream[REF_NAME_MAX + 1];
+    char repo[REF_NAME_MAX + 1];
+    char path[REF_NAME_MAX + 400];
+};
+
+/* Every running producer, so shutdown can stop them. */
+struct blob_producers {
+    producer_t *head;
+};
+
+static void unlink_producer(producer_t *f)
+{
+    if (!f->linked)
+        return;
+    f->linked = false;
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        f->owner->head = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    f->prev = f->next = NULL;
+}
+
+/* Ends the producer: finish or fail the fill, free everything. Never while a write is in
+ * flight. */
+static void end(producer_t *f, int err)
+{
+    unlink_producer(f);
+    if (f->up) {
+        upreq_cancel(f->up);
+        f->up = NULL;
+    }
+    if (err == 0) {
+        fill_finish(f->fill);
+    } else {
+        LOG_WARN("fill %s failed: %s", f->digest, err_str(err));
+        if (err == -ENOSPC || err == -EDQUOT)
+            retention_disk_full(f->retention);
+        if (fill_state(f->fill) != FILL_FAILED)
+            fill_fail(f->fill, err);
+    }
+    fill_unref(f->fill);
+    free(f->buf[0]);
+    free(f->buf[1]);
+    free(f);
+}
+
+/* Fails the producer now, or as soon as the write in flight lands. */
+static void abort_producer(producer_t *f, int err)
+{
+    if (f->up) {
+        upreq_cancel(f->up);
+        f->up = NULL;
+    }
+    if (f->writing) {
+        f->ended = true;
+        f->end_err = err;
+        return;
+    }
+    end(f, err);
+}
+
+static void on_written(void *arg, int status);
+
+/* Moves bytes along: input into the filling buffer, a full-enough buffer to the disk, the
+ * upstream paused or resumed, and the end once everything is written. */
+static void pump(producer_t *f)
+{
+    for (;;) {
+        size_t *bl = &f->blen[f->fillidx];
+        size_t n = PRODUCER_BUF - *bl < f->in_len ? PRODUCER_BUF - *bl : f->in_len;
+        if (n) {
+            memcpy(f->buf[f->fillidx] + *bl, f->in, n);
+            *bl += n;
+            f->in += n;
+            f->in_len -= n;
+        }
+        if (f->writing || *bl == 0)
+            break;
+        int idx = f->fillidx;
+        f->fillidx ^= 1;
+        f->writing = true;
+        int err = fill_write(f->fill, f->buf[idx], f->blen[idx], on_written, f);
+        if (err < 0) {
+            f->writing = false;
+            abort_producer(f, err);
+            return;
+        }
+    }
+    if (f->up) {
+        if (f->in_len > 0 && !f->paused) {
+            upreq_pause(f->up);
+            f->paused = true;
+        } else if (f->in_len == 0 && f->paused) {
+            f->paused = false;
+            upreq_resume(f->up);
+        }
+    }
+    if (f->ended && !f->writing && f->blen[f->fillidx] == 0)
+        end(f, f->end_err);
+}
+
+static void on_written(void *arg, int status)
+{
+    producer_t *f = arg;
+    f->writing = false;
+    f->blen[f->fillidx ^ 1] = 0;
+    if (status < 0) {
+        abort_producer(f, status);
+        return;
+    }
+    if (f->ended && f->end_err) {
+        end(f, f->end_err);
+        return;
+    }
+    pump(f);
+}
+
+/* on_disk_full "pass_through": a blob that cannot fit is not even started (each client then
+ * streams it from the upstream, passthru.c), rather than written until the disk is full. Not an
+ * eviction trigger: a blob bigger than the space there is would otherwise empty the cache. */
+static bool fits_on_disk(const producer_t *f)
+{
+    uint64_t room;
+    if (f->size == UINT64_MAX || cache_space_free(f->cache, &room) < 0)
+        return true;
+    if (room >= PASS_RESERVE && f->size <= room - PASS_RESERVE)
+        return true;
+    LOG_WARN("blob %s: %" PRIu64 " bytes, %" PRIu64 " free on the cache's filesystem: passed "
+             "through",
+             f->digest, f->size, room);
+    return false;
+}
+
+/* The first answer: the size, the owner record, the buffers. */
+static int take_first_answer(producer_t *f, upreq_t *up)
+{
+    uint64_t cl = upreq_content_length(up);
+    if (cl != UINT64_MAX && f->expect != UINT64_MAX && cl != f->expect) {
+        LOG_WARN("upstream %s: blob %s is %" PRIu64 " bytes, its manifest says %" PRIu64,
+                 f->upstream, f->digest, cl, f->expect);
+        return WE_UPSTREAM;
+    }
+    f->size = cl != UINT64_MAX ? cl : f->expect;
+    if (f->size != UINT64_MAX && f->size > f->cfg->max_blob_bytes) {
+        LOG_WARN("upstream %s: blob %s is %" PRIu64 " bytes, over max_blob_bytes", f->upstream,
+                 f->digest, f->size);
+        return WE_TOOBIG;
+    }
+    if (f->cfg->disk_full_pass_through && !fits_on_disk(f))
+        return -EFBIG;
+    f->buf[0] = malloc(PRODUCER_BUF);
+    f->buf[1] = malloc(PRODUCER_BUF);
+    if (!f->buf[0] || !f->buf[1])
+        return -ENOMEM;
+    /* The upstream's word that the repository holds the blob (blob scoping). */
+    cache_owner_set(f->cache, f->upstream, f->repo, f->digest, f->size != UINT64_MAX ? f->size : 0,
+                    NULL, NULL);
+    return fill_set_size(f->fill, f->size, upreq_header(up, "Content-Type"));
+}
+
+/* A resumed request must answer 206 from exactly the byte the producer has. */
+static int take_resumed_answer(producer_t *f, upreq_t *up, int status)
+{
+    const char *cr = upreq_header(up, "Content-Range");
+    unsigned long long first = 0, last = 0, total = 0;
+    if (status != 206 || !cr || sscanf(cr, "bytes %llu-%llu/%llu", &first, &last, &total) != 3 ||
+        first != f->received || total != f->size) {
+        LOG_WARN("upstream %s: blob %s: the resumed request did not answer from byte %" PRIu64,
+                 f->upstream, f->digest, f->received);
+        return WE_UPSTREAM;
+    }
+    LOG_INFO("upstream %s: blob %s resumed at byte %" PRIu64 " (%d of %d)", f->upstream, f->digest,
+             f->received, f->resumes, PRODUCER_RESUMES);
+    return 0;
+}
+
+static void on_headers(upreq_t *up, void *arg, int status)
+{
+    producer_t *f = arg;
+    int err;
+    if (!f->answered) {
+        f->answered = true;
+        if (f->health)
+            health_report(f->health, status, 0);
+        if (status != 200) {
+            LOG_WARN("upstream answered %d for blob %s", status, f->digest);
+            if (status == 404)
+                negcache_put(f->neg, f->upstream, f->repo, f->digest, time_mono_ms(),
+                             f->cfg->negative_ttl_s * 1000);
+            abort_producer(f, fetch_status_err(status));
+            return;
+        }
+        err = take_first_answer(f, up);
+    } else {
+        err = take_resumed_answer(f, up, status);
+    }
+    if (err < 0)
+        abort_producer(f, err);
+}
+
+static void on_body(upreq_t *up, void *arg, const char *data, size_t len)
+{
+    producer_t *f = arg;
+    (void)up;
+    f->received += len;
+    /* Of unknown size: no bigger than max_blob_bytes, whatever the upstream streams. */
+    if (f->size == UINT64_MAX && f->received > f->cfg->max_blob_bytes) {
+        LOG_WARN("upstream %s: blob %s passed max_blob_bytes; cut", f->upstream, f->digest);
+        abort_producer(f, WE_TOOBIG);
+        return;
+    }
+    f->in = data;
+    f->in_len = len;
+    pump(f);
+}
+
+static const upreq_cbs_t producer_cbs;
+
+/* Asks again from the byte the producer has. Returns 0 when the request is on its way. */
+static int resume(producer_t *f)
+{
+    char range[64];
+    snprintf(range, sizeof range, "Range: bytes=%" PRIu64 "-", f->received);
+    const char *hdrs[] = {range, NULL};
+    f->resumes++;
+    return upreq_start(&f->up, f->client, "GET", f->path, hdrs, &producer_cbs, f);
+}
+
+/* A cut after the headers, of a blob whose end is known, with nothing left unread. */
+static bool resumable(const producer_t *f, int err)
+{
+    return err != WE_TOOBIG && err != WE_CANCELLED && f->answered && f->size != UINT64_MAX &&
+           f->received < f->size && f->in_len == 0 && !f->paused && f->resumes < PRODUCER_RESUMES;
+}
+
+static void on_done(upreq_t *up, void *arg, int err)
+{
+    producer_t *f = arg;
+    (void)up;
+    f->up = NULL; /* freed by the client after this returns */
+    if (err && resumable(f, err)) {
+        if (resume(f) == 0)
+            return;
+        f->up = NULL;
+    }
+    f->ended = true;
+    f->end_err = err;
+    /* No answer at all counts against the upstream's health; a cut after the headers is the
+     * fill's business (the client retries). */
+    if (err && !f->answered && f->health)
+        health_report(f->health, 0, err);
+    if (err && f->writing)
+        return; /* on_written ends it */
+    if (err) {
+        end(f, err);
+        return;
+    }
+    pump(f);
+}
+
+static const upreq_cbs_t producer_cbs = {
+    .on_headers = on_headers,
+    .on_body = on_body,
+    .on_done = on_done,
+};
+
+void producer_start(call_t *c, fill_t *fill)
+{
+    producer_t *f = calloc(1, sizeof *f);
+    if (!f) {
+        fill_fail(fill, -ENOMEM);
+        return;
+    }
+    fill_ref(fill);
+    f->fill = fill;
+    f->cache = c->env->cache;
+    f->client = c->up;
+    f->health = c->health;
+    f->retention = c->env->retention;
+    f->neg = c->env->neg;
+    f->cfg = c->env->cfg;
+    f->size = UINT64_MAX;
+    snprintf(f->digest, sizeof f->digest, "%s", c->route.ref);
+    snprintf(f->upstream, sizeof f->upstream, "%s", c->route.upstream->name);
+    snprintf(f->repo, sizeof f->repo, "%s", c->route.name);
+    uint64_t known;
+    f->expect = cache_owner_get(c->env->cache, f->upstream, NULL, f->digest, &known) == 0 && known
+                    ? known
+                    : UINT64_MAX;
+    fetch_path(c, "blobs", c->route.ref, f->path, sizeof f->path);
+    f->owner = c->env->producers;
+    f->next = f->owner->head;
+    if (f->next)
+        f->next->prev = f;
+    f->owner->head = f;
+    f->linked = true;
+    /* Bulk lane (resumes too: upreq_start's default): a blob fill never takes the connections
+     * kept for manifests and tag checks, and has no overall deadline (a big blob may take long;
+     * the idle timeout and the size bounds hold it). */
+    upreq_opts_t opts = {.lane = UPREQ_BULK};
+    int err = upreq_start_opts(&f->up, c->up, "GET", f->path, NULL, &producer_cbs, f, &opts);
+    if (err < 0) {
+        f->up = NULL;
+        end(f, err);
+    }
+}
+
+bool producer_runs_for(const blob_producers_t *p, const char *digest, const char *upstream,
+                       const char *repo)
+{
+    for (const producer_t *f = p->head; f; f = f->next) {
+        if (strcmp(f->digest, digest) == 0 && strcmp(f->upstream, upstream) == 0 &&
+            (!repo || strcmp(f->repo, repo) == 0))
+            return true;
+    }
+    return false;
+}
+
+int blob_producers_create(blob_producers_t **out)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? 0 : -ENOMEM;
+}
+
+void blob_producers_free(blob_producers_t *p)
+{
+    free(p);
+}
+
+void blob_producers_cancel_all(blob_producers_t *p)
+{
+    /* The whole list is taken first: a producer with a write in flight ends later, in its write
+     * callback, and must not be found on the list then. */
+    producer_t *list = p->head;
+    p->head = NULL;
+    while (list) {
+        producer_t *f = list;
+        list = f->next;
+        f->linked = false;
+        f->prev = f->next = NULL;
+        abort_producer(f, WE_CANCELLED);
+    }
+}
