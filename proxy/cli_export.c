@@ -197,6 +197,8 @@ static int plan(exporter_t *x, const char *ref, const char *digest, const image_
         return fail(x, "%s: manifest %s is not cached", ref, digest);
     if (rc)
         return rc;
+    if (!img)
+        return fail(x, "%s: manifest %s cannot be read", ref, digest);
     const image_ref_t *miss = img->kind == IMAGE_MANIFEST ? missing_piece(x, img) : NULL;
     if (miss) {
         char plat[128] = "";
@@ -423,7 +425,7 @@ static void report(const exporter_t *x, const char *path, bool json)
 {
     if (json) {
         cache_cmd_json(json_pack("{s:s, s:O, s:I, s:I}", "file", path, "images", x->report, "blobs",
-                                 (json_int_t)(x->manifests.n + x->blobs.n), "tar_bytes",
+                                 (json_int_t)x->manifests.n + (json_int_t)x->blobs.n, "tar_bytes",
                                  (json_int_t)x->tar_bytes));
         return;
     }

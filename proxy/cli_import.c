@@ -319,7 +319,7 @@ static int scan(importer_t *im)
     if (src_open(im, &s))
         return -1;
     tar_io_t io = src_io(&s);
-    if ((rc = tar_reader_new(&t, &io))) {
+    if (tar_reader_new(&t, &io)) {
         src_close(im, &s, false);
         return fail(im, "out of memory");
     }
