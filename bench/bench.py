@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 
+import cachemgmt
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'bench')
 MiB = 1 << 20
@@ -1235,6 +1237,31 @@ class Bench:
                 json.dump(stamp, f)
         return d
 
+    def t9_cache(self):
+        """Eviction, ls and df on a cache of --cache-entries content records (cachemgmt.py)."""
+        if not self.a.mkindex or not os.path.exists(self.a.mkindex):
+            self.note('test 9 not run: bench/mkindex is missing')
+            return
+        n = self.a.cache_entries
+        r = self.res['t9'] = cachemgmt.run(self.a.winch, self.a.mkindex, self.work, n,
+                                           max(self.reps, 1))
+        e = r['evict']
+        what = '{:,} content records'.format(n)
+        self.row('9', '`winch df`, ' + what, 's', {'winch': r['df_s']}, lower=True, ratios=False)
+        self.row('9', '`winch ls` (%d tags), %s' % (r['ls_rows'], what), 's',
+                 {'winch': r['ls_s']}, lower=True, ratios=False)
+        self.row('9', 'eviction at start to 90%% of max_size (%d tags, %d items, %.0f GB), %s'
+                 % (e['tags'], e['items'], e['freed'] / 1e9, what), 's',
+                 {'winch': e['evict_s']}, lower=True, ratios=False)
+        self.row('9', '… its scan (threadpool)', 'ms', {'winch': e['scan_ms']}, lower=True,
+                 ratios=False)
+        self.row('9', '… longest loop slice (winch\'s own measure)', 'ms',
+                 {'winch': e['longest_slice_ms']}, lower=True, ratios=False)
+        self.row('9', '… longest wait of a client GET /v2/ during it (%d probes)' % e['probes'],
+                 'ms', {'winch': e['longest_wait_ms']}, lower=True, ratios=False)
+        self.note('test 9: mkindex took %.0f s; the check after start said: %s'
+                  % (r['generate_s'], e['check_line'].strip()))
+
     # -- report --
 
     def note(self, text):
@@ -1339,7 +1366,8 @@ class Bench:
                   m['winch'], m['distribution'], m['nginx'], m['curl'], m['wrk']),
               '- run: %d repetitions, medians; %s; nginx worker_processes %s; winch tag_ttl_s '
               '%d; wrk %d s per point; %s; total %.0f s' % (
-                  self.reps, 'big blob %.0f MiB' % (self.big[1] / MiB), a.nginx_workers,
+                  self.reps, ('big blob %.0f MiB' % (self.big[1] / MiB))
+                  if getattr(self, 'big', None) else 'no upstream tests', a.nginx_workers,
                   a.tag_ttl, a.wrk_s,
                   ('tests 3L and 5L: upstream limited to %g MB/s per connection '
                    '(bench/ratelimit.py), %d repetitions' % (a.limit_rate, a.limited_reps))
@@ -1389,17 +1417,19 @@ class Bench:
             self.note('the machine was busy when the bench started (load average %s): other '
                       'work competes with the measured servers' %
                       ' '.join(self.res['loadavg_at_start']))
-        self.seed()
-        self.find_image()
-        self.start_peers()
+        # Test 9 alone needs no upstream, peers nor images.
+        if any(t in self.a.only for t in '12345678'):
+            self.seed()
+            self.find_image()
+            self.start_peers()
         tests = {'5': self.t5_cold_ttfb, '4': self.t4_cold_concurrent, '3': self.t3_cold_pull,
                  '1': self.t1_warm_single, '2': self.t2_warm_concurrent, '6': self.t6_manifests,
-                 '7': self.t7_rss, '8': self.t8_startup}
+                 '7': self.t7_rss, '8': self.t8_startup, '9': self.t9_cache}
         warmed = False
-        for tid in ['5', '4', '3', '1', '2', '6', '7', '8']:
+        for tid in ['5', '4', '3', '1', '2', '6', '7', '8', '9']:
             if tid not in self.a.only:
                 continue
-            if tid == '8' and not self.winch:
+            if tid in '89' and not self.a.winch:
                 continue
             if tid in '1267' and not warmed:
                 self.warm()
@@ -1422,6 +1452,8 @@ def main():
     ap.add_argument('--work', default=os.path.join(BENCH, 'work'))
     ap.add_argument('--mkindex', help='the index generator (bench/mkindex.c, built by bench/run)')
     ap.add_argument('--index-entries', type=int, default=1000000)
+    ap.add_argument('--cache-entries', type=int, default=1000000,
+                    help='content records of test 9\'s cache (eviction, ls, df)')
     ap.add_argument('--results', default=os.path.join(BENCH, 'RESULTS.md'))
     ap.add_argument('--reps', type=int, default=3)
     ap.add_argument('--limit-rate', type=float, default=100,

@@ -57,6 +57,10 @@ bool cache_server_running(const cache_t *c);
 /** The directory the cache lives in (borrowed). */
 const char *cache_dir(const cache_t *c);
 
+/** Bytes an unprivileged writer may still put on the cache's filesystem (statvfs: f_bavail),
+ * into *bytes. A syscall, no I/O: cheap enough for the loop. Returns 0 or -errno. */
+int cache_space_free(const cache_t *c, uint64_t *bytes);
+
 /** Closes the index and frees the cache. Call after the loop has finished every fill and
  * pending index write (uv_run returned); NULL is fine. Fills still referenced or writes still
  * pending at that point are a bug: they are logged (and the index is leaked rather than freed

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "cache/internal.h"
@@ -412,5 +413,14 @@ int store_tmp_hexes(const cache_t *c, char ***hexes, size_t *n)
     closedir(d);
     *hexes = list;
     *n = cnt;
+    return 0;
+}
+
+int cache_space_free(const cache_t *c, uint64_t *bytes)
+{
+    struct statvfs v;
+    if (statvfs(c->dir, &v) < 0)
+        return -errno;
+    *bytes = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
     return 0;
 }

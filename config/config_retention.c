@@ -215,7 +215,7 @@ int config_disk_full_json(config_t *c, const diag_t *d, const json_t *v)
     if (s && strcmp(s, "fail") == 0)
         c->disk_full_pass_through = false;
     else if (s && strcmp(s, "pass_through") == 0)
-        return diag_fail(d, "on_disk_full", "\"pass_through\" is not implemented yet");
+        c->disk_full_pass_through = true;
     else
         return diag_fail(d, "on_disk_full", "expected \"fail\" or \"pass_through\"");
     return 0;

@@ -21,10 +21,12 @@
 #include "common/timeutil.h"
 #include "common/util.h"
 #include "proxy/blob.h"
+#include "proxy/blobhead.h"
 #include "proxy/fetch.h"
 #include "proxy/health.h"
 #include "proxy/metrics.h"
 #include "proxy/negcache.h"
+#include "proxy/passthru.h"
 #include "proxy/producer.h"
 #include "proxy/reply.h"
 
@@ -39,44 +41,6 @@ typedef struct sub {
     bool head_sent;
     uint64_t cur, end; /* next byte to send; one past the last byte to send */
 } sub_t;
-
-/* ---- Ranges and headers ------------------------------------------------------------------ */
-
-/* verified: the bytes sent will have been checked against the digest (a hit, or a response
- * that reaches the blob's end, whose last byte waits for the verdict). Anything else must not
- * be kept by a cache in between. */
-static void blob_headers(call_t *c, const char *digest, bool verified)
-{
-    resp_header(c->req, "Content-Type", "application/octet-stream");
-    resp_header(c->req, "Docker-Content-Digest", "%s", digest);
-    resp_header(c->req, "ETag", "\"%s\"", digest);
-    resp_header(c->req, "Accept-Ranges", "bytes");
-    resp_header(c->req, "Cache-Control", verified ? "max-age=31536000" : "no-store");
-}
-
-static void reply_416(call_t *c, uint64_t size)
-{
-    reply_begin(c, 416);
-    resp_header(c->req, "Content-Range", "bytes */%llu", (unsigned long long)size);
-    reply_error(c, 0, OCI_RANGE_INVALID, "requested range not satisfiable", NULL);
-}
-
-/* Begins the head for a blob of size; returns the status, and the byte span to send. */
-static int begin_blob_head(call_t *c, const char *digest, uint64_t size, bool verified,
-                           uint64_t *first, uint64_t *count)
-{
-    uint64_t last;
-    int status = http_range_resolve(&c->range, size, first, &last);
-    if (status == 416)
-        return 416;
-    *count = size ? last - *first + 1 : 0;
-    reply_begin(c, status);
-    blob_headers(c, digest, verified || last + 1 == size);
-    if (status == 206)
-        resp_header(c->req, "Content-Range", "bytes %llu-%llu/%llu", (unsigned long long)*first,
-                    (unsigned long long)last, (unsigned long long)size);
-    return status;
-}
 
 /* ---- Hits -------------------------------------------------------------------------------- */
 
@@ -103,9 +67,9 @@ static int serve_hit(call_t *c, const cache_entry_t *e)
                  (unsigned long long)req_id(c->req), digest, err_str(err));
         return err;
     }
-    if (begin_blob_head(c, digest, e->size, true, &first, &count) == 416) {
+    if (blob_begin_head(c, digest, e->size, true, &first, &count) == 416) {
         close(fd);
-        reply_416(c, e->size);
+        blob_reply_416(c, e->size);
         return 0;
     }
     resp_send_file(c->req, count, fd, (off_t)first, count);
@@ -182,6 +146,31 @@ static bool range_waits_for_verdict(const call_t *c, uint64_t size)
     return size <= c->env->cfg->range_verify_max_bytes;
 }
 
+/* on_disk_full "pass_through": a fill that failed for lack of space does not fail its
+ * clients. */
+static bool passes_through(const call_t *c, int err)
+{
+    return c->env->cfg->disk_full_pass_through &&
+           (err == -ENOSPC || err == -EDQUOT || err == -EFBIG);
+}
+
+/* Hands the client over to a stream of its own from the upstream (passthru.c). */
+static void pass_through(sub_t *s)
+{
+    call_t *c = s->c;
+    passthru_from_t from = {.head_sent = s->head_sent,
+                            .size = fill_size(s->fill),
+                            .cur = s->cur,
+                            .end = s->end,
+                            .fill = s->head_sent ? s->fill : NULL};
+    if (from.fill)
+        fill_ref(from.fill);
+    c->cancel = NULL;
+    c->op = NULL;
+    sub_free(s);
+    passthru_start(c, &from);
+}
+
 /* Moves the subscriber as far as the fill allows; called at every notification and after every
  * send completes. Level-triggered: it reads the fill's state each time. */
 static void sub_pump(sub_t *s)
@@ -196,6 +185,10 @@ static void sub_pump(sub_t *s)
     bool verified = fill_verified(f);
     if (st == FILL_FAILED && !verified) {
         int err = fill_error(f);
+        if (passes_through(c, err)) {
+            pass_through(s);
+            return;
+        }
         if (s->head_sent) {
             sub_abort(s);
             return;
@@ -217,11 +210,11 @@ static void sub_pump(sub_t *s)
         if (!verified && range_waits_for_verdict(c, size))
             return;
         uint64_t first, count;
-        if (begin_blob_head(c, c->route.ref, size, verified, &first, &count) == 416) {
+        if (blob_begin_head(c, c->route.ref, size, verified, &first, &count) == 416) {
             c->cancel = NULL;
             c->op = NULL;
             sub_free(s);
-            reply_416(c, size);
+            blob_reply_416(c, size);
             return;
         }
         s->cur = first;

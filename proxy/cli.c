@@ -15,6 +15,8 @@ const char cli_usage[] =
     "                   [--tls-listen HOST:PORT --tls-cert FILE --tls-key FILE]\n"
     "       winch ls [REPO] [--filter dangling=true] | df | inspect REF... | rm REF...\n"
     "       winch prune [--dry-run] [--unused-for DURATION] | verify\n"
+    "       winch warm REF... [--platform OS/ARCH[/VARIANT]|all]... [--server URL]\n"
+    "       winch export REF... -o FILE.tar[.gz] | import FILE.tar[.gz]\n"
     "             (each with --cache-dir DIR or --config FILE, and --json)\n"
     "       winch pin [--config FILE | --cache-dir DIR] [--server HOST:PORT] REF [DIGEST]\n"
     "       winch unpin [--config FILE | --cache-dir DIR] REF\n"

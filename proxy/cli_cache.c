@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "common/timeutil.h"
@@ -15,7 +16,7 @@
 
 /* ---- Shared by the commands -------------------------------------------------------------- */
 
-int cache_cmd_open(int argc, char **argv, cache_cmd_t *cmd)
+static int cmd_open(int argc, char **argv, cache_cmd_t *cmd, bool create)
 {
     memset(cmd, 0, sizeof *cmd);
     cmd->rest = calloc((size_t)argc + 1, sizeof *cmd->rest);
@@ -28,9 +29,27 @@ int cache_cmd_open(int argc, char **argv, cache_cmd_t *cmd)
         return rc;
     uv_loop_init(&cmd->loop);
     cmd->loop_ok = true;
-    if ((rc = cli_open_cache(&cmd->loop, cmd->cfg, &cmd->cache)))
-        return rc;
-    return 0;
+    if (create) {
+        /* No cache yet: make it, holding the lock as a server would. A server that made it
+         * meanwhile holds the lock (-EBUSY): then open it shared like any other. */
+        cache_opts_t co = {
+            .loop = &cmd->loop, .dir = cmd->cfg->cache_dir, .map_size = cmd->cfg->index_map_size};
+        char path[4200];
+        snprintf(path, sizeof path, "%s/index/data.mdb", cmd->cfg->cache_dir);
+        if (access(path, F_OK) != 0 && cache_open(&cmd->cache, &co) == 0)
+            return 0;
+    }
+    return cli_open_cache(&cmd->loop, cmd->cfg, &cmd->cache);
+}
+
+int cache_cmd_open(int argc, char **argv, cache_cmd_t *cmd)
+{
+    return cmd_open(argc, argv, cmd, false);
+}
+
+int cache_cmd_open_create(int argc, char **argv, cache_cmd_t *cmd)
+{
+    return cmd_open(argc, argv, cmd, true);
 }
 
 void cache_cmd_close(cache_cmd_t *cmd)

@@ -21,6 +21,9 @@ typedef struct cache_cmd {
  * the command's own. Returns 0 or the exit status (a message printed); cache_cmd_close either
  * way. */
 int cache_cmd_open(int argc, char **argv, cache_cmd_t *cmd);
+/** The same, but a cache that does not exist yet is created (opened as a server would, taking
+ * its lock), for the commands that fill one from nothing (import). */
+int cache_cmd_open_create(int argc, char **argv, cache_cmd_t *cmd);
 /** Runs the loop dry, closes the cache and frees everything. */
 void cache_cmd_close(cache_cmd_t *cmd);
 /** Prints j (taken) indented, keys sorted. */

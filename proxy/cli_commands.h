@@ -18,6 +18,9 @@ int cli_rm(int argc, char **argv);      /* cli_gc.c */
 int cli_prune(int argc, char **argv);   /* cli_gc.c */
 int cli_inspect(int argc, char **argv); /* cli_inspect.c */
 int cli_verify(int argc, char **argv);  /* cli_verify.c */
+int cli_warm(int argc, char **argv);    /* cli_warm.c */
+int cli_export(int argc, char **argv);  /* cli_export.c */
+int cli_import(int argc, char **argv);  /* cli_import.c */
 
 /** winch pin REF [DIGEST], winch unpin REF, winch pins: stored pins (cli_pin.c). */
 int cli_pin(int argc, char **argv);

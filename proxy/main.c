@@ -38,6 +38,9 @@ static const struct {
     {"rm", cli_rm},
     {"prune", cli_prune},
     {"verify", cli_verify},
+    {"warm", cli_warm},
+    {"export", cli_export},
+    {"import", cli_import},
     /* Pull-time policy: pins without editing the configuration, and explaining a decision. */
     {"pin", cli_pin},
     {"unpin", cli_unpin},

@@ -35,6 +35,9 @@
 /* Cuts of one blob's stream answered with a Range request before the fill fails. */
 #define PRODUCER_RESUMES 3
 
+/* Free space a fill leaves on the cache's filesystem for the index and directories. */
+#define PASS_RESERVE ((uint64_t)4 << 20)
+
 typedef struct producer producer_t;
 struct producer {
     blob_producers_t *owner;
@@ -185,6 +188,22 @@ static void on_written(void *arg, int status)
     pump(f);
 }
 
+/* on_disk_full "pass_through": a blob that cannot fit is not even started (each client then
+ * streams it from the upstream, passthru.c), rather than written until the disk is full. Not an
+ * eviction trigger: a blob bigger than the space there is would otherwise empty the cache. */
+static bool fits_on_disk(const producer_t *f)
+{
+    uint64_t room;
+    if (f->size == UINT64_MAX || cache_space_free(f->cache, &room) < 0)
+        return true;
+    if (room >= PASS_RESERVE && f->size <= room - PASS_RESERVE)
+        return true;
+    LOG_WARN("blob %s: %" PRIu64 " bytes, %" PRIu64 " free on the cache's filesystem: passed "
+             "through",
+             f->digest, f->size, room);
+    return false;
+}
+
 /* The first answer: the size, the owner record, the buffers. */
 static int take_first_answer(producer_t *f, upreq_t *up)
 {
@@ -200,6 +219,8 @@ static int take_first_answer(producer_t *f, upreq_t *up)
                  f->digest, f->size);
         return WE_TOOBIG;
     }
+    if (f->cfg->disk_full_pass_through && !fits_on_disk(f))
+        return -EFBIG;
     f->buf[0] = malloc(PRODUCER_BUF);
     f->buf[1] = malloc(PRODUCER_BUF);
     if (!f->buf[0] || !f->buf[1])

@@ -187,6 +187,9 @@ typedef void (*req_io_cb)(req_t *r, int status);
 void resp_send_head(req_t *r, uint64_t length, req_io_cb cb);
 /** Sends len bytes of fd (borrowed) from off; cb when sent, as for resp_send_head. */
 void resp_send_chunk(req_t *r, int fd, off_t off, uint64_t len, req_io_cb cb);
+/** Sends data[0..len) (borrowed until cb; len fits in 32 bits) from memory: a body streamed
+ * from somewhere else than a file (a blob passed through from the upstream). cb as above. */
+void resp_send_data(req_t *r, const char *data, size_t len, req_io_cb cb);
 /** A streamed response is complete: on_complete(REQ_DONE), then the next request. */
 void req_finish(req_t *r);
 /** The response cannot be completed (upstream failed mid-body): cut the connection so the

@@ -356,3 +356,17 @@ void resp_send_chunk(req_t *r, int fd, off_t off, uint64_t len, req_io_cb cb)
         client_close(c);
     }
 }
+
+void resp_send_data(req_t *r, const char *data, size_t len, req_io_cb cb)
+{
+    client_t *c = client_of(r);
+    c->io_cb = cb;
+    c->body_sent += len;
+    c->bufs[0] = uv_buf_init((char *)data, (unsigned)len);
+    client_arm_timer(c, c->srv->limits.idle_timeout_ms);
+    int err = conn_write(&c->conn, c->bufs, 1, on_stream_io);
+    if (err < 0) {
+        c->io_cb = NULL;
+        client_close(c);
+    }
+}
