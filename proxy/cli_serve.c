@@ -1,10 +1,12 @@
 /* `winch serve`: the process around the application — its loop, its cache, the signals that
  * stop it — and what it says at start. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <uv.h>
 
 #include "cache/cache.h"
@@ -13,6 +15,7 @@
 #include "config/config.h"
 #include "proxy/app.h"
 #include "proxy/cli_commands.h"
+#include "proxy/reload.h"
 #include "proxy/server.h"
 
 /* The process around the application: its loop and the signals that stop it. */
@@ -20,7 +23,8 @@ typedef struct process {
     uv_loop_t *loop;
     uv_work_t warm;
     app_t *app;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
+    reloader_t *reloader;
     bool stopping;
 } process_t;
 
@@ -56,6 +60,47 @@ static void on_signal(uv_signal_t *h, int signum)
     app_shutdown(a->app);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
+    uv_close((uv_handle_t *)&a->sighup, NULL);
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    process_t *a = h->data;
+    if (!a->stopping)
+        reloader_run(a->reloader);
+}
+
+/* True for a host winch's listener binds that only this machine reaches. */
+static bool host_is_loopback(const char *host)
+{
+    unsigned char b[16];
+    if (strcasecmp(host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, host, b) == 1)
+        return b[0] == 127;
+    if (inet_pton(AF_INET6, host, b) == 1)
+        return memcmp(b, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0;
+    return false;
+}
+
+/* Anyone who reaches a listener may pull through winch (and fill its disk, spend its upstream
+ * credentials and rate limit): say so when that is more than this machine. */
+static void warn_open_listeners(const config_t *cfg)
+{
+    if (cfg->auth)
+        return;
+    const char *open[2] = {NULL, NULL};
+    if (cfg->listen_enabled && !host_is_loopback(cfg->listen_host))
+        open[0] = cfg->listen_host;
+    if (cfg->tls_listen_enabled && !host_is_loopback(cfg->tls_listen_host))
+        open[1] = cfg->tls_listen_host;
+    for (int i = 0; i < 2; i++)
+        if (open[i])
+            LOG_WARN("listening on %s%s, which is not loopback, with no client authentication "
+                     "(\"auth\"): anyone who reaches it can pull through winch and fill its "
+                     "cache; see README \"Client authentication\"",
+                     open[i], i ? " (tls)" : "");
 }
 
 int cli_serve(int argc, char **argv)
@@ -68,6 +113,10 @@ int cli_serve(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             fputs(cli_usage, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+            printf("winch %s (commit %s)\n", cli_version, cli_commit);
             return 0;
         }
     }
@@ -135,16 +184,28 @@ int cli_serve(int argc, char **argv)
         log_write(WLOG_INFO, "winch %s listening on %s (tls), cache %s", cli_version, tls_bound,
                   cfg->cache_dir);
 
+    warn_open_listeners(cfg);
+    e = reloader_create(&a.reloader, cfg, a.app, argc - 1, argv + 1);
+    if (e < 0) {
+        fprintf(stderr, "winch: %s\n", err_str(e));
+        app_shutdown(a.app);
+        uv_run(a.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
     warm_up(a.loop, &a.warm);
     uv_signal_init(a.loop, &a.sigterm);
     uv_signal_init(a.loop, &a.sigint);
-    a.sigterm.data = a.sigint.data = &a;
+    uv_signal_init(a.loop, &a.sighup);
+    a.sigterm.data = a.sigint.data = a.sighup.data = &a;
+    /* SIGHUP reloads the configuration (reload.h) instead of ending the process. */
+    uv_signal_start(&a.sighup, on_sighup, SIGHUP);
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
     uv_signal_start(&a.sigint, on_signal, SIGINT);
     uv_run(a.loop, UV_RUN_DEFAULT);
     rc = 0;
 out:
     app_destroy(a.app);
+    reloader_free(a.reloader); /* the configurations and policies reloads replaced */
     cache_close(cache);
     if (a.loop)
         uv_loop_close(a.loop);
