@@ -127,6 +127,8 @@ int cli_serve(int argc, char **argv)
     log_set_level(log_level_parse(cfg->log_level));
     /* A client that goes away mid-response must cost an EPIPE, not the process. */
     signal(SIGPIPE, SIG_IGN);
+    /* A SIGHUP before the reload handler is in place (below) must not end the process. */
+    signal(SIGHUP, SIG_IGN);
     /* Every connection is an fd: take all the kernel allows (as nginx's worker_rlimit_nofile
      * would) before the server plans its limits on it. */
     uint64_t nofile_was = 0, nofile = 0;
@@ -175,6 +177,24 @@ int cli_serve(int argc, char **argv)
                      "travel unencrypted",
                      u->name);
     }
+    /* The handlers before the "listening on" lines: whoever reads them may signal at once
+     * (delivered when the loop runs). */
+    e = reloader_create(&a.reloader, cfg, a.app, argc - 1, argv + 1);
+    if (e < 0) {
+        fprintf(stderr, "winch: %s\n", err_str(e));
+        app_shutdown(a.app);
+        uv_run(a.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    uv_signal_init(a.loop, &a.sigterm);
+    uv_signal_init(a.loop, &a.sigint);
+    uv_signal_init(a.loop, &a.sighup);
+    a.sigterm.data = a.sigint.data = a.sighup.data = &a;
+    /* SIGHUP reloads the configuration (reload.h) instead of ending the process. */
+    uv_signal_start(&a.sighup, on_sighup, SIGHUP);
+    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a.sigint, on_signal, SIGINT);
+    warn_open_listeners(cfg);
     /* Always printed, whatever the level: scripts read the bound ports from them (the plain
      * listener's line first: harnesses take the first "listening on"). */
     if (cfg->listen_enabled)
@@ -184,23 +204,7 @@ int cli_serve(int argc, char **argv)
         log_write(WLOG_INFO, "winch %s listening on %s (tls), cache %s", cli_version, tls_bound,
                   cfg->cache_dir);
 
-    warn_open_listeners(cfg);
-    e = reloader_create(&a.reloader, cfg, a.app, argc - 1, argv + 1);
-    if (e < 0) {
-        fprintf(stderr, "winch: %s\n", err_str(e));
-        app_shutdown(a.app);
-        uv_run(a.loop, UV_RUN_DEFAULT);
-        goto out;
-    }
     warm_up(a.loop, &a.warm);
-    uv_signal_init(a.loop, &a.sigterm);
-    uv_signal_init(a.loop, &a.sigint);
-    uv_signal_init(a.loop, &a.sighup);
-    a.sigterm.data = a.sigint.data = a.sighup.data = &a;
-    /* SIGHUP reloads the configuration (reload.h) instead of ending the process. */
-    uv_signal_start(&a.sighup, on_sighup, SIGHUP);
-    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&a.sigint, on_signal, SIGINT);
     uv_run(a.loop, UV_RUN_DEFAULT);
     rc = 0;
 out:
