@@ -171,8 +171,9 @@ static json_t *retention_json(const config_t *c)
     } else {
         put(o, "max_size", json_integer((json_int_t)c->retention_max_size));
     }
-    put(o, "low_watermark_pct", json_integer(c->retention_low_watermark_pct));
-    put(o, "max_unused_s", json_integer((json_int_t)c->retention_max_unused_s));
+    snprintf(buf, sizeof buf, "%u%%", c->retention_low_watermark_pct);
+    put(o, "low_watermark", json_string(buf));
+    put(o, "max_unused", json_integer((json_int_t)c->retention_max_unused_s)); /* seconds */
     put(o, "protect", strings(c->retention_protect, c->retention_nprotect));
     return o;
 }
