@@ -103,6 +103,38 @@ static void warn_open_listeners(const config_t *cfg)
                      open[i], i ? " (tls)" : "");
 }
 
+/* Says at start which upstreams winch uses, and what about them is unsafe. */
+static void log_upstreams(const config_t *cfg)
+{
+    for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        const config_upstream_t *u = &cfg->upstreams[i];
+        LOG_INFO("upstream %s%s = %s%s", u->name, i == 0 ? " (default)" : "", u->url,
+                 u->username ? " (with credentials)" : "");
+        if (u->insecure_skip_verify)
+            LOG_WARN("upstream %s: insecure_skip_verify is on: its TLS certificates and host "
+                     "names are NOT verified",
+                     u->name);
+        if (u->username && !u->tls)
+            LOG_WARN("upstream %s: credentials configured for a plain-HTTP upstream: they "
+                     "travel unencrypted",
+                     u->name);
+    }
+}
+
+/* SIGTERM and SIGINT stop; SIGHUP reloads the configuration (reload.h) instead of ending the
+ * process. */
+static void start_signals(process_t *a)
+{
+    uv_signal_init(a->loop, &a->sigterm);
+    uv_signal_init(a->loop, &a->sigint);
+    uv_signal_init(a->loop, &a->sighup);
+    a->sigterm.data = a->sigint.data = a->sighup.data = a;
+    /* SIGHUP reloads the configuration (reload.h) instead of ending the process. */
+    uv_signal_start(&a->sighup, on_sighup, SIGHUP);
+    uv_signal_start(&a->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a->sigint, on_signal, SIGINT);
+}
+
 int cli_serve(int argc, char **argv)
 {
     char err[512];
@@ -164,19 +196,7 @@ int cli_serve(int argc, char **argv)
         uv_run(a.loop, UV_RUN_DEFAULT);
         goto out;
     }
-    for (size_t i = 0; i < cfg->n_upstreams; i++) {
-        const config_upstream_t *u = &cfg->upstreams[i];
-        LOG_INFO("upstream %s%s = %s%s", u->name, i == 0 ? " (default)" : "", u->url,
-                 u->username ? " (with credentials)" : "");
-        if (u->insecure_skip_verify)
-            LOG_WARN("upstream %s: insecure_skip_verify is on: its TLS certificates and host "
-                     "names are NOT verified",
-                     u->name);
-        if (u->username && !u->tls)
-            LOG_WARN("upstream %s: credentials configured for a plain-HTTP upstream: they "
-                     "travel unencrypted",
-                     u->name);
-    }
+    log_upstreams(cfg);
     /* The handlers before the "listening on" lines: whoever reads them may signal at once
      * (delivered when the loop runs). */
     e = reloader_create(&a.reloader, cfg, a.app, argc - 1, argv + 1);
@@ -186,14 +206,7 @@ int cli_serve(int argc, char **argv)
         uv_run(a.loop, UV_RUN_DEFAULT);
         goto out;
     }
-    uv_signal_init(a.loop, &a.sigterm);
-    uv_signal_init(a.loop, &a.sigint);
-    uv_signal_init(a.loop, &a.sighup);
-    a.sigterm.data = a.sigint.data = a.sighup.data = &a;
-    /* SIGHUP reloads the configuration (reload.h) instead of ending the process. */
-    uv_signal_start(&a.sighup, on_sighup, SIGHUP);
-    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&a.sigint, on_signal, SIGINT);
+    start_signals(&a);
     warn_open_listeners(cfg);
     /* Always printed, whatever the level: scripts read the bound ports from them (the plain
      * listener's line first: harnesses take the first "listening on"). */
