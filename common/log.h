@@ -8,7 +8,8 @@
 
 enum log_level { WLOG_ERROR = 0, WLOG_WARN = 1, WLOG_INFO = 2, WLOG_DEBUG = 3 };
 
-/** The current threshold; lines above it are skipped. Set once at start (log_set_level). */
+/** The current threshold; lines above it are skipped. Set at start and on reload, on the
+ * loop thread (log_set_level). */
 extern int log_threshold;
 
 #define LOG(level, ...)                                                                            \

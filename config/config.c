@@ -157,6 +157,11 @@ const int_field_t *config_int_field(const char *name)
     return NULL;
 }
 
+const int_field_t *config_int_field_at(size_t i)
+{
+    return i < ARRAY_SIZE(int_fields) ? &int_fields[i] : NULL;
+}
+
 void config_int_field_set(config_t *c, const int_field_t *f, uint64_t v)
 {
     char *base = (char *)c + f->off;

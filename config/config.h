@@ -287,6 +287,15 @@ int config_pin_digests(const config_t *c, const char ***out, size_t *n);
  * "registry-1.docker.io" find "docker.io". Returns a borrowed pointer or NULL. */
 const config_upstream_t *config_upstream_find(const config_t *c, const char *name, size_t len);
 
+/** The effective configuration as indented JSON (config_dump.c): every field, defaults
+ * included, in the file's spelling. Upstream passwords never appear (only "(redacted)" and
+ * where they are read from). Returns a malloc'd string (free it), NULL when out of memory. */
+char *config_dump_json(const config_t *c);
+
+/** True when top-level field (as config_dump_json names it: "listen", "upstreams", "auth",
+ * ...) has the same effective value in a and b. False when out of memory. */
+bool config_same_field(const config_t *a, const config_t *b, const char *field);
+
 /** Frees everything; NULL is fine. */
 void config_free(config_t *c);
 

@@ -140,6 +140,8 @@ typedef struct int_field {
 
 /** The row of the integer field called name, or NULL. */
 const int_field_t *config_int_field(const char *name);
+/** The i-th row of the integer fields, or NULL past the last (for config_dump_json). */
+const int_field_t *config_int_field_at(size_t i);
 void config_int_field_set(config_t *c, const int_field_t *f, uint64_t v);
 
 /** A config holding the defaults (one upstream: Docker Hub). *out owned by the caller. */

@@ -491,6 +491,15 @@ void app_shutdown(app_t *a)
     close_upstreams(a);
 }
 
+policy_t *app_set_policy(app_t *a, policy_t *p)
+{
+    policy_t *old = a->policy;
+    a->policy = p;
+    a->env.policy = p;
+    log_policy(p);
+    return old;
+}
+
 void app_destroy(app_t *a)
 {
     if (!a)

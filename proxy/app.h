@@ -17,6 +17,7 @@
 
 #include "cache/cache.h"
 #include "config/config.h"
+#include "policy/policy.h"
 
 typedef struct app app_t;
 
@@ -36,6 +37,11 @@ int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, si
  * stops blob producers and closes the upstream pools. The loop then drains; call app_destroy
  * after uv_run returns. Idempotent. */
 void app_shutdown(app_t *a);
+
+/** Makes p (taken; compiled over the live config's rules) the policy of every request
+ * dispatched from now on (SIGHUP reload, reload.c). Returns the previous policy, owned by the
+ * caller, who must keep it until app_destroy: calls in flight may still read it. */
+policy_t *app_set_policy(app_t *a, policy_t *p);
 
 /** Frees the application; NULL is fine. */
 void app_destroy(app_t *a);

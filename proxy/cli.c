@@ -7,7 +7,14 @@
 
 #include "common/err.h"
 
-const char cli_version[] = "0.1.0";
+#ifndef WINCH_VERSION
+#define WINCH_VERSION "0.1.0"
+#endif
+#ifndef WINCH_COMMIT
+#define WINCH_COMMIT "unknown"
+#endif
+const char cli_version[] = WINCH_VERSION;
+const char cli_commit[] = WINCH_COMMIT;
 
 const char cli_usage[] =
     "usage: winch serve [--config FILE] [--listen HOST:PORT] [--cache-dir DIR]\n"
@@ -22,7 +29,8 @@ const char cli_usage[] =
     "       winch unpin [--config FILE | --cache-dir DIR] REF\n"
     "       winch pins [--config FILE | --cache-dir DIR] [--json]\n"
     "       winch policy explain [--config FILE] [--cache-dir DIR] [--json] REF...\n"
-    "       winch version\n"
+    "       winch check-config [--config FILE] [serve's flags]\n"
+    "       winch version | --version | -V\n"
     "\n"
     "With no configuration winch is a Docker Hub mirror on 0.0.0.0:5000:\n"
     "  --upstream docker.io=https://registry-1.docker.io --cache-dir ./winch-cache\n"

@@ -10,7 +10,7 @@ static int cli_print_version(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
-    printf("winch %s\n", cli_version);
+    printf("winch %s (commit %s)\n", cli_version, cli_commit);
     return 0;
 }
 
@@ -29,6 +29,8 @@ static const struct {
     {"serve", cli_serve},
     {"version", cli_print_version},
     {"--version", cli_print_version},
+    {"-V", cli_print_version},
+    {"check-config", cli_check_config},
     {"help", cli_help},
     {"--help", cli_help},
     {"-h", cli_help},
