@@ -194,7 +194,7 @@ static void run(scenario_fn fn, uint32_t max_header_bytes)
     CHECK_INT(server_create(&app.srv, &o), 0);
     char bound[64];
     CHECK_INT(server_listen(app.srv, "127.0.0.1", 0, NULL, bound, sizeof bound), 0);
-    app.port = (uint16_t)atoi(strrchr(bound, ':') + 1);
+    app.port = (uint16_t)strtoul(strrchr(bound, ':') + 1, NULL, 10);
     scenario = fn;
     atomic_store(&client_done, 0);
     pthread_t th;

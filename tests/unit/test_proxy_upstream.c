@@ -32,13 +32,13 @@ static void h_pattern(const fu_request_t *q, fu_response_t *r, void *arg)
     r->status = 200;
     r->piece_max = 4096;
     r->sleep_every = 64;
-    if (sscanf(q->target, "/cl/%llu", &n) == 1) {
+    if (fu_target_num(q->target, "/cl/", &n)) {
         r->seed = 1;
-    } else if (sscanf(q->target, "/chunked/%llu", &n) == 1) {
+    } else if (fu_target_num(q->target, "/chunked/", &n)) {
         r->seed = 2;
         r->chunked = true;
         r->trailers = "X-Trailer: t\r\n";
-    } else if (sscanf(q->target, "/trickle/%llu", &n) == 1) {
+    } else if (fu_target_num(q->target, "/trickle/", &n)) {
         r->seed = 3;
         r->chunked = true;
         r->piece_max = 512;
@@ -51,7 +51,9 @@ static void h_pattern(const fu_request_t *q, fu_response_t *r, void *arg)
 static void h_slow(const fu_request_t *q, fu_response_t *r, void *arg)
 {
     (void)arg;
-    sscanf(q->target, "/slow/%d", &r->delay_ms);
+    unsigned long long ms = 0;
+    fu_target_num(q->target, "/slow/", &ms);
+    r->delay_ms = (int)ms;
     r->status = 200;
     r->body = "ok";
 }
@@ -338,11 +340,12 @@ static void test_connect_timeout(void)
     CHECK_INT(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
     CHECK_INT(listen(lfd, 0), 0);
     socklen_t sl = sizeof a;
-    getsockname(lfd, (struct sockaddr *)&a, &sl);
+    CHECK_INT(getsockname(lfd, (struct sockaddr *)&a, &sl), 0);
     int fill[4];
     for (int i = 0; i < 4; i++) {
         fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        connect(fill[i], (struct sockaddr *)&a, sizeof a);
+        int rc = connect(fill[i], (struct sockaddr *)&a, sizeof a);
+        CHECK(rc == 0 || errno == EINPROGRESS);
     }
     test_sleep_ms(50);
     up_config(ntohs(a.sin_port));
