@@ -58,6 +58,10 @@ int cache_open(cache_t **out, const cache_opts_t *o)
         goto fail;
     if ((rc = index_open(c, o->map_size)))
         goto fail;
+    if ((rc = pins_open(c))) {
+        index_close(c);
+        goto fail;
+    }
     *out = c;
     return 0;
 fail:
@@ -80,6 +84,10 @@ void cache_close(cache_t *c)
     if (c->gc)
         LOG_ERROR("cache: closing while a gc runs (a bug)");
     stats_close(c);
+    if (pins_close(c)) {
+        LOG_ERROR("cache: closing while a pin write runs (a bug); leaking the index");
+        return;
+    }
     if (index_close(c)) {
         LOG_ERROR("cache: closing while an index commit runs (a bug); leaking the index");
         return;

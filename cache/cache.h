@@ -216,6 +216,66 @@ int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
 int cache_repos_each(cache_t *c, const char *upstream, const char *after,
                      int (*fn)(void *arg, const char *repo), void *arg);
 
+/* ---- Pins and tag history (pins.c) -------------------------------------------------------
+ * Two small records per (upstream, repo, tag), kept beside the tags for the policy (which the
+ * cache knows nothing of): pins set with `winch pin`, and what soak needs to know of a tag.
+ *
+ * Retention: a pinned manifest and everything its references reach (refs) are never evicted,
+ * whether the pin is stored here (pins_read.c marks them) or written in the configuration
+ * (passed as cache_gc_opts_t.keep: config_pin_digests). */
+
+#define CACHE_PIN_STORED 1 /* cache_pin_t.source: set with winch pin */
+
+/** A stored pin: the tag resolves to digest for every client until it is removed. */
+typedef struct cache_pin {
+    char digest[REF_DIGEST_MAX + 1];
+    int64_t set_ms; /* wall clock, when it was set */
+    int source;     /* CACHE_PIN_STORED */
+} cache_pin_t;
+
+/** The stored pin of upstream/repo:tag (sees writes this process queued): 0 and *out,
+ * WE_NOTFOUND, or WE_INDEX. A read transaction on the loop thread (cheap: no I/O beyond the
+ * mmap), so a pin set by another process is seen by the next request after its commit. */
+int cache_pin_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  cache_pin_t *out);
+
+/** Stores (or replaces) the pin of upstream/repo:tag -> digest, now. Asynchronous: cb (may be
+ * NULL) runs on the loop thread after the commit, with 0 or an error. Returns 0 when queued,
+ * WE_INVALID (cb never runs) for bad names, tag or digest. */
+int cache_pin_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                  const char *digest, cache_done_cb cb, void *arg);
+
+/** Removes the pin of upstream/repo:tag; cb gets 0, WE_NOTFOUND when there was none, or an
+ * error. Returns 0 when queued, WE_INVALID for bad names. */
+int cache_pin_delete(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                     cache_done_cb cb, void *arg);
+
+/** Visits the committed stored pins in key order (upstream, repo, tag), with their records: all
+ * of them when upstream is NULL, else those of upstream (and of repo, when not NULL: a prefix
+ * scan). fn returns nonzero to stop. Returns 0 or WE_INDEX. */
+int cache_pins_list(cache_t *c, const char *upstream, const char *repo,
+                    int (*fn)(void *arg, const char *upstream, const char *repo, const char *tag,
+                              const cache_pin_t *pin),
+                    void *arg);
+
+/** What is remembered of a tag for soak: the digest last served for it, and the digest its
+ * upstream last announced with when that digest was first seen (on the caller's clock). */
+typedef struct cache_tag_history {
+    char served[REF_DIGEST_MAX + 1]; /* "" when none */
+    char seen[REF_DIGEST_MAX + 1];   /* "" when none */
+    int64_t seen_first_ms;
+} cache_tag_history_t;
+
+/** The history of upstream/repo:tag (sees writes this process queued): 0, WE_NOTFOUND,
+ * WE_INDEX. Loop thread. */
+int cache_tag_history_get(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                          cache_tag_history_t *out);
+
+/** Replaces the history of upstream/repo:tag with *h (copied). Asynchronous like
+ * cache_pin_set; returns 0 when queued, WE_INVALID for bad names or digests. */
+int cache_tag_history_set(cache_t *c, const char *upstream, const char *repo, const char *tag,
+                          const cache_tag_history_t *h, cache_done_cb cb, void *arg);
+
 /* ---- Fills: one download per digest ----------------------------------------------------- */
 
 enum fill_state {

@@ -2,7 +2,7 @@
  * reads, and the one write queue every index write goes through. It knows nothing of files or
  * of manifest puts in progress (cache.c combines its reads with those).
  *
- * Schema (five named databases, all keys compared bytewise):
+ * Schema (named databases, all keys compared bytewise):
  *   content  digest string -> content record (below)
  *   tags     "upstream\0repo\0tag" -> {u8 version, i64 checked_ms, digest string}
  *   repos    "upstream\0repo" -> i64 last_ms (when a manifest of the repo was last stored)
@@ -12,7 +12,9 @@
  *            known to hold digest (one of its stored manifests references it, or the upstream
  *            served it under that repository); blobs are served per repository from this
  *   tagstats "upstream\0repo\0tag" -> {u8 version, i64 pulled_ms, u32 pulls} (stats.c)
- *   pins     "upstream\0repo\0tag" -> {u8 version, i64 since_ms, u8 source, digest} (pins_read.c)
+ *   pins     "upstream\0repo\0tag" -> {u8 version, i64 since_ms, u8 source, digest} (pins.c writes
+ *            and reads them for the request path; pins_read.c for retention)
+ *   taghist  "upstream\0repo\0tag" -> the tag's history for soak (pins.c)
  * Integers are little-endian. The content record is a fixed 32-byte header
  *   {u8 version, u8 kind, u16 flags, u32 pulls, u64 size, i64 created_ms, i64 accessed_ms}
  * followed by the media type bytes. flags is zero today and kept across updates; pulls counts
@@ -165,7 +167,7 @@ int index_open(cache_t *c, uint64_t map_size)
         goto fail;
     if ((rc = index_err(mdb_env_set_mapsize(c->env, map_size ? map_size : DEFAULT_MAP_SIZE),
                         "set map size")) ||
-        (rc = index_err(mdb_env_set_maxdbs(c->env, 8), "set max dbs")))
+        (rc = index_err(mdb_env_set_maxdbs(c->env, 16), "set max dbs")))
         goto fail;
     snprintf(path, sizeof path, "%s/index", c->dir);
     /* MDB_NOTLS: the loop's read transaction and the threadpool's write transactions are not
@@ -189,7 +191,8 @@ int index_open(cache_t *c, uint64_t map_size)
         (rc = index_err(mdb_dbi_open(t, "owners", MDB_CREATE, &c->dbi_owners), "open owners")) ||
         (rc = index_err(mdb_dbi_open(t, "tagstats", MDB_CREATE, &c->dbi_tagstats),
                         "open tagstats")) ||
-        (rc = index_err(mdb_dbi_open(t, "pins", MDB_CREATE, &c->dbi_pins), "open pins")))
+        (rc = index_err(mdb_dbi_open(t, "pins", MDB_CREATE, &c->dbi_pins), "open pins")) ||
+        (rc = index_err(mdb_dbi_open(t, "taghist", MDB_CREATE, &c->dbi_taghist), "open taghist")))
         goto fail;
     rc = mdb_txn_commit(t);
     t = NULL;

@@ -7,6 +7,7 @@
  *   cache.c      -> manifests.c, index.c, store.c
  *   manifests.c  -> index.c, store.c, hot.c, digest.c
  *   fill.c       -> index.c, store.c, digest.c
+ *   pins.c       -> nothing in cache/ (it uses index.c's environment and databases)
  *   index.c, store.c, hot.c, digest.c -> nothing in cache/
  *
  * index.c, store.c, hot.c and digest.c are leaves: they call nothing else in cache/. So the
@@ -105,6 +106,7 @@ struct cache {
     /* index.c */
     MDB_env *env;
     MDB_dbi dbi_content, dbi_tags, dbi_repos, dbi_refs, dbi_owners, dbi_tagstats, dbi_pins;
+    MDB_dbi dbi_taghist;
     MDB_txn *rtxn; /* the loop thread's cached read transaction, kept reset between reads */
     size_t max_key;
     wop_t *wq_head, *wq_tail; /* waiting for the next batch */
@@ -129,6 +131,9 @@ struct cache {
     hot_t *hot;                  /* recently read manifests (hot.c) */
     unsigned live_puts;          /* cache_put_manifest jobs in flight */
     struct pending_put *pending; /* puts accepted but not committed yet */
+
+    /* pins.c */
+    struct pins *pins; /* reads and writes of the pins and tag history databases */
 };
 
 /* ---- index.c: the LMDB index ----------------------------------------------------------------- */
@@ -264,6 +269,14 @@ bool manifests_pending_owner(const cache_t *c, const char *key, size_t kl, const
                              uint64_t *size);
 /** The newest of best and the pending puts' tag writes of key[0..kl) (wop_newest_tag). */
 const wop_t *manifests_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+
+/* ---- pins.c: pins and tag history ------------------------------------------------------------ */
+
+/** Sets up the pins' reads and writes (index_open first: it opens their databases). */
+int pins_open(cache_t *c);
+/** Frees queued writes (logging them: a bug) and the read transaction; -EBUSY, leaving the
+ * state allocated, while a write job runs. Fine after a failed pins_open. Before index_close. */
+int pins_close(cache_t *c);
 
 /* ---- hot.c: the in-memory tier of manifests -------------------------------------------------- */
 

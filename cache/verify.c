@@ -32,6 +32,7 @@ typedef struct vprob {
     enum cache_verify_problem what;
     char digest[REF_DIGEST_MAX + 1];
     bool fixed;
+    bool gone; /* the entry left the index while the scan ran (an eviction beside): no problem */
 } vprob_t;
 
 typedef struct vrec {
@@ -228,14 +229,18 @@ static void scan_work(uv_work_t *w)
 
 static int apply_drop(cache_t *c, MDB_txn *t, const wop_t *op)
 {
-    const struct verify_run *v = op->payload;
+    struct verify_run *v = op->payload;
     for (size_t i = 0; i < v->nprobs; i++) {
-        const vprob_t *p = &v->probs[i];
-        if (p->what == CACHE_VERIFY_ORPHAN)
+        vprob_t *p = &v->probs[i];
+        if (p->what == CACHE_VERIFY_ORPHAN || p->gone)
             continue;
         MDB_val k = {strlen(p->digest), (void *)p->digest};
         int rc = mdb_del(t, c->dbi_content, &k, NULL);
-        if (rc == 0 || rc == MDB_NOTFOUND)
+        if (rc == MDB_NOTFOUND) { /* evicted since the look on the loop: nothing disagrees */
+            p->gone = true;
+            continue;
+        }
+        if (rc == 0)
             rc = mdb_del(t, c->dbi_refs, &k, NULL);
         if (rc && rc != MDB_NOTFOUND)
             return rc;
@@ -245,12 +250,15 @@ static int apply_drop(cache_t *c, MDB_txn *t, const wop_t *op)
 
 static void run_done(struct verify_run *v, int status)
 {
+    v->res.problems = 0;
     for (size_t i = 0; i < v->nprobs; i++) {
+        if (v->probs[i].gone)
+            continue;
         cache_verify_problem_t p = {v->probs[i].what, v->probs[i].digest, v->probs[i].fixed};
+        v->res.problems++;
         if (v->o.on_problem)
             v->o.on_problem(v->o.arg, &p);
     }
-    v->res.problems = v->nprobs;
     if (v->cb)
         v->cb(v->arg, status, &v->res);
     for (size_t i = 0; i < v->ntrash; i++)
@@ -300,6 +308,8 @@ static void dropped(void *arg, int status)
     for (size_t i = 0; i < v->nprobs; i++) {
         vprob_t *p = &v->probs[i];
         cache_entry_t e;
+        if (p->gone)
+            continue;
         if (p->what == CACHE_VERIFY_MISSING) {
             p->fixed = true;
             continue;
@@ -328,7 +338,18 @@ static void scan_done(uv_work_t *w, int status)
         run_done(v, status ? status : v->status);
         return;
     }
-    if (!v->o.fix || v->nprobs == 0 || wop_new(v->c, NULL, NULL, NULL, &op)) {
+    /* The scan read a snapshot: a record an eviction (a serving winch beside this one, or a gc)
+     * has removed since, file first gone, is not a disagreement. */
+    size_t left = 0;
+    for (size_t i = 0; i < v->nprobs; i++) {
+        cache_entry_t e;
+        vprob_t *p = &v->probs[i];
+        if (p->what != CACHE_VERIFY_ORPHAN && cache_lookup(v->c, p->digest, &e) != 0)
+            p->gone = true;
+        else
+            left++;
+    }
+    if (!v->o.fix || left == 0 || wop_new(v->c, NULL, NULL, NULL, &op)) {
         run_done(v, 0);
         return;
     }

@@ -3,6 +3,7 @@
 #include "common/err.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -48,4 +49,45 @@ void log_write(int level, const char *fmt, ...)
     line[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
+}
+
+static bool log_plain(unsigned char ch)
+{
+    return ch >= 0x20 && ch < 0x7f && ch != '\\' && ch != '"';
+}
+
+const char *log_escape(char *dst, size_t cap, const char *src, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (cap == 0)
+        return dst;
+    /* Whole, or cut with room kept for the "..." that says so. */
+    size_t total = 0;
+    for (size_t i = 0; i < len && total < cap; i++)
+        total += log_plain((unsigned char)src[i]) ? 1 : 4;
+    bool cut = total >= cap;
+    size_t limit = cap - 1;
+    if (cut)
+        limit = limit >= 3 ? limit - 3 : 0;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        bool plain = log_plain(ch);
+        if (o + (plain ? 1 : 4) > limit)
+            break;
+        if (plain) {
+            dst[o++] = (char)ch;
+        } else {
+            dst[o++] = '\\';
+            dst[o++] = 'x';
+            dst[o++] = hex[ch >> 4];
+            dst[o++] = hex[ch & 15];
+        }
+    }
+    if (cut && o + 3 <= cap - 1) {
+        memcpy(dst + o, "...", 3);
+        o += 3;
+    }
+    dst[o] = '\0';
+    return dst;
 }

@@ -4,6 +4,8 @@
 #ifndef WINCH_COMMON_LOG_H
 #define WINCH_COMMON_LOG_H
 
+#include <stddef.h>
+
 enum log_level { WLOG_ERROR = 0, WLOG_WARN = 1, WLOG_INFO = 2, WLOG_DEBUG = 3 };
 
 /** The current threshold; lines above it are skipped. Set once at start (log_set_level). */
@@ -26,5 +28,12 @@ void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2,
 int log_level_parse(const char *name);
 
 void log_set_level(int level);
+
+/** Makes src[0..len) safe to put in a log line: printable ASCII (0x20..0x7e) is kept except
+ * `\` and `"`, which become \x5c and \x22 like every control and non-ASCII byte (\xHH), so a
+ * request can neither split a line, drive a terminal, nor close a quoted field. A value that
+ * does not fit in dst[cap] is cut at a whole byte (never inside an escape) and ends in "...".
+ * dst is always NUL-terminated when cap > 0. Returns dst. */
+const char *log_escape(char *dst, size_t cap, const char *src, size_t len);
 
 #endif

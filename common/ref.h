@@ -1,4 +1,4 @@
-/** The OCI reference grammars (../shared/PROTOCOL.md §5): repository names, tags, digests.
+/** The OCI reference grammars (docs/protocol.md, "Grammars"): repository names, tags, digests.
  * Pure functions over caller memory; used by the router before any I/O and by the cache to
  * turn a digest into a path, which is why they live here rather than in proxy/ or cache/. */
 #ifndef WINCH_COMMON_REF_H

@@ -120,11 +120,15 @@ static const int_field_t int_fields[] = {
     {"upstream_fetch_deadline_ms", offsetof(config_t, upstream_fetch_deadline_ms), false, 1,
      3600000, 60000},
     {"negative_ttl_s", offsetof(config_t, negative_ttl_s), false, 0, 3600, 10},
+    /* Docker clients send their head at once; a socket that says nothing for 10 s is an idle
+     * slot holder, cheap to drop (nginx's 60 s suits slower networks than a registry's). */
     {"client_header_timeout_ms", offsetof(config_t, client_header_timeout_ms), false, 1, 3600000,
-     30000},
+     10000},
     {"client_idle_timeout_ms", offsetof(config_t, client_idle_timeout_ms), false, 1, 3600000,
      120000},
     {"max_connections", offsetof(config_t, max_connections), false, 1, 1000000, 4096},
+    {"max_connections_per_client", offsetof(config_t, max_connections_per_client), false, 0,
+     1000000, 256},
     {"max_header_bytes", offsetof(config_t, max_header_bytes), false, KIB, MIB, 32 * KIB},
     {"tag_ttl_s", offsetof(config_t, tag_ttl_s), false, 0, 31536000, 300},
     {"max_manifest_bytes", offsetof(config_t, max_manifest_bytes), false, KIB, 64 * MIB, 4 * MIB},
@@ -200,6 +204,7 @@ void config_free(config_t *c)
     if (!c)
         return;
     config_upstreams_clear(c);
+    config_policy_free(c);
     free(c->listen_host);
     free(c->tls_listen_host);
     free(c->tls_cert);
@@ -207,6 +212,7 @@ void config_free(config_t *c)
     free(c->cache_dir);
     free(c->log_level);
     config_retention_free(c);
+    config_auth_free(c->auth);
     free(c);
 }
 
@@ -455,5 +461,8 @@ int config_check_whole(const config_t *c, const diag_t *d)
             strcmp(c->listen_host, c->tls_listen_host) == 0)
             return diag_fail(d, "tls_listen", "same address as listen");
     }
-    return 0;
+    int rc = config_policy_check(c, d);
+    if (rc < 0)
+        return rc;
+    return config_auth_check_whole(c, d);
 }

@@ -12,6 +12,39 @@
 #define CONFIG_MAX_UPSTREAMS 32
 #define CONFIG_MAX_ALLOW_HOSTS 64
 
+/* ---- Pull-time policy (issue 9; parsed in config_policy.c, compiled by policy/) ----------- */
+
+#define CONFIG_MAX_POLICY_RULES 1024
+#define CONFIG_MAX_DENY_TAGS 64    /* regexes per rule */
+#define CONFIG_MAX_REGEX_LEN 256   /* bytes of one regex */
+#define CONFIG_MAX_PINS 1024       /* pins per rule */
+#define CONFIG_MAX_MESSAGE_LEN 512 /* bytes of a rule's message */
+
+/** One tag -> digest pin of a rule. */
+typedef struct config_pin {
+    char *tag;    /* owned; a valid tag */
+    char *digest; /* owned; a valid sha256/sha512 digest */
+} config_pin_t;
+
+/** One rule of "policy", as written (validated; policy_create compiles it). Rules are ordered:
+ * the first whose match fits a request decides with every field it carries. */
+typedef struct config_policy_rule {
+    char *match;      /* owned; glob over "UPSTREAM/REPOSITORY" (common/glob.h) */
+    bool allow;       /* "allow": true */
+    bool deny;        /* "deny": true (or "allow": false) */
+    char **deny_tags; /* owned; n_deny_tags POSIX extended regexes */
+    size_t n_deny_tags;
+    bool require_digest;
+    config_pin_t *pins; /* owned; n_pins, tags unique within the rule */
+    size_t n_pins;
+    uint32_t soak_s;             /* 0: no soak */
+    bool freeze;                 /* tags never revalidated once cached */
+    uint64_t max_image_bytes;    /* 0: no bound */
+    uint32_t max_image_age_days; /* 0: no bound */
+    bool audit;                  /* refusals logged, not enforced */
+    char *message;               /* owned; appended to refusals; NULL when none */
+} config_policy_rule_t;
+
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */
 /** Which requests may be served a cached blob of an upstream: any repository of the upstream
@@ -49,6 +82,47 @@ typedef struct config_upstream {
     /* Default: repository when the upstream has credentials, else global. */
     enum blob_scope blob_scope;
 } config_upstream_t;
+
+/** One rule of "auth.access": who may read the repositories whose "UPSTREAM/REPOSITORY"
+ * (Docker Hub one-component names as library/NAME) matches `match` (common/glob.h). The first
+ * rule that matches decides; a rule that names nobody denies. */
+typedef struct config_access_rule {
+    char *match;        /* owned glob over "UPSTREAM/REPOSITORY" */
+    bool anonymous;     /* anyone, with or without credentials */
+    bool authenticated; /* any authenticated user (a password or a client certificate) */
+    char **users;       /* owned; user names (htpasswd users or certificate names) */
+    size_t n_users;
+    size_t *groups; /* owned; indexes into config_auth_t.groups */
+    size_t n_groups;
+} config_access_rule_t;
+
+/** A named set of users, for access rules. */
+typedef struct config_auth_group {
+    char *name;     /* owned */
+    char **members; /* owned user names */
+    size_t n_members;
+} config_auth_group_t;
+
+/** Client authentication for winch itself ("auth"; README "Client authentication"). */
+typedef struct config_auth {
+    char *htpasswd;           /* owned path of the bcrypt htpasswd file; NULL: no passwords */
+    char *realm;              /* owned; the Basic challenge's realm, default "winch" */
+    char *client_ca;          /* owned path; PEM CAs that sign client certificates (TLS listener) */
+    bool require_client_cert; /* the TLS handshake fails without a verified certificate */
+    config_auth_group_t *groups; /* owned */
+    size_t n_groups;
+    config_access_rule_t *rules; /* owned; default one rule: "**", authenticated */
+    size_t n_rules;
+    /* "challenge": "bearer" makes winch its own token service (GET /v2/_token): clients
+     * without credentials get anonymous tokens, so anonymous docker pulls work beside
+     * logged-in ones. Default "basic". */
+    bool bearer;
+    uint32_t token_ttl_s; /* tokens issued live this long; default 300 */
+    char *token_realm;    /* owned; the realm URL to announce; NULL: from the request's Host */
+    uint32_t verify_cache_ttl_s; /* a verified password is trusted this long; default 300 */
+    uint32_t max_failures;       /* failed checks per client address in a burst; default 10 */
+    uint32_t failure_window_s;   /* ... refilled at max_failures per this; default 60 */
+} config_auth_t;
 
 typedef struct config {
     bool listen_enabled;  /* plain HTTP listener; "listen": "" turns it off */
@@ -89,10 +163,12 @@ typedef struct config {
     uint32_t negative_ttl_s;
 
     /* Client side. */
-    uint32_t client_header_timeout_ms; /* whole request head must arrive within; default 30000 */
+    uint32_t client_header_timeout_ms; /* head whole within, from accept or 1st byte; 10000 */
     uint32_t client_idle_timeout_ms;   /* keep-alive idle and stalled send; default 120000 */
     uint32_t max_connections;          /* accepted at once; default 4096 */
     uint32_t max_header_bytes;         /* request head, and upstream response head; default 32768 */
+    /* Connections from one client address at once (0: no limit); default 256. */
+    uint32_t max_connections_per_client;
 
     /* Cache. */
     /* A tag younger than this is served without asking upstream; default 300. */
@@ -124,6 +200,13 @@ typedef struct config {
     char **retention_protect;             /* owned; globs over "upstream/repo", never evicted */
     size_t retention_nprotect;
     bool disk_full_pass_through; /* on_disk_full "pass_through": stream uncached when full */
+
+    /* Pull-time policy rules, in order (none by default: everything is allowed). */
+    config_policy_rule_t *policy; /* owned; n_policy of them */
+    size_t n_policy;
+
+    /* Client authentication (config_auth.c). */
+    config_auth_t *auth; /* owned; NULL: no client authentication (everyone reads everything) */
 } config_t;
 
 /** Parses a size: digits (bytes) with an optional unit B, KB, MB, GB, TB (powers of 1000) or
@@ -144,6 +227,11 @@ int config_load(config_t **out, int argc, char **argv, char *err, size_t errlen)
 /** Same, from a JSON text (for tests and tools); `origin` names it in messages. */
 int config_from_json(config_t **out, const char *json, size_t len, const char *origin, char *err,
                      size_t errlen);
+
+/** The digests the configuration's pins name (every rule's), for retention to keep with everything
+ * they reference. *out is a malloc'd array (free it) of n strings borrowed from c; NULL when n
+ * is 0. Returns 0 or -ENOMEM. */
+int config_pin_digests(const config_t *c, const char ***out, size_t *n);
 
 /** Looks an upstream up by its name, case-insensitively; "index.docker.io" and
  * "registry-1.docker.io" find "docker.io". Returns a borrowed pointer or NULL. */

@@ -22,7 +22,7 @@
 /* ---------------------------------------------------------------------------------------- */
 /* JSON.                                                                                     */
 
-static const char *json_type_name(const json_t *v)
+const char *config_json_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT:
@@ -45,7 +45,7 @@ static const char *json_type_name(const json_t *v)
 }
 
 /* Builds "prefix.key" with the key made printable; keys in messages come from the file. */
-static void field_path(char *buf, size_t cap, const char *prefix, const char *key)
+void config_field_path(char *buf, size_t cap, const char *prefix, const char *key)
 {
     char q[80];
     diag_quote(q, sizeof q, key, strlen(key));
@@ -62,7 +62,7 @@ static void field_path(char *buf, size_t cap, const char *prefix, const char *ke
 static int want_string(const diag_t *d, const char *field, const json_t *v, const char **s)
 {
     if (!json_is_string(v))
-        return diag_fail(d, field, "expected a string, got %s", json_type_name(v));
+        return diag_fail(d, field, "expected a string, got %s", config_json_type_name(v));
     *s = json_string_value(v);
     return 0;
 }
@@ -266,14 +266,14 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
     snprintf(field, sizeof field, "upstreams[%zu]", idx);
     if (!json_is_object(v))
         return diag_fail(d, field, "expected an object {\"name\": ..., \"url\": ...}, got %s",
-                         json_type_name(v));
+                         config_json_type_name(v));
     const char *key, *name = NULL, *url = NULL;
     upstream_extra_t x = {.insecure = -1};
     json_t *val, *allow = NULL;
     int rc;
     json_object_foreach(v, key, val)
     {
-        field_path(sub, sizeof sub, field, key);
+        config_field_path(sub, sizeof sub, field, key);
         if (strcmp(key, "name") == 0) {
             rc = want_string(d, sub, val, &name);
         } else if (strcmp(key, "url") == 0) {
@@ -281,9 +281,9 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
         } else if (strcmp(key, "ca_file") == 0) {
             rc = want_string(d, sub, val, &x.ca_file);
         } else if (strcmp(key, "insecure_skip_verify") == 0) {
-            rc = json_is_boolean(val)
-                     ? 0
-                     : diag_fail(d, sub, "expected true or false, got %s", json_type_name(val));
+            rc = json_is_boolean(val) ? 0
+                                      : diag_fail(d, sub, "expected true or false, got %s",
+                                                  config_json_type_name(val));
             x.insecure = json_is_true(val);
         } else if (strcmp(key, "username") == 0) {
             rc = want_string(d, sub, val, &x.username);
@@ -334,7 +334,7 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
 static int parse_upstreams(config_t *c, const diag_t *d, json_t *v)
 {
     if (!json_is_array(v))
-        return diag_fail(d, "upstreams", "expected an array, got %s", json_type_name(v));
+        return diag_fail(d, "upstreams", "expected an array, got %s", config_json_type_name(v));
     size_t n = json_array_size(v);
     if (n == 0)
         return diag_fail(d, "upstreams", "must list at least one upstream");
@@ -352,7 +352,7 @@ static int parse_upstreams(config_t *c, const diag_t *d, json_t *v)
 static int parse_int_field(config_t *c, const diag_t *d, const int_field_t *f, const json_t *v)
 {
     if (!json_is_integer(v))
-        return diag_fail(d, f->name, "expected an integer, got %s", json_type_name(v));
+        return diag_fail(d, f->name, "expected an integer, got %s", config_json_type_name(v));
     json_int_t x = json_integer_value(v);
     if (x < 0 || (uint64_t)x < f->min || (uint64_t)x > f->max)
         return diag_fail(d, f->name, "must be %llu..%llu, got %lld", (unsigned long long)f->min,
@@ -365,7 +365,7 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
 {
     if (!json_is_object(root))
         return diag_fail(d, NULL, "expected a JSON object at the top level, got %s",
-                         json_type_name(root));
+                         config_json_type_name(root));
     const char *key;
     json_t *v;
     char field[128];
@@ -403,12 +403,16 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
             rc = config_retention_json(c, d, v);
         } else if (strcmp(key, "on_disk_full") == 0) {
             rc = config_disk_full_json(c, d, v);
+        } else if (strcmp(key, "policy") == 0) {
+            rc = config_parse_policy(c, d, v);
+        } else if (strcmp(key, "auth") == 0) {
+            rc = config_auth_parse(c, d, v);
         } else {
             const int_field_t *f = config_int_field(key);
             if (f) {
                 rc = parse_int_field(c, d, f, v);
             } else {
-                field_path(field, sizeof field, NULL, key);
+                config_field_path(field, sizeof field, NULL, key);
                 rc = diag_fail(d, field, "unknown field");
             }
         }

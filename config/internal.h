@@ -184,9 +184,36 @@ void config_retention_free(config_t *c);
 
 /* ---- JSON (config_json.c) ----------------------------------------------------------------- */
 
+struct json_t; /* jansson's value type */
+
+/** "an object", "a string", ...: what a JSON value is, for messages. */
+const char *config_json_type_name(const struct json_t *v);
+/** Builds "prefix.key" (or "key" when prefix is NULL) with the key made printable. */
+void config_field_path(char *buf, size_t cap, const char *prefix, const char *key);
+
 /** Parses the JSON text json[0..len) over c (defaults already in place); origin names it in
  * messages, which go to err[errlen]. */
 int config_apply_json_text(config_t *c, const char *json, size_t len, const char *origin, char *err,
                            size_t errlen);
+
+/* ---- The "auth" section (config_auth.c) --------------------------------------------------- */
+
+struct json_t;
+/** Parses the "auth" object v over c->auth (replacing it). */
+int config_auth_parse(config_t *c, const diag_t *d, struct json_t *v);
+/** The auth checks that need the rest of the configuration (upstreams, the TLS listener). */
+int config_auth_check_whole(const config_t *c, const diag_t *d);
+void config_auth_free(config_auth_t *a);
+
+/* ---- Pull-time policy (config_policy.c) ---------------------------------------------------- */
+
+/** Parses the "policy" array over c (replacing any rules there): every field validated, every
+ * dead or contradictory combination refused, with messages naming policy[i].field. */
+int config_parse_policy(config_t *c, const diag_t *d, const struct json_t *v);
+/** The checks that need the final upstream list (flags may replace it): each rule's match
+ * names a configured upstream (or starts with a glob). */
+int config_policy_check(const config_t *c, const diag_t *d);
+/** Frees the rules; c->policy is NULL afterwards. */
+void config_policy_free(config_t *c);
 
 #endif

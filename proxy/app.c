@@ -20,7 +20,9 @@
 #include "common/err.h"
 #include "common/flight.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "policy/policy.h"
+#include "proxy/access.h"
 #include "proxy/blob.h"
 #include "proxy/call.h"
 #include "proxy/health.h"
@@ -51,6 +53,7 @@ struct app {
     negcache_t *neg; /* upstream 404s, remembered briefly */
     policy_t *policy;
     retention_t *retention;
+    access_t *access; /* client authentication; NULL when off */
     server_t *server;
     SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
     call_env_t env;
@@ -90,52 +93,60 @@ static void answer_bad(call_t *c, int status)
     case 431:
         reply_error(c, 431, OCI_UNKNOWN, "request header fields too large", NULL);
         return;
+    case 503:
+        reply_error(c, 503, OCI_UNAVAILABLE, "server busy: too many requests in progress", NULL);
+        return;
     default:
         reply_error(c, 400, OCI_UNKNOWN, "malformed HTTP request", NULL);
         return;
     }
 }
 
+/* Repository-level policy for what is not a manifest (blobs, tags/list, referrers): a denied
+ * repository is denied for all of it. Manifests are decided in manifest.c, in stages. */
 static bool policy_allows(app_t *a, call_t *c)
 {
-    if (c->route.op == ROUTE_PING || c->route.op == ROUTE_CATALOG || !c->route.upstream)
+    enum policy_object obj;
+    if (!c->route.upstream)
         return true;
+    switch (c->route.op) {
+    case ROUTE_BLOB:
+        obj = POLICY_BLOB;
+        break;
+    case ROUTE_TAGS:
+        obj = POLICY_TAGS;
+        break;
+    case ROUTE_REFERRERS:
+        obj = POLICY_REFERRERS;
+        break;
+    default:
+        return true;
+    }
     policy_request_t pr = {
         .upstream = c->route.upstream->name,
         .repo = c->route.name,
-        .ref = c->route.op == ROUTE_TAGS ? NULL : c->route.ref,
-        .ref_is_digest = c->route.ref_is_digest,
+        .object = obj,
+        .digest = obj == POLICY_TAGS ? NULL : c->route.ref,
+        .now_ms = policy_now_ms(&a->env),
     };
-    policy_decision_t d = policy_decide(a->policy, &pr);
-    if (d.allow)
+    policy_decision_t d;
+    policy_decide(a->policy, &pr, &d);
+    if (policy_decision_notable(&d)) {
+        char line[POLICY_MSG_MAX + 256];
+        policy_describe(&d, line, sizeof line);
+        LOG_INFO("req=%llu %s", (unsigned long long)req_id(c->req), line);
+    }
+    if (d.verdict == POLICY_ALLOW)
         return true;
-    reply_error(c, 0, OCI_DENIED, d.reason ? d.reason : "denied by policy", NULL);
+    reply_denied(c, d.message);
     return false;
 }
 
-static void on_request(req_t *r, void *arg)
+/* A routed call the client may make (access.c admitted it, at once or after a password check):
+ * the policy, then its handler. */
+static void dispatch(call_t *c)
 {
-    app_t *a = arg;
-    call_t *c = req_data(r);
-    c->req = r;
-    c->env = &a->env;
-    c->cache_status = "-";
-    if (req_bad(r)) {
-        answer_bad(c, req_bad(r));
-        return;
-    }
-    read_headers(c);
-    enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
-    route_error_t rerr;
-    if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {
-        reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
-        return;
-    }
-    if (c->route.upstream) {
-        ptrdiff_t i = c->route.upstream - a->cfg->upstreams;
-        c->up = a->upstreams[i];
-        c->health = a->health[i];
-    }
+    app_t *a = container_of(c->env, app_t, env); /* env is the app's own */
     if (!policy_allows(a, c))
         return;
     switch (c->route.op) {
@@ -161,6 +172,37 @@ static void on_request(req_t *r, void *arg)
     reply_error(c, 0, OCI_UNSUPPORTED, "unsupported operation", NULL);
 }
 
+static void on_request(req_t *r, void *arg)
+{
+    app_t *a = arg;
+    call_t *c = req_data(r);
+    c->req = r;
+    c->env = &a->env;
+    c->cache_status = "-";
+    if (req_bad(r)) {
+        answer_bad(c, req_bad(r));
+        return;
+    }
+    read_headers(c);
+    if (access_intercept(a->access, c))
+        return;
+    enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
+    route_error_t rerr;
+    if (route_parse(&c->route, a->cfg, m, req_target(r), req_target_len(r), &rerr) != 0) {
+        reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
+        return;
+    }
+    if (c->route.upstream) {
+        ptrdiff_t i = c->route.upstream - a->cfg->upstreams;
+        c->up = a->upstreams[i];
+        c->health = a->health[i];
+    }
+    /* Who the client is and whether it may read this repository, before the policy (dispatch)
+     * or any cache or upstream look: an answer never tells a stranger what exists. */
+    if (access_admit(a->access, c, dispatch))
+        dispatch(c);
+}
+
 static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
 {
     (void)arg;
@@ -170,17 +212,69 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
         c->cancel = NULL;
         cancel(c);
     }
+    if (log_threshold < WLOG_WARN || (outcome != REQ_ABORTED && log_threshold < WLOG_INFO))
+        return;
+    /* Everything the client sent is escaped: a log line never carries its control bytes. */
+    char target[1024], ua[256];
+    log_escape(target, sizeof target, req_target(r), req_target_len(r));
+    const char *agent = req_header(r, "User-Agent");
+    log_escape(ua, sizeof ua, agent ? agent : "", agent ? strlen(agent) : 0);
     if (outcome == REQ_ABORTED)
         LOG_WARN("req=%llu %s: response cut short after %llu body bytes",
-                 (unsigned long long)req_id(r), req_target(r),
-                 (unsigned long long)req_bytes_sent(r));
-    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld%s", (unsigned long long)req_id(r),
-             req_method(r), req_target(r)[0] ? req_target(r) : "-", req_status(r),
+                 (unsigned long long)req_id(r), target, (unsigned long long)req_bytes_sent(r));
+    char user[CALL_USER_MAX * 4 + 1];
+    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld user=%s peer=%s ua=\"%s\"%s",
+             (unsigned long long)req_id(r), req_method(r), target[0] ? target : "-", req_status(r),
              (unsigned long long)req_bytes_sent(r), c->cache_status ? c->cache_status : "-",
-             (long long)req_duration_ms(r), outcome == REQ_GONE ? " (client gone)" : "");
+             (long long)req_duration_ms(r), access_log_user(c, user, sizeof user), req_peer_str(r),
+             ua, outcome == REQ_GONE ? " (client gone)" : "");
 }
 
-/* ---- Lifecycle ------------------------------------------------------------------------- */
+/* What the rest of the process may hold open besides client connections and their requests:
+ * per upstream, its registry and one redirect origin (a blob CDN) with upstream_max_conns
+ * sockets each, and as many fills (a temp file each) that may outlive their clients; and the
+ * index, the listeners, libuv's own descriptors and stdio. */
+static uint32_t reserve_fds(const config_t *cfg)
+{
+    return 64 + 4 * (uint32_t)cfg->n_upstreams * cfg->upstream_max_conns;
+}
+
+/* ---- Lifecycle ---------------------------------------------------------------------------- */
+
+int64_t app_test_clock_offset_ms(void)
+{
+    const char *v = getenv("WINCH_TEST_CLOCK_OFFSET_S");
+    if (!v || !*v)
+        return 0;
+    char *end;
+    errno = 0;
+    long long s = strtoll(v, &end, 10);
+    if (errno || *end || s < -3153600000LL || s > 3153600000LL) {
+        LOG_ERROR("WINCH_TEST_CLOCK_OFFSET_S=%s is not a number of seconds (|N| <= 100 years); "
+                  "ignored",
+                  v);
+        return 0;
+    }
+    LOG_WARN("TEST CLOCK: the policy sees the time %+llds from now (WINCH_TEST_CLOCK_OFFSET_S); "
+             "never set it in production",
+             s);
+    return s * 1000;
+}
+
+/* Says at start what the policy holds, and which rules can never decide anything. */
+static void log_policy(const policy_t *p)
+{
+    size_t n = policy_rules(p);
+    if (n)
+        LOG_INFO("policy: %zu rule%s", n, n == 1 ? "" : "s");
+    for (size_t i = 0; i < n; i++) {
+        int k = policy_shadowed_by(p, i);
+        if (k >= 0)
+            LOG_WARN("policy rule %zu (%s) is never used: rule %d (%s) comes first and matches "
+                     "everything it matches",
+                     i + 1, policy_rule(p, i)->match, k + 1, policy_rule(p, (size_t)k)->match);
+    }
+}
 
 int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache, char *err,
                size_t errlen)
@@ -199,6 +293,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
         goto fail_said;
+    if ((rc = access_create(&a->access, loop, cfg, err, errlen)) < 0)
+        goto fail_said;
     if ((rc = retention_create(&a->retention, loop, cfg, cache)) < 0)
         goto fail;
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
@@ -213,7 +309,9 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .limits = {.header_timeout_ms = cfg->client_header_timeout_ms,
                    .idle_timeout_ms = cfg->client_idle_timeout_ms,
                    .max_connections = cfg->max_connections,
-                   .max_header_bytes = cfg->max_header_bytes},
+                   .max_header_bytes = cfg->max_header_bytes,
+                   .max_connections_per_client = cfg->max_connections_per_client,
+                   .reserve_fds = reserve_fds(cfg)},
         .on_request = on_request,
         .on_complete = on_complete,
         .arg = a,
@@ -221,6 +319,17 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     };
     if ((rc = server_create(&a->server, &so)) < 0)
         goto fail;
+    server_plan_t plan;
+    server_plan(a->server, &plan);
+    char per[48] = "no limit per client address";
+    if (cfg->max_connections_per_client)
+        snprintf(per, sizeof per, "%u per client address", cfg->max_connections_per_client);
+    LOG_INFO("fd limit %llu: max_connections %u%s, %s; fd budget %u (one per connection, %d more "
+             "per request in progress), %llu kept for the cache and upstreams",
+             (unsigned long long)plan.nofile, plan.max_connections,
+             plan.max_connections < cfg->max_connections ? " (lowered to fit the fd limit)" : "",
+             per, plan.max_fds, SERVER_FDS_PER_REQUEST,
+             (unsigned long long)(plan.nofile > plan.max_fds ? plan.nofile - plan.max_fds : 0));
     a->env = (call_env_t){
         .loop = loop,
         .cfg = cfg,
@@ -228,10 +337,14 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         .upstreams = a->upstreams,
         .fetches = a->fetches,
         .producers = a->producers,
+        .access = a->access,
         .neg = a->neg,
         .revalidator = a->revalidator,
         .retention = a->retention,
+        .policy = a->policy,
+        .policy_clock_offset_ms = app_test_clock_offset_ms(),
     };
+    log_policy(a->policy);
     *out = a;
     return 0;
 fail:
@@ -256,6 +369,9 @@ int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, si
     }
     if (cfg->tls_listen_enabled) {
         rc = tls_server_ctx_new(cfg->tls_cert, cfg->tls_key, &a->tls_ctx, err, errlen);
+        if (rc == 0 && cfg->auth && cfg->auth->client_ca)
+            rc = tls_server_ctx_client_ca(a->tls_ctx, cfg->auth->client_ca,
+                                          cfg->auth->require_client_cert, err, errlen);
         if (rc < 0)
             return rc;
         rc = server_listen(a->server, cfg->tls_listen_host, cfg->tls_listen_port, a->tls_ctx,
@@ -285,6 +401,7 @@ void app_shutdown(app_t *a)
         return;
     a->shut = true;
     server_shutdown(a->server);
+    access_shutdown(a->access);
     blob_producers_cancel_all(a->producers);
     revalidator_cancel_all(a->revalidator);
     retention_stop(a->retention);
@@ -303,6 +420,7 @@ void app_destroy(app_t *a)
     server_destroy(a->server);
     tls_ctx_free(a->tls_ctx); /* every TLS conn is closed by now */
     policy_free(a->policy);
+    access_free(a->access);
     for (size_t i = 0; i < CONFIG_MAX_UPSTREAMS; i++)
         health_destroy(a->health[i]);
     revalidator_free(a->revalidator);

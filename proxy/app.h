@@ -12,6 +12,7 @@
 #define WINCH_PROXY_APP_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "cache/cache.h"
@@ -38,5 +39,12 @@ void app_shutdown(app_t *a);
 
 /** Frees the application; NULL is fine. */
 void app_destroy(app_t *a);
+
+/** The test clock: WINCH_TEST_CLOCK_OFFSET_S=N (seconds, |N| <= 100 years) makes the policy
+ * (soak, image age) see the time N seconds from now, so tests check a day's soak without waiting
+ * a day. Read at start (app_create, and the policy commands); a set value is announced with a
+ * warning, a bad one logged and ignored. Returns the offset in ms (0 when unset). For tests
+ * only. */
+int64_t app_test_clock_offset_ms(void);
 
 #endif

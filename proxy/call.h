@@ -15,16 +15,22 @@
 
 #include "cache/cache.h"
 #include "common/flight.h"
+#include "common/timeutil.h"
 #include "config/config.h"
+#include "policy/policy.h"
 #include "proxy/http.h"
 #include "proxy/route.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
 
-typedef struct blob_producers blob_producers_t; /* blob.c */
+typedef struct blob_producers blob_producers_t; /* producer.c */
+typedef struct access access_t;                 /* access.c */
 typedef struct negcache negcache_t;             /* negcache.c */
 typedef struct health health_t;                 /* health.c */
 typedef struct revalidator revalidator_t;       /* revalidate.c */
+
+/** Longest user name a call carries (htpasswd users and certificate names). */
+#define CALL_USER_MAX 256
 
 /** What the application owns and every call borrows. Filled once by app.c. */
 typedef struct call_env {
@@ -33,25 +39,37 @@ typedef struct call_env {
     cache_t *cache;
     upstream_t *const *upstreams; /* [i] serves cfg->upstreams[i] */
     flight_table_t *fetches;      /* shared buffered upstream fetches (fetch.c) */
-    blob_producers_t *producers;  /* blob fills' upstream producers running (blob.c) */
+    blob_producers_t *producers;  /* blob fills' upstream producers running (producer.c) */
+    access_t *access;             /* client authentication (access.c); NULL when off */
     negcache_t *neg;              /* upstream 404s remembered for negative_ttl_s (negcache.h) */
     revalidator_t *revalidator;   /* tag checks running (revalidate.c) */
     struct retention *retention;  /* background eviction (retention.c); told of a full disk */
+    const policy_t *policy;       /* the pull-time rules */
+    /* Added to the wall clock for the policy's decisions and the tag history it keeps (soak):
+     * 0, except under the test clock (WINCH_TEST_CLOCK_OFFSET_S, app.c). */
+    int64_t policy_clock_offset_ms;
 } call_env_t;
+
+/** The policy's clock (Unix ms): the wall clock, offset in tests. */
+static inline int64_t policy_now_ms(const call_env_t *env)
+{
+    return time_wall_ms() + env->policy_clock_offset_ms;
+}
 
 typedef struct call call_t;
 struct call {
     req_t *req;            /* the HTTP exchange, borrowed; NULL for background work */
     const call_env_t *env; /* borrowed */
     route_t route;
-    upstream_t *up;   /* the client of route.upstream; NULL for /v2/ */
-    health_t *health; /* route.upstream's breaker (health.c); NULL for /v2/ */
+    upstream_t *up;   /* the client of route.upstream (for /v2/, the default upstream's) */
+    health_t *health; /* route.upstream's breaker (health.c) */
     unsigned accept;  /* ACCEPT_* bits from every Accept line */
     http_range_t range;
-    const char *if_none_match; /* the header value (borrowed), NULL when absent */
-    const char *cache_status;  /* static text for the access log: hit, miss, stale, ... */
-    void (*cancel)(call_t *c); /* the pending operation's cancel, NULL when none */
-    void *op;                  /* the pending operation, the handler's */
+    const char *if_none_match;    /* the header value (borrowed), NULL when absent */
+    const char *cache_status;     /* static text for the access log: hit, miss, stale, ... */
+    void (*cancel)(call_t *c);    /* the pending operation's cancel, NULL when none */
+    void *op;                     /* the pending operation, the handler's */
+    char user[CALL_USER_MAX + 1]; /* the authenticated client (access.c); "" when anonymous */
 };
 
 /** The request id for logs; 0 for a call that belongs to no client (background work). */

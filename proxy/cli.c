@@ -16,6 +16,10 @@ const char cli_usage[] =
     "       winch ls [REPO] [--filter dangling=true] | df | inspect REF... | rm REF...\n"
     "       winch prune [--dry-run] [--unused-for DURATION] | verify\n"
     "             (each with --cache-dir DIR or --config FILE, and --json)\n"
+    "       winch pin [--config FILE | --cache-dir DIR] [--server HOST:PORT] REF [DIGEST]\n"
+    "       winch unpin [--config FILE | --cache-dir DIR] REF\n"
+    "       winch pins [--config FILE | --cache-dir DIR] [--json]\n"
+    "       winch policy explain [--config FILE] [--cache-dir DIR] [--json] REF...\n"
     "       winch version\n"
     "\n"
     "With no configuration winch is a Docker Hub mirror on 0.0.0.0:5000:\n"
@@ -63,6 +67,12 @@ int cli_common_parse(int argc, char **argv, char **rest, cli_common_t *out)
         if (strcmp(argv[i], "--json") == 0) {
             out->json = true;
             continue;
+        }
+        /* Asked for help, a command answers with the usage, before it opens anything (a cache
+         * that is not there must not hide the answer). */
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(cli_usage, stdout);
+            exit(0);
         }
         rest[out->argc++] = argv[i];
     }

@@ -19,4 +19,12 @@ int cli_prune(int argc, char **argv);   /* cli_gc.c */
 int cli_inspect(int argc, char **argv); /* cli_inspect.c */
 int cli_verify(int argc, char **argv);  /* cli_verify.c */
 
+/** winch pin REF [DIGEST], winch unpin REF, winch pins: stored pins (cli_pin.c). */
+int cli_pin(int argc, char **argv);
+int cli_unpin(int argc, char **argv);
+int cli_pins(int argc, char **argv);
+
+/** winch policy explain REF...: which rule decides and why (cli_policy.c). */
+int cli_policy(int argc, char **argv);
+
 #endif

@@ -180,8 +180,17 @@ int cli_prune(int argc, char **argv)
     };
     if (unused_s)
         o.unused_before_ms = time_wall_ms() - (int64_t)unused_s * 1000;
+    /* The configuration's pins are kept like stored ones (cache_gc copies the list). */
+    const char **keep;
+    if (config_pin_digests(cmd.cfg, &keep, &o.nkeep) < 0) {
+        fprintf(stderr, "winch prune: out of memory\n");
+        rc = 1;
+        goto out;
+    }
+    o.keep = keep;
     struct gc_print p = {.json = cmd.o.json, .dry = dry};
     rc = run_gc(&cmd, &o, &p);
+    free(keep);
 out:
     cache_cmd_close(&cmd);
     return rc;

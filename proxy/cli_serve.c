@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "proxy/app.h"
 #include "proxy/cli_commands.h"
+#include "proxy/server.h"
 
 /* The process around the application: its loop and the signals that stop it. */
 typedef struct process {
@@ -77,6 +78,15 @@ int cli_serve(int argc, char **argv)
     log_set_level(log_level_parse(cfg->log_level));
     /* A client that goes away mid-response must cost an EPIPE, not the process. */
     signal(SIGPIPE, SIG_IGN);
+    /* Every connection is an fd: take all the kernel allows (as nginx's worker_rlimit_nofile
+     * would) before the server plans its limits on it. */
+    uint64_t nofile_was = 0, nofile = 0;
+    int lim = server_raise_nofile(&nofile_was, &nofile);
+    if (lim < 0)
+        LOG_WARN("cannot raise the fd limit to its hard limit: %s", err_str(lim));
+    else if (nofile != nofile_was)
+        LOG_INFO("fd limit raised from %llu to %llu (the hard limit)",
+                 (unsigned long long)nofile_was, (unsigned long long)nofile);
 
     /* Fills hash and write on libuv's threadpool, beside fsyncs and index commits; the default
      * of 4 threads would let a few slow disks stall every fill. Set before the pool starts. */

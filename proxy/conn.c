@@ -264,9 +264,10 @@ static int setup(conn_t *c, uv_loop_t *loop, int fd, size_t rcap)
     c->file_fd = -1;
     if (rcap == 0)
         return -EINVAL;
-    c->rbuf = malloc(rcap);
+    /* The read buffer comes with the first read (do_reads): an accepted connection that never
+     * sends, or one idle between requests (conn_release_rbuf), holds none. */
     conn_ext_t *x = calloc(1, sizeof *x);
-    if (!c->rbuf || !x) {
+    if (!x) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -280,9 +281,7 @@ static int setup(conn_t *c, uv_loop_t *loop, int fd, size_t rcap)
     c->ext = &x->idle;
     return 0;
 fail:
-    free(c->rbuf);
     free(x);
-    c->rbuf = NULL;
     c->ext = NULL;
     return rc;
 }
@@ -397,6 +396,24 @@ int conn_read_start(conn_t *c, conn_read_cb cb)
     return 0;
 }
 
+bool conn_input_pending(const conn_t *c)
+{
+    if (c->closing)
+        return false;
+    if (conn_tls_buffered(c))
+        return true;
+    char b;
+    return recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+void conn_release_buffers(conn_t *c)
+{
+    free(c->rbuf);
+    c->rbuf = NULL;
+    if (c->tls && !c->write_cb)
+        conn_tls_release(c);
+}
+
 void conn_read_stop(conn_t *c)
 {
     if (c->closing || !c->reading)
@@ -412,6 +429,13 @@ static void read_fail(conn_t *c, int err)
 
 static void do_reads(conn_t *c)
 {
+    if (!c->rbuf && c->reading && !c->closing) {
+        c->rbuf = malloc(c->rcap);
+        if (!c->rbuf) {
+            read_fail(c, -ENOMEM);
+            return;
+        }
+    }
     for (int i = 0; i < READS_PER_WAKEUP && c->reading && !c->closing; i++) {
         ssize_t n = do_recv(c, c->rbuf, c->rcap);
         if (n > 0) {

@@ -43,7 +43,7 @@ struct conn {
     int events; /* UV_READABLE | UV_WRITABLE currently polled */
     bool closing;
     /* Read side. */
-    char *rbuf; /* owned, rcap bytes */
+    char *rbuf; /* owned, rcap bytes; NULL until a read needs it */
     size_t rcap;
     conn_read_cb read_cb;
     bool reading;
@@ -62,7 +62,7 @@ struct conn {
 };
 
 /** Wraps an accepted or connected non-blocking socket fd (taken: closed by conn_close).
- * rcap is the read buffer size (allocated here). Returns 0 or -errno/UV_E*; on failure the fd
+ * rcap is the read buffer size (allocated at the first read). Returns 0 or -errno/UV_E*; on failure the fd
  * is not taken (the caller closes it) and there is nothing to conn_close. */
 int conn_init(conn_t *c, uv_loop_t *loop, int fd, size_t rcap);
 
@@ -96,10 +96,26 @@ const char *conn_tls_error(const conn_t *c);
 /** True when c speaks TLS. */
 bool conn_is_tls(const conn_t *c);
 
+/** The name in the peer's verified certificate (a client certificate on the TLS listener): its
+ * subject CN, or without one its first e-mail or DNS subject alternative name, as UTF-8 into
+ * buf[len]. Returns 0; WE_NOTFOUND when the peer sent no certificate (or c is not TLS);
+ * WE_TLS when the certificate did not verify or its name is unusable (empty, longer than
+ * len - 1, or holding control characters). */
+int conn_tls_peer_name(const conn_t *c, char *buf, size_t len);
+
 /** Reading runs until conn_read_stop or an error. Stopping is cheap and lazy: the fd stays
  * in the poll set until it reports readability while nobody reads. */
 int conn_read_start(conn_t *c, conn_read_cb cb);
 void conn_read_stop(conn_t *c);
+
+/** True when bytes have arrived that nobody has read yet (in the socket, or decrypted in
+ * OpenSSL): the peer is sending. */
+bool conn_input_pending(const conn_t *c);
+
+/** Frees the read buffer (and TLS's staging buffer when no write is in flight) until the next
+ * read or write needs them: for a connection idle between requests. Bytes of the last read
+ * callback are gone: only for a caller that holds none. */
+void conn_release_buffers(conn_t *c);
 
 /** Sends bufs[0..n) (n <= CONN_MAX_IOV); the bytes are borrowed until cb. Tries to write at
  * once, then waits for writability. */

@@ -39,7 +39,7 @@ typedef struct tls_conn {
     int wr_need;      /* poll bit a stalled SSL_write waits for (normally UV_WRITABLE) */
     int sys_err;      /* -errno of the last failed socket call in the BIO, 0 if none */
     int rd_err;       /* read error or EOF (UV_EOF) found after returning data; next read */
-    char *wbuf;       /* TLS_WBUF bytes, allocated at the first write */
+    char *wbuf;       /* TLS_WBUF bytes, allocated at a write, freed by conn_tls_release */
     size_t staged;    /* bytes of wbuf handed to SSL_write and not yet accepted */
     char err[256];    /* why the handshake failed, "" if it did not */
 } tls_conn_t;
@@ -84,6 +84,9 @@ void conn_tls_handshake(conn_t *c);
 
 /** True when OpenSSL holds bytes the poll cannot see, or a read result waits for delivery. */
 bool conn_tls_buffered(const conn_t *c);
+
+/** Frees the staging buffer unless bytes are staged in it (the next write allocates it). */
+void conn_tls_release(conn_t *c);
 
 /** Sends close_notify (best effort) and frees c's TLS state; nothing for plain conns. */
 void conn_tls_free(conn_t *c);

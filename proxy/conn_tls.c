@@ -302,6 +302,15 @@ static int tls_stage_buf(tls_conn_t *t)
     return 0;
 }
 
+void conn_tls_release(conn_t *c)
+{
+    tls_conn_t *t = tls_of(c);
+    if (t && t->staged == 0) {
+        free(t->wbuf);
+        t->wbuf = NULL;
+    }
+}
+
 ssize_t conn_tls_send(conn_t *c, const struct iovec *iov, int niov)
 {
     tls_conn_t *t = tls_of(c);
@@ -429,6 +438,53 @@ const char *conn_tls_error(const conn_t *c)
 bool conn_is_tls(const conn_t *c)
 {
     return c->tls != NULL;
+}
+
+/* Copies an ASN.1 string as UTF-8 when it is a usable name. */
+static int name_from(const ASN1_STRING *s, char *buf, size_t len)
+{
+    unsigned char *utf8 = NULL;
+    int n = ASN1_STRING_to_UTF8(&utf8, s);
+    int rc = WE_TLS;
+    if (n > 0 && (size_t)n < len) {
+        rc = 0;
+        for (int i = 0; i < n; i++)
+            if (utf8[i] < 0x20 || utf8[i] == 0x7f)
+                rc = WE_TLS;
+        if (rc == 0) {
+            memcpy(buf, utf8, (size_t)n);
+            buf[n] = '\0';
+        }
+    }
+    OPENSSL_free(utf8);
+    return rc;
+}
+
+int conn_tls_peer_name(const conn_t *c, char *buf, size_t len)
+{
+    tls_conn_t *t = tls_of(c);
+    X509 *cert = t ? SSL_get0_peer_certificate(t->ssl) : NULL;
+    if (!cert)
+        return WE_NOTFOUND;
+    /* The handshake fails on a certificate that does not verify (SSL_VERIFY_PEER); checked
+     * again so that no other path can ever turn an unverified name into a user. */
+    if (SSL_get_verify_result(t->ssl) != X509_V_OK)
+        return WE_TLS;
+    const X509_NAME *subject = X509_get_subject_name(cert);
+    int idx = subject ? X509_NAME_get_index_by_NID(subject, NID_commonName, -1) : -1;
+    if (idx >= 0)
+        return name_from(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx)), buf, len);
+    GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    int rc = WE_TLS;
+    for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+        if (g->type == GEN_EMAIL || g->type == GEN_DNS) {
+            rc = name_from(g->d.ia5, buf, len);
+            break;
+        }
+    }
+    GENERAL_NAMES_free(sans);
+    return rc;
 }
 
 /* ---- TLS handshake (client side). ---- */

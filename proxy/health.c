@@ -63,11 +63,13 @@ static void set_up(health_t *h)
     uv_timer_stop(h->timer);
 }
 
+/* Any answer but a 5xx means the upstream is back (a 401 from /v2/ is a registry asking for a
+ * token); a 5xx is the same failure the breaker opened for, so it stays open. */
 static void probe_on_headers(upreq_t *r, void *arg, int status)
 {
     (void)r;
-    (void)status;
-    set_up(arg);
+    if (status < 500)
+        set_up(arg);
 }
 
 static void probe_on_body(upreq_t *r, void *arg, const char *data, size_t len)

@@ -12,6 +12,8 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/sbuf.h"
+#include "policy/policy.h"
+#include "proxy/access.h"
 #include "proxy/fetch.h"
 #include "proxy/reply.h"
 
@@ -34,10 +36,45 @@ static size_t tags_path_len(const char *target)
     return q ? (size_t)(q - target) : strlen(target);
 }
 
+static int add_stored_pin(void *arg, const char *upstream, const char *repo, const char *tag,
+                          const cache_pin_t *pin)
+{
+    (void)upstream;
+    (void)repo;
+    (void)pin;
+    return json_array_append_new(arg, json_string(tag)) < 0;
+}
+
+/* Pinned tags are tags of the repository for every client, including aliases the upstream does
+ * not have (winch pin acme/app:production sha256:...). */
+static void add_pinned_tags(call_t *c, json_t *tags)
+{
+    const policy_t *p = c->env->policy;
+    int rule = policy_match(p, c->route.upstream->name, c->route.name);
+    if (rule >= 0) {
+        const config_policy_rule_t *r = policy_rule(p, (size_t)rule);
+        for (size_t i = 0; i < r->n_pins; i++)
+            json_array_append_new(tags, json_string(r->pins[i].tag));
+    }
+    if (cache_pins_list(c->env->cache, c->route.upstream->name, c->route.name, add_stored_pin,
+                        tags) < 0)
+        LOG_WARN("req=%llu listing the stored pins of %s failed",
+                 (unsigned long long)req_id(c->req), c->route.name);
+}
+
 static void tags_reply(call_t *c, json_t *root)
 {
     json_t *tags = json_object_get(root, "tags");
-    size_t n = json_is_array(tags) ? json_array_size(tags) : 0;
+    if (!json_is_array(tags)) {
+        /* distribution says "tags": null for a repository without tags. */
+        tags = json_array();
+        if (!tags || json_object_set_new(root, "tags", tags) < 0) {
+            reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
+            return;
+        }
+    }
+    add_pinned_tags(c, tags);
+    size_t n = json_array_size(tags);
     const char **list = calloc(n ? n : 1, sizeof *list);
     if (!list) {
         reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
@@ -50,6 +87,12 @@ static void tags_reply(call_t *c, json_t *root)
             list[k++] = t;
     }
     qsort(list, k, sizeof *list, cmp_str);
+    /* A pinned tag the upstream has too is listed once. */
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++)
+        if (u == 0 || strcmp(list[u - 1], list[i]) != 0)
+            list[u++] = list[i];
+    k = u;
     /* Apply last (exclusive) and n. */
     size_t start = 0;
     if (c->route.last[0]) {
@@ -164,6 +207,7 @@ void lists_tags(call_t *c)
 /* ---- _catalog -------------------------------------------------------------------------- */
 
 typedef struct catalog_walk {
+    const call_t *c;
     sbuf_t *b;
     long want;
     long got;
@@ -171,9 +215,29 @@ typedef struct catalog_walk {
     char last[REF_NAME_MAX + 1];
 } catalog_walk_t;
 
+/* A repository the policy denies (enforced, not audited) is not listed: its name is as much
+ * its content as its tags are. */
+static bool catalog_denied(const call_t *c, const char *repo)
+{
+    policy_request_t pr = {
+        .upstream = c->route.upstream->name,
+        .repo = repo,
+        .object = POLICY_TAGS,
+        .now_ms = policy_now_ms(c->env),
+    };
+    policy_decision_t d;
+    policy_decide(c->env->policy, &pr, &d);
+    return d.verdict == POLICY_DENY;
+}
+
 static int catalog_visit(void *arg, const char *repo)
 {
     catalog_walk_t *w = arg;
+    /* Only what the client may read (client authentication) and the policy does not deny;
+     * the rest is not there. */
+    if (!access_may_read(w->c->env->access, w->c, w->c->route.upstream->name, repo) ||
+        catalog_denied(w->c, repo))
+        return 0;
     if (w->got == w->want) {
         w->more = true;
         return 1;
@@ -202,7 +266,7 @@ void lists_catalog(call_t *c)
     sbuf_t b;
     sbuf_init(&b, body, cap);
     sbuf_puts(&b, "{\"repositories\":[");
-    catalog_walk_t w = {.b = &b, .want = want};
+    catalog_walk_t w = {.c = c, .b = &b, .want = want};
     int err =
         cache_repos_each(c->env->cache, c->route.upstream->name, c->route.last, catalog_visit, &w);
     if (err < 0) {

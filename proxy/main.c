@@ -38,6 +38,11 @@ static const struct {
     {"rm", cli_rm},
     {"prune", cli_prune},
     {"verify", cli_verify},
+    /* Pull-time policy: pins without editing the configuration, and explaining a decision. */
+    {"pin", cli_pin},
+    {"unpin", cli_unpin},
+    {"pins", cli_pins},
+    {"policy", cli_policy},
 };
 
 int main(int argc, char **argv)

@@ -10,6 +10,13 @@
  * tag_revalidate_wait_ms: then the last known digest is served stale and the check finishes
  * on its own (stale-while-revalidate). A down upstream (health.c) gets no wait at all. Only a
  * definite 404 from the upstream makes a cached tag disappear for the client.
+ *
+ * The policy (manifest_gate.c) is asked at each stage: before anything (refusals by name and
+ * tag; a pin, which is then served by digest whatever the upstream's tag says; freeze, which
+ * serves a cached tag without revalidation), once the tag resolved (soak may keep serving the
+ * previous digest), and before a manifest is served (image size and age). What is served is
+ * m->target, and Docker-Content-Digest is always its digest. Only the upstream's own answer is
+ * recorded as the tag's digest (by the check): never a pin or a soaking tag's previous digest.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -23,17 +30,25 @@
 #include "proxy/health.h"
 #include "proxy/intake.h"
 #include "proxy/manifest.h"
+#include "proxy/manifest_gate.h"
 #include "proxy/negcache.h"
 #include "proxy/reply.h"
 #include "proxy/revalidate.h"
 
-/* A request by tag waiting for its check. */
+/* One manifest request, from its arrival to its answer. */
 typedef struct mreq {
     reval_waiter_t rw; /* first: the check's callback gets it back */
     call_t *c;
     uv_timer_t *timer; /* the stale deadline; NULL when there is no stale answer to give */
+    bool waiting;      /* joined a tag check (rw) */
     bool have_stale;   /* a cached digest exists for the tag */
     char stale[REF_DIGEST_MAX + 1];
+    mgate_t gate;                    /* the policy's view of this request */
+    char target[REF_DIGEST_MAX + 1]; /* the digest to serve, once known */
+    /* A manifest in memory, kept while the policy checks the image (mgate_image). */
+    char *body;
+    size_t len;
+    char mt[128];
 } mreq_t;
 
 /* Writes the header set every manifest answer carries. */
@@ -116,155 +131,273 @@ static void timer_closed(uv_handle_t *h)
 
 static void mreq_free(mreq_t *m)
 {
+    if (m->waiting)
+        revalidate_leave(&m->rw);
     if (m->timer) {
         uv_timer_stop(m->timer);
         uv_close((uv_handle_t *)m->timer, timer_closed);
     }
+    mgate_clear(&m->gate);
+    free(m->body);
     free(m);
 }
 
-/* The request stops waiting: the client went away. */
-static void mreq_cancel(call_t *c)
+static void mreq_free_cb(void *arg)
 {
-    mreq_t *m = c->op;
-    c->op = NULL;
-    revalidate_leave(&m->rw);
-    mreq_free(m);
+    mreq_free(arg);
 }
 
-/* Detaches m from its call (which is answered next) and frees it. */
-static call_t *mreq_end(mreq_t *m)
+static void copy_digest(char dst[REF_DIGEST_MAX + 1], const char *src)
 {
-    call_t *c = m->c;
-    c->cancel = NULL;
-    c->op = NULL;
-    revalidate_leave(&m->rw);
-    mreq_free(m);
-    return c;
+    snprintf(dst, REF_DIGEST_MAX + 1, "%s", src);
 }
 
 /* ---- Negative caching (negcache.h) ------------------------------------------------------- */
 
 /* The upstream said 404 for what the client asked (a tag, or a digest): remembered for
  * negative_ttl_s. */
-static void remember_404(const call_t *c)
+static void remember_404(const call_t *c, const char *ref)
 {
-    negcache_put(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref, time_mono_ms(),
+    negcache_put(c->env->neg, c->route.upstream->name, c->route.name, ref, time_mono_ms(),
                  c->env->cfg->negative_ttl_s * 1000);
 }
 
 /* The upstream said 404 for this reference a moment ago: so do we, without asking again.
  * Returns true when answered. */
-static bool answer_negative(call_t *c)
+static bool answer_negative(call_t *c, const char *ref)
 {
-    if (!negcache_hit(c->env->neg, c->route.upstream->name, c->route.name, c->route.ref,
-                      time_mono_ms()))
+    if (!negcache_hit(c->env->neg, c->route.upstream->name, c->route.name, ref, time_mono_ms()))
         return false;
     c->cache_status = "negative";
     reply_failure(c, WE_NOTFOUND, OCI_MANIFEST_UNKNOWN);
     return true;
 }
 
-static bool serve_stale(call_t *c, const char *stale, const char *why)
+/* ---- Serving m->target, after the policy's image check -------------------------------------- */
+
+static void on_gate_done(call_t *c, void *arg, bool serve)
 {
-    if (serve_cached(c, stale) != 0)
-        return false;
-    LOG_WARN("req=%llu tag %s served stale: %s", (unsigned long long)call_id(c), c->route.ref, why);
-    c->cache_status = "stale";
-    return true;
+    mreq_t *m = arg;
+    if (serve) {
+        char *body = m->body;
+        m->body = NULL;
+        serve_bytes(c, m->target, m->mt, body, m->len);
+    }
+    mreq_free(m);
+}
+
+/* Serves m->target from body (taken), once the policy's image check allows it. */
+static void deliver(mreq_t *m, char *body, size_t len, const char *mt)
+{
+    m->body = body;
+    m->len = len;
+    snprintf(m->mt, sizeof m->mt, "%s", mt);
+    enum mgate_result r = mgate_image(&m->gate, body, len, m->mt, on_gate_done, m, mreq_free_cb);
+    if (r == MGATE_WAIT)
+        return;
+    on_gate_done(m->c, m, r == MGATE_SERVE);
+}
+
+static void on_target_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
+                              size_t len)
+{
+    mreq_t *m = ctx;
+    if (err || status != 200) {
+        free(body);
+        if (err == 0 && status == 404)
+            remember_404(c, m->target);
+        mreq_free(m);
+        reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
+                               OCI_MANIFEST_UNKNOWN);
+        return;
+    }
+    intake_t in;
+    int rc = intake_check(c, up, body, len, m->target, &in);
+    if (rc < 0) {
+        free(body);
+        mreq_free(m);
+        reply_failure(c, rc, OCI_MANIFEST_UNKNOWN);
+        return;
+    }
+    /* By digest: no tag is recorded (a pin or a soak chose this digest, not the upstream). */
+    intake_store(c, &in, body, len, NULL);
+    c->cache_status = "miss";
+    deliver(m, body, len, in.media_type);
+    intake_free(&in);
+}
+
+/* Serves m->target: from the cache, or fetched by digest. */
+static void obtain(mreq_t *m)
+{
+    call_t *c = m->c;
+    cache_t *cache = c->env->cache;
+    cache_entry_t e;
+    if (cache_lookup(cache, m->target, &e) == 0 && e.kind == CACHE_MANIFEST && e.media_type[0]) {
+        if (!(m->gate.d.needs & POLICY_NEED_IMAGE)) {
+            if (serve_cached(c, m->target) == 0) {
+                mreq_free(m);
+                return;
+            }
+        } else {
+            char *body;
+            size_t len;
+            int err =
+                cache_read_manifest(cache, m->target, c->env->cfg->max_manifest_bytes, &body, &len);
+            if (err == 0) {
+                cache_note_access(cache, m->target);
+                deliver(m, body, len, e.media_type);
+                return;
+            }
+            LOG_WARN("req=%llu %s indexed but unreadable (%s); refetching",
+                     (unsigned long long)call_id(c), m->target, err_str(err));
+        }
+    }
+    if (answer_negative(c, m->target)) {
+        mreq_free(m);
+        return;
+    }
+    if (c->health && health_down(c->health)) {
+        mreq_free(m);
+        reply_failure(c, WE_DOWN, OCI_MANIFEST_UNKNOWN);
+        return;
+    }
+    char path[REF_NAME_MAX + 400];
+    fetch_path(c, "manifests", m->target, path, sizeof path);
+    int err = fetch_start(c, "GET", path, OCI_UPSTREAM_ACCEPT, c->env->cfg->max_manifest_bytes,
+                          on_target_fetched, m, mreq_free_cb);
+    if (err < 0) {
+        mreq_free(m);
+        reply_failure(c, err, OCI_MANIFEST_UNKNOWN);
+    }
+}
+
+/* The tag resolved to digest (the upstream's, or the cache's): the policy picks what to serve.
+ * body (taken, may be NULL) holds digest's manifest when the check just fetched it. */
+static void resolved(mreq_t *m, const char *digest, char *body, size_t len, const char *mt)
+{
+    copy_digest(m->target, mgate_resolved(&m->gate, digest));
+    if (body && strcmp(m->target, digest) == 0) {
+        deliver(m, body, len, mt);
+        return;
+    }
+    free(body);
+    obtain(m);
+}
+
+/* ---- By tag: the check ------------------------------------------------------------------- */
+
+/* The request stops waiting: the client went away. */
+static void mreq_cancel(call_t *c)
+{
+    mreq_t *m = c->op;
+    c->op = NULL;
+    mreq_free(m);
+}
+
+/* The request stops waiting for the check (which goes on); it is answered next. */
+static void detach(mreq_t *m)
+{
+    call_t *c = m->c;
+    c->cancel = NULL;
+    c->op = NULL;
+    if (m->waiting)
+        revalidate_leave(&m->rw);
+    m->waiting = false;
+    if (m->timer) {
+        uv_timer_stop(m->timer);
+        uv_close((uv_handle_t *)m->timer, timer_closed);
+        m->timer = NULL;
+    }
+}
+
+static void serve_stale(mreq_t *m, const char *why)
+{
+    LOG_WARN("req=%llu tag %s served stale: %s", (unsigned long long)call_id(m->c), m->c->route.ref,
+             why);
+    m->c->cache_status = "stale";
+    resolved(m, m->stale, NULL, 0, NULL);
 }
 
 /* The stale deadline passed: answer now, and let the check finish on its own. */
 static void on_stale_deadline(uv_timer_t *t)
 {
     mreq_t *m = t->data;
-    char stale[REF_DIGEST_MAX + 1];
-    memcpy(stale, m->stale, sizeof stale);
-    call_t *c = mreq_end(m);
-    if (!serve_stale(c, stale, "the upstream did not answer in time; revalidating"))
-        reply_failure(c, -ETIMEDOUT, OCI_MANIFEST_UNKNOWN);
+    detach(m);
+    serve_stale(m, "the upstream did not answer in time; revalidating");
 }
 
 /* The check ended while this request still waited. */
 static void on_checked(reval_waiter_t *w, const reval_result_t *res)
 {
     mreq_t *m = (mreq_t *)w;
-    bool have_stale = m->have_stale;
-    char stale[REF_DIGEST_MAX + 1];
-    memcpy(stale, m->stale, sizeof stale);
-    call_t *c = mreq_end(m);
+    call_t *c = m->c;
+    m->waiting = false; /* the check let go of every waiter */
+    detach(m);
     if (res->err == 0) {
         c->cache_status =
-            !res->body ? (have_stale && strcmp(stale, res->digest) == 0 ? "revalidated" : "hit")
-                       : "miss";
-        if (serve_cached(c, res->digest) == 0)
-            return;
-        if (res->body) {
-            char *copy = malloc(res->len + 1);
-            if (copy) {
-                memcpy(copy, res->body, res->len);
-                serve_bytes(c, res->digest, res->media_type, copy, res->len);
-                return;
-            }
-        }
-        reply_failure(c, res->body ? -ENOMEM : WE_INDEX, OCI_MANIFEST_UNKNOWN);
+            !res->body
+                ? (m->have_stale && strcmp(m->stale, res->digest) == 0 ? "revalidated" : "hit")
+                : "miss";
+        char *copy = NULL;
+        if (res->body && (copy = malloc(res->len + 1)) != NULL)
+            memcpy(copy, res->body, res->len);
+        resolved(m, res->digest, copy, res->len, res->media_type);
         return;
     }
     if (res->err == WE_NOTFOUND)
-        remember_404(c);
-    if (res->err != WE_NOTFOUND && have_stale && serve_stale(c, stale, err_str(res->err)))
+        remember_404(c, c->route.ref);
+    if (res->err != WE_NOTFOUND && m->have_stale) {
+        serve_stale(m, err_str(res->err));
         return;
+    }
+    mreq_free(m);
     reply_upstream_failure(c, res->status, res->err, res->retry_after, OCI_MANIFEST_UNKNOWN);
 }
 
-static void fail_or_stale(call_t *c, const mreq_t *m, int err)
+static void fail_or_stale(mreq_t *m, int err)
 {
-    if (m && m->have_stale && serve_stale(c, m->stale, err_str(err)))
+    if (m->have_stale) {
+        serve_stale(m, err_str(err));
         return;
+    }
+    call_t *c = m->c;
+    mreq_free(m);
     reply_failure(c, err, OCI_MANIFEST_UNKNOWN);
 }
 
-static void handle_tag(call_t *c)
+static void handle_tag(mreq_t *m)
 {
-    mreq_t *m = calloc(1, sizeof *m);
-    if (!m) {
-        reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
-        return;
-    }
-    m->c = c;
-    m->rw.done = on_checked;
+    call_t *c = m->c;
     int64_t checked = 0;
     const config_t *cfg = c->env->cfg;
-    cache_note_tag_pull(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref);
     if (cache_tag_get(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref, m->stale,
                       &checked) == 0) {
         m->have_stale = true;
         int64_t age = time_wall_ms() - checked;
-        if (age >= 0 && age < (int64_t)cfg->tag_ttl_s * 1000) {
+        /* A frozen tag is never revalidated once cached. */
+        if (m->gate.d.freeze || (age >= 0 && age < (int64_t)cfg->tag_ttl_s * 1000)) {
             c->cache_status = "hit";
-            if (serve_cached(c, m->stale) == 0) {
-                free(m);
-                return;
-            }
+            resolved(m, m->stale, NULL, 0, NULL);
+            return;
         }
     }
-    if (answer_negative(c)) {
-        free(m);
+    if (answer_negative(c, c->route.ref)) {
+        mreq_free(m);
         return;
     }
     int err = revalidate_join(c, &m->rw);
     if (err < 0) {
-        fail_or_stale(c, m, err);
-        free(m);
+        fail_or_stale(m, err);
         return;
     }
+    m->waiting = true;
     c->op = m;
     c->cancel = mreq_cancel;
     if (m->have_stale) {
         m->timer = malloc(sizeof *m->timer);
         if (!m->timer) {
-            call_t *cc = mreq_end(m);
-            fail_or_stale(cc, NULL, -ENOMEM);
+            detach(m);
+            fail_or_stale(m, -ENOMEM);
             return;
         }
         uv_timer_init(c->env->loop, m->timer);
@@ -273,56 +406,29 @@ static void handle_tag(call_t *c)
     }
 }
 
-/* ---- By digest --------------------------------------------------------------------------- */
-
-static void on_digest_fetched(call_t *c, void *ctx, int status, int err, upreq_t *up, char *body,
-                              size_t len)
-{
-    (void)ctx;
-    if (err || status != 200) {
-        free(body);
-        if (err == 0 && status == 404)
-            remember_404(c);
-        reply_upstream_failure(c, status, err, up ? upreq_header(up, "Retry-After") : NULL,
-                               OCI_MANIFEST_UNKNOWN);
-        return;
-    }
-    intake_t in;
-    int rc = intake_check(c, up, body, len, c->route.ref, &in);
-    if (rc < 0) {
-        free(body);
-        reply_failure(c, rc, OCI_MANIFEST_UNKNOWN);
-        return;
-    }
-    intake_store(c, &in, body, len, NULL);
-    c->cache_status = "miss";
-    serve_bytes(c, in.digest, in.media_type, body, len);
-    intake_free(&in);
-}
-
-static void handle_digest(call_t *c)
-{
-    c->cache_status = "hit";
-    if (serve_cached(c, c->route.ref) == 0)
-        return;
-    if (answer_negative(c))
-        return;
-    if (c->health && health_down(c->health)) {
-        fail_or_stale(c, NULL, WE_DOWN);
-        return;
-    }
-    char path[REF_NAME_MAX + 400];
-    fetch_path(c, "manifests", c->route.ref, path, sizeof path);
-    int err = fetch_start(c, "GET", path, OCI_UPSTREAM_ACCEPT, c->env->cfg->max_manifest_bytes,
-                          on_digest_fetched, NULL, NULL);
-    if (err < 0)
-        fail_or_stale(c, NULL, err);
-}
-
 void manifest_handle(call_t *c)
 {
-    if (c->route.ref_is_digest)
-        handle_digest(c);
-    else
-        handle_tag(c);
+    mreq_t *m = calloc(1, sizeof *m);
+    if (!m) {
+        reply_error(c, 0, OCI_UNKNOWN, "out of memory", NULL);
+        return;
+    }
+    m->c = c;
+    m->rw.done = on_checked;
+    if (!c->route.ref_is_digest)
+        cache_note_tag_pull(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref);
+    switch (mgate_begin(&m->gate, c)) {
+    case MGATE_DENIED:
+        mreq_free(m);
+        return;
+    case MGATE_SERVE:
+        /* By digest, or a pinned tag: served by digest whatever the upstream's tag says. */
+        copy_digest(m->target, m->gate.serve);
+        c->cache_status = "hit";
+        obtain(m);
+        return;
+    default:
+        handle_tag(m);
+        return;
+    }
 }

@@ -185,9 +185,9 @@ static bool type_is(const char *media_type, const char *want)
 
 const char *oci_accept_refusal(unsigned mask, const char *media_type)
 {
-    /* distribution refuses OCI types to clients that did not list them (PROTOCOL.md §3).
-     * winch also lets a wildcard through: containerd lists every type and then * / *, and a
-     * client that says it takes anything should get what is stored. */
+    /* distribution refuses OCI types to clients that did not list them (docs/protocol.md,
+     * "Accept negotiation"). winch also lets a wildcard through: containerd lists every type
+     * and then * / *, and a client that says it takes anything should get what is stored. */
     if (!media_type || (mask & ACCEPT_ANY))
         return NULL;
     if (type_is(media_type, MT_OCI_MANIFEST) && !(mask & ACCEPT_OCI_MANIFEST))

@@ -10,17 +10,23 @@
 #include "proxy/fetch.h"
 #include "proxy/health.h"
 
-#define ERRBODY_MAX 1024
+#define ERRBODY_MAX 8192 /* policy refusals carry a rule's own message */
 /* Retry-After of a 503 for a full or slow upstream queue: long enough for the queue to move,
  * short enough that a client that backs off is not idle for long. */
 #define BUSY_RETRY_AFTER_S 5
 
-void reply_begin(call_t *c, int status)
+/* The headers every registry answer carries. */
+static void registry_headers(call_t *c)
 {
-    resp_begin(c->req, status);
     resp_header(c->req, "Docker-Distribution-API-Version", "registry/2.0");
     if (c->route.ns_given)
         resp_header(c->req, "OCI-Namespace", "%s", c->route.ns);
+}
+
+void reply_begin(call_t *c, int status)
+{
+    resp_begin(c->req, status);
+    registry_headers(c);
 }
 
 void reply_error(call_t *c, int status, enum oci_code code, const char *message,
@@ -39,6 +45,16 @@ void reply_error(call_t *c, int status, enum oci_code code, const char *message,
     if (c->cache_status == NULL || strcmp(c->cache_status, "-") == 0)
         c->cache_status = "error";
     resp_send(c->req, n, body, n, true);
+}
+
+void reply_denied(call_t *c, const char *message)
+{
+    char reason[RESP_REASON_MAX + 1];
+    snprintf(reason, sizeof reason, "DENIED: %s", message);
+    resp_begin_reason(c->req, 403, reason);
+    registry_headers(c);
+    c->cache_status = "policy";
+    reply_error(c, 0, OCI_DENIED, message, NULL);
 }
 
 /* Retry-After is seconds or an HTTP date: pass on any short single-line value. */

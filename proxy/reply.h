@@ -17,6 +17,11 @@ void reply_begin(call_t *c, int status);
 void reply_error(call_t *c, int status, enum oci_code code, const char *message,
                  const char *detail_json);
 
+/** Answers a policy refusal: 403 with the OCI error DENIED and message (borrowed), which the
+ * status line's reason phrase carries too ("403 DENIED: <message>"), so that a client asking
+ * with HEAD, which gets no body, still shows why (containerd prints the status line). */
+void reply_denied(call_t *c, const char *message);
+
 /** Answers for a winch error (WE_NOTFOUND, WE_DENIED, WE_RATELIMIT, -ETIMEDOUT, WE_DIGEST, ...
  * as fetches and fills report them); notfound is the code for WE_NOTFOUND. The text names the
  * upstream as the client knows it, never its address or an errno. */

@@ -73,10 +73,18 @@ static void start_gc(retention_t *r, uint64_t target, bool unused)
     };
     if (unused && cfg->retention_max_unused_s)
         o.unused_before_ms = time_wall_ms() - (int64_t)cfg->retention_max_unused_s * 1000;
+    /* The configuration's pins are kept like stored ones (cache_gc copies the list). */
+    const char **keep;
+    if (config_pin_digests(cfg, &keep, &o.nkeep) < 0) {
+        LOG_WARN("retention: out of memory listing the configuration's pins; not evicting");
+        return;
+    }
+    o.keep = keep;
     /* The estimate counts from here: content indexed while the gc runs is added to its
      * result. */
     r->added_at_base = cache_bytes_added(r->cache);
     int rc = cache_gc(r->cache, &o, on_gc_done, r);
+    free(keep);
     if (rc < 0) {
         if (rc != -EBUSY)
             LOG_WARN("retention: cannot start eviction: %s", err_str(rc));

@@ -186,8 +186,9 @@ static bool looks_like_host(const char *s, size_t n)
 }
 
 /* Picks the upstream for a request whose path names repository name[0..*name_len) and
- * strips a leading upstream component from it (DESIGN.md §1). On return *name / *name_len
- * are the repository at that upstream, not yet normalised or validated. */
+ * strips a leading upstream component from it (docs/protocol.md, "Choosing the upstream").
+ * On return *name / *name_len are the repository at that upstream, not yet normalised or
+ * validated. */
 static int choose_upstream(route_t *out, const config_t *cfg, const char **name, size_t *name_len,
                            const char *q, size_t qlen, route_error_t *err)
 {

@@ -2,8 +2,9 @@
  * that serves it. Every name, tag and digest is validated here, before any I/O. Pure: the only
  * input besides the request line is the configuration.
  *
- * Upstream choice (../shared/DESIGN.md §1): `?ns=<host>` (containerd), else `/v2/<host>/<name>`
- * when the first path component is a configured upstream name, else the default upstream.
+ * Upstream choice (docs/protocol.md, "Choosing the upstream"): `?ns=<host>` (containerd),
+ * else `/v2/<host>/<name>` when the first path component is a configured upstream name, else
+ * the default upstream.
  * On Docker Hub a one-component name means library/<name>. A host that is not configured is an
  * error: winch is never an open proxy.
  */

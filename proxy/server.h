@@ -30,13 +30,40 @@ enum req_outcome {
     REQ_GONE,    /* the connection died (client gone, timeout, shutdown) before it completed */
 };
 
-/** Limits the server enforces; every size and time that a client controls is bounded here. */
+/** Limits the server enforces; every size and time that a client controls is bounded here.
+ *
+ * Who gets in: a connection that has nothing to do (fresh, or idle between requests) sits on an
+ * LRU. At max_connections, or when the fd budget is spent, the oldest idle connection is closed
+ * to admit a new one; only when none is idle does accepting pause (connections wait in the
+ * kernel's backlog). At max_connections_per_client, the oldest idle connection of that address
+ * is closed; when it has none, the new connection is closed at once. The fd budget counts one
+ * fd per connection and SERVER_FDS_PER_REQUEST (a cache file, an upstream socket) more per request
+ * in progress, so idle connections cost one fd each and every request still has its fds: a
+ * request that finds no room even after closing idle connections is handed over with req_bad
+ * 503. When accept(2) itself runs out of fds (EMFILE, ENFILE), accepting pauses until a
+ * connection closes or 250 ms pass; each of these events is logged at most once a minute. */
 typedef struct server_limits {
-    uint32_t header_timeout_ms; /* a request head must arrive whole within this */
+    uint32_t header_timeout_ms; /* a request head must arrive whole within this, counted from
+                                   accept for a connection's first request, else from its
+                                   first byte */
     uint32_t idle_timeout_ms;   /* keep-alive idle time, and a stalled send */
-    uint32_t max_connections;   /* accepted at once; beyond, accepting pauses */
+    uint32_t max_connections;   /* accepted at once */
     uint32_t max_header_bytes;  /* request line + headers */
+    uint32_t max_connections_per_client; /* per peer address (IPv4, or IPv6); 0: no limit */
+    uint32_t reserve_fds; /* fds the rest of the process may need (cache, upstream pools,
+                             libuv): the budget is RLIMIT_NOFILE minus this (at most half) */
+    uint32_t max_fds;     /* the budget itself when not 0 (tests), instead of the above */
 } server_limits_t;
+
+/** Besides its socket, a request in progress may hold a cache file and an upstream socket. */
+#define SERVER_FDS_PER_REQUEST 2
+
+/** What the server made of its limits and the fd limit (see server_plan). */
+typedef struct server_plan {
+    uint64_t nofile;          /* the soft RLIMIT_NOFILE seen */
+    uint32_t max_fds;         /* the fd budget of client connections and their requests */
+    uint32_t max_connections; /* min(limits.max_connections, max_fds) */
+} server_plan_t;
 
 typedef struct server_opts {
     uv_loop_t *loop;        /* borrowed */
@@ -74,6 +101,14 @@ void server_destroy(server_t *s);
 /** Connections open now. */
 uint32_t server_connections(const server_t *s);
 
+/** The effective limits (for the start-up log line). */
+void server_plan(const server_t *s, server_plan_t *out);
+
+/** Raises the process's soft RLIMIT_NOFILE to its hard limit (once, at start, before
+ * server_create). *was and *now (may be NULL) get the soft limit before and after. Returns 0
+ * or -errno (the limit is then unchanged). */
+int server_raise_nofile(uint64_t *was, uint64_t *now);
+
 /* ---- The request --------------------------------------------------------------------------
  * Every string returned is borrowed and valid until the request completes. */
 
@@ -87,8 +122,11 @@ bool req_is_get(const req_t *r);
 const char *req_target(const req_t *r);
 size_t req_target_len(const req_t *r);
 /** 0 for a request the application should route; otherwise the status the server found:
- * 400 (malformed), 414 (target over 4096 bytes), 431 (head over max_header_bytes). The
- * application answers those too (with its own error body); the connection closes after. */
+ * 400 (malformed), 414 (target over 4096 bytes), 431 (head over max_header_bytes), 503 (no fds
+ * left for another request; method and target are known). The application answers those too
+ * (with its own error body, nothing that needs a file or an upstream); the connection closes
+ * after. CONNECT and Upgrade requests are routed like any other, answered, and their
+ * connection closed: nothing after them is read, nothing is ever tunnelled. */
 int req_bad(const req_t *r);
 /** The first header named name (case-insensitive), NUL-terminated; NULL if absent. A value over
  * 4096 bytes is kept whole only if the head stays within max_header_bytes. */
@@ -101,6 +139,9 @@ const struct sockaddr_storage *req_peer(const req_t *r);
 const char *req_peer_str(const req_t *r);
 /** True when the request came over the TLS listener. */
 bool req_is_tls(const req_t *r);
+/** The name in the client's verified TLS certificate into buf[len] (conn_tls_peer_name):
+ * 0, WE_NOTFOUND (no certificate, or not TLS) or WE_TLS (unusable). */
+int req_tls_peer_name(const req_t *r, char *buf, size_t len);
 /** The application's per-request storage (opts.data_size bytes, zeroed for each request). */
 void *req_data(req_t *r);
 
@@ -114,6 +155,13 @@ int64_t req_duration_ms(const req_t *r);
 
 /** Begins the response head: the status line. Calling it again starts the head over. */
 void resp_begin(req_t *r, int status);
+/** Longest reason phrase resp_begin_reason sends. */
+#define RESP_REASON_MAX 512
+/** resp_begin with reason as the status line's reason phrase instead of the standard one: for
+ * an answer whose explanation a client must see even without a body (HEAD), since clients
+ * print the status line (containerd: "403 DENIED: ..."). Bytes other than printable ASCII
+ * become '?', and the phrase is cut at RESP_REASON_MAX bytes. */
+void resp_begin_reason(req_t *r, int status, const char *reason);
 /** True once resp_begin ran for this response. */
 bool resp_begun(const req_t *r);
 /** Adds one header line; the head is bounded (overflow turns the response into a bare 500). */

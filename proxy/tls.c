@@ -140,6 +140,10 @@ int tls_server_ctx_new(const char *cert_file, const char *key_file, SSL_CTX **ou
     /* Clients fetch many blobs over several connections: let them resume sessions (stateless
      * tickets, OpenSSL's default) instead of paying a full handshake each time. */
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, NULL);
+    /* Thousands of clients may idle on keep-alive connections: OpenSSL's record buffers
+     * (about 34 KiB a connection) are freed while nothing is buffered, and come back with the
+     * next record. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
         snprintf(what, sizeof what, "tls_cert %.256s: cannot load the certificate chain",
                  cert_file);
@@ -163,6 +167,33 @@ int tls_server_ctx_new(const char *cert_file, const char *key_file, SSL_CTX **ou
 fail:
     SSL_CTX_free(ctx);
     return rc;
+}
+
+int tls_server_ctx_client_ca(SSL_CTX *ctx, const char *ca_file, bool require, char *err,
+                             size_t errlen)
+{
+    char what[320];
+    ERR_clear_error();
+    if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        snprintf(what, sizeof what, "auth.client_ca %.256s: cannot load the CA certificates",
+                 ca_file);
+        return tls_fail(err, errlen, what);
+    }
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (!names) {
+        snprintf(what, sizeof what, "auth.client_ca %.256s: no CA certificate in it", ca_file);
+        return tls_fail(err, errlen, what);
+    }
+    SSL_CTX_set_client_CA_list(ctx, names); /* takes names */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (require ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+                       NULL);
+    /* Sessions resumed with a ticket carry the client's verified certificate; OpenSSL refuses
+     * to resume a verified session without a context id, failing the handshake instead. */
+    static const unsigned char sid_ctx[] = "winch-client-auth";
+    if (SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1) != 1)
+        return tls_fail(err, errlen, "cannot set the TLS session id context");
+    ERR_clear_error();
+    return 0;
 }
 
 void tls_ctx_free(SSL_CTX *ctx)

@@ -37,6 +37,14 @@ int tls_client_ctx_for(const config_upstream_t *u, SSL_CTX **out, char *err, siz
 int tls_server_ctx_new(const char *cert_file, const char *key_file, SSL_CTX **out, char *err,
                        size_t errlen);
 
+/** Makes a server context ask its clients for a certificate signed by a CA of ca_file (PEM,
+ * borrowed path; its names are also sent as the acceptable CAs). With require, the handshake
+ * fails without one; without, a client may send none (and is then anonymous, or logs in with
+ * a password). A certificate that does not verify always fails the handshake. Returns 0, or
+ * WE_TLS with one line naming the file in err[errlen]. */
+int tls_server_ctx_client_ca(SSL_CTX *ctx, const char *ca_file, bool require, char *err,
+                             size_t errlen);
+
 /** Frees a context (NULL is fine). Connections still using it keep it alive (OpenSSL counts
  * references), but every context should outlive its connections anyway. */
 void tls_ctx_free(SSL_CTX *ctx);

@@ -30,6 +30,26 @@ static void check_upstream(const config_t *c, size_t i)
         FUZZ_CHECK(strcmp(c->upstreams[j].name, u->name) != 0);
 }
 
+/* The "auth" section: what proxy/access.c relies on. */
+static void check_auth(const config_t *c)
+{
+    const config_auth_t *a = c->auth;
+    if (!a)
+        return;
+    FUZZ_CHECK(a->realm && a->realm[0] && !strpbrk(a->realm, "\"\\"));
+    FUZZ_CHECK(a->htpasswd || a->client_ca);
+    FUZZ_CHECK(!a->require_client_cert || a->client_ca);
+    FUZZ_CHECK(!a->client_ca || c->tls_listen_enabled);
+    FUZZ_CHECK(a->max_failures >= 1 && a->failure_window_s >= 1);
+    for (size_t i = 0; i < a->n_rules; i++) {
+        FUZZ_CHECK(a->rules[i].match && a->rules[i].match[0]);
+        for (size_t k = 0; k < a->rules[i].n_groups; k++)
+            FUZZ_CHECK(a->rules[i].groups[k] < a->n_groups);
+        for (size_t k = 0; k < a->rules[i].n_users; k++)
+            FUZZ_CHECK(a->rules[i].users[k][0] && !strchr(a->rules[i].users[k], ':'));
+    }
+}
+
 static void check_ok(const config_t *c)
 {
     FUZZ_CHECK(c->listen_enabled || c->tls_listen_enabled);
@@ -43,6 +63,7 @@ static void check_ok(const config_t *c)
     FUZZ_CHECK(c->upstream_connect_timeout_ms >= 1 && c->upstream_max_conns >= 1);
     FUZZ_CHECK(c->max_header_bytes >= 1024 && c->max_header_bytes <= 1024 * 1024);
     FUZZ_CHECK(c->max_manifest_bytes >= 1024 && c->index_map_size >= 1024 * 1024);
+    check_auth(c);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

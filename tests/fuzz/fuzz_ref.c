@@ -1,6 +1,7 @@
 /* The reference grammar (common/ref.h): ref_name_valid, ref_tag_valid and ref_digest_parse,
  * each checked against an independent oracle, the grammar written as a POSIX extended
- * regular expression (PROTOCOL.md §5), so a disagreement in either direction is a finding. */
+ * regular expression (docs/protocol.md, "Grammars"), so a disagreement in either direction is a
+ * finding. */
 #include <errno.h>
 #include <regex.h>
 

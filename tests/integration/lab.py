@@ -645,10 +645,11 @@ class Winch:
     """The winch daemon under test.
 
     upstreams: list of (NAME, URL); the first is the default. config: dict written as the
-    --config JSON file (e.g. {"tag_ttl_s": 0}). cache_dir: reused across restart()."""
+    --config JSON file (e.g. {"tag_ttl_s": 0}). cache_dir: reused across restart(). env: extra
+    environment variables for the process (e.g. the test clock), changeable before restart()."""
 
     def __init__(self, upstreams, config=None, cache_dir=None, log_level="debug", extra_args=(),
-                 start=True, name="winch"):
+                 start=True, name="winch", env=None):
         if not os.path.exists(WINCH_BIN):
             raise RuntimeError("winch binary not found at %s (set WINCH_BIN)" % WINCH_BIN)
         self.upstreams = list(upstreams)
@@ -658,6 +659,7 @@ class Winch:
         self.log_level = log_level
         self.extra_args = list(extra_args)
         self.name = name
+        self.env = dict(env or {})
         self.proc = None
         self.port = None
         self.generation = 0
@@ -686,8 +688,10 @@ class Winch:
         _logs.append(("%s #%d" % (self.name, self.generation), self.logpath))
         argv = self.argv()
         logf = open(self.logpath, "wb")
+        env = dict(os.environ)
+        env.update(self.env)
         self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         logf.close()
         _register(self)
         end = time.monotonic() + timeout

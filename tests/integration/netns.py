@@ -6,7 +6,7 @@ that run each daemon hermetically (own config, state, sockets) and stop it again
 Why: dockerd, containerd and podman fall back to the real registry when a mirror answers an
 error, and that fallback would query DNS off the machine. Inside a namespace that has only
 `lo`, there is no route anywhere else; primary registry locations also point at a dead local
-port, so even a fallback goes nowhere (see /work/shared/LAB.md, "Safety first").
+port, so even a fallback goes nowhere (see docs/architecture.md, "Tests").
 
   ns = netns.Netns()                        # ip netns add winch-it-<pid>-<random>; lo up
   fwd = netns.Forward(ns, winch.hostport)   # 127.0.0.1:<same port> inside ns -> winch

@@ -243,6 +243,12 @@ class CacheCli(lab.TestCase):
         p = subprocess.run([lab.WINCH_BIN, "ls", "--cache-dir", "/nonexistent/winch"],
                            capture_output=True, text=True)
         self.assertEqual(p.returncode, 1)
+        # --help answers with the usage even where no cache is.
+        for cmd in ("ls", "df", "inspect", "rm", "prune", "verify"):
+            p = subprocess.run([lab.WINCH_BIN, cmd, "--help", "--cache-dir", "/nonexistent/winch"],
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, (cmd, p.stderr))
+            self.assertRegex(p.stdout, r"winch .*\b%s\b" % cmd)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ class SingleFlightRealUpstream(lab.TestCase):
 
 
 class FillIndependentOfClients(lab.TestCase):
-    """The fill runs at upstream speed whatever the clients do (DESIGN.md §3)."""
+    """The fill runs at upstream speed whatever the clients do (docs/lifecycle.md, "A blob")."""
 
     @classmethod
     def setUpClass(cls):

@@ -225,6 +225,16 @@ class StaleWhileRevalidate(lab.TestCase):
         self.assertOciError(r, 503, "UNAVAILABLE", "uncached blob, breaker open")
         self.assertIsNotNone(r.header("Retry-After"))
         self.assertLess(dt, 0.2, "an uncached blob waited although the upstream is known down")
+        # An upstream answering 503 to everything is still down: its probes keep the breaker
+        # open (they are answered, but with the failure that opened it).
+        self.fake.fault_all = lab.Fault("status", status=503)
+        n0 = self.fake.count("GET", "/v2/")
+        lab.wait_for(lambda: self.fake.count("GET", "/v2/") >= n0 + 3, 10,
+                     what="three probes answered 503")
+        self.assertNotIn("answers again", self.winch.log(), "a 503 probe closed the breaker")
+        r, dt = self.timed_get("/v2/lab/swr/blobs/" + lab.sha256_digest(b"not cached"))
+        self.assertOciError(r, 503, "UNAVAILABLE", "uncached blob, upstream answering 503")
+        self.assertLess(dt, 0.2, "the breaker let a request through to a 503 upstream")
         # The upstream answers again: a probe closes the breaker, tags revalidate upstream.
         self.fake.clear_faults()
         lab.wait_for(lambda: "answers again" in self.winch.log(), 10,

@@ -3,7 +3,7 @@
 
 Prints the folder/file map with line counts, the include arrows between modules (folders, with
 counts) and between files, and the longest functions. Then checks the conventions of
-DESIGN.md section 4 and fails (exit 1) on:
+docs/architecture.md and fails (exit 1) on:
 
   - a cycle between file nodes (a file's node is its stem: x.c and x.h together; a header with
     no .c of its own, such as cache/internal.h, is a node by itself);
@@ -28,7 +28,7 @@ import sys
 
 MODULES = ["common", "config", "cache", "policy", "proxy"]
 
-# Which modules each module may include (besides itself): the arrows of DESIGN.md section 2.
+# Which modules each module may include (besides itself): the arrows of docs/architecture.md.
 ALLOWED = {
     "common": set(),
     "config": {"common"},

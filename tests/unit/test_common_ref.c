@@ -1,4 +1,4 @@
-/* Reference grammars (PROTOCOL.md §5): repository names, tags, digests. */
+/* Reference grammars (docs/protocol.md, "Grammars"): repository names, tags, digests. */
 #include <errno.h>
 #include <string.h>
 

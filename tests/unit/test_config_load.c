@@ -110,9 +110,10 @@ static void test_defaults(void)
     CHECK_INT(c->upstream_idle_timeout_ms, 30000);
     CHECK_INT(c->upstream_keepalive_ms, 30000);
     CHECK_INT(c->upstream_max_conns, 32);
-    CHECK_INT(c->client_header_timeout_ms, 30000);
+    CHECK_INT(c->client_header_timeout_ms, 10000);
     CHECK_INT(c->client_idle_timeout_ms, 120000);
     CHECK_INT(c->max_connections, 4096);
+    CHECK_INT(c->max_connections_per_client, 256);
     CHECK_INT(c->max_header_bytes, 32768);
     CHECK_INT(c->tag_ttl_s, 300);
     CHECK_INT(c->max_manifest_bytes, 4 * 1024 * 1024);
@@ -146,6 +147,7 @@ static const char *full_json =
     "  \"client_header_timeout_ms\": 3000,\n"
     "  \"client_idle_timeout_ms\": 4000,\n"
     "  \"max_connections\": 1000000,\n"
+    "  \"max_connections_per_client\": 0,\n"
     "  \"max_header_bytes\": 1024,\n"
     "  \"tag_ttl_s\": 0,\n"
     "  \"max_manifest_bytes\": 67108864,\n"
@@ -178,6 +180,7 @@ static void check_full(const config_t *c)
     CHECK_INT(c->client_header_timeout_ms, 3000);
     CHECK_INT(c->client_idle_timeout_ms, 4000);
     CHECK_INT(c->max_connections, 1000000);
+    CHECK_INT(c->max_connections_per_client, 0);
     CHECK_INT(c->max_header_bytes, 1024);
     CHECK_INT(c->tag_ttl_s, 0);
     CHECK_INT(c->max_manifest_bytes, 64 * 1024 * 1024);
@@ -314,6 +317,12 @@ static void test_field_errors(void)
     expect_json_err("{\"max_header_bytes\": 1048577}", "max_header_bytes: must be");
     expect_json_err("{\"max_manifest_bytes\": 67108865}", "max_manifest_bytes: must be");
     expect_json_err("{\"max_connections\": 0}", "max_connections: must be 1..1000000");
+    expect_json_err("{\"max_connections_per_client\": -1}",
+                    "t.json: max_connections_per_client: must be 0..1000000, got -1");
+    expect_json_err("{\"max_connections_per_client\": 1000001}",
+                    "max_connections_per_client: must be 0..1000000");
+    expect_json_err("{\"max_connections_per_client\": \"256\"}",
+                    "max_connections_per_client: expected an integer, got a string");
     expect_json_err("{\"upstream_max_conns\": 1025}", "upstream_max_conns: must be 1..1024");
     expect_json_err("{\"index_map_size\": 1048575}", "index_map_size: must be 1048576..");
     expect_json_err("{\"log_level\": \"verbose\"}",

@@ -30,7 +30,7 @@ static void test_accept_parse(void)
         {"application/*", ACCEPT_ANY},
         {"application/json", 0},
         {"text/html", 0},
-        /* containerd's resolve line (PROTOCOL.md §2.2). */
+        /* containerd's resolve line (docs/protocol.md, "Accept negotiation"). */
         {"application/vnd.docker.distribution.manifest.v2+json, "
          "application/vnd.docker.distribution.manifest.list.v2+json, "
          "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*",

@@ -165,6 +165,39 @@ static void test_close_suppresses_callbacks(void)
     CHECK_INT(closed_count, before + 1);
 }
 
+/* ---- Idle: no read buffer held, pending input seen without reading it. ---- */
+
+static void test_idle_buffers_and_pending_input(void)
+{
+    conn_t cl, sv;
+    make_pair(&cl, &sv, 64);
+    CHECK(sv.rbuf == NULL); /* nothing read yet, nothing allocated */
+    CHECK(!conn_input_pending(&sv));
+    got_len = 0;
+    got_eof = 0;
+    CHECK_INT(conn_read_start(&sv, on_read_small), 0);
+    uv_buf_t b = uv_buf_init("ping", 4);
+    write_calls = 0;
+    CHECK_INT(conn_write(&cl, &b, 1, on_write), 0);
+    while (got_len < 4 || write_calls == 0)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(sv.rbuf != NULL);
+    conn_release_buffers(&sv);
+    CHECK(sv.rbuf == NULL);
+    /* Bytes that arrived while nobody reads are pending, and still there to read after. */
+    conn_read_stop(&sv);
+    CHECK_INT(conn_write(&cl, &b, 1, on_write), 0);
+    for (int i = 0; i < 200 && !conn_input_pending(&sv); i++)
+        uv_run(loop, UV_RUN_NOWAIT);
+    CHECK(conn_input_pending(&sv));
+    CHECK_INT(conn_read_start(&sv, on_read_small), 0);
+    while (got_len < 8)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(memcmp(got, "pingping", 8) == 0);
+    CHECK(!conn_input_pending(&sv));
+    close_pair(&cl, &sv);
+}
+
 /* ---- Connect refused. ---- */
 
 static void test_connect_refused(void)
@@ -464,6 +497,7 @@ static void test_sendfile_fallback(void)
 static const test_case_t cases[] = {
     TEST_CASE(test_small_write_and_eof),
     TEST_CASE(test_close_suppresses_callbacks),
+    TEST_CASE(test_idle_buffers_and_pending_input),
     TEST_CASE(test_connect_refused),
     TEST_CASE(test_large_write),
     /* SIGPIPE stays at its default (fatal) disposition in this test on purpose: conn must

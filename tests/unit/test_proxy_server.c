@@ -194,7 +194,7 @@ static void run(scenario_fn fn, uint32_t max_header_bytes)
     CHECK_INT(server_create(&app.srv, &o), 0);
     char bound[64];
     CHECK_INT(server_listen(app.srv, "127.0.0.1", 0, NULL, bound, sizeof bound), 0);
-    app.port = (uint16_t)strtoul(strrchr(bound, ':') + 1, NULL, 10);
+    app.port = (uint16_t)strtol(strrchr(bound, ':') + 1, NULL, 10);
     scenario = fn;
     atomic_store(&client_done, 0);
     pthread_t th;
@@ -281,6 +281,44 @@ static void test_malformed_after_good(void)
     run(sc_malformed_after_good, 8192);
     CHECK_INT(app.bad, 1);
     CHECK_INT(app.done, 2);
+}
+
+/* CONNECT and Upgrade: answered like any request, with Connection: close, and nothing after
+ * them is parsed (never a tunnel, never a second head on the same connection). */
+static void sc_connect_and_upgrade(void)
+{
+    static const char *const variants[] = {
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+        "GET /after HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        "GET /after HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+        "GET /u HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+        "BAD\r\n\r\n",
+    };
+    static const int responses[] = {1, 1, 2};
+    for (size_t i = 0; i < ARRAY_SIZE(variants); i++) {
+        int fd = dial();
+        char buf[4096];
+        send_all(fd, variants[i]);
+        read_some(fd, buf, sizeof buf, NULL); /* the server closes after the upgrade's answer */
+        CHECK_INT(count(buf, "HTTP/1.1 "), responses[i]);
+        CHECK_INT(count(buf, "Content-Length: "), responses[i]);
+        CHECK(strstr(buf, "/after") == NULL);
+        const char *last = buf;
+        for (const char *p = buf; (p = strstr(p, "HTTP/1.1 ")); p++)
+            last = p;
+        CHECK(strncmp(last, "HTTP/1.1 200 OK\r\n", 17) == 0);
+        CHECK(strstr(last, "Connection: close\r\n") != NULL);
+        close(fd);
+    }
+}
+
+static void test_connect_and_upgrade(void)
+{
+    run(sc_connect_and_upgrade, 8192);
+    CHECK_INT(app.done, 4);
+    CHECK_INT(app.bad, 0);
 }
 
 static void sc_head_too_big(void)
@@ -418,10 +456,15 @@ static void test_etag(void)
 }
 
 static const test_case_t cases[] = {
-    TEST_CASE(test_keepalive_and_headers), TEST_CASE(test_pipelined),
-    TEST_CASE(test_malformed_after_good),  TEST_CASE(test_head_too_big),
-    TEST_CASE(test_client_gone),           TEST_CASE(test_body_closes),
-    TEST_CASE(test_range_grammar),         TEST_CASE(test_etag),
+    TEST_CASE(test_keepalive_and_headers),
+    TEST_CASE(test_pipelined),
+    TEST_CASE(test_malformed_after_good),
+    TEST_CASE(test_connect_and_upgrade),
+    TEST_CASE(test_head_too_big),
+    TEST_CASE(test_client_gone),
+    TEST_CASE(test_body_closes),
+    TEST_CASE(test_range_grammar),
+    TEST_CASE(test_etag),
 };
 
 int main(int argc, char **argv)
