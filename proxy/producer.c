@@ -231,13 +231,28 @@ static int take_first_answer(producer_t *f, upreq_t *up)
     return fill_set_size(f->fill, f->size, upreq_header(up, "Content-Type"));
 }
 
+/* One decimal number at *p, then the byte sep (none when sep is 0); advances *p past both. */
+static bool take_number(const char **p, char sep, unsigned long long *out)
+{
+    char *end;
+    if (**p < '0' || **p > '9')
+        return false;
+    errno = 0;
+    *out = strtoull(*p, &end, 10);
+    if (errno == ERANGE || (sep && *end != sep))
+        return false;
+    *p = sep ? end + 1 : end;
+    return true;
+}
+
 /* A resumed request must answer 206 from exactly the byte the producer has. */
 static int take_resumed_answer(producer_t *f, upreq_t *up, int status)
 {
     const char *cr = upreq_header(up, "Content-Range");
     unsigned long long first = 0, last = 0, total = 0;
-    if (status != 206 || !cr || sscanf(cr, "bytes %llu-%llu/%llu", &first, &last, &total) != 3 ||
-        first != f->received || total != f->size) {
+    const char *p = cr && strncmp(cr, "bytes ", 6) == 0 ? cr + 6 : NULL;
+    if (status != 206 || !p || !take_number(&p, '-', &first) || !take_number(&p, '/', &last) ||
+        !take_number(&p, 0, &total) || first != f->received || total != f->size) {
         LOG_WARN("upstream %s: blob %s: the resumed request did not answer from byte %" PRIu64,
                  f->upstream, f->digest, f->received);
         return WE_UPSTREAM;

@@ -387,6 +387,7 @@ static void test_unused_and_used_since(void)
     /* Everything older than now goes... */
     test_sleep_ms(5);
     o = gc(c, (cache_gc_opts_t){.unused_before_ms = time_wall_ms(), .target_bytes = UINT64_MAX});
+    CHECK(o.r.tags >= 2 && o.r.freed == o.r.total_before);
     CHECK(!tagged(c, "acme/app", "1") && !tagged(c, "acme/web", "2"));
     cache_usage_t u;
     CHECK_INT(cache_usage(c, &u), 0);

@@ -71,20 +71,20 @@ static void h_token(const fu_request_t *q, fu_response_t *r, void *arg)
 static void h_redirect(const fu_request_t *q, fu_response_t *r, void *arg)
 {
     (void)arg;
-    int n = 0;
+    unsigned long long n = 0;
     r->status = 302;
     r->headers = r->buf;
-    if (sscanf(q->target, "/r/loop/%d", &n) == 1) {
-        snprintf(r->buf, sizeof r->buf, "Location: /r/loop/%d\r\n", n + 1);
+    if (fu_target_num(q->target, "/r/loop/", &n)) {
+        snprintf(r->buf, sizeof r->buf, "Location: /r/loop/%llu\r\n", n + 1);
         r->body = "loop";
-    } else if (sscanf(q->target, "/r/abs/%d", &n) == 1) {
+    } else if (fu_target_num(q->target, "/r/abs/", &n)) {
         r->status = 307;
         snprintf(r->buf, sizeof r->buf,
-                 "Location: http://127.0.0.1:%u/cdn/%d?X-Amz-Signature=s\r\n",
+                 "Location: http://127.0.0.1:%u/cdn/%llu?X-Amz-Signature=s\r\n",
                  (unsigned)fu_port(lab.cdn[0]), n);
         r->body = "go";
-    } else if (sscanf(q->target, "/r/origin/%d", &n) == 1) {
-        snprintf(r->buf, sizeof r->buf, "Location: http://127.0.0.1:%u/cdn/o%d\r\n",
+    } else if (fu_target_num(q->target, "/r/origin/", &n) && n < NCDN) {
+        snprintf(r->buf, sizeof r->buf, "Location: http://127.0.0.1:%u/cdn/o%llu\r\n",
                  (unsigned)fu_port(lab.cdn[n]), n);
     } else if (strcmp(q->target, "/r/https") == 0) {
         snprintf(r->buf, sizeof r->buf, "Location: https://127.0.0.1:%u/x\r\n",

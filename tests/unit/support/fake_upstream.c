@@ -464,6 +464,16 @@ static bool has_prefix(const fu_request_t *q, const char *prefix)
     return !prefix || strncmp(q->target, prefix, strlen(prefix)) == 0;
 }
 
+bool fu_target_num(const char *target, const char *prefix, unsigned long long *out)
+{
+    size_t n = strlen(prefix);
+    if (strncmp(target, prefix, n) != 0 || target[n] < '0' || target[n] > '9')
+        return false;
+    errno = 0;
+    *out = strtoull(target + n, NULL, 10);
+    return errno == 0;
+}
+
 int fu_count(fake_upstream_t *f, const char *prefix)
 {
     int n = 0;

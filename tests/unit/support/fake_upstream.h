@@ -91,6 +91,10 @@ int fu_count(fake_upstream_t *f, const char *prefix);
  * any). Returns false when there is none. */
 bool fu_nth(fake_upstream_t *f, const char *prefix, int i, fu_request_t *out);
 
+/** Whether target is prefix followed by a decimal number (whatever follows its digits is
+ * ignored), stored in *out. For handlers that take a number from the path: /slow/50. */
+bool fu_target_num(const char *target, const char *prefix, unsigned long long *out);
+
 /** The value of q's first header named name (case-insensitive), copied into out[cap]; NULL
  * when absent. */
 const char *fu_header(const fu_request_t *q, const char *name, char *out, size_t cap);
