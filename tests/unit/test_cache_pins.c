@@ -224,6 +224,35 @@ static void test_each(void)
 
 /* A tool in another process (winch pin) writes pins while the server reads them on its loop:
  * every pin the tool committed is seen by the server's next read, without a reopen. */
+/* The other process of test_other_process (run as --pins-child DIR GO_FD BACK_FD): a tool
+ * beside the server, setting pins one by one while the server checks each. */
+static int pins_child(const char *dir, int go, int back)
+{
+    char b;
+    if (read(go, &b, 1) != 1)
+        return 3;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    cache_t *tool = open_cache(&loop, dir, true);
+    if (!cache_server_running(tool))
+        return 4;
+    for (int i = 0; i < 20; i++) {
+        char tag[16];
+        done_t d = {0};
+        snprintf(tag, sizeof tag, "t%d", i);
+        if (cache_pin_set(tool, "docker.io", "lab/app", tag, i % 2 ? DA : DB, on_done, &d) != 0)
+            return 5;
+        wait_done(&loop, &d, 1);
+        if (d.status != 0)
+            return 6;
+        /* Tell the server this one is committed; it checks before the next. */
+        if (write(back, "x", 1) != 1 || read(go, &b, 1) != 1)
+            return 7;
+    }
+    close_cache(&loop, tool);
+    return 0;
+}
+
 static void test_other_process(void)
 {
     const char *dir = test_tmpdir("winch-test-pins-proc");
@@ -233,29 +262,15 @@ static void test_other_process(void)
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
-        char b;
-        if (read(go[0], &b, 1) != 1)
-            _exit(3);
-        uv_loop_t loop;
-        uv_loop_init(&loop);
-        cache_t *tool = open_cache(&loop, dir, true);
-        if (!cache_server_running(tool))
-            _exit(4);
-        for (int i = 0; i < 20; i++) {
-            char tag[16];
-            done_t d = {0};
-            snprintf(tag, sizeof tag, "t%d", i);
-            if (cache_pin_set(tool, "docker.io", "lab/app", tag, i % 2 ? DA : DB, on_done, &d) != 0)
-                _exit(5);
-            wait_done(&loop, &d, 1);
-            if (d.status != 0)
-                _exit(6);
-            /* Tell the server this one is committed; it checks before the next. */
-            if (write(back[1], "x", 1) != 1 || read(go[0], &b, 1) != 1)
-                _exit(7);
-        }
-        close_cache(&loop, tool);
-        _exit(0);
+        /* A fresh image, not a fork of this one: the earlier cases started libuv's threadpool,
+         * and a forked child of a threaded process may not start threads of its own (it hangs
+         * under ThreadSanitizer). */
+        char fds[2][16];
+        snprintf(fds[0], sizeof fds[0], "%d", go[0]);
+        snprintf(fds[1], sizeof fds[1], "%d", back[1]);
+        execl("/proc/self/exe", "test_cache_pins", "--pins-child", dir, fds[0], fds[1],
+              (char *)NULL);
+        _exit(2);
     }
     uv_loop_t loop;
     uv_loop_init(&loop);
@@ -284,6 +299,8 @@ static void test_other_process(void)
 
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[1], "--pins-child") == 0)
+        return pins_child(argv[2], (int)strtol(argv[3], NULL, 10), (int)strtol(argv[4], NULL, 10));
     static const test_case_t cases[] = {TEST_CASE(test_pins), TEST_CASE(test_history),
                                         TEST_CASE(test_each), TEST_CASE(test_other_process)};
     return test_main(argc, argv, cases, ARRAY_SIZE(cases));
