@@ -6,7 +6,9 @@ index (six platforms, one attestation manifest) in a real docker-registry:
     makes no upstream blob or manifest request; no other platform's manifest or layer and no
     attestation was fetched; a second tag request costs nothing upstream;
   - client groups: a group by source address (a client bound to 127.0.0.2) and a group by path
-    prefix (/edge/v2/...) each get their own platform prefetched."""
+    prefix (/edge/v2/...) each get their own platform prefetched;
+  - filter: a tag request gets an index of the allowed platforms under its own digest, stable,
+    served by that digest; the original by its digest unchanged; skopeo copy --all of both."""
 
 import http.client
 import json
@@ -272,6 +274,65 @@ class PlatformsTest(lab.TestCase):
             dest = lab.tmpdir("winch-it-plat-")
             lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest,
                             ["--override-arch", arch, "--override-os", "linux"])
+
+    def test_filter(self):
+        self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
+                                                                            "linux/amd64"],
+                                   "filter": True}]})
+        hp = self.winch.hostport
+        tag = "/v2/%s/manifests/v1" % self.img.repo
+        accept = [("Accept", t) for t in ALL_TYPES]
+        r = lab.get(hp, tag, accept)
+        self.assertStatus(r, 200, "tag request")
+        fdigest = r.header("Docker-Content-Digest")
+        self.assertNotEqual(fdigest, self.img.index_digest, "the filtered index's own digest")
+        self.assertEqual(lab.sha256_digest(r.body), fdigest)
+        self.assertEqual(r.header("Content-Type"), self.img.index.get("mediaType", INDEX_TYPES[0]))
+        kept = {d["digest"] for d in r.json()["manifests"]}
+        allowed = {self.img.by_platform[p]["manifest"] for p in ("linux/amd64", "linux/arm64/v8")}
+        # The attestations of the kept images stay (the lab's one describes amd64).
+        atts = {d["digest"] for d in self.img.index["manifests"]
+                if d.get("annotations", {}).get("vnd.docker.reference.digest") in allowed}
+        self.assertTrue(atts, "the lab image has an attestation of amd64")
+        self.assertEqual(kept, allowed | atts)
+        # Stable: the next tag request (and HEAD) names the same digest.
+        self.assertEqual(lab.get(hp, tag, accept).header("Docker-Content-Digest"), fdigest)
+        self.assertEqual(lab.head(hp, tag, accept).header("Docker-Content-Digest"), fdigest)
+        # By digest: the filtered index, and the original unchanged.
+        f = lab.get(hp, self.img.manifest_path(fdigest), accept)
+        self.assertStatus(f, 200, "the filtered index by digest")
+        self.assertEqual(f.body, r.body)
+        o = lab.get(hp, self.img.manifest_path(self.img.index_digest), accept)
+        direct = lab.get(self.up.direct_hostport, self.img.manifest_path(self.img.index_digest),
+                         accept)
+        self.assertStatus(o, 200, "the original by digest")
+        self.assertEqual(o.body, direct.body)
+        # skopeo copy --all through the tag: the allowed platforms only.
+        dest = lab.tmpdir("winch-it-plat-")
+        lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest, ["--all"])
+        with open(os.path.join(dest, "manifest.json"), "rb") as fh:
+            copied = fh.read()
+        self.assertEqual(lab.sha256_digest(copied), fdigest)
+        for d in allowed:
+            self.assertTrue(os.path.exists(os.path.join(dest, d.split(":", 1)[1] +
+                                                        ".manifest.json")), d)
+        # Nothing of the other platforms went upstream (the kept attestation did: skopeo --all
+        # copies every entry of the index it gets).
+        for plat in self.img.by_platform:
+            if plat in ("linux/amd64", "linux/arm64/v8"):
+                continue
+            info = self.img.by_platform[plat]
+            for path in [self.img.manifest_path(info["manifest"])] + [
+                    self.img.blob_path(d) for d in self.img.blobs(plat)]:
+                self.assertEqual(self.upstream_gets(path), 0, "%s of %s fetched" % (path, plat))
+        # and the original by digest, every platform.
+        dest = lab.tmpdir("winch-it-plat-")
+        lab.skopeo_copy("docker://%s/%s@%s" % (hp, self.img.repo, self.img.index_digest),
+                        "dir:" + dest, ["--all"])
+        with open(os.path.join(dest, "manifest.json"), "rb") as fh:
+            self.assertEqual(fh.read(), direct.body)
+        self.assertIn("filtered index %s of %s" % (fdigest, self.img.index_digest),
+                      self.winch.log())
 
 
 if __name__ == "__main__":
