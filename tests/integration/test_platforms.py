@@ -13,6 +13,7 @@ index (six platforms, one attestation manifest) in a real docker-registry:
 import http.client
 import json
 import os
+import subprocess
 import time
 
 import lab
@@ -124,6 +125,18 @@ class PlatformsTest(lab.TestCase):
         lab.log("prefetch of the arm64 image after one tag request: %.2fs" % (time.monotonic() - t0))
         others = [p for p in self.img.by_platform if p != "linux/arm64/v8"]
         self.assert_untouched(others)
+        # winch inspect, beside the running winch: the index's platforms, arm64 complete.
+        p = subprocess.run([lab.WINCH_BIN, "inspect", "%s:v1" % self.img.repo, "--json",
+                            "--cache-dir", self.winch.cache_dir], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        ins = json.loads(p.stdout)[0]
+        self.assertEqual(ins["digest"], self.img.index_digest)
+        plats = {e["platform"]: e for e in ins["platforms"] if not e["attestation"]}
+        self.assertEqual(set(plats), set(self.img.by_platform))
+        self.assertTrue(plats["linux/arm64/v8"]["cached"] and plats["linux/arm64/v8"]["complete"])
+        for other in others:
+            self.assertFalse(plats[other]["cached"] or plats[other]["complete"], other)
 
         before_blobs = self.up.count("GET", contains="/blobs/")
         before_all = self.up.count()
