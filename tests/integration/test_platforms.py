@@ -347,6 +347,23 @@ class PlatformsTest(lab.TestCase):
         self.assertIn("filtered index %s of %s" % (fdigest, self.img.index_digest),
                       self.winch.log())
 
+    def test_filter_nothing_allowed(self):
+        self.start({"platforms": [{"match": "**", "platforms": ["windows/amd64"],
+                                   "filter": True}]})
+        hp = self.winch.hostport
+        accept = [("Accept", t) for t in ALL_TYPES]
+        r = lab.get(hp, "/v2/%s/manifests/v1" % self.img.repo, accept)
+        self.assertOciError(r, 403, "DENIED", "an index with no allowed platform, by tag")
+        self.assertIn(b"no platform of this index is allowed by platforms[0] (**)", r.body)
+        r = lab.get(hp, self.img.manifest_path(self.img.index_digest), accept)
+        self.assertStatus(r, 200, "the original by digest")
+        self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        # A single-platform image under the same rule is no index: served as it is.
+        bb = self.data["images"]["busybox"]
+        r = lab.get(hp, "/v2/%s/manifests/%s" % (bb["repo"], bb["tag"]), accept)
+        self.assertStatus(r, 200, "a single image by tag")
+        self.assertEqual(r.header("Docker-Content-Digest"), bb["digest"])
+
 
 if __name__ == "__main__":
     lab.main()
