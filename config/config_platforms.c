@@ -133,11 +133,6 @@ static int parse_rule(config_platform_rule_t *out, const diag_t *d, size_t idx, 
     }
     if ((rc = parse_platform_list(d, rule, plist, &out->platforms, &out->n_platforms)) < 0)
         return rc;
-    if (out->filter) {
-        /* Said at start rather than accepted and ignored. */
-        snprintf(field, sizeof field, "%s.filter", rule);
-        return diag_fail(d, field, "true is not implemented yet (filtered indexes); leave it out");
-    }
     if (out->attestations && !out->prefetch) {
         snprintf(field, sizeof field, "%s.attestations", rule);
         return diag_fail(d, field,

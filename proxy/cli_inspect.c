@@ -1,5 +1,6 @@
 /* `winch inspect REF...`: what docker inspect and docker history show, from the cache, as JSON
- * (as docker inspect prints): the manifest or index (with its platforms and which are cached),
+ * (as docker inspect prints): the manifest or index (with its platforms, which are cached and
+ * which complete: manifest, config and every layer, as a prefetch leaves them),
  * each image's layers with sizes and media types, its config's created time, os/arch and
  * history, and the file where each piece is cached. */
 #include <stdio.h>
@@ -72,9 +73,12 @@ static json_t *describe(cache_t *c, const char *digest, int depth)
     }
     free(bytes);
     json_t *layers = json_array(), *plats = json_array();
+    bool complete = true; /* an image manifest: its config and every layer cached */
     for (size_t i = 0; i < img->nrefs; i++) {
         const image_ref_t *r = &img->refs[i];
         json_t *p = piece(c, r->digest, r->size, r->media_type);
+        if (r->role == IMAGE_CONFIG || r->role == IMAGE_LAYER)
+            complete = complete && json_is_true(json_object_get(p, "cached"));
         if (r->role == IMAGE_CONFIG) {
             add_config(c, p, r->digest);
             json_object_set_new(out, "config", p);
@@ -87,6 +91,9 @@ static json_t *describe(cache_t *c, const char *digest, int depth)
             json_object_set_new(p, "platform", json_string(r->has_platform ? pl : "unknown"));
             json_object_set_new(p, "attestation", json_boolean(r->attestation));
             json_t *child = depth < 2 ? describe(c, r->digest, depth + 1) : NULL;
+            json_object_set_new(
+                p, "complete",
+                json_boolean(child && json_is_true(json_object_get(child, "complete"))));
             if (child)
                 json_object_set_new(p, "image", child);
             json_array_append_new(plats, p);
@@ -99,6 +106,7 @@ static json_t *describe(cache_t *c, const char *digest, int depth)
         json_decref(layers);
     } else {
         json_object_set_new(out, "layers", layers);
+        json_object_set_new(out, "complete", json_boolean(complete));
         json_decref(plats);
         json_object_set_new(out, "image_bytes", json_integer((json_int_t)image_bytes(img)));
     }

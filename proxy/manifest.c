@@ -34,6 +34,7 @@
 #include "proxy/manifest_gate.h"
 #include "proxy/negcache.h"
 #include "proxy/oci.h"
+#include "proxy/pfilter.h"
 #include "proxy/platforms.h"
 #include "proxy/prefetch.h"
 #include "proxy/reply.h"
@@ -53,6 +54,7 @@ typedef struct mreq {
     char *body;
     size_t len;
     char mt[128];
+    bool filtered; /* the filter (a platforms rule's) had its look at what is served */
 } mreq_t;
 
 /* Writes the header set every manifest answer carries. */
@@ -215,9 +217,95 @@ static void on_gate_done(call_t *c, void *arg, bool serve)
     mreq_free(m);
 }
 
+/* Stores a filtered index (not tagged: the tag keeps the upstream's digest) under c's
+ * repository, so that requests by its digest find it. */
+static void store_filtered(call_t *c, const char *digest, const char *mt, const char *b, size_t n)
+{
+    cache_entry_t have;
+    if (cache_lookup(c->env->cache, digest, &have) == 0 && have.kind == CACHE_MANIFEST)
+        return;
+    image_t *img = NULL;
+    char err[160];
+    if (image_parse(b, n, mt, &img, err, sizeof err) != 0) {
+        LOG_ERROR("req=%llu filtered index %s does not parse: %s", (unsigned long long)call_id(c),
+                  digest, err);
+        return;
+    }
+    cache_manifest_put_t put = {.digest = digest,
+                                .media_type = mt,
+                                .bytes = b,
+                                .len = n,
+                                .upstream = c->route.upstream->name,
+                                .repo = c->route.name,
+                                .image = img};
+    int rc = cache_put_manifest(c->env->cache, &put, NULL, NULL);
+    if (rc < 0)
+        LOG_ERROR("req=%llu caching filtered index %s failed: %s", (unsigned long long)call_id(c),
+                  digest, err_str(rc));
+    image_free(img);
+}
+
+/* The rule with filter that applies to c (a request by tag), or NULL. */
+static const config_platform_rule_t *filter_rule(const call_t *c)
+{
+    const config_t *cfg = c->env->cfg;
+    if (c->route.ref_is_digest || cfg->n_platform_rules == 0)
+        return NULL;
+    const config_platform_rule_t *r = platforms_rule(cfg, c->route.upstream->name, c->route.name);
+    return r && r->filter ? r : NULL;
+}
+
+static void deliver(mreq_t *m, char *body, size_t len, const char *mt);
+
+/* A request by tag under a rule with filter: an index is answered with its copy listing only
+ * the rule's platforms (pfilter.c), stored and served under its own digest; the original stays
+ * served by its digest. body (borrowed) is m->target's. True when the request was answered (or
+ * is being, through deliver with the filtered bytes). */
+static bool filter_index(mreq_t *m, const char *body, size_t len, const char *mt)
+{
+    call_t *c = m->c;
+    const config_t *cfg = c->env->cfg;
+    const config_platform_rule_t *r = filter_rule(c);
+    if (!r || !image_type_is_index(mt))
+        return false;
+    char *out = NULL, digest[REF_DIGEST_MAX + 1];
+    size_t n = 0;
+    int rc = pfilter_index(body, len, r->platforms, r->n_platforms, &out, &n, digest);
+    char mtype[128];
+    snprintf(mtype, sizeof mtype, "%s", mt);
+    if (rc == WE_NOTFOUND) {
+        char msg[GLOB_MAX + 96];
+        snprintf(msg, sizeof msg, "no platform of this index is allowed by platforms[%zu] (%s)",
+                 (size_t)(r - cfg->platform_rules), r->match);
+        mreq_free(m);
+        reply_denied(c, msg);
+        return true;
+    }
+    if (rc < 0) {
+        mreq_free(m);
+        reply_failure(c, rc, OCI_MANIFEST_UNKNOWN);
+        return true;
+    }
+    if (!out)
+        return false; /* not an index, or every platform allowed: the original as it is */
+    LOG_INFO("req=%llu filtered index %s of %s (platforms[%zu])", (unsigned long long)call_id(c),
+             digest, m->target, (size_t)(r - cfg->platform_rules));
+    store_filtered(c, digest, mtype, out, n);
+    copy_digest(m->target, digest);
+    deliver(m, out, n, mtype);
+    return true;
+}
+
 /* Serves m->target from body (taken), once the policy's image check allows it. */
 static void deliver(mreq_t *m, char *body, size_t len, const char *mt)
 {
+    if (!m->filtered) {
+        m->filtered = true;
+        if (filter_index(m, body, len, mt)) {
+            free(body);
+            return;
+        }
+    }
     m->body = body;
     m->len = len;
     snprintf(m->mt, sizeof m->mt, "%s", mt);
@@ -262,7 +350,8 @@ static void obtain(mreq_t *m)
     cache_t *cache = c->env->cache;
     cache_entry_t e;
     if (cache_lookup(cache, m->target, &e) == 0 && e.kind == CACHE_MANIFEST && e.media_type[0]) {
-        if (!(m->gate.d.needs & POLICY_NEED_IMAGE)) {
+        /* Served straight from the cache unless the policy or a filter reads the bytes. */
+        if (!(m->gate.d.needs & POLICY_NEED_IMAGE) && !filter_rule(c)) {
             if (serve_cached(c, m->target) == 0) {
                 mreq_free(m);
                 return;

@@ -909,6 +909,16 @@ def platform_digest(img, arch, variant=None, os_name="linux"):
     raise AssertionError("no platform %s/%s/%s in %s" % (os_name, arch, variant, img["repo"]))
 
 
+def platform_blobs(hostport, img, arch, variant=None):
+    """The config and layer digests of one platform of a seeded index, read from the upstream."""
+    digest = platform_digest(img, arch, variant)
+    r = lab.get(hostport, "/v2/%s/manifests/%s" % (img["repo"], digest),
+                [("Accept", "application/vnd.oci.image.manifest.v1+json, "
+                            "application/vnd.docker.distribution.manifest.v2+json")])
+    man = json.loads(r.body)
+    return {man["config"]["digest"]} | {layer["digest"] for layer in man["layers"]}
+
+
 def config_digest(img):
     """The config blob digest of a seeded single-platform image."""
     for d, b in img["blobs"].items():

@@ -115,6 +115,9 @@ class CacheCli(lab.TestCase):
         cached = {p["platform"]: p["cached"] for p in ins["platforms"]}
         self.assertTrue(cached["linux/arm64/v8"])
         self.assertFalse(cached["linux/s390x"])
+        complete = {p["platform"]: p["complete"] for p in ins["platforms"]}
+        self.assertTrue(complete["linux/arm64/v8"])
+        self.assertFalse(complete["linux/s390x"])
         arm = [p for p in ins["platforms"] if p["platform"] == "linux/arm64/v8"][0]["image"]
         self.assertEqual(arm["config"]["architecture"], "arm64")
         self.assertIn("created", arm["config"])

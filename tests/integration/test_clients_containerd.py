@@ -11,6 +11,9 @@ with an attestation entry) and ghcr.io/lab/multi-docker:v1 --all-platforms (Dock
 list). Every image's digest in `ctr images ls` equals the upstream's, and winch fetched each
 blob from each upstream at most once.
 
+With a platforms rule prefetching linux/arm64, a pull of ghcr.io/lab/multi:v1 --platform
+linux/arm64 fetches the arm64 image's blobs once each and no other platform's.
+
 The docker.io flows then run through distribution's proxy mode for comparison; the upstream
 requests of each flow are printed (summary at the end).
 
@@ -125,6 +128,37 @@ class ContainerdThroughWinch(lab.TestCase):
             c.stop()
             fwd.stop()
             proxy.stop()
+            up.stop()
+
+    def test_3_winch_prefetch(self):
+        """ghcr.io/lab/multi:v1 --platform linux/arm64 with a platforms rule prefetching
+        linux/arm64: the upstream's digest, the arm64 blobs fetched once each (the prefetch and
+        containerd share the fills), no other platform's blob."""
+        up = lab.seeded_registry(name="upstream-prefetch")
+        winch = lab.Winch([("ghcr.io", up.url)], config={
+            "platforms": [{"match": "ghcr.io/**", "platforms": ["linux/arm64"],
+                           "prefetch": True}]})
+        fwd = netns.Forward(self.ns, winch.hostport, port=winch.port, name="forward-prefetch")
+        c = netns.Containerd(self.ns, name="containerd-prefetch")
+        hosts = c.hosts_dir({
+            "ghcr.io": ("http://127.0.0.1:%d" % netns.dead_port(), "http://" + fwd.hostport)})
+        try:
+            multi = self.data["images"]["multi"]
+            _, content = self.check_pull(c, hosts, up, "ghcr.io/lab/multi:v1", "multi",
+                                         ["--platform", "linux/arm64"], via="winch (prefetch)")
+            self.assertIn(netns.platform_digest(multi, "arm64"), content)
+            self.assertIn("prefetch: 1 manifest of ghcr.io/lab/multi for linux/arm64 (rule)",
+                          winch.log())
+            netns.settle(up)
+            want = netns.platform_blobs(up.direct_hostport, multi, "arm64")
+            got = netns.blob_gets(up.seen())
+            self.assertEqual({p.rsplit("/", 1)[1] for p in got}, want,
+                             "blobs fetched upstream: the arm64 image's only")
+            netns.assert_blobs_fetched_once(self, up, "containerd via winch, prefetch on")
+        finally:
+            c.stop()
+            fwd.stop()
+            winch.stop()
             up.stop()
 
 

@@ -5,7 +5,8 @@ library/busybox), a two-component OCI image, an OCI index with an attestation en
 Docker manifest list. Each pulled image carries exactly the upstream's manifest digest, the
 busybox image runs (`docker run ... echo hello`), dockerd never falls back to Docker Hub, and
 winch fetched each blob from the upstream at most once. A warm pull after `docker rmi` asks the
-upstream for no blob.
+upstream for no blob. With a platforms rule prefetching linux/amd64, the pull of lab/multi:v1
+fetches the amd64 image's blobs once each and no other platform's.
 
 The same flows then run against distribution's proxy mode (docker-registry with
 proxy.remoteurl), and the upstream requests each caused are printed side by side (summary at
@@ -117,6 +118,34 @@ class DockerdThroughWinch(lab.TestCase):
             d.stop()
             fwd.stop()
             proxy.stop()
+            up.stop()
+
+    def test_3_winch_prefetch(self):
+        """lab/multi:v1 with a platforms rule prefetching linux/amd64 (dockerd's User-Agent
+        names it too): the pull gets the upstream's digest, the amd64 manifest, config and
+        layer came from the upstream once each (the prefetch and dockerd share the fills), no
+        other platform's blob was fetched."""
+        up = lab.seeded_registry(name="upstream-prefetch")
+        winch = lab.Winch([("docker.io", up.url)], config={
+            "platforms": [{"match": "**", "platforms": ["linux/amd64"], "prefetch": True}]})
+        fwd = netns.Forward(self.ns, winch.hostport, port=winch.port, name="forward-prefetch")
+        d = netns.Dockerd(self.ns, mirror=fwd.hostport, name="dockerd-prefetch")
+        try:
+            multi = self.data["images"]["multi"]
+            self.pull(d, "winch (prefetch)", up, "lab/multi:v1", "multi")
+            self.assertIn("prefetch: 1 manifest of docker.io/lab/multi for linux/amd64",
+                          winch.log())
+            netns.settle(up)
+            want = netns.platform_blobs(up.direct_hostport, multi, "amd64")
+            got = netns.blob_gets(up.seen())
+            self.assertEqual({p.rsplit("/", 1)[1] for p in got}, want,
+                             "blobs fetched upstream: the amd64 image's only")
+            netns.assert_blobs_fetched_once(self, up, "dockerd via winch, prefetch on")
+            self.assert_no_fallback(d)
+        finally:
+            d.stop()
+            fwd.stop()
+            winch.stop()
             up.stop()
 
 

@@ -6,11 +6,14 @@ index (six platforms, one attestation manifest) in a real docker-registry:
     makes no upstream blob or manifest request; no other platform's manifest or layer and no
     attestation was fetched; a second tag request costs nothing upstream;
   - client groups: a group by source address (a client bound to 127.0.0.2) and a group by path
-    prefix (/edge/v2/...) each get their own platform prefetched."""
+    prefix (/edge/v2/...) each get their own platform prefetched;
+  - filter: a tag request gets an index of the allowed platforms under its own digest, stable,
+    served by that digest; the original by its digest unchanged; skopeo copy --all of both."""
 
 import http.client
 import json
 import os
+import subprocess
 import time
 
 import lab
@@ -122,6 +125,18 @@ class PlatformsTest(lab.TestCase):
         lab.log("prefetch of the arm64 image after one tag request: %.2fs" % (time.monotonic() - t0))
         others = [p for p in self.img.by_platform if p != "linux/arm64/v8"]
         self.assert_untouched(others)
+        # winch inspect, beside the running winch: the index's platforms, arm64 complete.
+        p = subprocess.run([lab.WINCH_BIN, "inspect", "%s:v1" % self.img.repo, "--json",
+                            "--cache-dir", self.winch.cache_dir], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        ins = json.loads(p.stdout)[0]
+        self.assertEqual(ins["digest"], self.img.index_digest)
+        plats = {e["platform"]: e for e in ins["platforms"] if not e["attestation"]}
+        self.assertEqual(set(plats), set(self.img.by_platform))
+        self.assertTrue(plats["linux/arm64/v8"]["cached"] and plats["linux/arm64/v8"]["complete"])
+        for other in others:
+            self.assertFalse(plats[other]["cached"] or plats[other]["complete"], other)
 
         before_blobs = self.up.count("GET", contains="/blobs/")
         before_all = self.up.count()
@@ -272,6 +287,82 @@ class PlatformsTest(lab.TestCase):
             dest = lab.tmpdir("winch-it-plat-")
             lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest,
                             ["--override-arch", arch, "--override-os", "linux"])
+
+    def test_filter(self):
+        self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
+                                                                            "linux/amd64"],
+                                   "filter": True}]})
+        hp = self.winch.hostport
+        tag = "/v2/%s/manifests/v1" % self.img.repo
+        accept = [("Accept", t) for t in ALL_TYPES]
+        r = lab.get(hp, tag, accept)
+        self.assertStatus(r, 200, "tag request")
+        fdigest = r.header("Docker-Content-Digest")
+        self.assertNotEqual(fdigest, self.img.index_digest, "the filtered index's own digest")
+        self.assertEqual(lab.sha256_digest(r.body), fdigest)
+        self.assertEqual(r.header("Content-Type"), self.img.index.get("mediaType", INDEX_TYPES[0]))
+        kept = {d["digest"] for d in r.json()["manifests"]}
+        allowed = {self.img.by_platform[p]["manifest"] for p in ("linux/amd64", "linux/arm64/v8")}
+        # The attestations of the kept images stay (the lab's one describes amd64).
+        atts = {d["digest"] for d in self.img.index["manifests"]
+                if d.get("annotations", {}).get("vnd.docker.reference.digest") in allowed}
+        self.assertTrue(atts, "the lab image has an attestation of amd64")
+        self.assertEqual(kept, allowed | atts)
+        # Stable: the next tag request (and HEAD) names the same digest.
+        self.assertEqual(lab.get(hp, tag, accept).header("Docker-Content-Digest"), fdigest)
+        self.assertEqual(lab.head(hp, tag, accept).header("Docker-Content-Digest"), fdigest)
+        # By digest: the filtered index, and the original unchanged.
+        f = lab.get(hp, self.img.manifest_path(fdigest), accept)
+        self.assertStatus(f, 200, "the filtered index by digest")
+        self.assertEqual(f.body, r.body)
+        o = lab.get(hp, self.img.manifest_path(self.img.index_digest), accept)
+        direct = lab.get(self.up.direct_hostport, self.img.manifest_path(self.img.index_digest),
+                         accept)
+        self.assertStatus(o, 200, "the original by digest")
+        self.assertEqual(o.body, direct.body)
+        # skopeo copy --all through the tag: the allowed platforms only.
+        dest = lab.tmpdir("winch-it-plat-")
+        lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest, ["--all"])
+        with open(os.path.join(dest, "manifest.json"), "rb") as fh:
+            copied = fh.read()
+        self.assertEqual(lab.sha256_digest(copied), fdigest)
+        for d in allowed:
+            self.assertTrue(os.path.exists(os.path.join(dest, d.split(":", 1)[1] +
+                                                        ".manifest.json")), d)
+        # Nothing of the other platforms went upstream (the kept attestation did: skopeo --all
+        # copies every entry of the index it gets).
+        for plat in self.img.by_platform:
+            if plat in ("linux/amd64", "linux/arm64/v8"):
+                continue
+            info = self.img.by_platform[plat]
+            for path in [self.img.manifest_path(info["manifest"])] + [
+                    self.img.blob_path(d) for d in self.img.blobs(plat)]:
+                self.assertEqual(self.upstream_gets(path), 0, "%s of %s fetched" % (path, plat))
+        # and the original by digest, every platform.
+        dest = lab.tmpdir("winch-it-plat-")
+        lab.skopeo_copy("docker://%s/%s@%s" % (hp, self.img.repo, self.img.index_digest),
+                        "dir:" + dest, ["--all"])
+        with open(os.path.join(dest, "manifest.json"), "rb") as fh:
+            self.assertEqual(fh.read(), direct.body)
+        self.assertIn("filtered index %s of %s" % (fdigest, self.img.index_digest),
+                      self.winch.log())
+
+    def test_filter_nothing_allowed(self):
+        self.start({"platforms": [{"match": "**", "platforms": ["windows/amd64"],
+                                   "filter": True}]})
+        hp = self.winch.hostport
+        accept = [("Accept", t) for t in ALL_TYPES]
+        r = lab.get(hp, "/v2/%s/manifests/v1" % self.img.repo, accept)
+        self.assertOciError(r, 403, "DENIED", "an index with no allowed platform, by tag")
+        self.assertIn(b"no platform of this index is allowed by platforms[0] (**)", r.body)
+        r = lab.get(hp, self.img.manifest_path(self.img.index_digest), accept)
+        self.assertStatus(r, 200, "the original by digest")
+        self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        # A single-platform image under the same rule is no index: served as it is.
+        bb = self.data["images"]["busybox"]
+        r = lab.get(hp, "/v2/%s/manifests/%s" % (bb["repo"], bb["tag"]), accept)
+        self.assertStatus(r, 200, "a single image by tag")
+        self.assertEqual(r.header("Docker-Content-Digest"), bb["digest"])
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ static void test_example(void)
 static void test_normalised(void)
 {
     config_t *c = expect_ok("\"platforms\": [{\"match\": \"ghcr.io/**\", \"platforms\": "
-                            "[\"linux/aarch64\", \"linux/arm\", \"x86_64\"], \"filter\": false, "
+                            "[\"linux/aarch64\", \"linux/arm\", \"x86_64\"], \"filter\": true, "
                             "\"restrict\": true, \"prefetch\": true, \"attestations\": true}],"
                             "\"client_groups\": [{\"name\": \"v6\", \"cidrs\": [\"fd00::/8\", "
                             "\"127.0.0.2\", \"::1\"], \"platforms\": [\"arm64\"]}],"
@@ -103,7 +103,7 @@ static void test_normalised(void)
     CHECK_STR(pf(&r[0].platforms[0]), "linux/arm64");
     CHECK_STR(pf(&r[0].platforms[1]), "linux/arm/v7");
     CHECK_STR(pf(&r[0].platforms[2]), "linux/amd64");
-    CHECK(!r[0].filter && r[0].restrict_ && r[0].prefetch && r[0].attestations);
+    CHECK(r[0].filter && r[0].restrict_ && r[0].prefetch && r[0].attestations);
     const config_client_group_t *g = c->client_groups;
     CHECK_INT(g[0].n_cidrs, 3);
     CHECK(g[0].cidrs[0].v6 && g[0].cidrs[0].prefix == 8 && g[0].cidrs[0].addr[0] == 0xfd);
@@ -151,8 +151,6 @@ static void test_rule_errors(void)
                "platforms[0].restrict: expected true or false");
     expect_err(R("{\"match\": \"**\", \"platforms\": [\"linux/amd64\"], \"filter\": null}"),
                "platforms[0].filter: expected true or false, got null");
-    expect_err(R("{\"match\": \"**\", \"platforms\": [\"linux/amd64\"], \"filter\": true}"),
-               "platforms[0].filter: true is not implemented yet");
     expect_err(R("{\"match\": \"**\", \"platforms\": [\"linux/amd64\"], \"attestations\": true}"),
                "platforms[0].attestations: has no effect");
     expect_err(R("{\"match\": \"**\", \"platforms\": [\"linux/amd64\"], \"prefetch\": true},"
