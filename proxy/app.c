@@ -195,8 +195,7 @@ static bool admin_request(const app_t *a, const req_t *r)
  * other than GET/HEAD); with one configured, the public listeners keep /metrics and the status
  * page only when public_metrics says so (health probes stay: load balancers use them). Returns
  * true when c was answered. */
-static bool ops_intercept(call_t *c, const ops_env_t *e, enum ops_endpoint ep, bool get,
-                          bool admin)
+static bool ops_intercept(call_t *c, const ops_env_t *e, enum ops_endpoint ep, bool get, bool admin)
 {
     const config_t *cfg = c->env->cfg;
     if (!admin && ep == OPS_NONE)

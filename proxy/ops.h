@@ -16,7 +16,6 @@
 /* OPS_STATUS: the status page `/_winch/` (status.h). */
 enum ops_endpoint { OPS_NONE, OPS_METRICS, OPS_HEALTHZ, OPS_READYZ, OPS_STATUS };
 
-
 /** Which endpoint the request-target names (path exactly, any query ignored); OPS_NONE for
  * anything else. */
 enum ops_endpoint ops_route(const char *target, size_t len);
