@@ -41,6 +41,7 @@
 #include "proxy/reply.h"
 #include "proxy/retention.h"
 #include "proxy/revalidate.h"
+#include "proxy/sdnotify.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
 #include "proxy/upstream.h"
@@ -514,7 +515,14 @@ int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, si
             return rc;
         }
     }
-    return listen_admin(a, err, errlen);
+    rc = listen_admin(a, err, errlen);
+    if (rc < 0)
+        return rc;
+    /* Listening: a systemd unit of Type=notify may start what depends on winch now. */
+    int nrc = sdnotify_send("READY=1\nSTATUS=serving");
+    if (nrc < 0)
+        LOG_WARN("NOTIFY_SOCKET: cannot tell systemd winch is ready: %s", err_str(nrc));
+    return 0;
 }
 
 static void close_upstreams(app_t *a)
@@ -532,6 +540,7 @@ void app_shutdown(app_t *a)
     if (a->shut)
         return;
     a->shut = true;
+    sdnotify_send("STOPPING=1");
     server_shutdown(a->server);
     access_shutdown(a->access);
     prefetcher_cancel_all(a->prefetch);
