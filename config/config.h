@@ -180,9 +180,9 @@ typedef struct config {
     char *admin_listen_host; /* owned; NULL when disabled */
     uint16_t admin_listen_port;
     bool public_metrics; /* default false */
-    char *tls_cert;  /* owned; PEM certificate chain */
-    char *tls_key;   /* owned; PEM private key */
-    char *cache_dir; /* owned; default "./winch-cache" */
+    char *tls_cert;      /* owned; PEM certificate chain */
+    char *tls_key;       /* owned; PEM private key */
+    char *cache_dir;     /* owned; default "./winch-cache" */
     /* [0] is the default upstream. */
     config_upstream_t upstreams[CONFIG_MAX_UPSTREAMS];
     size_t n_upstreams; /* >= 1; default one: docker.io=https://registry-1.docker.io */
