@@ -217,6 +217,7 @@ void config_free(config_t *c)
     config_platforms_free(c);
     free(c->listen_host);
     free(c->tls_listen_host);
+    free(c->admin_listen_host);
     free(c->tls_cert);
     free(c->tls_key);
     free(c->cache_dir);
@@ -471,7 +472,10 @@ int config_check_whole(const config_t *c, const diag_t *d)
             strcmp(c->listen_host, c->tls_listen_host) == 0)
             return diag_fail(d, "tls_listen", "same address as listen");
     }
-    int rc = config_policy_check(c, d);
+    int rc = config_admin_check(c, d);
+    if (rc < 0)
+        return rc;
+    rc = config_policy_check(c, d);
     if (rc < 0)
         return rc;
     rc = config_auth_check_whole(c, d);

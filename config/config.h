@@ -173,9 +173,16 @@ typedef struct config {
     bool tls_listen_enabled;
     char *tls_listen_host; /* owned; NULL when disabled */
     uint16_t tls_listen_port;
-    char *tls_cert;  /* owned; PEM certificate chain */
-    char *tls_key;   /* owned; PEM private key */
-    char *cache_dir; /* owned; default "./winch-cache" */
+    /* Optional admin listener (config_admin.c): "admin_listen": "HOST:PORT", plain HTTP, only the
+     * operator's endpoints (/metrics, /healthz, /readyz, /_winch/). When it is on, the public
+     * listeners answer /metrics and /_winch/ only with "public_metrics": true. */
+    bool admin_listen_enabled;
+    char *admin_listen_host; /* owned; NULL when disabled */
+    uint16_t admin_listen_port;
+    bool public_metrics; /* default false */
+    char *tls_cert;      /* owned; PEM certificate chain */
+    char *tls_key;       /* owned; PEM private key */
+    char *cache_dir;     /* owned; default "./winch-cache" */
     /* [0] is the default upstream. */
     config_upstream_t upstreams[CONFIG_MAX_UPSTREAMS];
     size_t n_upstreams; /* >= 1; default one: docker.io=https://registry-1.docker.io */

@@ -420,6 +420,8 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
             rc = config_parse_platforms(c, d, v);
         } else if (strcmp(key, "client_groups") == 0) {
             rc = config_parse_client_groups(c, d, v);
+        } else if (strcmp(key, "admin_listen") == 0 || strcmp(key, "public_metrics") == 0) {
+            rc = config_admin_json(c, d, key, v);
         } else {
             const int_field_t *f = config_int_field(key);
             if (f) {

@@ -207,6 +207,14 @@ int config_auth_parse(config_t *c, const diag_t *d, struct json_t *v);
 int config_auth_check_whole(const config_t *c, const diag_t *d);
 void config_auth_free(config_auth_t *a);
 
+/* ---- The admin listener (config_admin.c) ------------------------------------------------- */
+
+/** "admin_listen" (v: "HOST:PORT", "" or null) or "public_metrics" (v: a boolean) over c:
+ * 0 or an error naming the field. */
+int config_admin_json(config_t *c, const diag_t *d, const char *key, const struct json_t *v);
+/** The checks that need the other listeners: no address shared with listen or tls_listen. */
+int config_admin_check(const config_t *c, const diag_t *d);
+
 /* ---- Pull-time policy (config_policy.c) ---------------------------------------------------- */
 
 /** Parses the "policy" array over c (replacing any rules there): every field validated, every

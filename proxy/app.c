@@ -41,6 +41,7 @@
 #include "proxy/reply.h"
 #include "proxy/retention.h"
 #include "proxy/revalidate.h"
+#include "proxy/sdnotify.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
 #include "proxy/upstream.h"
@@ -64,6 +65,7 @@ struct app {
     access_t *access; /* client authentication; NULL when off */
     server_t *server;
     SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
+    int admin_li;     /* the admin listener's index (req_listener), -1 when none */
     metrics_t *metrics;
     ops_env_t ops; /* what /metrics and /readyz read */
     call_env_t env;
@@ -185,6 +187,34 @@ static void dispatch(call_t *c)
     reply_error(c, 0, OCI_UNSUPPORTED, "unsupported operation", NULL);
 }
 
+static bool admin_request(const app_t *a, const req_t *r)
+{
+    return a->admin_li >= 0 && req_listener(r) == a->admin_li;
+}
+
+/* The operator's endpoints. The admin listener serves nothing else (404, 405 for methods
+ * other than GET/HEAD); with one configured, the public listeners keep /metrics and the status
+ * page only when public_metrics says so (health probes stay: load balancers use them). Returns
+ * true when c was answered. */
+static bool ops_intercept(call_t *c, const ops_env_t *e, enum ops_endpoint ep, bool get, bool admin)
+{
+    const config_t *cfg = c->env->cfg;
+    if (!admin && ep == OPS_NONE)
+        return false;
+    c->mroute = METRICS_ROUTE_OPS;
+    if (!admin && cfg->admin_listen_enabled && !cfg->public_metrics &&
+        (ep == OPS_METRICS || ep == OPS_STATUS))
+        ep = OPS_NONE;
+    if (!get) {
+        if (!admin)
+            return false; /* the registry routes answer 405 as for any path */
+        reply_error(c, 405, OCI_UNSUPPORTED, "the admin listener is read-only", NULL);
+        return true;
+    }
+    ops_handle(c, e, ep); /* OPS_NONE: 404 */
+    return true;
+}
+
 static void on_request(req_t *r, void *arg)
 {
     app_t *a = arg;
@@ -198,15 +228,16 @@ static void on_request(req_t *r, void *arg)
         return;
     }
     read_headers(c);
-    if (access_intercept(a->access, c))
-        return;
     enum route_method m = req_is_get(r) ? ROUTE_GET : req_is_head(r) ? ROUTE_HEAD : ROUTE_OTHER;
     enum ops_endpoint ep = ops_route(req_target(r), req_target_len(r));
-    if (ep != OPS_NONE && m != ROUTE_OTHER) {
-        c->mroute = METRICS_ROUTE_OPS;
-        ops_handle(c, &a->ops, ep);
+    /* The admin listener answers everything itself (client authentication is the registry's). */
+    bool admin = admin_request(a, r);
+    if (admin && ops_intercept(c, &a->ops, ep, m != ROUTE_OTHER, true))
         return;
-    }
+    if (access_intercept(a->access, c))
+        return;
+    if (ops_intercept(c, &a->ops, ep, m != ROUTE_OTHER, false))
+        return;
     route_error_t rerr;
     /* A client group's mirror URL (http://winch/edge): its path prefix is the group's, and
      * the rest routes like any /v2/ request. Else the group is the source address's. */
@@ -352,6 +383,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     a->loop = loop;
     a->cfg = cfg;
     a->cache = cache;
+    a->admin_li = -1;
     if ((rc = flight_table_create(&a->fetches)) < 0 ||
         (rc = blob_producers_create(&a->producers)) < 0 ||
         (rc = revalidator_create(&a->revalidator)) < 0 ||
@@ -432,6 +464,29 @@ fail_said:
     return rc;
 }
 
+/* The admin listener, last: its bound address is logged here (always, whatever the level,
+ * like the main listeners' line: scripts read ports from it). */
+static int listen_admin(app_t *a, char *err, size_t errlen)
+{
+    const config_t *cfg = a->cfg;
+    if (!cfg->admin_listen_enabled)
+        return 0;
+    char bound[96];
+    int rc = server_listen(a->server, cfg->admin_listen_host, cfg->admin_listen_port, NULL, bound,
+                           sizeof bound);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%u (admin_listen): %s", cfg->admin_listen_host,
+                 (unsigned)cfg->admin_listen_port, err_str(rc));
+        return rc;
+    }
+    a->admin_li = rc;
+    log_write(WLOG_INFO, "admin listener on %s (/metrics, /healthz, /readyz, /_winch/)%s", bound,
+              cfg->public_metrics ? "; public_metrics: /metrics and /_winch/ on the public "
+                                    "listeners too"
+                                  : "");
+    return 0;
+}
+
 int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, size_t errlen)
 {
     const config_t *cfg = a->cfg;
@@ -460,6 +515,13 @@ int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, si
             return rc;
         }
     }
+    rc = listen_admin(a, err, errlen);
+    if (rc < 0)
+        return rc;
+    /* Listening: a systemd unit of Type=notify may start what depends on winch now. */
+    int nrc = sdnotify_send("READY=1\nSTATUS=serving");
+    if (nrc < 0)
+        LOG_WARN("NOTIFY_SOCKET: cannot tell systemd winch is ready: %s", err_str(nrc));
     return 0;
 }
 
@@ -478,6 +540,7 @@ void app_shutdown(app_t *a)
     if (a->shut)
         return;
     a->shut = true;
+    sdnotify_send("STOPPING=1");
     server_shutdown(a->server);
     access_shutdown(a->access);
     prefetcher_cancel_all(a->prefetch);

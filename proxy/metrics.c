@@ -187,6 +187,8 @@ void metrics_totals(const metrics_t *m, metrics_totals_t *out)
             out->results[i] += m->results[r][i];
             out->requests += m->results[r][i];
         }
+    out->fill_waiters = m->fill_waiters;
+    out->start_ms = m->start_ms;
 }
 
 void metrics_label_escape(char *out, size_t cap, const char *s)

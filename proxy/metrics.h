@@ -104,6 +104,8 @@ typedef struct metrics_totals {
     uint64_t served_cache, served_upstream, fetched;
     uint64_t results[METRICS_RESULT_N];
     uint64_t requests;
+    uint64_t fill_waiters; /* now */
+    int64_t start_ms;      /* wall clock of the start */
 } metrics_totals_t;
 void metrics_totals(const metrics_t *m, metrics_totals_t *out);
 

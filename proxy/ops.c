@@ -19,6 +19,7 @@
 #include "proxy/reply.h"
 #include "proxy/retention.h"
 #include "proxy/server.h"
+#include "proxy/status.h"
 
 /* The exposition grows with the upstreams (a few KiB each); far above any real one. */
 #define METRICS_MAX ((size_t)1 << 20)
@@ -41,6 +42,8 @@ enum ops_endpoint ops_route(const char *target, size_t len)
         return OPS_HEALTHZ;
     if (path_is(target, len, "/readyz"))
         return OPS_READYZ;
+    if (path_is(target, len, "/_winch/") || path_is(target, len, "/_winch"))
+        return OPS_STATUS;
     return OPS_NONE;
 }
 
@@ -213,6 +216,9 @@ void ops_handle(call_t *c, const ops_env_t *e, enum ops_endpoint ep)
         return;
     case OPS_READYZ:
         answer_readyz(c, e);
+        return;
+    case OPS_STATUS:
+        status_answer(c, e);
         return;
     case OPS_HEALTHZ: {
         static const char ok[] = "ok\n";

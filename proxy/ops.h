@@ -11,17 +11,10 @@
 
 #include "proxy/call.h"
 #include "proxy/metrics.h"
+#include "proxy/ops_env.h"
 
-enum ops_endpoint { OPS_NONE, OPS_METRICS, OPS_HEALTHZ, OPS_READYZ };
-
-/** What the endpoints read; every pointer borrowed from the app, valid while it runs. */
-typedef struct ops_env {
-    metrics_t *metrics;
-    struct server *server;
-    struct retention *retention;
-    health_t *const *health;      /* [i] for cfg->upstreams[i] */
-    upstream_t *const *upstreams; /* [i] for cfg->upstreams[i] */
-} ops_env_t;
+/* OPS_STATUS: the status page `/_winch/` (status.h). */
+enum ops_endpoint { OPS_NONE, OPS_METRICS, OPS_HEALTHZ, OPS_READYZ, OPS_STATUS };
 
 /** Which endpoint the request-target names (path exactly, any query ignored); OPS_NONE for
  * anything else. */

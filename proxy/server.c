@@ -470,7 +470,7 @@ int server_listen(server_t *s, const char *host, uint16_t lport, SSL_CTX *tls_ct
     s->nlisteners++;
     if (s->paused == PAUSE_NONE)
         admit_poll_listeners(s, true);
-    return 0;
+    return li;
 fail:
     if (ai)
         freeaddrinfo(ai);

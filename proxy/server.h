@@ -88,7 +88,8 @@ void server_set_limits(server_t *s, const server_limits_t *l);
 
 /** Listens on host:port (numeric host, or "localhost"). tls_ctx (borrowed, must outlive the
  * server) makes it an HTTPS listener; NULL for plain HTTP. Writes the bound "host:port" (the
- * real port when 0 was asked) into bound[len]. At most two listeners. Returns 0 or -errno. */
+ * real port when 0 was asked) into bound[len]. At most three listeners (plain, TLS, admin).
+ * Returns the listener's index (0, 1, 2 in call order: req_listener) or -errno. */
 int server_listen(server_t *s, const char *host, uint16_t port, SSL_CTX *tls_ctx, char *bound,
                   size_t len);
 
@@ -142,6 +143,8 @@ bool req_is_tls(const req_t *r);
 /** The name in the client's verified TLS certificate into buf[len] (conn_tls_peer_name):
  * 0, WE_NOTFOUND (no certificate, or not TLS) or WE_TLS (unusable). */
 int req_tls_peer_name(const req_t *r, char *buf, size_t len);
+/** The index server_listen returned for the listener the request came in on. */
+int req_listener(const req_t *r);
 /** True when req_bad's 400 was a TLS handshake arriving on the plain listener. */
 bool req_tls_hello(const req_t *r);
 /** The application's per-request storage (opts.data_size bytes, zeroed for each request). */

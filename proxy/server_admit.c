@@ -446,8 +446,9 @@ static void addr_text(const struct sockaddr_storage *addr, char *out, size_t cap
 
 /* An accepted fd (taken): its address's limit first (so that a refused connection never costs
  * another client its idle connection), then the global one. */
-static void admit_one(server_t *s, int fd, const struct sockaddr_storage *addr, SSL_CTX *tls)
+static void admit_one(server_t *s, int fd, const struct sockaddr_storage *addr, int li)
 {
+    SSL_CTX *tls = s->listen_tls[li];
     peer_t *p = NULL;
     uint32_t per = s->limits.max_connections_per_client;
     if (per) {
@@ -471,6 +472,8 @@ static void admit_one(server_t *s, int fd, const struct sockaddr_storage *addr, 
         c = client_accept(s, fd, addr, p, tls); /* closes fd on failure */
     else
         close(fd); /* not reached: at_limit was checked with something idle to close */
+    if (c)
+        c->listener = (uint8_t)li;
     if (p) {
         if (c)
             p->conns++;
@@ -511,7 +514,7 @@ void admit_on_listen_ready(uv_poll_t *h, int status, int events)
         }
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-        admit_one(s, fd, &peer, s->listen_tls[li]);
+        admit_one(s, fd, &peer, li);
     }
 }
 

@@ -23,7 +23,7 @@
 #define CLIENT_RBUF 16384
 #define URL_MAX 4096
 #define HEAD_MAX 2048
-#define MAX_LISTENERS 2
+#define MAX_LISTENERS 3
 #define FDS_PER_REQUEST SERVER_FDS_PER_REQUEST
 
 enum client_state { CS_IDLE, CS_HEAD, CS_HANDLING, CS_CLOSING };
@@ -50,6 +50,7 @@ typedef struct client {
     int handles_open; /* conn + timer; freed when both closed */
     enum client_state state;
     bool tls;
+    uint8_t listener; /* index of the listener it came in on (server_listen's order) */
     bool keep_alive;
     bool has_body;    /* the request announced a body: answer, then close */
     bool handed;      /* on_request ran and on_complete is still due */

@@ -117,6 +117,11 @@ int req_tls_peer_name(const req_t *r, char *buf, size_t len)
     return c->tls ? conn_tls_peer_name(&c->conn, buf, len) : WE_NOTFOUND;
 }
 
+int req_listener(const req_t *r)
+{
+    return client_of(r)->listener;
+}
+
 bool req_tls_hello(const req_t *r)
 {
     return client_of(r)->tls_hello;

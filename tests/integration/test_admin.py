@@ -1,0 +1,189 @@
+#!/usr/bin/python3
+"""The admin listener and the status page, against the real docker-registry:
+  - admin_listen serves /metrics, /healthz, /readyz and /_winch/ and nothing else (404, 405 for
+    other methods); the public listener then answers /metrics and /_winch/ with 404 unless
+    public_metrics is true, and keeps its health probes; bad admin_listen / public_metrics
+    values are refused at start with a message naming the field;
+  - the status page in Debian's headless chromium (never reaching beyond 127.0.0.1): it loads,
+    the console shows no error, the DOM holds the numbers this test produced (hits, misses,
+    bytes saved), and a screenshot is saved as an artifact in the build directory."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+from prometheus_client.parser import text_string_to_metric_families
+
+import lab
+
+H = lab.accept
+
+
+def admin_hostport(w):
+    m = re.search(r"admin listener on (127\.0\.0\.1:\d+)", w.log())
+    if not m:
+        raise AssertionError("no 'admin listener on' line:\n" + w.log())
+    return m.group(1)
+
+
+def artifact_dir():
+    d = os.environ.get("WINCH_ARTIFACT_DIR") or os.path.join(
+        os.path.dirname(os.path.abspath(lab.WINCH_BIN)), "test-artifacts")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+class Admin(lab.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.data = lab.seeded()
+        cls.reg = lab.seeded_registry(count=False)
+        cls.winch = lab.Winch([("docker.io", cls.reg.url)],
+                              config={"admin_listen": "127.0.0.1:0"})
+        cls.admin = admin_hostport(cls.winch)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.winch.stop()
+        cls.reg.stop()
+
+    RESULTS = {"winch; hit": "hit", "winch; fwd=miss; stored": "miss",
+               "winch; fwd=miss; collapsed": "coalesced"}
+
+    def pulls(self):
+        """A manifest and a blob, each twice: ({result: n} from Cache-Status, bytes saved)."""
+        img = self.data["images"]["busybox"]
+        w = self.winch.hostport
+        acc = H(lab.SKOPEO_ACCEPT)
+        got, saved = {}, 0
+        paths = ["/v2/%s/manifests/%s" % (img["repo"], img["tag"]),
+                 "/v2/%s/blobs/%s" % (img["repo"], img["layers"][0])]
+        for path in paths:
+            for _ in range(2):
+                r = lab.get(w, path, acc)
+                self.assertStatus(r, 200, path)
+                res = self.RESULTS[r.header("Cache-Status")]
+                got[res] = got.get(res, 0) + 1
+                if res != "miss":
+                    saved += len(r.body)
+                # A fill commits after its client has the last byte; a request before that
+                # joins it (coalesced, still saved bandwidth).
+                lab.wait_for(lambda: re.search(rb"^winch_fills_in_flight 0$",
+                                               lab.get(self.admin, "/metrics").body, re.M),
+                             20, what="the fill to end")
+        self.assertEqual(got.get("miss"), 2, got)
+        return got, saved
+
+    def test_admin_listener(self):
+        w, a = self.winch.hostport, self.admin
+        _, saved = self.pulls()
+        r = lab.get(a, "/metrics")
+        self.assertStatus(r, 200, "admin /metrics")
+        fams = {f.name: f for f in text_string_to_metric_families(r.body.decode())}
+        cache_bytes = sum(s.value for s in fams["winch_served_bytes"].samples
+                          if s.name == "winch_served_bytes_total"
+                          and s.labels.get("source") == "cache")
+        self.assertEqual(cache_bytes, saved)
+        for path in ("/healthz", "/readyz", "/_winch/", "/_winch"):
+            self.assertStatus(lab.get(a, path), 200, "admin " + path)
+        # Only the operator's endpoints on the admin listener; read-only.
+        for path in ("/v2/", "/", "/v2/library/busybox/manifests/latest", "/metricsx"):
+            self.assertStatus(lab.get(a, path), 404, "admin " + path)
+        self.assertStatus(lab.request(a, "POST", "/metrics", body=b"x"), 405, "admin POST")
+        # The public listener: no /metrics or status page without public_metrics.
+        self.assertStatus(lab.get(w, "/metrics"), 404, "public /metrics")
+        self.assertStatus(lab.get(w, "/_winch/"), 404, "public /_winch/")
+        self.assertStatus(lab.get(w, "/healthz"), 200, "public /healthz")
+        self.assertStatus(lab.get(w, "/v2/"), 200, "public /v2/")
+
+    def test_public_metrics(self):
+        w2 = lab.Winch([("docker.io", self.reg.url)], name="winch-public",
+                       config={"admin_listen": "127.0.0.1:0", "public_metrics": True})
+        try:
+            self.assertStatus(lab.get(w2.hostport, "/metrics"), 200, "public /metrics")
+            self.assertStatus(lab.get(w2.hostport, "/_winch/"), 200, "public /_winch/")
+            self.assertStatus(lab.get(admin_hostport(w2), "/metrics"), 200, "admin /metrics")
+        finally:
+            w2.stop()
+
+    def test_bad_config_refused(self):
+        port = lab.free_port()
+        cases = [
+            ({"admin_listen": "localhost:5001"}, "admin_listen"),
+            ({"admin_listen": "127.0.0.1"}, "admin_listen"),
+            ({"admin_listen": 5001}, "admin_listen"),
+            ({"admin_listen": "127.0.0.1:99999"}, "admin_listen"),
+            ({"admin_listen": "127.0.0.1:%d" % port}, "same address as listen"),
+            ({"admin_listen": "127.0.0.1:0", "public_metrics": "yes"}, "public_metrics"),
+        ]
+        d = lab.tmpdir()
+        for i, (cfg, want) in enumerate(cases):
+            path = os.path.join(d, "c%d.json" % i)
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            p = subprocess.run([lab.WINCH_BIN, "serve", "--listen", "127.0.0.1:%d" % port,
+                                "--cache-dir", os.path.join(d, "cache"), "--upstream",
+                                "docker.io=" + self.reg.url, "--config", path],
+                               capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+            out = (p.stdout + p.stderr).decode(errors="replace")
+            self.assertNotEqual(p.returncode, 0, "%s accepted:\n%s" % (cfg, out))
+            self.assertIn(want, out, cfg)
+            self.assertNotIn("listening on", out, cfg)
+
+    def test_status_page_in_chromium(self):
+        lab.require("chromium")
+        got, saved = self.pulls_fresh()
+        url = "http://%s/_winch/" % self.admin
+        prof = lab.tmpdir("winch-chromium-")
+        shot = os.path.join(artifact_dir(), "status-page.png")
+        if os.path.exists(shot):
+            os.unlink(shot)
+        # Loopback only: no proxy, every name unresolvable but 127.0.0.1, no background
+        # fetches (component updates, safe browsing, sync).
+        base = ["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--no-proxy-server",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                "--user-data-dir=" + prof, "--no-first-run", "--disable-sync",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-default-apps", "--disable-extensions", "--enable-logging=stderr",
+                "--v=0", "--window-size=1200,900"]
+        dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, timeout=120)
+        html = dom.stdout.decode(errors="replace")
+        log = dom.stderr.decode(errors="replace")
+        self.assertEqual(dom.returncode, 0, log)
+        console = [l for l in log.splitlines() if "CONSOLE" in l or "Uncaught" in l]
+        self.assertEqual(console, [], log)
+        self.assertIn("<h1>winch", html)
+        for res, n in got.items():
+            self.assertIn('id="result-%s">%d<' % (res, n), html)
+        self.assertIn('id="bytes-saved" data-bytes="%d"' % saved, html)
+        self.assertIn("<svg", html)
+        shot_run = subprocess.run(base + ["--screenshot=" + shot, url], capture_output=True,
+                                  timeout=120)
+        log = shot_run.stderr.decode(errors="replace")
+        self.assertEqual(shot_run.returncode, 0, log)
+        self.assertEqual([l for l in log.splitlines() if "CONSOLE" in l or "Uncaught" in l], [],
+                         log)
+        with open(shot, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        self.assertGreater(os.path.getsize(shot), 5000)
+        lab.log("status page screenshot: %s" % shot)
+        shutil.rmtree(prof, ignore_errors=True)
+
+    def pulls_fresh(self):
+        """pulls() on a winch of its own, so the counts are this test's alone."""
+        old, oldadmin = self.winch, self.admin
+        w = lab.Winch([("docker.io", self.reg.url)], name="winch-status",
+                      config={"admin_listen": "127.0.0.1:0"})
+        self.addCleanup(w.stop)
+        self.winch, self.admin = w, admin_hostport(w)
+        self.addCleanup(self._restore, old, oldadmin)
+        return self.pulls()
+
+    def _restore(self, w, a):
+        self.winch, self.admin = w, a
+
+
+if __name__ == "__main__":
+    lab.main()
