@@ -49,7 +49,7 @@ PACKAGES = {
     "htpasswd": "apache2-utils", "curl": "curl", "dockerd": "docker.io", "docker": "docker.io",
     "containerd": "containerd", "ctr": "containerd", "containerd-shim-runc-v2": "containerd",
     "runc": "runc", "podman": "podman", "conmon": "conmon", "ip": "iproute2",
-    "nsenter": "util-linux", "unshare": "util-linux", "umount": "mount",
+    "nsenter": "util-linux", "unshare": "util-linux", "umount": "mount", "haproxy": "haproxy",
 }
 
 
