@@ -64,6 +64,8 @@ class Haproxy:
         last = ""
         for _attempt in range(5):
             self.port = lab.free_port()
+            if os.path.exists(self.stats):
+                os.unlink(self.stats)
             cfg = os.path.join(self.workdir, "haproxy.cfg")
             with open(cfg, "w") as f:
                 f.write(render(self.port, self.nodes, self.stats))
@@ -79,22 +81,29 @@ class Haproxy:
             if (self.name, self.logpath) not in lab._logs:
                 lab._logs.append((self.name, self.logpath))
             try:
-                lab.wait_for(self._listening, 10, what="haproxy listening")
-                break
-            except TimeoutError:
+                lab.wait_for(self._ready, 10, what="haproxy listening")
+                # Another process may hold the port free_port() saw free (the connect above then
+                # reached it): haproxy exits at once when it cannot bind. Make sure it did not.
+                time.sleep(0.2)
+                if self.proc.poll() is None and self._ready():
+                    break
                 last = lab._tail(self.logpath)
-                self._kill()
-                if "Address already in use" not in last and "cannot bind" not in last:
-                    raise RuntimeError("haproxy did not start; its log:\n%s" % last)
+            except (TimeoutError, RuntimeError):
+                last = lab._tail(self.logpath)
+            self._kill()
+            if "Address already in use" not in last and "cannot bind" not in last:
+                raise RuntimeError("haproxy did not start; its log:\n%s" % last)
         else:
             raise RuntimeError("haproxy could not bind a port; its log:\n%s" % last)
         lab._register(self)
         self.wait_states({n: "UP" for n, _ in self.nodes})
         return self
 
-    def _listening(self):
+    def _ready(self):
         if self.proc.poll() is not None:
             raise RuntimeError("haproxy exited: %s" % lab._tail(self.logpath))
+        if not os.path.exists(self.stats):
+            return False
         try:
             socket.create_connection((lab.LOOPBACK, self.port), timeout=1).close()
             return True
