@@ -161,6 +161,9 @@ class ClusterRealUpstream(lab.TestCase):
         owner = node_of(s)
         first = s.read(20 << 20)
         victim = self.nodes[int(owner[-1]) - 1]
+        # Keep haproxy from noticing through its health check, so that the resume below must
+        # take the retry-on conn-failure + redispatch path (the window before a check fails).
+        self.hap.command("disable health winch/%s" % owner)
         victim.kill()
         t_kill = time.monotonic()
         rest = b""
@@ -185,6 +188,13 @@ class ClusterRealUpstream(lab.TestCase):
         new_owner = node_of(r)
         self.assertNotEqual(new_owner, owner)
         self.assertEqual(lab.sha256_digest(got + r.body), layer, "resumed bytes differ")
+        # "no check": in the ring (up), its health check off.
+        self.assertEqual(self.hap.states()[owner], "no check", "haproxy took the node out")
+        # haproxy's log shows the redispatch: the retries field of the 206 reads "+1".
+        line = [x for x in self.hap.log().splitlines() if '" 206 ' not in x and " 206 " in x
+                and layer in x][-1]
+        self.assertRegex(line, r" \d+/\d+/\d+/\d+/\+\d+ ", "redispatch in %s" % line)
+        self.hap.command("enable health winch/%s" % owner)
         lab.log("killed %s after %d MiB of %d MiB; resume from %s in %.2fs" % (
             owner, len(got) >> 20, size >> 20, new_owner, t_resume))
         # The killed node restarts with a sound store and gets its keys back.
