@@ -165,6 +165,9 @@ typedef struct config_auth {
     uint32_t failure_window_s;   /* ... refilled at max_failures per this; default 60 */
 } config_auth_t;
 
+/** Bytes of config_t.node_name, its NUL included. */
+#define CONFIG_NODE_NAME_MAX 64
+
 typedef struct config {
     bool listen_enabled;  /* plain HTTP listener; "listen": "" turns it off */
     char *listen_host;    /* owned; default "0.0.0.0" */
@@ -188,6 +191,8 @@ typedef struct config {
     size_t n_upstreams; /* >= 1; default one: docker.io=https://registry-1.docker.io */
     char *log_level;    /* owned; "error" | "warn" | "info" (default) | "debug" */
     bool log_json;      /* "log_format": "json" (one JSON object per access line); else "text" */
+    /* "node_name": this node's name in Cache-Status (clusters); default "winch". */
+    char node_name[CONFIG_NODE_NAME_MAX];
 
     /* Upstream timeouts, milliseconds. */
     uint32_t upstream_connect_timeout_ms;  /* TCP (+TLS) connect; default 5000 */

@@ -408,6 +408,8 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
                 c->log_json = strcmp(s, "json") == 0;
         } else if (strcmp(key, "upstreams") == 0) {
             rc = parse_upstreams(c, d, v);
+        } else if (strcmp(key, "node_name") == 0) {
+            rc = config_node_json(c, d, v);
         } else if (strcmp(key, "retention") == 0) {
             rc = config_retention_json(c, d, v);
         } else if (strcmp(key, "on_disk_full") == 0) {

@@ -184,6 +184,11 @@ int config_retention_json(config_t *c, const diag_t *d, const struct json_t *v);
 int config_disk_full_json(config_t *c, const diag_t *d, const struct json_t *v);
 void config_retention_free(config_t *c);
 
+/* ---- Node name (config_node.c) ---------------------------------------------------------- */
+
+/** "node_name": an RFC 8941 token of at most CONFIG_NODE_NAME_MAX - 1 bytes, into c. */
+int config_node_json(config_t *c, const diag_t *d, const struct json_t *v);
+
 /* ---- JSON (config_json.c) ----------------------------------------------------------------- */
 
 struct json_t; /* jansson's value type */

@@ -35,30 +35,32 @@ static void cache_status_header(call_t *c)
     const char *v;
     switch (r) {
     case METRICS_HIT:
-        v = "winch; hit";
+        v = "hit";
         break;
     case METRICS_MISS:
-        v = "winch; fwd=miss; stored";
+        v = "fwd=miss; stored";
         break;
     case METRICS_COALESCED:
-        v = "winch; fwd=miss; collapsed";
+        v = "fwd=miss; collapsed";
         break;
     case METRICS_STALE:
-        v = "winch; fwd=stale; detail=served-stale";
+        v = "fwd=stale; detail=served-stale";
         break;
     case METRICS_REVALIDATED:
-        v = "winch; fwd=stale; fwd-status=200; detail=revalidated";
+        v = "fwd=stale; fwd-status=200; detail=revalidated";
         break;
     case METRICS_NEGATIVE:
-        v = "winch; hit; detail=negative";
+        v = "hit; detail=negative";
         break;
     case METRICS_UPSTREAM:
-        v = "winch; fwd=miss";
+        v = "fwd=miss";
         break;
     default:
         return;
     }
-    resp_header(c->req, "Cache-Status", "%s", v);
+    /* The cache identifier is the node name, so a client behind a load balancer sees which
+     * node answered (config node_name, a token: no quoting needed). */
+    resp_header(c->req, "Cache-Status", "%s; %s", c->env->cfg->node_name, v);
 }
 
 void reply_begin(call_t *c, int status)

@@ -50,7 +50,7 @@ PACKAGES = {
     "containerd": "containerd", "ctr": "containerd", "containerd-shim-runc-v2": "containerd",
     "runc": "runc", "podman": "podman", "conmon": "conmon", "ip": "iproute2",
     "nsenter": "util-linux", "unshare": "util-linux", "umount": "mount", "chromium": "chromium",
-    "systemd-analyze": "systemd", "dpkg-deb": "dpkg",
+    "systemd-analyze": "systemd", "dpkg-deb": "dpkg", "haproxy": "haproxy",
 }
 
 
