@@ -220,6 +220,16 @@ static json_t *config_json(const config_t *c)
         json_array_append_new(pol, rule_json(&c->policy[i]));
     put(o, "policy", pol);
     put(o, "auth", c->auth ? auth_json(c->auth) : json_null());
+    if (c->admin_listen_enabled && c->admin_listen_host) {
+        char a[300];
+        snprintf(a, sizeof a, strchr(c->admin_listen_host, ':') ? "[%s]:%u" : "%s:%u",
+                 c->admin_listen_host, (unsigned)c->admin_listen_port);
+        put(o, "admin_listen", json_string(a));
+    } else {
+        put(o, "admin_listen", json_null());
+    }
+    put(o, "public_metrics", json_boolean(c->public_metrics));
+    put(o, "node_name", json_string(c->node_name));
     put(o, "platforms", platforms_json(c));
     put(o, "client_groups", groups_json(c));
     return o;

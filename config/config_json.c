@@ -64,7 +64,8 @@ static int want_string(const diag_t *d, const char *field, const json_t *v, cons
     if (!json_is_string(v))
         return diag_fail(d, field, "expected a string, got %s", config_json_type_name(v));
     *s = json_string_value(v);
-    return 0;
+    /* Never NULL for a string; said so for the analyzer, which cannot see into jansson. */
+    return *s ? 0 : diag_fail(d, field, "expected a string");
 }
 
 /* Reads an upstream password from a file: at most PASSWORD_MAX bytes, trailing newlines
@@ -399,13 +400,13 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
                 rc = config_set_log_level(c, d, key, s);
         } else if (strcmp(key, "log_format") == 0) {
             rc = want_string(d, key, v, &s);
-            if (rc == 0 && strcmp(s, "text") != 0 && strcmp(s, "json") != 0) {
+            if (rc == 0 && s && (strcmp(s, "text") == 0 || strcmp(s, "json") == 0)) {
+                c->log_json = strcmp(s, "json") == 0;
+            } else if (rc == 0) {
                 char q[80];
                 rc = diag_fail(d, key, "%s is not a log format (text, json)",
-                               diag_quote(q, sizeof q, s, strlen(s)));
+                               diag_quote(q, sizeof q, s ? s : "", s ? strlen(s) : 0));
             }
-            if (rc == 0)
-                c->log_json = strcmp(s, "json") == 0;
         } else if (strcmp(key, "upstreams") == 0) {
             rc = parse_upstreams(c, d, v);
         } else if (strcmp(key, "node_name") == 0) {

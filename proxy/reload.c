@@ -55,6 +55,9 @@ static const char *const fixed_fields[] = {
     "max_header_bytes",
     "upstream_max_conns",
     "on_disk_full",
+    "admin_listen",
+    "public_metrics",
+    "node_name",
 };
 
 static size_t report_fixed(const config_t *live, const config_t *next)

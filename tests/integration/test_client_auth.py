@@ -594,7 +594,9 @@ class Clients(Base):
             c.ctr("images", "pull", "--hosts-dir", hosts, *snap, "--user",
                   "alice:" + PASSWORDS["alice"], sec)
             self.assertEqual(c.images().get(sec), self.want("busybox"))
-            c.ctr("images", "rm", sec)
+            # --sync: containerd's own collection of the image's content is over before the prune,
+            # which otherwise races it ("content digest ...: not found").
+            c.ctr("images", "rm", "--sync", sec)
             c.ctr("content", "prune", "references")
             # hosts.toml with a static Authorization header: what CRI (kubelet) pulls use.
             hosts2 = lab.tmpdir("winch-ctr-hosts-auth-")

@@ -250,7 +250,7 @@ static int pins_child(const char *dir, int go, int back)
             return 7;
     }
     close_cache(&loop, tool);
-    return 0;
+    return uv_loop_close(&loop) == 0 ? 0 : 8;
 }
 
 static void test_other_process(void)
