@@ -23,28 +23,6 @@
 #define AUTH_GROUP_NAME_MAX 64
 #define AUTH_REALM_MAX 128
 
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number with a fraction or exponent";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "null";
-    }
-    return "something else";
-}
-
 /* "prefix.key" with the key made printable (keys come from the file). */
 static void sub_field(char *buf, size_t cap, const char *prefix, const char *key)
 {
@@ -55,19 +33,11 @@ static void sub_field(char *buf, size_t cap, const char *prefix, const char *key
     snprintf(buf, cap, "%s.%s", prefix, q + 1);
 }
 
-static int want_bool(const diag_t *d, const char *field, const json_t *v, bool *out)
-{
-    if (!json_is_boolean(v))
-        return diag_fail(d, field, "expected true or false, got %s", type_name(v));
-    *out = json_is_true(v);
-    return 0;
-}
-
 static int want_uint(const diag_t *d, const char *field, const json_t *v, uint32_t min,
                      uint32_t max, uint32_t *out)
 {
     if (!json_is_integer(v))
-        return diag_fail(d, field, "expected an integer, got %s", type_name(v));
+        return diag_fail(d, field, "expected an integer, got %s", config_json_type_name(v));
     json_int_t x = json_integer_value(v);
     if (x < (json_int_t)min || x > (json_int_t)max)
         return diag_fail(d, field, "must be %u..%u, got %lld", (unsigned)min, (unsigned)max,
@@ -121,7 +91,8 @@ static int parse_users(const diag_t *d, const char *field, const json_t *v, char
 {
     char sub[160];
     if (!json_is_array(v))
-        return diag_fail(d, field, "expected an array of user names, got %s", type_name(v));
+        return diag_fail(d, field, "expected an array of user names, got %s",
+                         config_json_type_name(v));
     size_t n = json_array_size(v);
     if (n > AUTH_MAX_NAMES)
         return diag_fail(d, field, "at most %d names", AUTH_MAX_NAMES);
@@ -133,7 +104,7 @@ static int parse_users(const diag_t *d, const char *field, const json_t *v, char
         json_t *e = json_array_get(v, i);
         snprintf(sub, sizeof sub, "%s[%zu]", field, i);
         if (!json_is_string(e))
-            rc = diag_fail(d, sub, "expected a string, got %s", type_name(e));
+            rc = diag_fail(d, sub, "expected a string, got %s", config_json_type_name(e));
         else if ((rc = check_user(d, sub, json_string_value(e))) == 0 &&
                  !(names[i] = strdup(json_string_value(e))))
             rc = diag_oom(d);
@@ -152,7 +123,8 @@ static int parse_groups(config_auth_t *a, const diag_t *d, const json_t *v)
     char sub[160], q[80];
     if (!json_is_object(v))
         return diag_fail(d, "auth.groups",
-                         "expected an object {\"GROUP\": [\"USER\", ...]}, got %s", type_name(v));
+                         "expected an object {\"GROUP\": [\"USER\", ...]}, got %s",
+                         config_json_type_name(v));
     size_t n = json_object_size(v);
     if (n > AUTH_MAX_GROUPS)
         return diag_fail(d, "auth.groups", "at most %d groups", AUTH_MAX_GROUPS);
@@ -191,7 +163,7 @@ static int parse_rule(config_access_rule_t *r, rule_groups_t *rg, const diag_t *
     snprintf(field, sizeof field, "auth.access[%zu]", idx);
     if (!json_is_object(v))
         return diag_fail(d, field, "expected an object {\"match\": GLOB, ...}, got %s",
-                         type_name(v));
+                         config_json_type_name(v));
     const char *key;
     json_t *val;
     json_object_foreach((json_t *)v, key, val)
@@ -201,20 +173,21 @@ static int parse_rule(config_access_rule_t *r, rule_groups_t *rg, const diag_t *
         if (strcmp(key, "match") == 0) {
             const char *why = NULL;
             if (!json_is_string(val))
-                rc = diag_fail(d, sub, "expected a string, got %s", type_name(val));
+                rc = diag_fail(d, sub, "expected a string, got %s", config_json_type_name(val));
             else if (!glob_valid(json_string_value(val), &why))
                 rc = diag_fail(d, sub, "not a usable pattern: %s", why);
             else if (!(r->match = strdup(json_string_value(val))))
                 rc = diag_oom(d);
         } else if (strcmp(key, "anonymous") == 0) {
-            rc = want_bool(d, sub, val, &r->anonymous);
+            rc = config_want_bool(d, sub, val, &r->anonymous);
         } else if (strcmp(key, "authenticated") == 0) {
-            rc = want_bool(d, sub, val, &r->authenticated);
+            rc = config_want_bool(d, sub, val, &r->authenticated);
         } else if (strcmp(key, "users") == 0) {
             rc = parse_users(d, sub, val, &r->users, &r->n_users);
         } else if (strcmp(key, "groups") == 0) {
             if (!json_is_array(val))
-                rc = diag_fail(d, sub, "expected an array of group names, got %s", type_name(val));
+                rc = diag_fail(d, sub, "expected an array of group names, got %s",
+                               config_json_type_name(val));
             else if (json_array_size(val) > AUTH_MAX_NAMES)
                 rc = diag_fail(d, sub, "at most %d names", AUTH_MAX_NAMES);
             rg->list = val;
@@ -249,7 +222,7 @@ static int resolve_groups(config_auth_t *a, config_access_rule_t *r, const rule_
         json_t *e = json_array_get(rg->list, i);
         snprintf(sub, sizeof sub, "auth.access[%zu].groups[%zu]", idx, i);
         if (!json_is_string(e))
-            return diag_fail(d, sub, "expected a string, got %s", type_name(e));
+            return diag_fail(d, sub, "expected a string, got %s", config_json_type_name(e));
         const char *name = json_string_value(e);
         size_t g = 0;
         while (g < a->n_groups && strcmp(a->groups[g].name, name) != 0)
@@ -265,7 +238,8 @@ static int resolve_groups(config_auth_t *a, config_access_rule_t *r, const rule_
 static int parse_access(config_auth_t *a, const diag_t *d, const json_t *v, rule_groups_t **rgs)
 {
     if (!json_is_array(v))
-        return diag_fail(d, "auth.access", "expected an array of rules, got %s", type_name(v));
+        return diag_fail(d, "auth.access", "expected an array of rules, got %s",
+                         config_json_type_name(v));
     size_t n = json_array_size(v);
     if (n > AUTH_MAX_RULES)
         return diag_fail(d, "auth.access", "at most %d rules", AUTH_MAX_RULES);
@@ -285,7 +259,7 @@ static int parse_access(config_auth_t *a, const diag_t *d, const json_t *v, rule
 static int parse_realm(config_auth_t *a, const diag_t *d, const json_t *v)
 {
     if (!json_is_string(v))
-        return diag_fail(d, "auth.realm", "expected a string, got %s", type_name(v));
+        return diag_fail(d, "auth.realm", "expected a string, got %s", config_json_type_name(v));
     const char *s = json_string_value(v);
     size_t n = strlen(s);
     if (n == 0 || n > AUTH_REALM_MAX)
@@ -316,7 +290,7 @@ static int parse_challenge(config_auth_t *a, const diag_t *d, const json_t *v)
         a->bearer = true;
     else
         return diag_fail(d, "auth.challenge", "expected \"basic\" or \"bearer\", got %s",
-                         s ? diag_quote(q, sizeof q, s, strlen(s)) : type_name(v));
+                         s ? diag_quote(q, sizeof q, s, strlen(s)) : config_json_type_name(v));
     return 0;
 }
 
@@ -325,7 +299,8 @@ static int parse_challenge(config_auth_t *a, const diag_t *d, const json_t *v)
 static int parse_token_realm(config_auth_t *a, const diag_t *d, const json_t *v)
 {
     if (!json_is_string(v))
-        return diag_fail(d, "auth.token_realm", "expected a string (a URL), got %s", type_name(v));
+        return diag_fail(d, "auth.token_realm", "expected a string (a URL), got %s",
+                         config_json_type_name(v));
     const char *s = json_string_value(v);
     size_t n = strlen(s);
     url_parts_t u;
@@ -362,14 +337,15 @@ static int parse_field(config_auth_t *a, const diag_t *d, const char *key, const
     sub_field(sub, sizeof sub, "auth", key);
     if (strcmp(key, "htpasswd") == 0 || strcmp(key, "client_ca") == 0) {
         if (!json_is_string(v))
-            return diag_fail(d, sub, "expected a string (a path), got %s", type_name(v));
+            return diag_fail(d, sub, "expected a string (a path), got %s",
+                             config_json_type_name(v));
         return config_set_file(d, sub, json_string_value(v),
                                key[0] == 'h' ? &a->htpasswd : &a->client_ca);
     }
     if (strcmp(key, "realm") == 0)
         return parse_realm(a, d, v);
     if (strcmp(key, "require_client_cert") == 0)
-        return want_bool(d, sub, v, &a->require_client_cert);
+        return config_want_bool(d, sub, v, &a->require_client_cert);
     if (strcmp(key, "groups") == 0)
         return parse_groups(a, d, v);
     if (strcmp(key, "access") == 0) {
@@ -430,7 +406,7 @@ int config_auth_parse(config_t *c, const diag_t *d, struct json_t *v)
 {
     if (!json_is_object(v))
         return diag_fail(d, "auth", "expected an object {\"htpasswd\": FILE, ...}, got %s",
-                         type_name(v));
+                         config_json_type_name(v));
     config_auth_t *a = calloc(1, sizeof *a);
     if (!a || !(a->realm = strdup("winch"))) {
         free(a);

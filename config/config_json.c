@@ -59,6 +59,33 @@ void config_field_path(char *buf, size_t cap, const char *prefix, const char *ke
     }
 }
 
+/* Readers return WE_CONFIG themselves so every path returning 0 set *out. */
+int config_want_bool(const diag_t *d, const char *field, const json_t *v, bool *out)
+{
+    if (!json_is_boolean(v)) {
+        diag_fail(d, field, "expected true or false, got %s", config_json_type_name(v));
+        return WE_CONFIG;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+int config_want_str(const diag_t *d, const char *field, const json_t *v, const char **out)
+{
+    const char *s = json_string_value(v);
+    if (!s) {
+        diag_fail(d, field, "expected a string, got %s", config_json_type_name(v));
+        return WE_CONFIG;
+    }
+    /* jansson allows \u0000 inside strings when asked to; no field may hold one. */
+    if (strlen(s) != json_string_length(v)) {
+        diag_fail(d, field, "must not contain a NUL character");
+        return WE_CONFIG;
+    }
+    *out = s;
+    return 0;
+}
+
 static int want_string(const diag_t *d, const char *field, const json_t *v, const char **s)
 {
     if (!json_is_string(v))

@@ -17,32 +17,6 @@
 static const char rule_fields[] = "match, platforms, prefetch, attestations, filter, restrict";
 static const char group_fields[] = "name, cidrs, path_prefix, platforms";
 
-/* Readers return WE_CONFIG themselves so every path returning 0 set *out. */
-static int want_bool(const diag_t *d, const char *field, const json_t *v, bool *out)
-{
-    if (!json_is_boolean(v)) {
-        diag_fail(d, field, "expected true or false, got %s", config_json_type_name(v));
-        return WE_CONFIG;
-    }
-    *out = json_is_true(v);
-    return 0;
-}
-
-static int want_str(const diag_t *d, const char *field, const json_t *v, const char **out)
-{
-    const char *s = json_string_value(v);
-    if (!s) {
-        diag_fail(d, field, "expected a string, got %s", config_json_type_name(v));
-        return WE_CONFIG;
-    }
-    if (strlen(s) != json_string_length(v)) {
-        diag_fail(d, field, "must not contain a NUL character");
-        return WE_CONFIG;
-    }
-    *out = s;
-    return 0;
-}
-
 /* "platforms": a non-empty array of distinct platforms, into *out (malloc'd). */
 static int parse_platform_list(const diag_t *d, const char *base, const json_t *v, platform_t **out,
                                size_t *n_out)
@@ -65,7 +39,7 @@ static int parse_platform_list(const diag_t *d, const char *base, const json_t *
     for (size_t i = 0; i < n; i++) {
         const char *s = NULL, *why = NULL;
         snprintf(field, sizeof field, "%s.platforms[%zu]", base, i);
-        int rc = want_str(d, field, json_array_get(v, i), &s);
+        int rc = config_want_str(d, field, json_array_get(v, i), &s);
         if (rc < 0)
             return rc;
         if (platform_parse(s, strlen(s), &ps[i], &why) != 0)
@@ -104,17 +78,17 @@ static int parse_rule(config_platform_rule_t *out, const diag_t *d, size_t idx, 
     {
         config_field_path(field, sizeof field, rule, key);
         if (strcmp(key, "match") == 0)
-            rc = want_str(d, field, val, &match);
+            rc = config_want_str(d, field, val, &match);
         else if (strcmp(key, "platforms") == 0)
             plist = val;
         else if (strcmp(key, "prefetch") == 0)
-            rc = want_bool(d, field, val, &out->prefetch);
+            rc = config_want_bool(d, field, val, &out->prefetch);
         else if (strcmp(key, "attestations") == 0)
-            rc = want_bool(d, field, val, &out->attestations);
+            rc = config_want_bool(d, field, val, &out->attestations);
         else if (strcmp(key, "filter") == 0)
-            rc = want_bool(d, field, val, &out->filter);
+            rc = config_want_bool(d, field, val, &out->filter);
         else if (strcmp(key, "restrict") == 0)
-            rc = want_bool(d, field, val, &out->restrict_);
+            rc = config_want_bool(d, field, val, &out->restrict_);
         else
             rc = diag_fail(d, field, "unknown field (a platforms rule has %s)", rule_fields);
         if (rc < 0)
@@ -241,7 +215,7 @@ static int parse_cidrs(config_client_group_t *g, const diag_t *d, const char *ba
     for (size_t i = 0; i < n; i++) {
         const char *s = NULL;
         snprintf(field, sizeof field, "%s.cidrs[%zu]", base, i);
-        int rc = want_str(d, field, json_array_get(v, i), &s);
+        int rc = config_want_str(d, field, json_array_get(v, i), &s);
         if (rc == 0)
             rc = parse_cidr(d, field, s, &g->cidrs[i]);
         if (rc < 0)
@@ -295,9 +269,9 @@ static int parse_group(config_t *c, const diag_t *d, size_t idx, const json_t *v
     {
         config_field_path(field, sizeof field, base, key);
         if (strcmp(key, "name") == 0)
-            rc = want_str(d, field, val, &name);
+            rc = config_want_str(d, field, val, &name);
         else if (strcmp(key, "path_prefix") == 0)
-            rc = want_str(d, field, val, &prefix);
+            rc = config_want_str(d, field, val, &prefix);
         else if (strcmp(key, "cidrs") == 0)
             cidrs = val;
         else if (strcmp(key, "platforms") == 0)

@@ -65,28 +65,12 @@ static int want_int(const diag_t *d, const char *field, const json_t *v, uint64_
     return 0;
 }
 
-static int want_str(const diag_t *d, const char *field, const json_t *v, const char **out)
-{
-    const char *s = json_string_value(v);
-    if (!s) {
-        diag_fail(d, field, "expected a string, got %s", config_json_type_name(v));
-        return WE_CONFIG;
-    }
-    /* jansson allows \u0000 inside strings when asked to; none of these fields may hold one. */
-    if (strlen(s) != json_string_length(v)) {
-        diag_fail(d, field, "must not contain a NUL character");
-        return WE_CONFIG;
-    }
-    *out = s;
-    return 0;
-}
-
 /* Reads one field of a rule object into r. */
 static int read_field(const diag_t *d, const char *field, const char *key, const json_t *v,
                       raw_rule_t *r)
 {
     if (strcmp(key, "match") == 0)
-        return want_str(d, field, v, &r->match);
+        return config_want_str(d, field, v, &r->match);
     if (strcmp(key, "allow") == 0)
         return want_bool(d, field, v, &r->allow);
     if (strcmp(key, "deny") == 0)
@@ -98,7 +82,7 @@ static int read_field(const diag_t *d, const char *field, const char *key, const
     if (strcmp(key, "audit") == 0)
         return want_bool(d, field, v, &r->audit);
     if (strcmp(key, "message") == 0)
-        return want_str(d, field, v, &r->message);
+        return config_want_str(d, field, v, &r->message);
     if (strcmp(key, "soak_s") == 0)
         return want_int(d, field, v, 1, SOAK_MAX_S, &r->soak_s);
     if (strcmp(key, "max_image_bytes") == 0)
@@ -164,7 +148,7 @@ static int parse_deny_tags(config_policy_rule_t *out, const diag_t *d, const cha
     for (size_t j = 0; j < n; j++) {
         const char *re = NULL;
         snprintf(field, sizeof field, "%s.deny_tags[%zu]", rule, j);
-        int rc = want_str(d, field, json_array_get(arr, j), &re);
+        int rc = config_want_str(d, field, json_array_get(arr, j), &re);
         if (rc == 0)
             rc = check_regex(d, field, re);
         if (rc < 0)
@@ -200,7 +184,7 @@ static int parse_pins(config_policy_rule_t *out, const diag_t *d, const char *ru
         if (!ref_tag_valid(tag, strlen(tag)))
             return diag_fail(d, field, "%s is not a tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127})",
                              diag_quote(q, sizeof q, tag, strlen(tag)));
-        int rc = want_str(d, field, v, &digest);
+        int rc = config_want_str(d, field, v, &digest);
         if (rc < 0)
             return rc;
         rc = ref_digest_parse(digest, strlen(digest), NULL);

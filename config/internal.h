@@ -195,6 +195,10 @@ struct json_t; /* jansson's value type */
 
 /** "an object", "a string", ...: what a JSON value is, for messages. */
 const char *config_json_type_name(const struct json_t *v);
+/** A boolean at field into *out: 0, or WE_CONFIG with the message written to d. */
+int config_want_bool(const diag_t *d, const char *field, const struct json_t *v, bool *out);
+/** A string without NUL characters at field into *out (borrowed from v): 0, or WE_CONFIG. */
+int config_want_str(const diag_t *d, const char *field, const struct json_t *v, const char **out);
 /** Builds "prefix.key" (or "key" when prefix is NULL) with the key made printable. */
 void config_field_path(char *buf, size_t cap, const char *prefix, const char *key);
 
