@@ -440,7 +440,7 @@ class Limiter:
 
 
 class Winch:
-    def __init__(self, binary, workdir, upstream, tag_ttl_s, log_level=None):
+    def __init__(self, binary, workdir, upstream, tag_ttl_s, log_level=None, extra=None):
         self.bin = binary
         self.dir = workdir
         self.upstream = upstream
@@ -452,6 +452,7 @@ class Winch:
         cfg = {'tag_ttl_s': tag_ttl_s}
         if log_level:
             cfg['log_level'] = log_level
+        cfg.update(extra or {})
         with open(self.cfg, 'w') as f:
             json.dump(cfg, f)
 

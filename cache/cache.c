@@ -27,6 +27,7 @@
 #include "cache/internal.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/splice.h"
 
 int cache_open(cache_t **out, const cache_opts_t *o)
 {
@@ -51,6 +52,7 @@ int cache_open(cache_t **out, const cache_opts_t *o)
     c->io.pwrite = o->io && o->io->pwrite ? o->io->pwrite : pwrite;
     c->io.fsync = o->io && o->io->fsync ? o->io->fsync : fsync;
     c->io.rename = o->io && o->io->rename ? o->io->rename : rename;
+    c->io.splice = o->io && o->io->splice ? o->io->splice : splice_to_file;
 
     if ((rc = store_open(c)))
         goto fail;

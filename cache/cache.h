@@ -32,6 +32,8 @@ typedef struct cache_io {
     ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
     int (*fsync)(int fd);
     int (*rename)(const char *from, const char *to);
+    /* Moves up to n bytes from the pipe read end pipe_r to fd at off (splice(2)). */
+    ssize_t (*splice)(int pipe_r, int fd, size_t n, off_t off);
 } cache_io_t;
 
 typedef struct cache_opts {
@@ -327,6 +329,12 @@ typedef void (*fill_write_cb)(void *arg, int status);
  * fill_error() if FAILED, WE_TOOBIG when the write goes past the announced size (which fails
  * the fill). */
 int fill_write(fill_t *f, const void *data, size_t len, fill_write_cb cb, void *arg);
+
+/** Like fill_write, for len bytes that are already in a pipe (pipe_r: its read end, borrowed
+ * until cb): a threadpool job splices them into the temp file, then hashes them back from the
+ * page cache. The same rules and returns as fill_write, and -ENOMEM (the hashing buffer). The
+ * caller must not read from pipe_r until cb runs; writing into the pipe meanwhile is fine. */
+int fill_write_pipe(fill_t *f, int pipe_r, size_t len, fill_write_cb cb, void *arg);
 
 /** The producer has written everything. The fill checks size and digest, fsyncs, renames into
  * blobs/, commits the index entry, then becomes DONE; on a mismatch it becomes FAILED with

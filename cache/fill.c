@@ -11,6 +11,8 @@
  *   fill_write (repeated)  one at a time: a threadpool job hashes the chunk and pwrites it at
  *                          `written`; back on the loop, written grows, subscribers are
  *                          notified, then the producer's callback runs (and sends the next).
+ *                          fill_write_pipe is the same with the chunk in a pipe: the job
+ *                          splices it into the file, then hashes it from the page cache.
  *   fill_finish            once the last write has landed (at once, or when the write in
  *                          flight completes), the loop checks the size (WE_SHORT) and the
  *                          digest (WE_DIGEST); the fill is then `verified` and subscribers are
@@ -58,9 +60,13 @@
 #include "common/log.h"
 #include "common/util.h"
 
+/* The buffer a spliced chunk is hashed through: small enough to stay in the CPU's cache. */
+#define FILL_HASH_BUF ((size_t)256 << 10)
+
 enum fill_job {
     JOB_NONE,
     JOB_WRITE,   /* hash + pwrite of one chunk */
+    JOB_PIPE,    /* splice of one chunk from a pipe, then its hash from the page cache */
     JOB_FINISH,  /* verify, fsync, rename, fsync dir */
     JOB_INDEX,   /* waiting for the index write queue */
     JOB_CLEANUP, /* close the write fd, unlink the temp file */
@@ -88,7 +94,9 @@ struct fill {
     enum fill_job job;
     int job_status;
     const void *wdata; /* the write in flight */
+    int wpipe;         /* or the pipe it comes from (JOB_PIPE) */
     size_t wlen;
+    char *hbuf; /* FILL_HASH_BUF bytes for hashing spliced chunks back from the file; or NULL */
     uint64_t woff;
     fill_write_cb wcb;
     void *warg;
@@ -167,6 +175,7 @@ static void fill_free(fill_t *f)
     if (!f->tmp_gone)
         unlink(f->tmp_path);
     digester_free(f->dg);
+    free(f->hbuf);
     free(f->tmp_path);
     f->c->live_fills--;
     uv_close((uv_handle_t *)&f->kick, fill_closed);
@@ -406,6 +415,28 @@ static void write_work(uv_work_t *w)
     f->job_status = store_write_all(f->c, f->wfd, f->wdata, f->wlen, f->woff);
 }
 
+/* Spliced bytes never pass through user space on their way in: they are hashed from the page
+ * cache right after landing there (a copy into a small buffer that stays in the CPU's cache,
+ * cheaper than the two copies of read + pwrite). A chunk that does not read back whole fails
+ * the fill like a failed write. */
+static void pipe_work(uv_work_t *w)
+{
+    fill_t *f = container_of(w, fill_t, work);
+    f->job_status = store_splice_all(f->c, f->wpipe, f->wfd, f->wlen, f->woff);
+    for (size_t done = 0; f->job_status == 0 && done < f->wlen;) {
+        size_t n = f->wlen - done < FILL_HASH_BUF ? f->wlen - done : FILL_HASH_BUF;
+        ssize_t got = pread(f->rfd, f->hbuf, n, (off_t)(f->woff + done));
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            f->job_status = got < 0 ? -errno : -EIO;
+            break;
+        }
+        digester_update(f->dg, f->hbuf, (size_t)got);
+        done += (size_t)got;
+    }
+}
+
 static void start_finish(fill_t *f);
 
 static void write_done(uv_work_t *w, int status)
@@ -437,7 +468,8 @@ static void write_done(uv_work_t *w, int status)
     fill_unref(f);
 }
 
-int fill_write(fill_t *f, const void *data, size_t len, fill_write_cb cb, void *arg)
+/* What fill_write and fill_write_pipe check before a chunk may go. */
+static int write_allowed(fill_t *f, size_t len)
 {
     if (f->state == FILL_FAILED)
         return f->err;
@@ -451,12 +483,36 @@ int fill_write(fill_t *f, const void *data, size_t len, fill_write_cb cb, void *
         fill_fail_now(f, WE_TOOBIG);
         return WE_TOOBIG;
     }
+    return 0;
+}
+
+int fill_write(fill_t *f, const void *data, size_t len, fill_write_cb cb, void *arg)
+{
+    int rc = write_allowed(f, len);
+    if (rc)
+        return rc;
     f->wdata = data;
     f->wlen = len;
     f->woff = f->written;
     f->wcb = cb;
     f->warg = arg;
     start_job(f, JOB_WRITE, write_work, write_done);
+    return 0;
+}
+
+int fill_write_pipe(fill_t *f, int pipe_r, size_t len, fill_write_cb cb, void *arg)
+{
+    int rc = write_allowed(f, len);
+    if (rc)
+        return rc;
+    if (!f->hbuf && !(f->hbuf = malloc(FILL_HASH_BUF)))
+        return -ENOMEM;
+    f->wpipe = pipe_r;
+    f->wlen = len;
+    f->woff = f->written;
+    f->wcb = cb;
+    f->warg = arg;
+    start_job(f, JOB_PIPE, pipe_work, write_done);
     return 0;
 }
 

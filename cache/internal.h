@@ -249,6 +249,9 @@ int store_content_path(const cache_t *c, const char *digest, char *buf, size_t c
 /** Creates tmp/<seq>.<hex>.part exclusively (O_RDWR); *path is malloc'd, owned by the caller.
  * seq comes from c->tmp_seq, which only the loop thread advances. */
 int store_create_temp(const cache_t *c, uint64_t seq, const char *digest, int *fd, char **path);
+/** Moves exactly len bytes, already in the pipe pipe_r, to fd at off through c->io.splice,
+ * retrying short moves and EINTR. Threadpool. */
+int store_splice_all(const cache_t *c, int pipe_r, int fd, size_t len, uint64_t off);
 /** pwrite all of buf at off through c->io, retrying short writes and EINTR. Threadpool. */
 int store_write_all(const cache_t *c, int fd, const void *buf, size_t len, uint64_t off);
 /** fsyncs fd, renames tmp_path to the content path (creating the 2-hex directory), fsyncs the

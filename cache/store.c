@@ -161,6 +161,24 @@ int store_write_all(const cache_t *c, int fd, const void *buf, size_t len, uint6
     return 0;
 }
 
+int store_splice_all(const cache_t *c, int pipe_r, int fd, size_t len, uint64_t off)
+{
+    while (len > 0) {
+        ssize_t n = c->io.splice(pipe_r, fd, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        /* The pipe held len bytes when the job started: running dry is a bug, not a wait. */
+        if (n == 0)
+            return -EIO;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
 int store_create_temp(const cache_t *c, uint64_t seq, const char *digest, int *fd, char **path)
 {
     enum ref_alg alg;

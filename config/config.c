@@ -441,6 +441,7 @@ int config_defaults(config_t **out, const diag_t *d)
     c->cache_dir = strdup("./winch-cache");
     c->log_level = strdup("info");
     c->retention_low_watermark_pct = 90;
+    c->fill_splice = true;
     memcpy(c->node_name, "winch", sizeof "winch");
     if (!c->listen_host || !c->cache_dir || !c->log_level)
         goto fail;

@@ -242,6 +242,9 @@ typedef struct config {
     /* No blob is fetched past this size (chunked upstreams, or a Content-Length beyond it);
      * default 64 GiB. */
     uint64_t max_blob_bytes;
+    /* Blob bodies from plain-HTTP upstreams go socket -> pipe -> file by splice(2) rather than
+     * through user-space buffers (proxy/producer.c); default true. */
+    bool fill_splice;
     uint32_t max_manifest_bytes;  /* default 4 MiB (distribution's own limit) */
     uint32_t max_tags_list_bytes; /* upstream tags/list body bound; default 8 MiB */
     uint64_t index_map_size;      /* LMDB map size in bytes; default 4 GiB */

@@ -213,6 +213,7 @@ static json_t *config_json(const config_t *c)
                              : *(const uint32_t *)(const void *)base;
         put(o, f->name, json_integer((json_int_t)v));
     }
+    put(o, "fill_splice", json_boolean(c->fill_splice));
     put(o, "retention", retention_json(c));
     put(o, "on_disk_full", json_string(c->disk_full_pass_through ? "pass_through" : "fail"));
     json_t *pol = json_array();

@@ -434,6 +434,8 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
                 rc = diag_fail(d, key, "%s is not a log format (text, json)",
                                diag_quote(q, sizeof q, s ? s : "", s ? strlen(s) : 0));
             }
+        } else if (strcmp(key, "fill_splice") == 0) {
+            rc = config_want_bool(d, key, v, &c->fill_splice);
         } else if (strcmp(key, "upstreams") == 0) {
             rc = parse_upstreams(c, d, v);
         } else if (strcmp(key, "node_name") == 0) {

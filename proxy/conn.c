@@ -41,11 +41,14 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/splice.h"
 #include "proxy/conn_internal.h"
 
 /* Reads per poll wakeup: enough to drain a burst, small enough that one busy socket cannot
  * starve the other connections on the loop. */
 #define READS_PER_WAKEUP 4
+/* The most one splice(2) call is asked to move (a pipe holds about this much at most). */
+#define SPLICE_PER_CALL ((size_t)1 << 20)
 /* Bytes asked of one sendfile(2) call; the kernel returns early when the socket is full. */
 #define SENDFILE_CHUNK ((size_t)4 << 20)
 /* Bytes a sendfile operation may push in one wakeup before yielding to the loop (the socket
@@ -384,6 +387,7 @@ int conn_read_start(conn_t *c, conn_read_cb cb)
         return -EINVAL;
     c->read_cb = cb;
     c->reading = true;
+    c->splicing = false;
     int rc = conn_update_poll(c);
     if (rc < 0) {
         c->reading = false;
@@ -394,6 +398,48 @@ int conn_read_start(conn_t *c, conn_read_cb cb)
         defer_start(c);
     }
     return 0;
+}
+
+int conn_splice_start(conn_t *c, int pipe_fd, uint64_t max, conn_splice_cb cb)
+{
+    if (c->closing)
+        return -EBADF;
+    if (c->tls)
+        return -ENOTSUP;
+    if (!cb || pipe_fd < 0 || max == 0)
+        return -EINVAL;
+    c->splice_fd = pipe_fd;
+    c->splice_left = max;
+    c->splice_cb = cb;
+    c->splicing = true;
+    c->reading = true;
+    int rc = conn_update_poll(c);
+    if (rc < 0) {
+        c->reading = c->splicing = false;
+        return rc;
+    }
+    return 0;
+}
+
+/* The splice mode of do_reads: the same budget per wakeup, no read buffer. */
+static void do_splices(conn_t *c)
+{
+    /* The callback may have switched the conn back to plain reads (a pooled connection). */
+    for (int i = 0; i < READS_PER_WAKEUP && c->reading && c->splicing && !c->closing; i++) {
+        size_t want = c->splice_left < SPLICE_PER_CALL ? (size_t)c->splice_left : SPLICE_PER_CALL;
+        ssize_t n = splice_from_socket(c->fd, c->splice_fd, want);
+        if (n == -EAGAIN)
+            break; /* drained; the level-triggered poll reports more */
+        if (n > 0) {
+            c->splice_left -= (uint64_t)n;
+            if (c->splice_left == 0)
+                c->reading = false; /* lazily, as conn_read_stop */
+        } else {
+            c->reading = false;
+            n = n == 0 ? UV_EOF : n;
+        }
+        c->splice_cb(c, n);
+    }
 }
 
 bool conn_input_pending(const conn_t *c)
@@ -429,6 +475,10 @@ static void read_fail(conn_t *c, int err)
 
 static void do_reads(conn_t *c)
 {
+    if (c->splicing) {
+        do_splices(c);
+        return;
+    }
     if (!c->rbuf && c->reading && !c->closing) {
         c->rbuf = malloc(c->rcap);
         if (!c->rbuf) {
@@ -436,7 +486,8 @@ static void do_reads(conn_t *c)
             return;
         }
     }
-    for (int i = 0; i < READS_PER_WAKEUP && c->reading && !c->closing; i++) {
+    /* The callback may switch the conn to splicing: the next bytes are not the buffer's. */
+    for (int i = 0; i < READS_PER_WAKEUP && c->reading && !c->splicing && !c->closing; i++) {
         ssize_t n = do_recv(c, c->rbuf, c->rcap);
         if (n > 0) {
             c->read_cb(c, n, c->rbuf);

@@ -31,6 +31,9 @@ typedef void (*conn_read_cb)(conn_t *c, ssize_t nread, const char *data);
 typedef void (*conn_write_cb)(conn_t *c, int status);
 typedef void (*conn_connect_cb)(conn_t *c, int status);
 typedef void (*conn_close_cb)(conn_t *c);
+/** n > 0: n bytes went from the socket into the pipe. n < 0: UV_EOF, -ENOBUFS (the pipe is
+ * full while the socket holds more) or -errno; splicing stopped. */
+typedef void (*conn_splice_cb)(conn_t *c, ssize_t n);
 
 #define CONN_MAX_IOV 8
 
@@ -47,6 +50,10 @@ struct conn {
     size_t rcap;
     conn_read_cb read_cb;
     bool reading;
+    bool splicing;        /* reading moves bytes into splice_fd instead of rbuf */
+    int splice_fd;        /* a pipe's write end, borrowed */
+    uint64_t splice_left; /* bytes still to move; splicing stops at 0 */
+    conn_splice_cb splice_cb;
     /* Write side: one operation at a time. */
     conn_write_cb write_cb;
     uv_buf_t iov[CONN_MAX_IOV]; /* borrowed buffers, advanced as bytes go out */
@@ -107,6 +114,15 @@ int conn_tls_peer_name(const conn_t *c, char *buf, size_t len);
  * in the poll set until it reports readability while nobody reads. */
 int conn_read_start(conn_t *c, conn_read_cb cb);
 void conn_read_stop(conn_t *c);
+
+/** Plain conns only: like conn_read_start, but as bytes arrive, up to max of them go straight
+ * from the socket into pipe_fd (a pipe's non-blocking write end, borrowed) with splice(2), and
+ * cb reports each move; nothing passes through the read buffer. Stops by itself once max bytes
+ * moved (cb has seen the last of them), on an error or a full pipe (cb's n < 0), or at
+ * conn_read_stop; conn_read_start or conn_splice_start again goes on. The caller must have
+ * consumed every byte it read before (there is no read buffer to drain). Returns 0, -ENOTSUP
+ * for a TLS conn, -EINVAL, -EBADF. */
+int conn_splice_start(conn_t *c, int pipe_fd, uint64_t max, conn_splice_cb cb);
 
 /** True when bytes have arrived that nobody has read yet (in the socket, or decrypted in
  * OpenSSL): the peer is sending. */

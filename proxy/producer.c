@@ -11,6 +11,13 @@
  * manifest gives for the blob when one does; a chunked body takes that size, or, unknown, is
  * cut at max_blob_bytes. Past the size, fill_write fails the fill (WE_TOOBIG).
  *
+ * Splicing: from a plain-HTTP upstream, a body with a Content-Length of at least PIPE_MIN bytes
+ * takes a shorter road (common/splice.h): the upstream connection moves it into the producer's
+ * pipe, and fill_write_pipe moves it on into the fill's file (one job at a time, everything
+ * the pipe holds at its start) and hashes it there. No byte passes through user space on the
+ * way in; the buffers hold only what was read with the head. A full pipe pauses the upstream
+ * until a job has drained it. TLS upstreams and chunked bodies keep the buffers.
+ *
  * Resuming: when the stream is cut after the headers (and the size is known), the producer asks
  * again with Range: bytes=<what it has>- and goes on with the 206, up to PRODUCER_RESUMES times;
  * subscribers only see the fill grow a little later. */
@@ -21,9 +28,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/splice.h"
 #include "common/timeutil.h"
 #include "proxy/fetch.h"
 #include "proxy/health.h"
@@ -32,6 +41,10 @@
 #include "proxy/retention.h"
 
 #define PRODUCER_BUF ((size_t)1 << 20)
+/* The pipe a spliced body goes through, and the smallest body worth one (two fds, a few
+ * syscalls: below this, the buffers are as cheap). */
+#define PIPE_SIZE ((size_t)1 << 20)
+#define PIPE_MIN ((uint64_t)256 << 10)
 /* Cuts of one blob's stream answered with a Range request before the fill fails. */
 #define PRODUCER_RESUMES 3
 
@@ -68,6 +81,10 @@ struct producer {
     int fillidx; /* the buffer being filled; the other one may be being written */
     size_t blen[2];
     char *buf[2];
+    int pipe[2];      /* the splice pipe (read end, write end), or -1 */
+    uint64_t in_pipe; /* bytes spliced into the pipe and not yet taken by a job */
+    size_t pipe_job;  /* bytes the job in flight takes from the pipe (0: a buffer write) */
+    bool pipe_full;   /* the upstream is paused until the pipe drains */
     char digest[REF_DIGEST_MAX + 1];
     char upstream[REF_NAME_MAX + 1];
     char repo[REF_NAME_MAX + 1];
@@ -114,6 +131,9 @@ static void end(producer_t *f, int err)
     fill_unref(f->fill);
     free(f->buf[0]);
     free(f->buf[1]);
+    for (int i = 0; i < 2; i++)
+        if (f->pipe[i] >= 0)
+            close(f->pipe[i]);
     free(f);
 }
 
@@ -159,6 +179,18 @@ static void pump(producer_t *f)
             return;
         }
     }
+    /* Spliced bytes come after every buffered one: a job only once the buffers are empty. */
+    if (!f->writing && f->blen[f->fillidx] == 0 && f->in_pipe > 0) {
+        f->writing = true;
+        f->pipe_job = f->in_pipe < PIPE_SIZE ? (size_t)f->in_pipe : PIPE_SIZE;
+        int err = fill_write_pipe(f->fill, f->pipe[0], f->pipe_job, on_written, f);
+        if (err < 0) {
+            f->writing = false;
+            f->pipe_job = 0;
+            abort_producer(f, err);
+            return;
+        }
+    }
     if (f->up) {
         if (f->in_len > 0 && !f->paused) {
             upreq_pause(f->up);
@@ -168,7 +200,7 @@ static void pump(producer_t *f)
             upreq_resume(f->up);
         }
     }
-    if (f->ended && !f->writing && f->blen[f->fillidx] == 0)
+    if (f->ended && !f->writing && f->blen[f->fillidx] == 0 && f->in_pipe == 0)
         end(f, f->end_err);
 }
 
@@ -176,7 +208,16 @@ static void on_written(void *arg, int status)
 {
     producer_t *f = arg;
     f->writing = false;
-    f->blen[f->fillidx ^ 1] = 0;
+    if (f->pipe_job) {
+        f->in_pipe -= f->pipe_job;
+        f->pipe_job = 0;
+        if (f->pipe_full && f->up && status == 0) {
+            f->pipe_full = false;
+            upreq_resume(f->up);
+        }
+    } else {
+        f->blen[f->fillidx ^ 1] = 0;
+    }
     if (status < 0) {
         abort_producer(f, status);
         return;
@@ -204,6 +245,20 @@ static bool fits_on_disk(const producer_t *f)
     return false;
 }
 
+/* Asks for the rest of the body in the pipe (made at the first try); where the upstream
+ * connection cannot splice (TLS), the body keeps coming through the buffers. */
+static void try_splice(producer_t *f, upreq_t *up)
+{
+    if (f->pipe[0] < 0) {
+        int rc = splice_pipe_open(f->pipe, PIPE_SIZE);
+        if (rc < 0) {
+            LOG_DEBUG("blob %s: no splice pipe (%s); buffered", f->digest, err_str(rc));
+            return;
+        }
+    }
+    (void)upreq_splice_body(up, f->pipe[1]);
+}
+
 /* The first answer: the size, the owner record, the buffers. */
 static int take_first_answer(producer_t *f, upreq_t *up)
 {
@@ -228,7 +283,10 @@ static int take_first_answer(producer_t *f, upreq_t *up)
     /* The upstream's word that the repository holds the blob (blob scoping). */
     cache_owner_set(f->cache, f->upstream, f->repo, f->digest, f->size != UINT64_MAX ? f->size : 0,
                     NULL, NULL);
-    return fill_set_size(f->fill, f->size, upreq_header(up, "Content-Type"));
+    int rc = fill_set_size(f->fill, f->size, upreq_header(up, "Content-Type"));
+    if (rc == 0 && f->cfg->fill_splice && cl != UINT64_MAX && cl >= PIPE_MIN)
+        try_splice(f, up);
+    return rc;
 }
 
 /* One decimal number at *p, then the byte sep (none when sep is 0); advances *p past both. */
@@ -282,6 +340,8 @@ static void on_headers(upreq_t *up, void *arg, int status)
         err = take_first_answer(f, up);
     } else {
         err = take_resumed_answer(f, up, status);
+        if (err == 0 && f->pipe[0] >= 0)
+            try_splice(f, up);
     }
     if (err < 0)
         abort_producer(f, err);
@@ -301,6 +361,25 @@ static void on_body(upreq_t *up, void *arg, const char *data, size_t len)
     }
     f->in = data;
     f->in_len = len;
+    pump(f);
+}
+
+/* Body bytes in the pipe (n > 0), or the pipe is full and the upstream paused (n == 0). */
+static void on_spliced(upreq_t *up, void *arg, size_t n)
+{
+    producer_t *f = arg;
+    if (n == 0) {
+        if (!f->writing && f->in_pipe == 0) {
+            upreq_resume(up); /* nothing to drain: the pipe had room by the time it was asked */
+            return;
+        }
+        f->pipe_full = true;
+        pump(f);
+        return;
+    }
+    f->received += n;
+    f->in_pipe += n;
+    metrics_upstream_bytes(f->metrics, f->upstream_ix, METRICS_KIND_BLOB, n);
     pump(f);
 }
 
@@ -354,6 +433,7 @@ static void on_done(upreq_t *up, void *arg, int err)
 static const upreq_cbs_t producer_cbs = {
     .on_headers = on_headers,
     .on_body = on_body,
+    .on_spliced = on_spliced,
     .on_done = on_done,
 };
 
@@ -376,6 +456,7 @@ void producer_start(call_t *c, fill_t *fill)
     f->t0_ns = uv_hrtime();
     f->cfg = c->env->cfg;
     f->size = UINT64_MAX;
+    f->pipe[0] = f->pipe[1] = -1;
     snprintf(f->digest, sizeof f->digest, "%s", c->route.ref);
     snprintf(f->upstream, sizeof f->upstream, "%s", c->route.upstream->name);
     snprintf(f->repo, sizeof f->repo, "%s", c->route.name);

@@ -105,6 +105,7 @@ static void apply_scalars(config_t *live, const config_t *n)
     live->upstream_probe_interval_ms = n->upstream_probe_interval_ms;
     live->range_verify_max_bytes = n->range_verify_max_bytes;
     live->max_blob_bytes = n->max_blob_bytes;
+    live->fill_splice = n->fill_splice;
     live->max_manifest_bytes = n->max_manifest_bytes;
     live->max_tags_list_bytes = n->max_tags_list_bytes;
     live->prefetch_max_concurrent = n->prefetch_max_concurrent;

@@ -224,6 +224,15 @@ void upreq_pause(upreq_t *r)
     }
 }
 
+int upreq_splice_body(upreq_t *r, int pipe_fd)
+{
+    if (r->state != UR_BODY || !r->uc || r->is_head || !r->cbs->on_spliced || pipe_fd < 0 ||
+        r->clen == UINT64_MAX || conn_is_tls(&r->uc->conn))
+        return -ENOTSUP;
+    r->splice_fd = pipe_fd;
+    return 0;
+}
+
 void upreq_resume(upreq_t *r)
 {
     if (r->state == UR_PAUSED)

@@ -76,6 +76,10 @@ typedef struct upreq_cbs {
     /** A piece of the body. data is valid until this returns, or, if the callback calls
      * upreq_pause, until upreq_resume. May call upreq_cancel. Never called for HEAD. */
     void (*on_body)(upreq_t *r, void *arg, const char *data, size_t len);
+    /** After upreq_splice_body: n > 0 more body bytes are in the caller's pipe; n == 0: the
+     * pipe is full and r is paused (upreq_resume once it has drained). May call upreq_cancel,
+     * upreq_abort, upreq_pause, upreq_resume. NULL when the caller never splices. */
+    void (*on_spliced)(upreq_t *r, void *arg, size_t n);
     /** The end: 0 when the whole message arrived, else -ETIMEDOUT, -ECONNREFUSED, UV_EAI_*,
      * WE_PROTO, WE_SHORT (connection closed mid-body), WE_TOOBIG (headers over the bound)... */
     void (*on_done)(upreq_t *r, void *arg, int status);
@@ -119,6 +123,13 @@ int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *pa
  * restarts on a later loop iteration, first with the rest of the paused read buffer. */
 void upreq_pause(upreq_t *r);
 void upreq_resume(upreq_t *r);
+
+/** From on_headers: the rest of the body is to go into pipe_fd (a pipe's non-blocking write
+ * end, borrowed until on_done) by splice(2) rather than through on_body; on_spliced reports
+ * what arrives. Bytes already read still come through on_body first. Returns 0, or -ENOTSUP
+ * when it cannot be (a TLS connection, a body without Content-Length, no on_spliced, a HEAD),
+ * and the body comes through on_body as usual. */
+int upreq_splice_body(upreq_t *r, int pipe_fd);
 
 /** Abandons the request; its connection is closed, not pooled. No callback after return. */
 void upreq_cancel(upreq_t *r);

@@ -192,12 +192,15 @@ struct upreq {
     size_t hdone; /* bytes of hdr holding complete entries */
     int status;
     uint64_t clen;
-    uint64_t drained; /* body bytes of an intercepted response read and dropped */
-    bool keepalive;   /* COMPLETE: the connection may serve another request */
-    bool got_bytes;   /* some of the answer arrived */
-    bool toobig;      /* the head passed max_header_bytes */
-    int in_parser;    /* > 0 while llhttp runs over the conn's buffer for this request */
-    const char *pend; /* PAUSED, RESUMING: unparsed rest of the read buffer, or NULL */
+    uint64_t drained;     /* body bytes of an intercepted response read and dropped */
+    bool keepalive;       /* COMPLETE: the connection may serve another request */
+    bool got_bytes;       /* some of the answer arrived */
+    bool toobig;          /* the head passed max_header_bytes */
+    int in_parser;        /* > 0 while llhttp runs over the conn's buffer for this request */
+    int splice_fd;        /* upreq_splice_body's pipe, -1 when the body goes through on_body */
+    bool splicing;        /* the rest of the body moves by splice (the parser is left behind) */
+    uint64_t splice_left; /* splicing: body bytes still to come */
+    const char *pend;     /* PAUSED, RESUMING: unparsed rest of the read buffer, or NULL */
     size_t pend_len;
     uint64_t last_body; /* uv_now of the last body byte */
 };

@@ -16,6 +16,12 @@
  * conn stops reading, so the rest of its read buffer stays valid; resuming feeds that rest to
  * the parser first (llhttp_resume + llhttp_execute), then reads again. The idle-body timeout
  * does not run while the caller holds the body.
+ *
+ * Splicing (upreq_splice_body): once every byte read so far has been through the parser, the
+ * rest of a Content-Length body moves from the socket into the caller's pipe and never meets
+ * the parser, which stays mid-body; the wire counts the bytes down itself and completes the
+ * answer at zero (the next send starts a fresh parser). A full pipe pauses the request as
+ * upreq_pause would; upreq_resume splices on.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -26,6 +32,7 @@
 #include "proxy/upstream_internal.h"
 
 static void on_conn_read(conn_t *c, ssize_t nread, const char *data);
+static void on_conn_splice(conn_t *c, ssize_t n);
 static void on_wire_timer(uv_timer_t *t);
 
 static bool head_in(const upreq_t *r)
@@ -156,6 +163,8 @@ void wire_send(upreq_t *r)
     r->status = 0;
     r->clen = UINT64_MAX;
     r->drained = 0;
+    r->splice_fd = -1;
+    r->splicing = false;
     /* A fresh parser per send: a request may be sent again after a whole answer (a hop). */
     llhttp_init(&r->parser, HTTP_RESPONSE, &parser_settings);
     r->parser.data = r;
@@ -409,6 +418,24 @@ static void on_eof(upconn_t *uc, upreq_t *r, int err)
     conn_failed(uc, err);
 }
 
+/* Reads on: through the parser, or, when the caller asked for the body in its pipe and every
+ * byte read so far has been parsed, by splice for the rest of the body. */
+static int read_on(upconn_t *uc, upreq_t *r)
+{
+    if (r->splice_fd >= 0 && r->state == UR_BODY) {
+        if (!r->splicing && r->parser.content_length == 0)
+            return conn_read_start(&uc->conn, on_conn_read); /* the parser completes it */
+        if (!r->splicing) {
+            r->splice_left = r->parser.content_length;
+            LOG_DEBUG("upstream %s: %s: the last %llu body bytes by splice", r->u->ucfg->name,
+                      r->logline, (unsigned long long)r->splice_left);
+        }
+        r->splicing = true;
+        return conn_splice_start(&uc->conn, r->splice_fd, r->splice_left, on_conn_splice);
+    }
+    return conn_read_start(&uc->conn, on_conn_read);
+}
+
 /* The reader of a bound connection (an idle one has the pool's). */
 static void on_conn_read(conn_t *c, ssize_t nread, const char *data)
 {
@@ -419,7 +446,49 @@ static void on_conn_read(conn_t *c, ssize_t nread, const char *data)
         return;
     }
     r->got_bytes = true;
-    feed(uc, r, data, (size_t)nread);
+    if (feed(uc, r, data, (size_t)nread) && r->splice_fd >= 0 && r->state == UR_BODY &&
+        read_on(uc, r) < 0)
+        conn_failed(uc, -EBADF);
+}
+
+/* The body's bytes moved into the caller's pipe (n > 0), the pipe is full (-ENOBUFS), or
+ * splicing failed (other n < 0). */
+static void on_conn_splice(conn_t *c, ssize_t n)
+{
+    upconn_t *uc = c->data;
+    upreq_t *r = uc->req;
+    if (n < 0 && n != -ENOBUFS) {
+        on_eof(uc, r, (int)n);
+        return;
+    }
+    if (n == -ENOBUFS) {
+        req_set_state(r, UR_PAUSED); /* until the caller has drained the pipe and resumes */
+    } else {
+        r->last_body = uv_now(r->u->loop);
+        r->splice_left -= (uint64_t)n;
+    }
+    r->in_parser++; /* a cancel from the callback waits for this function, as in the parser */
+    r->cbs->on_spliced(r, r->arg, n > 0 ? (size_t)n : 0);
+    r->in_parser--;
+    if (r->state == UR_CANCELLED) {
+        wire_drop(r);
+        return;
+    }
+    if (r->abort_err) {
+        wire_abort(r, r->abort_err);
+        return;
+    }
+    if (r->splice_left == 0) {
+        req_set_state(r, UR_COMPLETE);
+        r->keepalive = llhttp_get_http_major(&r->parser) == 1 &&
+                       llhttp_get_http_minor(&r->parser) >= 1 &&
+                       llhttp_should_keep_alive(&r->parser);
+        finish(uc, r, 0);
+    } else if (r->state == UR_PAUSED) {
+        wire_pause(r); /* the pipe is full, or the caller paused */
+    } else if (n == -ENOBUFS && read_on(uc, r) < 0) {
+        conn_failed(uc, -EBADF); /* resumed inside the callback: splicing had stopped */
+    }
 }
 
 /* ---- Flow control. ---- */
@@ -450,7 +519,7 @@ static void on_resume_due(uv_timer_t *t)
         if (!feed(uc, r, p, n))
             return;
     }
-    if (conn_read_start(&uc->conn, on_conn_read) < 0)
+    if (read_on(uc, r) < 0)
         conn_failed(uc, -EBADF);
 }
 

@@ -15,6 +15,7 @@
 #include "check.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/splice.h"
 #include "common/util.h"
 #include "testutil.h"
 
@@ -33,6 +34,11 @@ static int inj_rename_errno;
 static int64_t inj_written;
 static long inj_pwrite_calls;
 
+static size_t inj_splice_max;          /* 0: splice moves everything asked */
+static int64_t inj_splice_enospc = -1; /* fail splice with ENOSPC once this many bytes went */
+static int64_t inj_spliced;
+static long inj_splice_calls;
+
 static void inj_reset(void)
 {
     inj_max_chunk = 0;
@@ -41,6 +47,10 @@ static void inj_reset(void)
     inj_rename_errno = 0;
     inj_written = 0;
     inj_pwrite_calls = 0;
+    inj_splice_max = 0;
+    inj_splice_enospc = -1;
+    inj_spliced = 0;
+    inj_splice_calls = 0;
 }
 
 static ssize_t inj_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -76,7 +86,22 @@ static int inj_rename(const char *from, const char *to)
     return rename(from, to);
 }
 
-static const cache_io_t inj_io = {inj_pwrite, inj_fsync, inj_rename};
+static ssize_t inj_splice(int pipe_r, int fd, size_t n, off_t off)
+{
+    inj_splice_calls++;
+    if (inj_splice_enospc >= 0 && inj_spliced + (int64_t)n > inj_splice_enospc) {
+        errno = ENOSPC;
+        return -1;
+    }
+    if (inj_splice_max && n > inj_splice_max)
+        n = inj_splice_max - (size_t)(inj_splice_calls % 5); /* ragged short moves */
+    ssize_t w = splice_to_file(pipe_r, fd, n, off);
+    if (w > 0)
+        inj_spliced += w;
+    return w;
+}
+
+static const cache_io_t inj_io = {inj_pwrite, inj_fsync, inj_rename, inj_splice};
 
 /* ---- Helpers ------------------------------------------------------------------------------- */
 
@@ -719,11 +744,146 @@ static void test_unsubscribe_in_notify(void)
     close_cache(c);
 }
 
+/* A producer that sends its bytes through a pipe (fill_write_pipe), after a first buffered
+ * chunk, as proxy/producer.c does with a spliced upstream body. */
+typedef struct pipe_prod {
+    fill_t *f;
+    const unsigned char *data;
+    size_t len, off, chunk;
+    int pipe[2];
+    int status;
+    bool done;
+} pipe_prod_t;
+
+static void pipe_prod_cb(void *arg, int status);
+
+static void pipe_prod_next(pipe_prod_t *p)
+{
+    if (p->off == p->len) {
+        fill_finish(p->f);
+        p->done = true;
+        return;
+    }
+    size_t n = p->len - p->off < p->chunk ? p->len - p->off : p->chunk;
+    CHECK_INT(write(p->pipe[1], p->data + p->off, n), (ssize_t)n); /* n fits in the pipe */
+    p->off += n;
+    int rc = fill_write_pipe(p->f, p->pipe[0], n, pipe_prod_cb, p);
+    if (rc) {
+        p->status = rc;
+        p->done = true;
+    }
+}
+
+static void pipe_prod_cb(void *arg, int status)
+{
+    pipe_prod_t *p = arg;
+    p->status = status;
+    if (status == 0)
+        pipe_prod_next(p);
+    else
+        p->done = true;
+}
+
+/* Fills data[len] as digest: 1000 buffered bytes, then the rest through a pipe. Returns the
+ * fill's error; *ws the producer's last status. */
+static int pipe_fill(cache_t *c, const char *digest, const unsigned char *data, size_t len, int *ws)
+{
+    fill_t *f;
+    bool created;
+    struct reader r;
+    pipe_prod_t p = {.data = data, .len = len, .off = 1000, .chunk = 60000};
+    CHECK_INT(pipe(p.pipe), 0);
+    CHECK_INT(fill_get(c, digest, &f, &created), 0);
+    CHECK(created);
+    p.f = f;
+    CHECK_INT(fill_set_size(f, len, NULL), 0);
+    reader_start(&r, f, len);
+    int st = 1;
+    CHECK_INT(fill_write(f, data, 1000, status_cb, &st), 0);
+    CHECK_INT(fill_write_pipe(f, p.pipe[0], 1, status_cb, &st), -EBUSY); /* one at a time */
+    run();
+    CHECK_INT(st, 0);
+    pipe_prod_next(&p);
+    run();
+    CHECK(p.done);
+    CHECK(r.ended);
+    CHECK(memcmp(r.copy, data, r.copied) == 0); /* subscribers never see a wrong byte */
+    free(r.copy);
+    *ws = p.status;
+    int err = fill_error(f);
+    fill_unref(f);
+    close(p.pipe[0]);
+    close(p.pipe[1]);
+    return err;
+}
+
+static void test_write_pipe(void)
+{
+    char dir[256], digest[REF_DIGEST_MAX + 1], wrong[REF_DIGEST_MAX + 1];
+    size_t len = 2 * 1024 * 1024 + 4321;
+    unsigned char *data = cachetest_random_bytes(len, 31);
+    cachetest_digest_of(REF_ALG_SHA256, data, len, digest);
+    unsigned char *other = cachetest_random_bytes(len, 32);
+    cachetest_digest_of(REF_ALG_SHA256, other, len, wrong);
+    cache_entry_t e;
+    int ws;
+    int saved = log_threshold;
+    log_set_level(WLOG_ERROR);
+
+    /* Whole, verified and published; short splices are continued. */
+    inj_reset();
+    inj_splice_max = 7000;
+    cache_t *c = open_cache(dir, sizeof dir, &inj_io);
+    CHECK_INT(pipe_fill(c, digest, data, len, &ws), 0);
+    CHECK_INT(ws, 0);
+    CHECK(inj_splice_calls > (long)(len / 7000));
+    CHECK_INT(cache_lookup(c, digest, &e), 0);
+    CHECK(published_equals(c, digest, data, len));
+
+    /* Bytes that do not hash to the digest are never published (hashed from the file). */
+    inj_reset();
+    CHECK_INT(pipe_fill(c, wrong, data, len, &ws), WE_DIGEST);
+    CHECK_INT(cache_lookup(c, wrong, &e), WE_NOTFOUND);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
+
+    /* ENOSPC in the middle of a splice: the producer and subscribers see it; nothing kept. */
+    inj_reset();
+    inj_splice_enospc = 500000;
+    CHECK_INT(pipe_fill(c, wrong, other, len, &ws), -ENOSPC);
+    CHECK_INT(ws, -ENOSPC);
+    CHECK_INT(cache_lookup(c, wrong, &e), WE_NOTFOUND);
+    CHECK_INT(cachetest_tmp_count(dir), 0);
+
+    /* Past the announced size: WE_TOOBIG before anything moves. */
+    inj_reset();
+    fill_t *f;
+    bool created;
+    int pfd[2];
+    CHECK_INT(pipe(pfd), 0);
+    CHECK_INT(fill_get(c, wrong, &f, &created), 0);
+    CHECK_INT(fill_set_size(f, 10, NULL), 0);
+    CHECK_INT(fill_write_pipe(f, pfd[0], 11, status_cb, &ws), WE_TOOBIG);
+    CHECK_INT(fill_state(f), FILL_FAILED);
+    fill_unref(f);
+    close(pfd[0]);
+    close(pfd[1]);
+    log_set_level(saved);
+    inj_reset();
+    free(data);
+    free(other);
+    close_cache(c);
+}
+
 static const test_case_t cases[] = {
-    TEST_CASE(test_single_flight_done),        TEST_CASE(test_many_concurrent),
-    TEST_CASE(test_digest_mismatch_and_short), TEST_CASE(test_too_big),
-    TEST_CASE(test_injected_faults),           TEST_CASE(test_fail_and_races),
-    TEST_CASE(test_unsubscribe_in_notify),     TEST_CASE(test_temp_file_at_size),
+    TEST_CASE(test_single_flight_done),
+    TEST_CASE(test_many_concurrent),
+    TEST_CASE(test_digest_mismatch_and_short),
+    TEST_CASE(test_too_big),
+    TEST_CASE(test_injected_faults),
+    TEST_CASE(test_fail_and_races),
+    TEST_CASE(test_unsubscribe_in_notify),
+    TEST_CASE(test_temp_file_at_size),
+    TEST_CASE(test_write_pipe),
 };
 
 int main(int argc, char **argv)

@@ -296,6 +296,10 @@ static void test_field_errors(void)
     expect_json_err("{\"max_connections\": true}",
                     "t.json: max_connections: expected an integer, got a boolean");
     expect_json_err("{\"listen\": 5000}", "t.json: listen: expected a string, got an integer");
+    expect_json_err("{\"fill_splice\": \"yes\"}",
+                    "t.json: fill_splice: expected true or false, got a string");
+    expect_json_err("{\"fill_splice\": 1}",
+                    "t.json: fill_splice: expected true or false, got an integer");
     expect_json_err("{\"cache_dir\": null}", "t.json: cache_dir: expected a string, got null");
     expect_json_err("{\"upstreams\": {}}", "t.json: upstreams: expected an array, got an object");
     expect_json_err("{\"upstreams\": [\"https://a.io\"]}",
