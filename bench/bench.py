@@ -10,6 +10,7 @@ bench/work/results.json.
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ import cachemgmt
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'bench')
 MiB = 1 << 20
+GiB = 1 << 30
 MB = 1000 * 1000
 
 # Every Accept a real client sends for a manifest (one comma list, like containerd).
@@ -79,6 +81,19 @@ def cpu_s(pids):
         except (OSError, IndexError, ValueError):
             pass
     return ticks / os.sysconf('SC_CLK_TCK')
+
+
+def sha256_s_per_gib():
+    """CPU seconds one core spends on SHA-256 per GiB here (OpenSSL, through hashlib: SHA-NI
+    where the CPU has it): the cost of one verification pass."""
+    buf = os.urandom(64 * MiB)
+    best = None
+    for _ in range(3):
+        t0 = time.process_time()
+        hashlib.sha256(buf).digest()
+        t = time.process_time() - t0
+        best = t if best is None else min(best, t)
+    return best * (GiB / len(buf))
 
 
 def children_of(pid):
@@ -155,6 +170,19 @@ def wait_http(url, timeout=15.0, ok=(200,)):
             last = e
         time.sleep(0.02)
     raise RuntimeError('%s not ready after %ss (last: %s)' % (url, timeout, last))
+
+
+def wait_port(port, timeout=15.0):
+    """Waits until 127.0.0.1:port accepts a TCP connection (a TLS server)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError('nothing listens on 127.0.0.1:%d' % port)
+            time.sleep(0.02)
 
 
 def http_status(url, method='GET', headers=(), timeout=5.0):
@@ -322,7 +350,7 @@ class Nginx:
 
     @property
     def url(self):
-        return 'http://127.0.0.1:%d' % self.port
+        return '%s://127.0.0.1:%d' % ('https' if self.name == 'nginx-tls' else 'http', self.port)
 
     def start(self, fresh=False):
         self.stop()
@@ -339,7 +367,10 @@ class Nginx:
         self.proc = Proc(self.name, ['nginx', '-p', self.dir, '-c', conf, '-e',
                                      os.path.join(self.dir, 'error.log')],
                          os.path.join(self.dir, 'stderr.log'))
-        wait_http(self.url + '/v2/', ok=(200, 403, 404))
+        if self.url.startswith('https:'):
+            wait_port(self.port)
+        else:
+            wait_http(self.url + '/v2/', ok=(200, 403, 404))
         return self
 
     def stop(self):
@@ -371,6 +402,34 @@ def nginx_static(workdir, workers, blob_file, blob_path, manifest_bytes, manifes
     location = /v2/ { return 200 "{}"; }
     location %s/ { default_type %s; }
   }''' % (port, www, mdir, manifest_type)
+    return n
+
+
+def make_cert(workdir):
+    """A self-signed P-256 certificate for 127.0.0.1 (both TLS servers use it). Returns
+    (cert path, key path)."""
+    os.makedirs(workdir, exist_ok=True)
+    cert, key = os.path.join(workdir, 'cert.pem'), os.path.join(workdir, 'key.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days',
+                    '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def nginx_tls(workdir, workers, www_of, cert, key):
+    """nginx serving the static blob of nginx_static (its www directory) over TLS: no sendfile
+    (there is no kernel TLS here), nginx's default 16 KiB ssl_buffer_size."""
+    n = Nginx('nginx-tls', workdir, workers)
+    n.body = lambda port: '''
+  server {
+    listen 127.0.0.1:%d ssl;
+    ssl_certificate %s;
+    ssl_certificate_key %s;
+    ssl_protocols TLSv1.3;
+    root %s;
+    location = /v2/ { return 200 "{}"; }
+  }''' % (port, cert, key, www_of)
     return n
 
 
@@ -502,8 +561,15 @@ class Winch:
 CURL_FMT = '%{http_code} %{size_download} %{time_starttransfer} %{time_total}\\n'
 
 
+# Test T: every TLS client asks for the same suite, so both servers encrypt alike.
+TLS_SUITE = 'TLS_AES_128_GCM_SHA256'
+
+
 def curl_argv(url, headers=(), max_time=120):
     argv = ['curl', '-s', '-o', '/dev/null', '-w', CURL_FMT, '--max-time', '%g' % max_time]
+    if url.startswith('https:'):
+        # A self-signed certificate made by the bench (tls_cert); TLS 1.3 with one suite.
+        argv += ['-k', '--tlsv1.3', '--tls13-ciphers', TLS_SUITE]
     for h in headers:
         argv += ['-H', h]
     return argv + [url]
@@ -672,6 +738,7 @@ class Bench:
         self.up = self.dist = self.winch = self.ngx = self.ncache = None
         self.winch_manifests = True
         self.lim = None        # the rate-limited upstream (tests 3L, 5L) and its own peers
+        self.winch_buf = None  # winch with "fill_splice": false (test 3B)
         self.lpeers = None
 
     # -- setup --
@@ -765,6 +832,9 @@ class Bench:
             self.winch = Winch(self.a.winch, os.path.join(w, 'winch'), self.up, self.a.tag_ttl,
                                self.a.winch_log_level)
             self.winch.start(fresh=True)
+            self.winch_buf = Winch(self.a.winch, os.path.join(w, 'winch-buffered'), self.up,
+                                   self.a.tag_ttl, self.a.winch_log_level,
+                                   extra={'fill_splice': False})
         # Sanity: every server gives the same manifest bytes.
         for name, s in self.servers(['direct', 'distribution', 'nginx', 'nginx-cache', 'winch']):
             st, hd, body = http_get_body(s.url + self.manifest_path(self.tag), [MANIFEST_ACCEPT])
@@ -932,19 +1002,73 @@ class Bench:
         """Cold pulls, `reps` rounds over `servers`; every proxy restarted on an empty cache
         first (and stopped after its pull with stop_after). Returns {times, errors}."""
         out = {n: [] for n, _ in servers}
+        cpu = {n: [] for n, _ in servers}
         errs = []
         for rep in range(reps):
             for n, s in servers:
                 if n != 'direct':
                     s.start(fresh=True)
                 self.flush()
+                pids = s.pids()
+                c0 = cpu_s(pids)
                 wall, err = self.pull(s.url)
+                cpu[n].append(cpu_s(pids) - c0 if not err else None)
                 if stop_after and n != 'direct':
                     s.stop()
                 out[n].append(wall)
                 if err:
                     errs.append('%s rep %d: %s' % (n, rep, err))
-        return {'times': out, 'errors': errs}
+        return {'times': out, 'cpu_s': cpu, 'errors': errs}
+
+    def tT_warm_tls(self):
+        """Warm GETs over TLS: winch's TLS listener (on the warm cache of the other tests)
+        against nginx with ssl serving the same file, same certificate and cipher suite."""
+        cert, key = make_cert(os.path.join(self.work, 'tls'))
+        ngx = nginx_tls(os.path.join(self.work, 'nginx-tls'), self.a.nginx_workers,
+                        os.path.join(self.work, 'nginx', 'www'), cert, key).start()
+        tport = free_port()
+        wt = Winch(self.a.winch, os.path.join(self.work, 'winch-tls'), self.up, self.a.tag_ttl,
+                   self.a.winch_log_level,
+                   extra={'tls_listen': '127.0.0.1:%d' % tport, 'tls_cert': cert,
+                          'tls_key': key})
+        wt.cache = self.winch.cache  # the same warm cache; one winch at a time opens it
+        self.winch.stop()
+        try:
+            wt.start()
+            turl = 'https://127.0.0.1:%d' % tport
+            path = self.blob_path(self.big[0])
+            servers = [('nginx', ngx.url), ('winch', turl)]
+            one = {n: [] for n, _ in servers}
+            cpu = {n: [] for n, _ in servers}
+            pidsof = {'nginx': ngx.pids, 'winch': wt.pids}
+            for rep in range(max(self.reps, self.a.warm_samples)):
+                for n, u in servers:
+                    pids = pidsof[n]()
+                    c0 = cpu_s(pids)
+                    _, [(code, size, _, total)] = run_curls([u + path])
+                    ok = code == 200 and size == self.big[1]
+                    one[n].append(size / total / MB if ok else None)
+                    cpu[n].append((cpu_s(pids) - c0) * 1000 if ok else None)
+            eight = {n: [] for n, _ in servers}
+            for rep in range(self.reps):
+                for n, u in servers:
+                    wall, res = run_curls([u + path] * 8, max_time=self.a.window_s)
+                    ok = all(c == 200 and sz > 0 for c, sz, _, _ in res)
+                    eight[n].append(sum(sz for _, sz, _, _ in res) / wall / MB if ok else None)
+            self.res['tT'] = {'one': one, 'cpu_ms': cpu, 'eight': eight}
+            tgt = ('winch/nginx ≥ 0.8', lambda v, r: r['nginx'] and v >= 0.8 * r['nginx'])
+            self.row('T', 'warm GET of the big blob over TLS (TLS 1.3, %s; nginx: ssl, no '
+                     'kernel TLS here), 1 client' % TLS_SUITE, 'MB/s',
+                     {n: median(v) for n, v in one.items()}, ref='nginx', target=tgt)
+            self.row('T', '… the server\'s CPU time per GET', 'ms',
+                     {n: median(v) for n, v in cpu.items()}, ref='nginx', lower=True)
+            self.row('T', 'warm GET of the big blob over TLS, 8 concurrent clients, aggregate '
+                     'over ≤ %d s' % self.a.window_s, 'MB/s',
+                     {n: median(v) for n, v in eight.items()}, ref='nginx', target=tgt)
+        finally:
+            wt.stop()
+            ngx.stop()
+            self.winch.start()
 
     def t3_cold_pull(self):
         names = ['direct', 'distribution', 'nginx-cache', 'winch']
@@ -955,7 +1079,29 @@ class Bench:
         self.row('3', 'cold pull of the %.0f MiB image (manifest, then config + layers in '
                  'parallel), local upstream, unlimited: CPU-bound on this machine' % mib, 's',
                  {n: median(v) for n, v in r['times'].items()}, ref='direct', lower=True,
-                 target=('none (CPU-bound, see README)', None))
+                 target=('winch/direct ≤ 1.5, ahead of dist and nginx-cache',
+                         lambda v, r: r['direct'] and v <= 1.5 * r['direct'] and
+                         all(r.get(k) is None or v < r[k] for k in ('distribution', 'nginx-cache'))))
+        gib = self.res['image']['total_bytes'] / GiB
+        sha = self.res['sha256_s_per_gib'] = sha256_s_per_gib()
+        self.row('3', '… the server\'s CPU seconds per GiB pulled (user + system, all its '
+                 'processes; direct: the upstream alone; target: nginx-cache + one SHA-256 pass, '
+                 '%.2f s/GiB here)' % sha, 's/GiB',
+                 {n: (median(v) or 0) / gib or None for n, v in r['cpu_s'].items()},
+                 ref='nginx-cache', lower=True,
+                 target=('≤ nginx-cache + SHA-256',
+                         lambda v, r: r.get('nginx-cache') and v <= r['nginx-cache'] + sha))
+        if self.winch_buf:
+            b = self.res['t3B'] = self.cold_pulls([('winch', self.winch_buf)], self.reps,
+                                                  stop_after=True)
+            for e in b['errors']:
+                self.note('cold pull, fill_splice false: ' + e)
+            self.row('3B', 'cold pull as in 3, winch with "fill_splice": false (the buffered '
+                     'road TLS upstreams take)', 's',
+                     {'direct': median(r['times']['direct']),
+                      'winch': median(b['times']['winch'])}, ref='direct', lower=True)
+            self.row('3B', '… winch\'s CPU seconds per GiB pulled', 's/GiB',
+                     {'winch': (median(b['cpu_s']['winch']) or 0) / gib or None}, lower=True)
         if not self.a.limit_rate:
             return
         r = self.res['t3L'] = self.cold_pulls(self.limited(manifests=True), self.a.limited_reps,
@@ -1290,7 +1436,7 @@ class Bench:
                 return '—'
             if unit in ('MB/s', 'req/s'):
                 return '%.0f' % v
-            if unit == 's':
+            if unit in ('s', 's/GiB'):
                 return '%.2f' % v
             if unit in ('ms', 'MiB'):
                 return '%.1f' % v
@@ -1419,20 +1565,21 @@ class Bench:
                       'work competes with the measured servers' %
                       ' '.join(self.res['loadavg_at_start']))
         # Test 9 alone needs no upstream, peers nor images.
-        if any(t in self.a.only for t in '12345678'):
+        if any(t in self.a.only for t in '12345678T'):
             self.seed()
             self.find_image()
             self.start_peers()
         tests = {'5': self.t5_cold_ttfb, '4': self.t4_cold_concurrent, '3': self.t3_cold_pull,
                  '1': self.t1_warm_single, '2': self.t2_warm_concurrent, '6': self.t6_manifests,
-                 '7': self.t7_rss, '8': self.t8_startup, '9': self.t9_cache}
+                 '7': self.t7_rss, '8': self.t8_startup, '9': self.t9_cache,
+                 'T': self.tT_warm_tls}
         warmed = False
-        for tid in ['5', '4', '3', '1', '2', '6', '7', '8', '9']:
+        for tid in ['5', '4', '3', '1', '2', 'T', '6', '7', '8', '9']:
             if tid not in self.a.only:
                 continue
-            if tid in '89' and not self.a.winch:
+            if tid in '89T' and not self.a.winch:
                 continue
-            if tid in '1267' and not warmed:
+            if tid in '1267T' and not warmed:
                 self.warm()
                 warmed = True
             self.revive()
@@ -1462,7 +1609,7 @@ def main():
                          '(0: skip those)')
     ap.add_argument('--limited-reps', type=int, default=None,
                     help='repetitions of tests 3L and 5L (default: --reps)')
-    ap.add_argument('--only', default='12345678', help='tests to run, e.g. 126')
+    ap.add_argument('--only', default='12345678T', help='tests to run, e.g. 126 (T: TLS)')
     ap.add_argument('--big-mib', type=int, default=1024, help='size of the big image')
     ap.add_argument('--reseed', action='store_true', help='rebuild and repush the images')
     ap.add_argument('--warm-samples', type=int, default=11,
