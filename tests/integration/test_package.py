@@ -36,6 +36,7 @@ class Package(lab.TestCase):
         for want in ("Type=notify", "DynamicUser=yes", "User=winch", "StateDirectory=winch",
                      "ProtectSystem=strict", "NoNewPrivileges=yes"):
             self.assertIn("\n" + want + "\n", unit)
+        self.check_man(os.path.join(prefix, "share/man/man1/winch.1"))
         cfg = os.path.join(prefix, "etc/winch/config.json")
         with open(cfg) as f:
             self.assertEqual(json.load(f)["admin_listen"], "127.0.0.1:5001")
@@ -44,6 +45,24 @@ class Package(lab.TestCase):
         run(["cmake", "--install", BUILD, "--prefix", prefix])
         with open(cfg) as f:
             self.assertIn("5999", f.read(), "a local config was overwritten by a reinstall")
+
+    def check_man(self, path):
+        """winch(1) is installed, groff renders it without a warning, and it names every
+        command `winch --help` lists (so the two cannot drift apart)."""
+        lab.require("groff")
+        p = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", path], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual((p.returncode, p.stderr), (0, ""), "groff on winch.1")
+        text = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", path], capture_output=True,
+                              text=True, timeout=30).stdout
+        usage = subprocess.run([lab.WINCH_BIN, "--help"], capture_output=True, text=True).stdout
+        lines = [l for l in usage.splitlines() if re.match(r"(usage: | +)winch ", l)]
+        cmds = set()
+        for l in lines:
+            cmds |= set(re.findall(r"(?:winch|\|) ([a-z][a-z-]+)(?= |$)", l))
+        self.assertGreater(len(cmds), 12, usage)
+        for c in sorted(cmds):
+            self.assertRegex(text, r"\n {7}%s\b" % re.escape(c), "winch(1) lacks " + c)
 
     def test_deb(self):
         lab.require("dpkg-deb", "systemd-analyze")
@@ -56,6 +75,7 @@ class Package(lab.TestCase):
         listing = run(["dpkg-deb", "-c", deb])
         files = set(re.findall(r" \./(\S+)$", listing, re.M))
         for want in ("usr/bin/winch", "usr/lib/systemd/system/winch.service",
+                     "usr/share/man/man1/winch.1",
                      "etc/winch/config.json"):
             self.assertIn(want, files, listing)
         self.assertFalse([f for f in files if f.startswith(("tmp/", "work/", "root/"))], listing)
