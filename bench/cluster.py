@@ -10,14 +10,17 @@ Reports:
   3. the share of cached blobs that become misses when a 4th node joins the ring (--keys small
      blobs on a scripted upstream).
 
+  bench/run cluster [--reps 3] [--keys 2000]
   bench/cluster.py --winch build/winch [--testdata build/testdata] [--reps 3] [--keys 2000]
 
-Writes the table to stdout and bench/work/RESULTS-cluster.md. Uses tests/integration/lab.py and
-cluster.py (the same harness as test_cluster.py); everything listens on 127.0.0.1."""
+Writes the table to stdout and bench/RESULTS-cluster.md (--results to change). Uses
+tests/integration/lab.py and cluster.py (the same harness as test_cluster.py); everything
+listens on 127.0.0.1."""
 
 import argparse
 import collections
 import concurrent.futures
+import datetime
 import os
 import random
 import statistics
@@ -126,7 +129,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--keys", type=int, default=2000)
-    ap.add_argument("--results", default=os.path.join(HERE, "work", "RESULTS-cluster.md"))
+    ap.add_argument("--results", default=os.path.join(HERE, "RESULTS-cluster.md"))
     args = ap.parse_args()
     os.environ["WINCH_BIN"] = os.path.abspath(args.winch)
     os.environ["WINCH_TESTDATA"] = os.path.abspath(args.testdata)
@@ -145,8 +148,22 @@ def main():
         env["up"].stop()
     first, misses = miss_share(lab, cluster, args.keys)
     mb = 1e6
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    with open("/proc/loadavg") as f:
+        load = f.read().split(" ", 3)[:3]
     lines = [
         "# winch cluster bench (HAProxy + 3 nodes, loopback)",
+        "",
+        "Written by `bench/run cluster` on %s; method: the docstring of bench/cluster.py (and "
+        "bench/README.md, \"Cluster\")." % datetime.datetime.now(
+            datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "",
+        "- winch %s, %s; %d CPUs; HAProxy from deploy/haproxy/haproxy.cfg; %d repetitions, "
+        "medians; load average at the end: %s" % (
+            commit, subprocess.run(["haproxy", "-v"], capture_output=True,
+                                   text=True).stdout.split("\n")[0].strip(),
+            os.cpu_count(), args.reps, load),
         "",
         "| measure | value |",
         "|---|---|",

@@ -222,6 +222,7 @@ void config_free(config_t *c)
     free(c->tls_key);
     free(c->cache_dir);
     free(c->log_level);
+    free(c->trusted_proxies);
     config_retention_free(c);
     config_auth_free(c->auth);
     free(c);

@@ -122,6 +122,11 @@ typedef struct config_upstream {
 
     /* Default: repository when the upstream has credentials, else global. */
     enum blob_scope blob_scope;
+
+    /* "pass_ns": every request to this upstream names the registry it stands for with
+     * ?ns=<name> (as containerd does), so that an upstream serving several registries (another
+     * winch, a tier above) answers for this one. Default false. */
+    bool pass_ns;
 } config_upstream_t;
 
 /** One rule of "auth.access": who may read the repositories whose "UPSTREAM/REPOSITORY"
@@ -168,6 +173,9 @@ typedef struct config_auth {
 /** Bytes of config_t.node_name, its NUL included. */
 #define CONFIG_NODE_NAME_MAX 64
 
+/** Entries of "trusted_proxies" at most. */
+#define CONFIG_MAX_TRUSTED_PROXIES 64
+
 typedef struct config {
     bool listen_enabled;  /* plain HTTP listener; "listen": "" turns it off */
     char *listen_host;    /* owned; default "0.0.0.0" */
@@ -193,6 +201,12 @@ typedef struct config {
     bool log_json;      /* "log_format": "json" (one JSON object per access line); else "text" */
     /* "node_name": this node's name in Cache-Status (clusters); default "winch". */
     char node_name[CONFIG_NODE_NAME_MAX];
+    bool node_name_set; /* the file names the node: access lines carry it too */
+    /* "trusted_proxies" (config_trusted.c): the peers whose X-Forwarded-For names the client
+     * (proxy/realip.h) in access and auth lines, login throttling and client groups. Owned;
+     * NULL when none (X-Forwarded-For is then ignored). No network is /0. */
+    config_cidr_t *trusted_proxies;
+    size_t n_trusted_proxies;
 
     /* Upstream timeouts, milliseconds. */
     uint32_t upstream_connect_timeout_ms;  /* TCP (+TLS) connect; default 5000 */

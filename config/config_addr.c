@@ -200,3 +200,59 @@ bool addr_is_dockerhub_alias(const char *name, size_t len)
            ascii_eq_nocase(name, len, "registry-1.docker.io") ||
            ascii_eq_nocase(name, len, "docker.io");
 }
+
+/* ---- Networks (client_groups[].cidrs, trusted_proxies) ------------------------------------ */
+
+/* "A.B.C.D/N" or "V6/N" (a bare address is a /32 or /128). Host bits must be zero: a typo in
+ * the prefix length should not silently widen or narrow the network. */
+int config_cidr_parse(const diag_t *d, const char *field, const char *s, config_cidr_t *out)
+{
+    char q[80], addr[64];
+    const char *slash = strchr(s, '/');
+    size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+    if (alen == 0 || alen >= sizeof addr)
+        return diag_fail(d, field, "%s is not a CIDR (e.g. 10.20.0.0/16 or fd00::/8)",
+                         diag_quote(q, sizeof q, s, strlen(s)));
+    memcpy(addr, s, alen);
+    addr[alen] = '\0';
+    memset(out, 0, sizeof *out);
+    if (inet_pton(AF_INET, addr, out->addr) == 1) {
+        out->v6 = false;
+    } else if (inet_pton(AF_INET6, addr, out->addr) == 1) {
+        out->v6 = true;
+    } else {
+        return diag_fail(d, field, "%s is not an IPv4 or IPv6 address",
+                         diag_quote(q, sizeof q, addr, alen));
+    }
+    unsigned max = out->v6 ? 128 : 32, prefix = max;
+    if (slash) {
+        const char *p = slash + 1;
+        size_t pl = strlen(p);
+        if (pl == 0 || pl > 3 || strspn(p, "0123456789") != pl || (pl > 1 && p[0] == '0'))
+            return diag_fail(d, field, "%s: the prefix length is not a number",
+                             diag_quote(q, sizeof q, s, strlen(s)));
+        prefix = 0;
+        for (size_t i = 0; i < pl; i++)
+            prefix = prefix * 10 + (unsigned)(p[i] - '0');
+        if (prefix > max)
+            return diag_fail(d, field, "%s: the prefix length is over %u",
+                             diag_quote(q, sizeof q, s, strlen(s)), max);
+    }
+    out->prefix = (uint8_t)prefix;
+    for (unsigned bit = prefix; bit < max; bit++)
+        if (out->addr[bit / 8] & (0x80u >> (bit % 8)))
+            return diag_fail(d, field,
+                             "%s has host bits set (did you mean a shorter address or a "
+                             "longer prefix?)",
+                             diag_quote(q, sizeof q, s, strlen(s)));
+    /* ::ffff:a.b.c.d/N (N >= 96) is an IPv4 network: winch compares an IPv4 client that
+     * arrives on a dual-stack socket as IPv4, so the network must be one too to match it. */
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (out->v6 && prefix >= 96 && memcmp(out->addr, mapped, sizeof mapped) == 0) {
+        memmove(out->addr, out->addr + 12, 4);
+        memset(out->addr + 4, 0, 12);
+        out->v6 = false;
+        out->prefix = (uint8_t)(prefix - 96);
+    }
+    return 0;
+}

@@ -56,6 +56,7 @@ static json_t *upstream_json(const config_upstream_t *u)
     put(o, "allow_redirect_hosts", strings(u->allow_redirect_hosts, u->n_allow_redirect_hosts));
     put(o, "blob_scope",
         json_string(u->blob_scope == BLOB_SCOPE_REPOSITORY ? "repository" : "global"));
+    put(o, "pass_ns", json_boolean(u->pass_ns));
     return o;
 }
 
@@ -140,6 +141,17 @@ static void cidr_format(const config_cidr_t *c, char *buf, size_t cap)
     snprintf(buf, cap, "%s/%u", a, (unsigned)c->prefix);
 }
 
+static json_t *cidrs_json(const config_cidr_t *v, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) {
+        char buf[80];
+        cidr_format(&v[i], buf, sizeof buf);
+        json_array_append_new(a, json_string(buf));
+    }
+    return a;
+}
+
 static json_t *groups_json(const config_t *c)
 {
     json_t *a = json_array();
@@ -147,13 +159,7 @@ static json_t *groups_json(const config_t *c)
         const config_client_group_t *g = &c->client_groups[i];
         json_t *o = json_object();
         put(o, "name", json_string(g->name));
-        json_t *cidrs = json_array();
-        for (size_t j = 0; j < g->n_cidrs; j++) {
-            char buf[80];
-            cidr_format(&g->cidrs[j], buf, sizeof buf);
-            json_array_append_new(cidrs, json_string(buf));
-        }
-        put(o, "cidrs", cidrs);
+        put(o, "cidrs", cidrs_json(g->cidrs, g->n_cidrs));
         put(o, "path_prefix", str_or_null(g->path_prefix));
         put(o, "platforms", platforms(g->platforms, g->n_platforms));
         json_array_append_new(a, o);
@@ -231,6 +237,7 @@ static json_t *config_json(const config_t *c)
     }
     put(o, "public_metrics", json_boolean(c->public_metrics));
     put(o, "node_name", json_string(c->node_name));
+    put(o, "trusted_proxies", cidrs_json(c->trusted_proxies, c->n_trusted_proxies));
     put(o, "platforms", platforms_json(c));
     put(o, "client_groups", groups_json(c));
     return o;

@@ -204,6 +204,7 @@ typedef struct upstream_extra {
     int insecure; /* -1 absent, else 0/1 */
     const char *username, *password_file, *password_env;
     const char *blob_scope; /* NULL when absent */
+    bool pass_ns;
 } upstream_extra_t;
 
 static int apply_upstream_extra(config_upstream_t *u, const diag_t *d, const char *field,
@@ -272,6 +273,7 @@ static int apply_upstream_extra(config_upstream_t *u, const diag_t *d, const cha
         if (rc < 0)
             return rc;
     }
+    u->pass_ns = x->pass_ns;
     /* Behind credentials a blob is private to the repositories known to hold it; a public
      * upstream's blobs may be shared by all its repositories. */
     u->blob_scope = u->username ? BLOB_SCOPE_REPOSITORY : BLOB_SCOPE_GLOBAL;
@@ -324,6 +326,8 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
             rc = 0;
         } else if (strcmp(key, "blob_scope") == 0) {
             rc = want_string(d, sub, val, &x.blob_scope);
+        } else if (strcmp(key, "pass_ns") == 0) {
+            rc = config_want_bool(d, sub, val, &x.pass_ns);
         } else if (strcmp(key, "password") == 0) {
             /* Said plainly, since it is the field people try first; the value is not echoed. */
             rc = diag_fail(d, sub,
@@ -333,7 +337,8 @@ static int parse_upstream_obj(config_t *c, const diag_t *d, size_t idx, json_t *
             rc = diag_fail(d, sub,
                            "unknown field (an upstream has \"name\", \"url\", \"ca_file\", "
                            "\"insecure_skip_verify\", \"username\", \"password_file\", "
-                           "\"password_env\", \"blob_scope\", \"allow_redirect_hosts\")");
+                           "\"password_env\", \"blob_scope\", \"pass_ns\", "
+                           "\"allow_redirect_hosts\")");
         }
         if (rc < 0)
             return rc;
@@ -440,6 +445,8 @@ static int apply_json(config_t *c, const diag_t *d, json_t *root)
             rc = parse_upstreams(c, d, v);
         } else if (strcmp(key, "node_name") == 0) {
             rc = config_node_json(c, d, v);
+        } else if (strcmp(key, "trusted_proxies") == 0) {
+            rc = config_trusted_json(c, d, v);
         } else if (strcmp(key, "retention") == 0) {
             rc = config_retention_json(c, d, v);
         } else if (strcmp(key, "on_disk_full") == 0) {

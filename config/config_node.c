@@ -40,5 +40,6 @@ int config_node_json(config_t *c, const diag_t *d, const struct json_t *v)
                          diag_quote(q, sizeof q, s, n), CONFIG_NODE_NAME_MAX - 1);
     }
     memcpy(c->node_name, s, n + 1);
+    c->node_name_set = true;
     return 0;
 }

@@ -3,7 +3,6 @@
  * unknown fields, wrong types, bad platforms, duplicate platforms after normalisation
  * ("linux/arm64/v8" is "linux/arm64"), fields that could never take effect, groups that match
  * no client and overlapping group prefixes all stop winch at start. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -153,51 +152,6 @@ int config_parse_platforms(config_t *c, const diag_t *d, const json_t *v)
 
 /* ---- Client groups ------------------------------------------------------------------------ */
 
-/* "A.B.C.D/N" or "V6/N" (a bare address is a /32 or /128). Host bits must be zero: a typo in
- * the prefix length should not silently widen or narrow the group. */
-static int parse_cidr(const diag_t *d, const char *field, const char *s, config_cidr_t *out)
-{
-    char q[80], addr[64];
-    const char *slash = strchr(s, '/');
-    size_t alen = slash ? (size_t)(slash - s) : strlen(s);
-    if (alen == 0 || alen >= sizeof addr)
-        return diag_fail(d, field, "%s is not a CIDR (e.g. 10.20.0.0/16 or fd00::/8)",
-                         diag_quote(q, sizeof q, s, strlen(s)));
-    memcpy(addr, s, alen);
-    addr[alen] = '\0';
-    memset(out, 0, sizeof *out);
-    if (inet_pton(AF_INET, addr, out->addr) == 1) {
-        out->v6 = false;
-    } else if (inet_pton(AF_INET6, addr, out->addr) == 1) {
-        out->v6 = true;
-    } else {
-        return diag_fail(d, field, "%s is not an IPv4 or IPv6 address",
-                         diag_quote(q, sizeof q, addr, alen));
-    }
-    unsigned max = out->v6 ? 128 : 32, prefix = max;
-    if (slash) {
-        const char *p = slash + 1;
-        size_t pl = strlen(p);
-        if (pl == 0 || pl > 3 || strspn(p, "0123456789") != pl || (pl > 1 && p[0] == '0'))
-            return diag_fail(d, field, "%s: the prefix length is not a number",
-                             diag_quote(q, sizeof q, s, strlen(s)));
-        prefix = 0;
-        for (size_t i = 0; i < pl; i++)
-            prefix = prefix * 10 + (unsigned)(p[i] - '0');
-        if (prefix > max)
-            return diag_fail(d, field, "%s: the prefix length is over %u",
-                             diag_quote(q, sizeof q, s, strlen(s)), max);
-    }
-    out->prefix = (uint8_t)prefix;
-    for (unsigned bit = prefix; bit < max; bit++)
-        if (out->addr[bit / 8] & (0x80u >> (bit % 8)))
-            return diag_fail(d, field,
-                             "%s has host bits set (did you mean a shorter address or a "
-                             "longer prefix?)",
-                             diag_quote(q, sizeof q, s, strlen(s)));
-    return 0;
-}
-
 static int parse_cidrs(config_client_group_t *g, const diag_t *d, const char *base, const json_t *v)
 {
     char field[160];
@@ -217,7 +171,7 @@ static int parse_cidrs(config_client_group_t *g, const diag_t *d, const char *ba
         snprintf(field, sizeof field, "%s.cidrs[%zu]", base, i);
         int rc = config_want_str(d, field, json_array_get(v, i), &s);
         if (rc == 0)
-            rc = parse_cidr(d, field, s, &g->cidrs[i]);
+            rc = config_cidr_parse(d, field, s, &g->cidrs[i]);
         if (rc < 0)
             return rc;
         g->n_cidrs = i + 1;

@@ -127,6 +127,9 @@ const char *addr_parse_hostport(const char *s, size_t n, hostport_t *hp);
 const char *addr_parse_url(const char *url, url_parts_t *u);
 /** Docker Hub answers to three names; winch knows it by the one in image references. */
 bool addr_is_dockerhub_alias(const char *name, size_t len);
+/** "A.B.C.D/N", "V6/N" or a bare address (a /32 or /128) at field into *out: 0, or WE_CONFIG
+ * naming field. Host bits must be zero; an IPv4-mapped IPv6 network becomes an IPv4 one. */
+int config_cidr_parse(const diag_t *d, const char *field, const char *s, config_cidr_t *out);
 
 /* ---- The config object (config.c) -------------------------------------------------------- */
 
@@ -188,6 +191,11 @@ void config_retention_free(config_t *c);
 
 /** "node_name": an RFC 8941 token of at most CONFIG_NODE_NAME_MAX - 1 bytes, into c. */
 int config_node_json(config_t *c, const diag_t *d, const struct json_t *v);
+
+/* ---- Trusted proxies (config_trusted.c) --------------------------------------------------- */
+
+/** "trusted_proxies": an array of addresses and CIDRs (no /0) into c, replacing its list. */
+int config_trusted_json(config_t *c, const diag_t *d, const struct json_t *v);
 
 /* ---- JSON (config_json.c) ----------------------------------------------------------------- */
 

@@ -210,7 +210,8 @@ static bool authorize(access_t *a, call_t *c, bool token)
         return false;
     }
     char shown[CALL_USER_MAX * 4 + 1];
-    LOG_INFO("req=%llu user \"%s\" may not read %s/%s", (unsigned long long)req_id(c->req),
+    LOG_INFO("req=%llu client %s: user \"%s\" may not read %s/%s",
+             (unsigned long long)req_id(c->req), call_client_str(c),
              log_name(c->user, shown, sizeof shown), c->route.upstream->name, c->route.name);
     reply_error(c, 403, OCI_DENIED, "access to this repository is denied", NULL);
     return false;
@@ -224,23 +225,23 @@ static void refuse(access_t *a, call_t *c, enum authn_result r, uint32_t retry_a
     switch (r) {
     case AUTHN_THROTTLED:
         LOG_WARN("req=%llu client %s: too many failed logins; refused for %us",
-                 (unsigned long long)req_id(c->req), req_peer_str(c->req), retry_after_s);
+                 (unsigned long long)req_id(c->req), call_client_str(c), retry_after_s);
         answer_retry(c, 429, OCI_TOOMANYREQUESTS, retry_after_s,
                      "too many failed logins from this address");
         return;
     case AUTHN_BUSY:
         LOG_WARN("req=%llu client %s: too many password checks queued",
-                 (unsigned long long)req_id(c->req), req_peer_str(c->req));
+                 (unsigned long long)req_id(c->req), call_client_str(c));
         answer_retry(c, 503, OCI_UNAVAILABLE, retry_after_s, "too many logins at once");
         return;
     default:
         if (a->authn && authn_has_user(a->authn, user))
             LOG_WARN("req=%llu client %s: wrong password for user \"%s\"",
-                     (unsigned long long)req_id(c->req), req_peer_str(c->req),
+                     (unsigned long long)req_id(c->req), call_client_str(c),
                      log_name(user, shown, sizeof shown));
         else
             LOG_WARN("req=%llu client %s: login as an unknown user",
-                     (unsigned long long)req_id(c->req), req_peer_str(c->req));
+                     (unsigned long long)req_id(c->req), call_client_str(c));
         answer_challenge(a, c, "invalid username or password", token_service, NULL);
         return;
     }
@@ -307,8 +308,8 @@ static bool check_password(access_t *a, call_t *c, const char *authz, void (*res
     }
     *p = (pending_t){.a = a, .c = c, .resume = resume, .token = token};
     uint32_t retry = 0;
-    enum authn_result r = authn_check(a->authn, c->user, ulen, pass, plen, req_peer(c->req), &p->w,
-                                      on_checked, &retry);
+    enum authn_result r =
+        authn_check(a->authn, c->user, ulen, pass, plen, call_client(c), &p->w, on_checked, &retry);
     if (r == AUTHN_PENDING) {
         c->op = p;
         c->cancel = cancel_pending;
@@ -341,7 +342,7 @@ bool access_admit(access_t *a, call_t *c, void (*resume)(call_t *c))
     if (rc != WE_NOTFOUND)
         LOG_WARN("req=%llu client %s: its certificate's name is unusable; treated as without "
                  "one",
-                 (unsigned long long)req_id(c->req), req_peer_str(c->req));
+                 (unsigned long long)req_id(c->req), call_client_str(c));
     const char *authz = req_header(c->req, "Authorization");
     if (authz && req_header_next(c->req, "Authorization", authz)) {
         answer_challenge(a, c, "more than one Authorization header", false, NULL);

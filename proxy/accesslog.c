@@ -25,6 +25,10 @@ static void write_json(const accesslog_entry_t *e)
                           e->status, "bytes", (json_int_t)e->bytes, "ms", (json_int_t)e->ms,
                           "cache", e->cache, "upstream", e->upstream, "ua", e->ua, "user",
                           e->user ? e->user : "-");
+    if (o && e->via)
+        json_object_set_new(o, "via", json_string(e->via));
+    if (o && e->node)
+        json_object_set_new(o, "node", json_string(e->node));
     if (o && e->note)
         json_object_set_new(o, "note", json_string(e->note));
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -49,10 +53,11 @@ void accesslog_write(const accesslog_entry_t *e, bool json)
         write_json(e);
         return;
     }
-    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld upstream=%s user=%s peer=%s "
+    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld upstream=%s user=%s peer=%s%s%s%s%s "
              "ua=\"%s\"%s%s%s",
              (unsigned long long)e->id, e->method, e->target, e->status,
              (unsigned long long)e->bytes, e->cache, (long long)e->ms, e->upstream,
-             e->user ? e->user : "-", e->peer, e->ua, e->note ? " (" : "", e->note ? e->note : "",
-             e->note ? ")" : "");
+             e->user ? e->user : "-", e->peer, e->via ? " via=" : "", e->via ? e->via : "",
+             e->node ? " node=" : "", e->node ? e->node : "", e->ua, e->note ? " (" : "",
+             e->note ? e->note : "", e->note ? ")" : "");
 }

@@ -11,9 +11,13 @@
 typedef struct accesslog_entry {
     uint64_t id;
     const char *peer, *method, *target, *ua; /* borrowed; escaped printable ASCII */
-    const char *user;                        /* the authenticated client (escaped), or "-" */
-    const char *upstream;                    /* the configured name, or "-" */
-    const char *cache;                       /* the cache result word */
+    /* The socket's peer when peer is the client a trusted proxy named (X-Forwarded-For), else
+     * NULL. */
+    const char *via;
+    const char *node;     /* the node's name ("node_name" set in the configuration), or NULL */
+    const char *user;     /* the authenticated client (escaped), or "-" */
+    const char *upstream; /* the configured name, or "-" */
+    const char *cache;    /* the cache result word */
     int status;
     uint64_t bytes;
     int64_t ms;

@@ -215,6 +215,43 @@ static bool ops_intercept(call_t *c, const ops_env_t *e, enum ops_endpoint ep, b
     return true;
 }
 
+/* Who the client is (realip.h): the socket's peer, or, from a trusted proxy, the address its
+ * X-Forwarded-For names. The header is not read from a head that did not parse whole (its last
+ * value may be cut short, and a cut address is another address), nor kept past the request. */
+static void find_client(const config_t *cfg, call_t *c, req_t *r)
+{
+    static const char xff[] = "X-Forwarded-For";
+    const struct sockaddr_storage *peer = req_peer(r);
+    enum realip_how how = REALIP_PEER;
+    c->client = *peer;
+    if (cfg->n_trusted_proxies && (!req_bad(r) || req_bad(r) == 503) &&
+        realip_in(cfg->trusted_proxies, cfg->n_trusted_proxies, peer)) {
+        /* The last REALIP_MAX_LINES lines, in order: the walk starts from the right. */
+        const char *lines[REALIP_MAX_LINES];
+        size_t total = 0, n = 0;
+        for (const char *v = req_header_next(r, xff, NULL); v; v = req_header_next(r, xff, v))
+            total++;
+        size_t skip = total > REALIP_MAX_LINES ? total - REALIP_MAX_LINES : 0;
+        for (const char *v = req_header_next(r, xff, NULL); v; v = req_header_next(r, xff, v))
+            if (skip > 0)
+                skip--;
+            else
+                lines[n++] = v;
+        how =
+            realip_client(cfg->trusted_proxies, cfg->n_trusted_proxies, peer, lines, n, &c->client);
+    }
+    if (how == REALIP_PEER)
+        snprintf(c->client_str, sizeof c->client_str, "%s", req_peer_str(r));
+    else
+        realip_format(&c->client, c->client_str, sizeof c->client_str);
+    /* The access line names the proxy too (via=) when the client is someone else. */
+    c->forwarded = strcmp(c->client_str, req_peer_str(r)) != 0;
+    if (how == REALIP_GARBAGE)
+        LOG_DEBUG("req=%llu X-Forwarded-For from %s holds something that is not an address: "
+                  "the client is taken to be %s",
+                  (unsigned long long)req_id(r), req_peer_str(r), c->client_str);
+}
+
 static void on_request(req_t *r, void *arg)
 {
     app_t *a = arg;
@@ -223,6 +260,7 @@ static void on_request(req_t *r, void *arg)
     c->env = &a->env;
     c->cache_status = "-";
     c->mroute = METRICS_ROUTE_OTHER;
+    find_client(a->cfg, c, r);
     if (req_bad(r)) {
         answer_bad(c, req_bad(r));
         return;
@@ -248,7 +286,7 @@ static void on_request(req_t *r, void *arg)
         target += plen;
         tlen -= plen;
     } else {
-        c->group = platforms_group_by_peer(a->cfg, req_peer(r));
+        c->group = platforms_group_by_peer(a->cfg, call_client(c));
     }
     if (route_parse(&c->route, a->cfg, m, target, tlen, &rerr) != 0) {
         reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
@@ -308,7 +346,9 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
     char user[CALL_USER_MAX * 4 + 1];
     accesslog_entry_t e = {
         .id = req_id(r),
-        .peer = req_peer_str(r),
+        .peer = call_client_str(c),
+        .via = c->forwarded ? req_peer_str(r) : NULL,
+        .node = a->cfg->node_name_set ? a->cfg->node_name : NULL,
         .method = req_method(r),
         .target = target[0] ? target : "-",
         .ua = ua,

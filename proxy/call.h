@@ -19,6 +19,7 @@
 #include "config/config.h"
 #include "policy/policy.h"
 #include "proxy/http.h"
+#include "proxy/realip.h"
 #include "proxy/route.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
@@ -79,12 +80,29 @@ struct call {
     uint8_t mroute;   /* enum metrics_route, set when routed (app.c) */
     /* The client's group (by path prefix, else source address); NULL when none. */
     const config_client_group_t *group;
+    /* The client's address (realip.h): the socket's peer, or, from a trusted proxy, the address
+     * its X-Forwarded-For names. Set by app.c before anything reads it ("" until then). */
+    struct sockaddr_storage client;
+    char client_str[REALIP_STR_MAX];
+    bool forwarded; /* client came from X-Forwarded-For and is not the peer itself */
 };
 
 /** The request id for logs; 0 for a call that belongs to no client (background work). */
 static inline uint64_t call_id(const call_t *c)
 {
     return c->req ? req_id(c->req) : 0;
+}
+
+/** The client's address for logs, login throttling and client groups (see call_t.client). */
+static inline const struct sockaddr_storage *call_client(const call_t *c)
+{
+    return c->client_str[0] ? &c->client : req_peer(c->req);
+}
+
+/** The same as text ("192.0.2.1", "2001:db8::1"). */
+static inline const char *call_client_str(const call_t *c)
+{
+    return c->client_str[0] ? c->client_str : req_peer_str(c->req);
 }
 
 /** The index of c's upstream in the configuration (metrics labels); -1 for none. */

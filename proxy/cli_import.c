@@ -290,7 +290,7 @@ static int scan_small(importer_t *im, tar_reader_t *t, const tar_entry_t *e)
     if (e->size > (layout ? 4096 : INDEX_MAX))
         return fail(im, "%s: %s is too big (%llu bytes)", im->path, e->name,
                     (unsigned long long)e->size);
-    char *bytes;
+    char *bytes = NULL;
     int rc = read_entry(t, e->size, NULL, 0, &bytes);
     if (rc)
         return fail(im, "%s: %s", im->path, err_str(rc));

@@ -41,8 +41,11 @@ static void log_decision(mgate_t *g)
     g->logged = true;
     char line[POLICY_MSG_MAX + 512];
     policy_describe(&g->d, line, sizeof line);
-    LOG_INFO("req=%llu %s/%s%s%s %s", (unsigned long long)call_id(g->c), g->c->route.upstream->name,
-             g->c->route.name, g->c->route.ref_is_digest ? "@" : ":", g->c->route.ref, line);
+    /* Who asked (behind a trusted proxy, the client it names): an audit says who would have
+     * been refused. Background work (prefetch) has no client. */
+    LOG_INFO("req=%llu client %s: %s/%s%s%s %s", (unsigned long long)call_id(g->c),
+             g->c->req ? call_client_str(g->c) : "-", g->c->route.upstream->name, g->c->route.name,
+             g->c->route.ref_is_digest ? "@" : ":", g->c->route.ref, line);
 }
 
 static void refuse(mgate_t *g)

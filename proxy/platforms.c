@@ -7,6 +7,7 @@
 
 #include "common/glob.h"
 #include "proxy/call.h"
+#include "proxy/realip.h"
 
 const config_platform_rule_t *platforms_rule(const config_t *cfg, const char *upstream,
                                              const char *repo)
@@ -21,48 +22,15 @@ const config_platform_rule_t *platforms_rule(const config_t *cfg, const char *up
     return NULL;
 }
 
-static bool cidr_holds(const config_cidr_t *c, const uint8_t *addr, bool v6)
-{
-    if (c->v6 != v6)
-        return false;
-    unsigned full = c->prefix / 8, rest = c->prefix % 8;
-    if (memcmp(c->addr, addr, full) != 0)
-        return false;
-    if (rest == 0)
-        return true;
-    uint8_t mask = (uint8_t)(0xffu << (8 - rest));
-    return (c->addr[full] & mask) == (addr[full] & mask);
-}
-
 const config_client_group_t *platforms_group_by_peer(const config_t *cfg,
                                                      const struct sockaddr_storage *peer)
 {
     if (!peer)
         return NULL;
-    uint8_t addr[16];
-    bool v6;
-    if (peer->ss_family == AF_INET) {
-        memcpy(addr, &((const struct sockaddr_in *)peer)->sin_addr, 4);
-        v6 = false;
-    } else if (peer->ss_family == AF_INET6) {
-        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)peer)->sin6_addr;
-        /* An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d. */
-        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (memcmp(a6->s6_addr, mapped, 12) == 0) {
-            memcpy(addr, a6->s6_addr + 12, 4);
-            v6 = false;
-        } else {
-            memcpy(addr, a6->s6_addr, 16);
-            v6 = true;
-        }
-    } else {
-        return NULL;
-    }
     for (size_t i = 0; i < cfg->n_client_groups; i++) {
         const config_client_group_t *g = &cfg->client_groups[i];
-        for (size_t j = 0; j < g->n_cidrs; j++)
-            if (cidr_holds(&g->cidrs[j], addr, v6))
-                return g;
+        if (realip_in(g->cidrs, g->n_cidrs, peer))
+            return g;
     }
     return NULL;
 }

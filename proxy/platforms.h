@@ -29,7 +29,8 @@ typedef struct platsel {
 const config_platform_rule_t *platforms_rule(const config_t *cfg, const char *upstream,
                                              const char *repo);
 
-/** The first group with a CIDR holding the address peer (NULL: none, or peer NULL). */
+/** The first group with a CIDR holding the address peer (NULL: none, or peer NULL): the
+ * client's address (call_t.client), which behind a trusted proxy is not the socket's peer. */
 const config_client_group_t *platforms_group_by_peer(const config_t *cfg,
                                                      const struct sockaddr_storage *peer);
 

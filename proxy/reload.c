@@ -129,6 +129,8 @@ static void swap_arrays(config_t *live, config_t *n)
     SWAP(live->n_client_groups, n->n_client_groups);
     SWAP(live->retention_protect, n->retention_protect);
     SWAP(live->retention_nprotect, n->retention_nprotect);
+    SWAP(live->trusted_proxies, n->trusted_proxies);
+    SWAP(live->n_trusted_proxies, n->n_trusted_proxies);
 }
 
 void reloader_run(reloader_t *r)
@@ -157,9 +159,10 @@ void reloader_run(reloader_t *r)
     policy_t *old = app_set_policy(r->app, pol);
     r->kept[r->n_kept++] = (husk_t){.cfg = next, .policy = old};
     LOG_INFO("reload: configuration applied (log level %s, tag_ttl_s %u, %zu policy rules, %zu "
-             "platform rules, %zu client groups; %zu field%s kept until restart)",
+             "platform rules, %zu client groups, %zu trusted proxies; %zu field%s kept until "
+             "restart)",
              r->live->log_level, r->live->tag_ttl_s, r->live->n_policy, r->live->n_platform_rules,
-             r->live->n_client_groups, kept, kept == 1 ? "" : "s");
+             r->live->n_client_groups, r->live->n_trusted_proxies, kept, kept == 1 ? "" : "s");
 }
 
 void reloader_free(reloader_t *r)

@@ -3,8 +3,8 @@
  * serving, on the loop thread, into the live config_t that everything borrows:
  *   - plain scalars read at use time (timeouts, TTLs, size bounds, prefetch bounds, log level,
  *     log format, retention's low watermark and max_unused) are written in place;
- *   - arrays (policy rules, platform rules, client groups, retention.protect) are swapped
- *     with the new config's, and the policy is rebuilt over them.
+ *   - arrays (policy rules, platform rules, client groups, retention.protect, trusted_proxies)
+ *     are swapped with the new config's, and the policy is rebuilt over them.
  * What cannot change without a restart (listeners, TLS files, cache_dir, index_map_size, the
  * upstream list and its credentials, auth, the client-side connection limits,
  * upstream_max_conns, retention.max_size) is kept, and each difference is logged.

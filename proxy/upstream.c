@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/err.h"
 #include "common/log.h"
@@ -172,6 +173,53 @@ int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *pa
     return upreq_start_opts(out, u, method, path, extra_headers, cbs, arg, NULL);
 }
 
+/* True when the query q[0..n) has a parameter named ns. */
+static bool has_ns(const char *q, size_t n)
+{
+    for (size_t i = 0; i + 3 <= n; i++)
+        if ((i == 0 || q[i - 1] == '&') && memcmp(q + i, "ns=", 3) == 0)
+            return true;
+    return false;
+}
+
+/* "pass_ns": path with ns=<the upstream's name> added to its query, percent-encoded as Go's
+ * url.Values encodes it (containerd's spelling: "127.0.0.1%3A5001"), so that an upstream that
+ * serves several registries (a winch tier above) answers for the one this upstream stands for.
+ * A path that names ns already is left alone. Returns a malloc'd string, or NULL (no memory). */
+char *upstream_ns_path(const char *path, const char *name)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const char *q = strchr(path, '?');
+    size_t plen = strlen(path), nlen = strlen(name);
+    char *out = malloc(plen + 4 + 3 * nlen + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, path, plen + 1);
+    if (q && has_ns(q + 1, plen - (size_t)(q + 1 - path)))
+        return out;
+    char *p = out + plen;
+    if (!q)
+        *p++ = '?';
+    else if (q[1])
+        *p++ = '&';
+    memcpy(p, "ns=", 3);
+    p += 3;
+    for (size_t i = 0; i < nlen; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        bool plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                     (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' || ch == '~';
+        if (plain) {
+            *p++ = (char)ch;
+        } else {
+            *p++ = '%';
+            *p++ = hex[ch >> 4];
+            *p++ = hex[ch & 15];
+        }
+    }
+    *p = '\0';
+    return out;
+}
+
 int upreq_start_opts(upreq_t **out, upstream_t *u, const char *method, const char *path,
                      const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg,
                      const upreq_opts_t *opts)
@@ -184,7 +232,14 @@ int upreq_start_opts(upreq_t **out, upstream_t *u, const char *method, const cha
     /* Refused before anything is allocated: a full queue must stay cheap to say no to. */
     if (o->nwait[bulk ? UPREQ_BULK : UPREQ_PRIORITY] >= u->gcfg->upstream_max_queue)
         return WE_BUSY;
+    char *nspath = NULL;
+    if (u->ucfg->pass_ns) {
+        if (!(nspath = upstream_ns_path(path, u->ucfg->name)))
+            return -ENOMEM;
+        path = nspath;
+    }
     int rc = req_create(&r, u, method, path, extra_headers, cbs, arg);
+    free(nspath);
     if (rc < 0)
         return rc;
     r->bulk = bulk;

@@ -100,7 +100,7 @@ typedef struct upreq_opts {
 } upreq_opts_t;
 
 /** Sends `method path` (path is absolute and already includes the upstream's base path and
- * query). extra_headers is a NULL-terminated array of "Name: value" lines (borrowed, copied
+ * query; for an upstream with "pass_ns", ns= is added: upstream_ns_path). extra_headers is a NULL-terminated array of "Name: value" lines (borrowed, copied
  * before return; an Authorization line among them goes to this upstream's own origin only);
  * Host, User-Agent, Connection and any Authorization winch obtained are added by the client
  * (a caller's own Authorization turns winch's auth handling off for the request). cbs and arg are
@@ -111,6 +111,11 @@ typedef struct upreq_opts {
 int upreq_start_opts(upreq_t **out, upstream_t *u, const char *method, const char *path,
                      const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg,
                      const upreq_opts_t *opts);
+
+/** The path an upstream with "pass_ns" is sent: path with "ns=<name>" added to its query
+ * (percent-encoded; unchanged when the query names ns already). upreq_start does it for such
+ * an upstream. Returns a malloc'd string (free it) or NULL when out of memory. */
+char *upstream_ns_path(const char *path, const char *name);
 
 /** upreq_start_opts with the defaults: bulk lane, no deadline. */
 int upreq_start(upreq_t **out, upstream_t *u, const char *method, const char *path,

@@ -261,12 +261,15 @@ def check_no_leak(hostport, resp, what=""):
             raise AssertionError("%s: response leaks the filesystem path %r:\n%r" % (what, s, resp))
 
 
-def request(hostport, method, path, headers=(), body=None, timeout=30, read_body=True):
+def request(hostport, method, path, headers=(), body=None, timeout=30, read_body=True,
+            source=None):
     """One HTTP/1.1 request on a fresh connection. headers is a list of (name, value) pairs,
     sent in order and as given (so several Accept lines stay several lines). No
-    Accept-Encoding is added. Returns a Response."""
+    Accept-Encoding is added. source: the local address to connect from (any of 127.0.0.0/8,
+    to look like another client). Returns a Response."""
     host, port = hostport.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout,
+                                      source_address=(source, 0) if source else None)
     t0 = time.monotonic()
     try:
         conn.putrequest(method, path, skip_accept_encoding=True)

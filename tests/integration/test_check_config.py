@@ -48,7 +48,9 @@ class CheckConfig(lab.TestCase):
                              {"name": "b.example", "url": "https://b.example",
                               "username": "v", "password_env": "WINCH_TEST_PW"}],
                "policy": [{"match": "a.example/**", "deny_tags": ["^latest$"]}],
-               "auth": {"htpasswd": pwfile}}
+               "auth": {"htpasswd": pwfile},
+               "trusted_proxies": ["127.0.0.1", "fd00::/8"]}
+        cfg["upstreams"][1]["pass_ns"] = True
         path = self.write("good.json", json.dumps(cfg))
         rc, out, err = run("check-config", "--config", path, env={"WINCH_TEST_PW": SECRET})
         self.assertEqual(rc, 0, err)
@@ -62,6 +64,8 @@ class CheckConfig(lab.TestCase):
         self.assertEqual(eff["upstreams"][0]["password"], "(redacted)")
         self.assertEqual(eff["auth"]["htpasswd"], pwfile)
         self.assertEqual(eff["policy"][0]["deny_tags"], ["^latest$"])
+        self.assertEqual(eff["trusted_proxies"], ["127.0.0.1/32", "fd00::/8"])
+        self.assertEqual([u["pass_ns"] for u in eff["upstreams"]], [False, True])
         # Flags override the file, as for serve.
         rc, out, _ = run("check-config", "--config", path, "--listen", "127.0.0.1:7000",
                          env={"WINCH_TEST_PW": SECRET})
@@ -87,6 +91,9 @@ class CheckConfig(lab.TestCase):
         self.bad('{"policy": [{"match": "**", "deny_tags": ["(x"]}]}',
                  r"policy\[0\]\.deny_tags\[0\]")
         self.bad('{"tag_ttl_s": -1}', r"tag_ttl_s: must be")
+        self.bad('{"trusted_proxies": ["10.0.0.0/8", "haproxy"]}',
+                 r"trusted_proxies\[1\]: \"haproxy\" is not an IPv4 or IPv6 address")
+        self.bad('{"trusted_proxies": ["0.0.0.0/0"]}', r"trusted_proxies\[0\]: .* trusts every")
         huge = '{"policy": [' + ",".join(['{"match": "a/b%d"}' % i for i in range(80000)]) + "]}"
         self.assertGreater(len(huge), 1 << 20)
         self.bad(huge, r"larger than 1048576 bytes", name="huge.json")

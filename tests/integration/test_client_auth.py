@@ -342,9 +342,11 @@ class Http(Base):
 class ThrottleAndReload(Base):
     def test_throttle(self):
         """3 failed logins from one address, then one a second: the 4th is 429 with
-        Retry-After, without a bcrypt; a right password already cached still passes."""
+        Retry-After, without a bcrypt; a right password already cached still passes. Behind a
+        trusted proxy, the address its X-Forwarded-For names is throttled, not the proxy's."""
         w = lab.Winch([("docker.io", self.up.url)],
-                      config=auth_config(self.pw, max_failures=3, failure_window_s=3))
+                      config=dict(auth_config(self.pw, max_failures=3, failure_window_s=3),
+                                  trusted_proxies=["127.0.0.1"]))
         try:
             h = w.hostport
             good = [basic("alice", PASSWORDS["alice"])]
@@ -363,6 +365,21 @@ class ThrottleAndReload(Base):
             self.assertEqual(bcrypt_runs(w), runs, "a throttled address ran bcrypt")
             time.sleep(1.2)
             self.assertStatus(lab.get(h, "/v2/", [basic("bob", PASSWORDS["bob"])]), 200, "bob")
+            # Two clients behind the proxy (127.0.0.1): one guesses and is throttled, the other
+            # logs in; the lines name the client, never the proxy.
+            xff = [("X-Forwarded-For", "6.6.6.6, 198.51.100.7")]
+            for i in range(3):
+                r = lab.get(h, "/v2/", xff + [basic("alice", "xff-guess%d" % i)])
+                self.assertEqual(r.status, 401)
+            r = lab.get(h, "/v2/", xff + [basic("alice", "xff-guess9")])
+            self.assertOciError(r, 429, "TOOMANYREQUESTS", "4th failure behind the proxy")
+            r = lab.get(h, "/v2/", [("X-Forwarded-For", "198.51.100.8"),
+                                    basic("admin", PASSWORDS["admin"])])
+            self.assertStatus(r, 200, "another client behind the proxy")
+            log = w.log()
+            self.assertIn('client 198.51.100.7: wrong password for user "alice"', log)
+            self.assertIn("client 198.51.100.7: too many failed logins", log)
+            self.assertNotIn("6.6.6.6", log)
             assert_no_secret(self, w)
         finally:
             w.stop()

@@ -9,10 +9,15 @@
     through haproxy, gets the rest from the next node of the ring, and the bytes are right; the
     killed node restarts with a sound store and owns its keys again;
   - a 4th node added to the ring: the share of cached blobs that become misses is measured (and
-    must be near 1/4, far from the ~3/4 a modulo hash would move)."""
+    must be near 1/4, far from the ~3/4 a modulo hash would move);
+  - X-Forwarded-For: a client on 127.0.0.5 that claims another address through haproxy is
+    logged by every node (text and JSON access lines) as 127.0.0.5, via haproxy, with the
+    node's name; the header from an untrusted peer is ignored; several lines, ports, IPv6,
+    garbage and a huge value from the trusted peer."""
 
 import collections
 import concurrent.futures
+import json
 import os
 import random
 import threading
@@ -31,7 +36,12 @@ class ClusterRealUpstream(lab.TestCase):
     def setUpClass(cls):
         cls.seed = lab.seeded()["images"]
         cls.up = lab.seeded_registry()
-        cls.nodes = [lab.Winch([("docker.io", cls.up.url)], config={"node_name": "winch%d" % i},
+        # haproxy reaches the nodes from 127.0.0.1: its X-Forwarded-For names the client. One
+        # node logs JSON, the others text.
+        cls.nodes = [lab.Winch([("docker.io", cls.up.url)],
+                               config=dict({"node_name": "winch%d" % i,
+                                            "trusted_proxies": ["127.0.0.1"]},
+                                           **({"log_format": "json"} if i == 3 else {})),
                                name="winch%d" % i, log_level="info") for i in (1, 2, 3)]
         cls.hap = cluster.Haproxy([("winch%d" % (i + 1), w.hostport)
                                    for i, w in enumerate(cls.nodes)])
@@ -211,6 +221,76 @@ class ClusterRealUpstream(lab.TestCase):
         s.read_all()
         s.close()
         self.assertEqual(victim.tmp_files(), [], "temporary files left after the restart")
+
+    def access_line(self, node, target):
+        """The access line of target in node's log, as a dict (JSON) or a str (text)."""
+        def find():
+            for line in node.log().splitlines():
+                if line.startswith("{"):
+                    e = json.loads(line)
+                    if e.get("msg") == "access" and e.get("target") == target:
+                        return e
+                elif " GET %s 200 " % target in line:
+                    return line
+            return None
+        return lab.wait_for(find, 10, what="access line of %s in %s" % (target, node.name))
+
+    def assertClient(self, node, target, client, via, name):
+        e = self.access_line(node, target)
+        if isinstance(e, dict):
+            self.assertEqual((e["peer"], e.get("via"), e["node"]), (client, via, name), e)
+        else:
+            want = " peer=%s%s node=%s " % (client, " via=" + via if via else "", name)
+            self.assertIn(want, e)
+
+    def test_4_forwarded_for(self):
+        client = "127.0.0.5"
+        # /v2/?ns=K hashes on K (path + ns): a few keys reach every node.
+        target = {}
+        for k in range(200):
+            path = "/v2/?ns=xff-%d" % k
+            r = lab.get(self.hap.hostport, path, [("X-Forwarded-For", "6.6.6.6")], source=client)
+            self.assertStatus(r, 200, path)
+            target.setdefault(node_of(r), path)
+            if len(target) == 3:
+                break
+        self.assertEqual(sorted(target), ["winch1", "winch2", "winch3"])
+        for i, node in enumerate(self.nodes):
+            name = "winch%d" % (i + 1)
+            # haproxy drops what the client claims (del-header) and names the client itself.
+            self.assertClient(node, target[name], client, "127.0.0.1", name)
+            self.assertNotIn("6.6.6.6", node.log())
+        text, js = self.nodes[0], self.nodes[2]
+        for node in (text, js):
+            name = node.name
+            # An untrusted peer's X-Forwarded-For is ignored.
+            r = lab.get(node.hostport, "/v2/?direct=1", [("X-Forwarded-For", "203.0.113.1")],
+                        source="127.0.0.7")
+            self.assertStatus(r, 200)
+            self.assertClient(node, "/v2/?direct=1", "127.0.0.7", None, name)
+            # From the trusted peer: several lines, ports, IPv6, garbage left of the client.
+            cases = [
+                ("/v2/?lines=2", [("X-Forwarded-For", "6.6.6.6"),
+                                  ("X-Forwarded-For", "garbage, [2001:db8::5]:443 , 127.0.0.1")],
+                 "2001:db8::5"),
+                ("/v2/?port=1", [("X-Forwarded-For", "198.51.100.2:5555")], "198.51.100.2"),
+                # Garbage right of any address: the trusted peer is all winch can vouch for.
+                ("/v2/?garbage=1", [("X-Forwarded-For", "198.51.100.3, unknown")], None),
+                # 40 lines: the last ones are read.
+                ("/v2/?many=1", [("X-Forwarded-For", "10.0.0.%d" % j) for j in range(39)] +
+                 [("X-Forwarded-For", "198.51.100.40")], "198.51.100.40"),
+                # A 20 KB value (the head bound is 32 KiB).
+                ("/v2/?huge=1", [("X-Forwarded-For", "6.6.6.6, " * 2200 + "198.51.100.41")],
+                 "198.51.100.41"),
+            ]
+            for path, headers, want in cases:
+                r = lab.get(node.hostport, path, headers)
+                self.assertStatus(r, 200, path)
+                if want:
+                    self.assertClient(node, path, want, "127.0.0.1", name)
+                else:
+                    self.assertClient(node, path, "127.0.0.1", None, name)
+            self.assertNotIn("6.6.6.6", node.log())
 
 
 class AddNode(lab.TestCase):

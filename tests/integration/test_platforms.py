@@ -5,8 +5,9 @@ index (six platforms, one attestation manifest) in a real docker-registry:
     manifest, config and layer with no client asking; `skopeo copy --override-arch arm64` then
     makes no upstream blob or manifest request; no other platform's manifest or layer and no
     attestation was fetched; a second tag request costs nothing upstream;
-  - client groups: a group by source address (a client bound to 127.0.0.2) and a group by path
-    prefix (/edge/v2/...) each get their own platform prefetched;
+  - client groups: a group by source address (a client bound to 127.0.0.2, and one behind a
+    trusted proxy named by X-Forwarded-For) and a group by path prefix (/edge/v2/...) each get
+    their own platform prefetched;
   - filter: a tag request gets an index of the allowed platforms under its own digest, stable,
     served by that digest; the original by its digest unchanged; skopeo copy --all of both."""
 
@@ -186,7 +187,11 @@ class PlatformsTest(lab.TestCase):
             "client_groups": [
                 {"name": "second-address", "cidrs": ["127.0.0.2/32"],
                  "platforms": ["linux/ppc64le"]},
-                {"name": "edge", "path_prefix": "/edge", "platforms": ["linux/arm/v7"]}]})
+                {"name": "edge", "path_prefix": "/edge", "platforms": ["linux/arm/v7"]},
+                {"name": "behind-proxy", "cidrs": ["198.51.100.0/24"],
+                 "platforms": ["linux/s390x"]}],
+            # A client behind a proxy on 127.0.0.3 is grouped by the address the proxy names.
+            "trusted_proxies": ["127.0.0.3"]})
         hp = self.winch.hostport
         accept = [("Accept", t) for t in ALL_TYPES]
         status, _ = get_from("127.0.0.2", hp, "/v2/%s/manifests/v1" % self.img.repo, accept)
@@ -196,14 +201,19 @@ class PlatformsTest(lab.TestCase):
         self.assertStatus(r, 200, "tag request through /edge")
         self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
         self.wait_cached("linux/arm/v7", "the path group's platform prefetched")
+        status, _ = get_from("127.0.0.3", hp, "/v2/%s/manifests/v1" % self.img.repo,
+                             accept + [("X-Forwarded-For", "198.51.100.20")])
+        self.assertEqual(status, 200)
+        self.wait_cached("linux/s390x", "the forwarded client's group's platform prefetched")
         # /edge/v2/ is the registry API too; a prefix that is no group's is not.
         self.assertStatus(lab.get(hp, "/edge/v2/"), 200, "/edge/v2/")
         self.assertOciError(lab.get(hp, "/other/v2/%s/manifests/v1" % self.img.repo, accept),
                             404, "UNSUPPORTED", "a prefix that is no group's")
-        self.assert_untouched(["linux/amd64", "linux/arm/v6", "linux/s390x", "linux/arm64/v8"])
+        self.assert_untouched(["linux/amd64", "linux/arm/v6", "linux/arm64/v8"])
         log = self.winch.log()
         self.assertIn("for linux/ppc64le (group second-address)", log)
         self.assertIn("for linux/arm/v7 (group edge)", log)
+        self.assertIn("for linux/s390x (group behind-proxy)", log)
 
     def test_user_agent_hint(self):
         self.start({"platforms": [{"match": "**", "platforms": ["linux/amd64"], "prefetch": True}]})

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """SIGHUP reload of `winch serve` against the real seeded docker-registry:
 
-- a changed tag_ttl_s, log_level and policy rule take effect after SIGHUP, and a keep-alive
+- a changed tag_ttl_s, log_level, trusted_proxies and policy rule take effect after SIGHUP
+  (X-Forwarded-For from 127.0.0.1 is believed only after it), and a keep-alive
   connection opened before the reload keeps working (and sees the new policy) after it;
 - a broken configuration (JSON syntax, an unknown field, a bad regex) is refused with the usual
   message in the log and the old policy keeps deciding; a changed listen address is reported
@@ -80,12 +81,21 @@ class Reload(lab.TestCase):
             self.assertEqual(self.manifest_gets("library/busybox", "1.36"), n,
                              "tag_ttl_s 3600: a fresh tag went upstream")
             self.assertNotIn(" debug ", w.log(), "log_level info logged debug lines")
+            xff = [("X-Forwarded-For", "203.0.113.9")]
+            self.assertStatus(lab.get(w.hostport, "/v2/?before=1", xff), 200)
 
             self.rewrite(w, {"tag_ttl_s": 0, "log_level": "debug",
+                             "trusted_proxies": ["127.0.0.1"],
                              "policy": [{"match": "docker.io/lab/busybox-oci", "deny": True,
                                          "message": "reloaded rule"}]})
             self.sighup(w, APPLIED)
             self.assertIn(APPLIED + " (log level debug, tag_ttl_s 0, 1 policy rules", w.log())
+            self.assertIn("1 trusted proxies", w.log())
+            self.assertStatus(lab.get(w.hostport, "/v2/?after=1", xff), 200)
+            lab.wait_for(lambda: "/v2/?after=1 200" in w.log(), 10, what="access line")
+            log = w.log()
+            self.assertRegex(log, r"GET /v2/\?before=1 200 .* peer=127\.0\.0\.1 ua=")
+            self.assertRegex(log, r"GET /v2/\?after=1 200 .* peer=203\.0\.113\.9 via=127\.0\.0\.1 ")
             mark = len(w.log())
             # The same keep-alive connection: the new policy decides, tag_ttl_s 0 revalidates.
             self.assertEqual(get("/v2/lab/busybox-oci/manifests/1.36"), 403)

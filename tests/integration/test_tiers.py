@@ -1,18 +1,24 @@
 #!/usr/bin/python3
-"""Tiers of winch: two edge winches whose upstream is one central winch whose upstream is a real
-docker-registry.
+"""Tiers of winch: two edge winches whose upstream is one central winch whose upstreams are two
+real docker-registries (docker.io and ghcr.io, as the central tier names them).
   - cold pulls through both edges at once (skopeo and raw HTTP): the registry sees each blob
     once and the tag once (HEAD) + the manifest by digest once, end to end;
   - ?ns=docker.io and a /v2/docker.io/ path prefix at an edge route through the central tier to
     the registry; Docker-Content-Digest passes through (HEAD by tag, as dockerd asks);
+  - the edges name the registry on every request to the central tier (upstreams[].pass_ns:
+    ?ns=docker.io, ?ns=ghcr.io): the two registries hold different images under the same
+    repository name and tag, and each edge serves each one from the right registry (skopeo by
+    the /v2/ghcr.io/ prefix, ?ns=ghcr.io, and plain docker.io), one registry GET per blob;
   - central stopped: both edges still serve what they cached (tags revalidated every time here,
     so they are served stale), and answer an error for what they never cached."""
 
 import collections
 import os
+import re
 import threading
 
 import lab
+import policy_images as pi
 
 
 class Tiers(lab.TestCase):
@@ -20,12 +26,20 @@ class Tiers(lab.TestCase):
     def setUpClass(cls):
         cls.seed = lab.seeded()["images"]
         cls.up = lab.seeded_registry()
-        cls.central = lab.Winch([("docker.io", cls.up.url)], name="central", log_level="info")
+        # A second registry holding another image as lab/range16:v1, which the first holds too.
+        cls.up2 = lab.Registry(name="upstream-ghcr")
+        cls.ghcr_img = pi.build_image("ghcr.io lab/range16", seed=14)
+        pi.push(cls.up2, cls.ghcr_img, cls.seed["range16"]["repo"], cls.seed["range16"]["tag"])
+        cls.central = lab.Winch([("docker.io", cls.up.url), ("ghcr.io", cls.up2.url)],
+                                name="central", log_level="info")
         # Count what the edges ask the central tier.
         cls.cfwd = lab.CountingForwarder(cls.central.port)
-        edge_cfg = {"tag_ttl_s": 0}
-        cls.edges = [lab.Winch([("docker.io", "http://" + cls.cfwd.hostport)], config=edge_cfg,
-                               name="edge%d" % i, log_level="info") for i in (1, 2)]
+        tier = "http://" + cls.cfwd.hostport
+        edge_cfg = {"tag_ttl_s": 0,
+                    "upstreams": [{"name": "docker.io", "url": tier, "pass_ns": True},
+                                  {"name": "ghcr.io", "url": tier, "pass_ns": True}]}
+        cls.edges = [lab.Winch([], config=edge_cfg, name="edge%d" % i, log_level="info")
+                     for i in (1, 2)]
 
     @classmethod
     def tearDownClass(cls):
@@ -34,6 +48,7 @@ class Tiers(lab.TestCase):
         cls.cfwd.stop()
         cls.central.stop()
         cls.up.stop()
+        cls.up2.stop()
 
     def test_tiers(self):
         rng, bb = self.seed["range16"], self.seed["busybox-v2s2"]
@@ -90,10 +105,42 @@ class Tiers(lab.TestCase):
             st, dig, _ = lab.fetch_blob_digest(
                 edge.hostport, "/v2/docker.io/%s/blobs/%s" % (bb["repo"], layer))
             self.assertEqual((st, dig), (200, layer))
-        # Each edge asks the central tier with the plain path (its upstream is the central's
-        # default upstream): no ?ns= and no prefix reach the central tier.
-        self.assertFalse([r.target for r in self.cfwd.seen() if "ns=" in r.target
-                          or r.target.startswith("/v2/docker.io/")], "ns/prefix leaked upstream")
+
+        # The same repository and tag from the other registry behind the central tier.
+        g = self.ghcr_img
+        gout = os.path.join(out, "ghcr")
+        lab.skopeo_copy("docker://%s/ghcr.io/%s:%s" % (self.edges[0].hostport, rng["repo"],
+                                                       rng["tag"]), "dir:" + gout)
+        self.assertEqual(lab.file_digest(os.path.join(gout, "manifest.json")), g.digest)
+        self.assertEqual(lab.file_digest(os.path.join(gout, g.layer.split(":")[1])), g.layer)
+        rpath = "/v2/%s/manifests/%s" % (rng["repo"], rng["tag"])
+        for edge in self.edges:
+            r = lab.get(edge.hostport, rpath + "?ns=ghcr.io", lab.accept(lab.ALL_MANIFEST_ACCEPT))
+            self.assertStatus(r, 200, "ghcr.io by ?ns= at %s" % edge.name)
+            self.assertEqual(r.header("Docker-Content-Digest"), g.digest)
+            self.assertEqual(lab.sha256_digest(r.body), g.digest)
+            st, dig, _ = lab.fetch_blob_digest(edge.hostport, "/v2/ghcr.io/%s/blobs/%s" % (
+                rng["repo"], g.layer))
+            self.assertEqual((st, dig), (200, g.layer))
+            # docker.io's lab/range16:v1 through the same edge is still the first registry's.
+            r = lab.head(edge.hostport, rpath, lab.accept(lab.ALL_MANIFEST_ACCEPT))
+            self.assertEqual(r.header("Docker-Content-Digest"), rng["digest"], edge.name)
+        gtable = collections.Counter((r.method, r.target) for r in self.up2.seen())
+        lab.log("ghcr.io registry saw %s" % sorted(gtable.items()))
+        for d in (g.config, g.layer):
+            self.assertEqual(gtable[("GET", "/v2/%s/blobs/%s" % (rng["repo"], d))], 1, gtable)
+        self.assertEqual(gtable[("HEAD", rpath)], 1, gtable)
+        self.assertFalse([k for k, v in gtable.items() if v > 1], "repeated requests: %s" % gtable)
+        # Nothing of the ghcr.io image was asked of the docker.io registry.
+        self.assertFalse([r.target for r in self.up.seen() if g.layer in r.target or g.digest in
+                          r.target or g.config in r.target])
+        # Each edge names the registry on every request to the central tier (pass_ns), never
+        # with a path prefix.
+        targets = [r.target for r in self.cfwd.seen()]
+        self.assertTrue(targets)
+        self.assertFalse([t for t in targets if not re.search(r"[?&]ns=(docker\.io|ghcr\.io)$", t)
+                          or re.match(r"/v2/(docker|ghcr)\.io/", t)], "targets at the central tier")
+        self.assertTrue([t for t in targets if t.endswith("ns=ghcr.io")])
 
         # The central tier goes away (listener closed: connections refused).
         self.cfwd.stop()

@@ -260,6 +260,47 @@ static void test_multi_headers_and_request_head(void)
     fu_stop(f);
 }
 
+/* "pass_ns": every request names the upstream's registry with ?ns= (percent-encoded as Go
+ * encodes it), after any query it has; a query that names ns already is left alone. */
+static void test_pass_ns(void)
+{
+    fake_upstream_t *f = server();
+    up_ucfg.pass_ns = true;
+    upstream_t *u = up_make();
+    static const char *const paths[] = {
+        "/echo/a",          "/echo/b?x=1",          "/echo/c?",
+        "/echo/d?ns=other", "/echo/e?x=1&ns=other", "/echo/f?dns=1"};
+    for (size_t i = 0; i < ARRAY_SIZE(paths); i++) {
+        upres_t s = {0};
+        up_get(u, "GET", paths[i], NULL, &s);
+        CHECK_INT(s.done_status, 0);
+        CHECK_INT(s.status, 200);
+    }
+    char want[6][128];
+    unsigned port = fu_port(f);
+    snprintf(want[0], sizeof want[0], "/echo/a?ns=127.0.0.1%%3A%u", port);
+    snprintf(want[1], sizeof want[1], "/echo/b?x=1&ns=127.0.0.1%%3A%u", port);
+    snprintf(want[2], sizeof want[2], "/echo/c?ns=127.0.0.1%%3A%u", port);
+    snprintf(want[3], sizeof want[3], "/echo/d?ns=other");
+    snprintf(want[4], sizeof want[4], "/echo/e?x=1&ns=other");
+    snprintf(want[5], sizeof want[5], "/echo/f?dns=1&ns=127.0.0.1%%3A%u", port);
+    for (int i = 0; i < 6; i++) {
+        fu_request_t q;
+        CHECK(fu_nth(f, "/echo/", i, &q));
+        CHECK_STR(q.target, want[i]);
+    }
+    up_destroy(u);
+    up_ucfg.pass_ns = false;
+    fu_stop(f);
+    /* Names with brackets (IPv6) and Docker Hub's. */
+    char *p = upstream_ns_path("/v2/library/alpine/manifests/3", "docker.io");
+    CHECK_STR(p, "/v2/library/alpine/manifests/3?ns=docker.io");
+    free(p);
+    p = upstream_ns_path("/base/v2/x/blobs/sha256:ab?artifactType=a%2Bb", "[fd00::1]:5000");
+    CHECK_STR(p, "/base/v2/x/blobs/sha256:ab?artifactType=a%2Bb&ns=%5Bfd00%3A%3A1%5D%3A5000");
+    free(p);
+}
+
 static void test_pool_limit(void)
 {
     fake_upstream_t *f = server();
@@ -665,6 +706,7 @@ static const test_case_t cases[] = {
     TEST_CASE(test_chunked),
     TEST_CASE(test_head),
     TEST_CASE(test_multi_headers_and_request_head),
+    TEST_CASE(test_pass_ns),
     TEST_CASE(test_pool_limit),
     TEST_CASE(test_queue_bound),
     TEST_CASE(test_connect_refused),
