@@ -85,12 +85,16 @@ struct call {
     struct sockaddr_storage client;
     char client_str[REALIP_STR_MAX];
     bool forwarded; /* client came from X-Forwarded-For and is not the peer itself */
+    /* Background work a client's request started (a tag revalidation): that request's id, so
+     * the work's upstream debug lines name it. 0 otherwise. */
+    uint64_t for_id;
 };
 
-/** The request id for logs; 0 for a call that belongs to no client (background work). */
+/** The request id for logs: the client's, or for background work the id of the request that
+ * started it (call_t.for_id); 0 for work no request started. */
 static inline uint64_t call_id(const call_t *c)
 {
-    return c->req ? req_id(c->req) : 0;
+    return c->req ? req_id(c->req) : c->for_id;
 }
 
 /** The client's address for logs, login throttling and client groups (see call_t.client). */

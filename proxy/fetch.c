@@ -207,6 +207,7 @@ static int op_start(call_t *c, flight_t *fl, enum upreq_lane lane, const char *m
         snprintf(acc, sizeof acc, "Accept: %s", accept);
         hdrs[0] = acc;
     }
+    opts.req_id = call_id(c);
     int err = upreq_start_opts(&op->up, c->up, method, path, hdrs, &op_cbs, op, &opts);
     if (err < 0) {
         op_free(op);

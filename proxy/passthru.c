@@ -293,8 +293,9 @@ void passthru_start(call_t *c, const passthru_from_t *from)
     if (err == 0 && !p->ranged)
         err = digester_new(&p->dg, alg);
     fetch_path(c, "blobs", p->digest, path, sizeof path);
+    upreq_opts_t opts = {.lane = UPREQ_BULK, .req_id = call_id(c)};
     if (err == 0)
-        err = upreq_start(&p->up, c->up, "GET", path, hdrs, &cbs, p);
+        err = upreq_start_opts(&p->up, c->up, "GET", path, hdrs, &cbs, p, &opts);
     if (err) {
         p->up = NULL;
         pt_fail(p, err);

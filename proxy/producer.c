@@ -64,6 +64,7 @@ struct producer {
     negcache_t *neg;             /* borrowed: an upstream 404 is remembered there */
     metrics_t *metrics;          /* borrowed: answers, latency, bytes */
     int upstream_ix;             /* the upstream's index, for the metrics */
+    uint64_t req_id;             /* the request that started the fill (its upstream logs) */
     uint64_t t0_ns;              /* uv_hrtime when the current request was sent */
     const config_t *cfg;
     upreq_t *up;   /* NULL between requests and once over */
@@ -393,7 +394,8 @@ static int resume(producer_t *f)
     const char *hdrs[] = {range, NULL};
     f->resumes++;
     f->t0_ns = uv_hrtime();
-    return upreq_start(&f->up, f->client, "GET", f->path, hdrs, &producer_cbs, f);
+    upreq_opts_t opts = {.lane = UPREQ_BULK, .req_id = f->req_id};
+    return upreq_start_opts(&f->up, f->client, "GET", f->path, hdrs, &producer_cbs, f, &opts);
 }
 
 /* A cut after the headers, of a blob whose end is known, with nothing left unread. */
@@ -474,7 +476,8 @@ void producer_start(call_t *c, fill_t *fill)
     /* Bulk lane (resumes too: upreq_start's default): a blob fill never takes the connections
      * kept for manifests and tag checks, and has no overall deadline (a big blob may take long;
      * the idle timeout and the size bounds hold it). */
-    upreq_opts_t opts = {.lane = UPREQ_BULK};
+    f->req_id = call_id(c);
+    upreq_opts_t opts = {.lane = UPREQ_BULK, .req_id = f->req_id};
     int err = upreq_start_opts(&f->up, c->up, "GET", f->path, NULL, &producer_cbs, f, &opts);
     if (err < 0) {
         f->up = NULL;

@@ -182,6 +182,7 @@ static int check_start(revalidator_t *v, flight_t *fl, const call_t *c)
     k->owner = v;
     k->fl = fl;
     k->bg = *c;
+    k->bg.for_id = call_id(c);
     k->bg.req = NULL;
     k->bg.cancel = NULL;
     k->bg.op = NULL;

@@ -243,6 +243,10 @@ int upreq_start_opts(upreq_t **out, upstream_t *u, const char *method, const cha
     if (rc < 0)
         return rc;
     r->bulk = bulk;
+    if (opts && opts->req_id) {
+        r->req_id = opts->req_id;
+        req_logline(r, "");
+    }
     req_set_origin(r, o);
     upauth_attach_known(r);
     /* The loop's clock is stale when the caller spent time since the last poll; timeouts

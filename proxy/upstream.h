@@ -97,6 +97,9 @@ typedef struct upreq_opts {
     /* The whole exchange (waiting, connecting, redirects, auth, headers and body) must end
      * within this many ms, else on_done(-ETIMEDOUT) and the connection is closed; 0: none. */
     uint32_t deadline_ms;
+    /* The client request this work is for (server.h req_id), shown as "req=N" on the request's
+     * debug lines (and on those of a token fetch it starts); 0: background work, no id. */
+    uint64_t req_id;
 } upreq_opts_t;
 
 /** Sends `method path` (path is absolute and already includes the upstream's base path and

@@ -290,7 +290,8 @@ static bool realm_gets_credentials(upstream_t *u, const origin_t *realm)
 }
 
 /* Starts the fetch of flight f, which answers challenge c. */
-static int start_fetch(upstream_t *u, flight_t *f, const auth_challenge_t *c, bool from_primary)
+static int start_fetch(upstream_t *u, flight_t *f, const auth_challenge_t *c, bool from_primary,
+                       uint64_t req_id)
 {
     int rc;
     upreq_t *t = NULL;
@@ -321,6 +322,10 @@ static int start_fetch(upstream_t *u, flight_t *f, const auth_challenge_t *c, bo
         goto fail;
     t->internal = true;
     t->bulk = false; /* a token gates a client's request: priority lane */
+    if (req_id) {
+        t->req_id = req_id; /* the request that needed the token first */
+        req_logline(t, "");
+    }
     if (from_primary && has_credentials(u) && realm_gets_credentials(u, o))
         rc = set_basic(t, o);
     if (rc == 0)
@@ -357,7 +362,7 @@ static int wait_token(upreq_t *r, const auth_challenge_t *c, const char *key)
         if (flight_table_count(u->token_flights) > UP_MAX_TOKEN_FETCHES)
             rc = -EAGAIN;
         else
-            rc = start_fetch(u, f, c, r->o->primary);
+            rc = start_fetch(u, f, c, r->o->primary, r->req_id);
         if (rc < 0) {
             flight_drop(flight_leave(&r->token_wait));
             return rc;

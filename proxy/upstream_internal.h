@@ -92,7 +92,7 @@
 /* "scheme://host:port" */
 #define UP_OKEY_MAX (sizeof "https://[]:65535" + URL_MAX_HOST)
 /* A request line for logs: method, origin when not the primary one, path without query. */
-#define UP_LOGLINE 320
+#define UP_LOGLINE 340
 /* Docker Hub's remaining pulls below this are logged at info. */
 #define UP_RATELIMIT_LOW 10
 
@@ -161,6 +161,7 @@ struct upreq {
     char *head;                  /* request head, owned */
     size_t head_len;
     char logline[UP_LOGLINE]; /* for logs: never headers (they carry tokens), never a query */
+    uint64_t req_id;          /* upreq_opts_t.req_id: "req=N " leads logline; 0 = none */
     /* Facts that hold whatever the state. */
     bool is_head, idempotent;
     bool internal;      /* a token fetch: no auth handling, callbacks are upstream_auth.c's */
@@ -333,6 +334,9 @@ void pool_arm(upconn_t *uc, uint64_t ms, uv_timer_cb cb);
 
 /* ---- upstream_req.c ---- */
 
+/* (Re)writes r->logline: "req=N " when r serves a client request, the method, origin (the
+ * configured upstream's own: "") and the path without its query. */
+void req_logline(upreq_t *r, const char *origin);
 /* A request, NEW and in no list (pool_queue puts it on one). Validates method, path, headers.
  * Returns 0, WE_INVALID, WE_TOOBIG, -ENOMEM. */
 int req_create(upreq_t **out, upstream_t *u, const char *method, const char *path,

@@ -238,6 +238,15 @@ static int copy_extra(upreq_t *r, const char *const *extra_headers, size_t xlen)
     return 0;
 }
 
+void req_logline(upreq_t *r, const char *origin)
+{
+    char id[32] = "";
+    if (r->req_id)
+        snprintf(id, sizeof id, "req=%llu ", (unsigned long long)r->req_id);
+    snprintf(r->logline, sizeof r->logline, "%s%s %s%.*s", id, r->method, origin,
+             (int)strcspn(r->path, "?"), r->path);
+}
+
 int req_create(upreq_t **out, upstream_t *u, const char *method, const char *path,
                const char *const *extra_headers, const upreq_cbs_t *cbs, void *arg)
 {
@@ -268,7 +277,7 @@ int req_create(upreq_t **out, upstream_t *u, const char *method, const char *pat
             goto fail;
     }
     snprintf(r->method, sizeof r->method, "%s", method);
-    snprintf(r->logline, sizeof r->logline, "%s %.*s", method, (int)strcspn(path, "?"), path);
+    req_logline(r, "");
     r->cbs = cbs;
     r->arg = arg;
     r->is_head = strcmp(method, "HEAD") == 0;
@@ -378,8 +387,7 @@ int req_build_head(upreq_t *r)
     free(r->head);
     r->head = h;
     r->head_len = len;
-    snprintf(r->logline, sizeof r->logline, "%s %s%.*s", r->method, o->primary ? "" : o->key,
-             (int)strcspn(r->path, "?"), r->path);
+    req_logline(r, o->primary ? "" : o->key);
     return 0;
 }
 

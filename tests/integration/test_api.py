@@ -7,6 +7,7 @@ and OCI error code, before any upstream request. No response may leak a filesyst
 (lab.request checks every response from winch)."""
 
 import json
+import os
 import re
 import time
 import urllib.parse
@@ -176,6 +177,25 @@ class Api(lab.TestCase):
         layer = bb["layers"][0]
         config = [d for d in bb["blobs"] if d not in bb["layers"]][0]
         return bb["repo"], layer, bb["blobs"][layer]["size"], config, bb["blobs"][config]["size"]
+
+    def test_upstream_lines_carry_request_id(self):
+        """The debug lines of upstream work name the client request that caused it: a manifest
+        by tag (a shared fetch; tag_ttl_s 0 asks the upstream every time) and a cold blob (a
+        fill's producer). lab/range16 is pulled by no other test here (test_catalog, which
+        runs before this one, checks that it is not listed)."""
+        img = self.img["range16"]
+        layer = img["layers"][0]
+        self.assertFalse(os.path.exists(self.winch.blob_path(layer)),
+                         "range16's layer is cached already: this test needs it cold")
+        r = lab.get(self.w, "/v2/lab/range16/manifests/v1", H([img["media_type"]]), timeout=30)
+        self.assertStatus(r, 200, "manifest")
+        self.assertEqual(lab.fetch_blob_digest(self.w, "/v2/lab/range16/blobs/" + layer)[0], 200)
+        log = self.winch.log()
+        for target in ("/v2/lab/range16/manifests/v1", "/v2/lab/range16/blobs/" + layer):
+            ids = re.findall(r"req=(\d+) GET %s " % re.escape(target), log)
+            self.assertTrue(ids, "no access line for " + target)
+            self.assertRegex(log, r"upstream docker\.io: req=(%s) (GET|HEAD) /v2/lab/range16/" %
+                             "|".join(ids), "no upstream line names the request of " + target)
 
     def test_blobs(self):
         repo, layer, size, config, csize = self.blob_cases()
