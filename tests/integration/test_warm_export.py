@@ -190,8 +190,11 @@ class WarmExport(lab.TestCase):
 
     def test_export_import_pull_without_upstream(self):
         src = self.warmed_cache()
-        refs = ["lab/busybox-oci:1.36", "lab/big:v1", "library/busybox:1.36", "lab/multi:v1"]
+        every = ["lab/busybox-oci:1.36", "lab/big:v1", "library/busybox:1.36", "lab/multi:v1"]
         for ext in ("tar", "tar.gz"):
+            # gzip is the same code whatever the size: the 300 MiB of random bytes in lab/big
+            # (gzip's worst case, ~15 s each way) go through the plain tar only.
+            refs = every if ext == "tar" else [r for r in every if r != "lab/big:v1"]
             with self.subTest(ext=ext):
                 archive = self.tmp("images") + "." + ext
                 winch("export", *refs, "-o", archive, "--cache-dir", src)
@@ -210,7 +213,8 @@ class WarmExport(lab.TestCase):
                 w = lab.Winch([("docker.io", closed_port_url())], cache_dir=dst)
                 try:
                     self.pull_same(w, "lab/busybox-oci:1.36", "bb")
-                    self.pull_same(w, "lab/big:v1", "big")
+                    if "lab/big:v1" in refs:
+                        self.pull_same(w, "lab/big:v1", "big")
                     self.pull_same(w, "library/busybox:1.36", "v2s2")
                     self.pull_same(w, "lab/multi:v1", "multi")
                     self.pull_same(w, "lab/multi:v1", "multi-arm64",
@@ -219,6 +223,8 @@ class WarmExport(lab.TestCase):
                     w.stop()
                 # skopeo reads the export itself.
                 for ref, key in (("lab/busybox-oci:1.36", "bb"), ("lab/big:v1", "big")):
+                    if ref not in refs:
+                        continue
                     dest = self.tmp("oci")
                     lab.skopeo(["copy", "--quiet",
                                 "oci-archive:%s:docker.io/%s" % (archive, ref), "dir:" + dest])
