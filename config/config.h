@@ -325,6 +325,11 @@ char *config_dump_json(const config_t *c);
  * ...) has the same effective value in a and b. False when out of memory. */
 bool config_same_field(const config_t *a, const config_t *b, const char *field);
 
+/** True when a and b configure the same upstreams, in the same order, with the same effective
+ * settings apart from their credentials (username, password, password_file, password_env).
+ * False when out of memory. */
+bool config_same_upstreams_but_credentials(const config_t *a, const config_t *b);
+
 /** Frees everything; NULL is fine. */
 void config_free(config_t *c);
 

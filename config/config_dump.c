@@ -253,6 +253,27 @@ char *config_dump_json(const config_t *c)
     return s;
 }
 
+bool config_same_upstreams_but_credentials(const config_t *a, const config_t *b)
+{
+    static const char *const creds[] = {"username", "password", "password_file", "password_env"};
+    json_t *x = config_json(a), *y = config_json(b);
+    json_t *ux = x ? json_object_get(x, "upstreams") : NULL;
+    json_t *uy = y ? json_object_get(y, "upstreams") : NULL;
+    bool same = false;
+    if (ux && uy && json_array_size(ux) == json_array_size(uy)) {
+        for (size_t i = 0; i < json_array_size(ux); i++) {
+            for (size_t k = 0; k < sizeof creds / sizeof creds[0]; k++) {
+                json_object_del(json_array_get(ux, i), creds[k]);
+                json_object_del(json_array_get(uy, i), creds[k]);
+            }
+        }
+        same = json_equal(ux, uy);
+    }
+    json_decref(x);
+    json_decref(y);
+    return same;
+}
+
 bool config_same_field(const config_t *a, const config_t *b, const char *field)
 {
     json_t *x = config_json(a), *y = config_json(b);

@@ -603,6 +603,12 @@ policy_t *app_set_policy(app_t *a, policy_t *p)
     return old;
 }
 
+void app_credentials_changed(app_t *a, size_t i)
+{
+    if (i < CONFIG_MAX_UPSTREAMS && a->upstreams[i])
+        upstream_credentials_changed(a->upstreams[i]);
+}
+
 void app_destroy(app_t *a)
 {
     if (!a)

@@ -43,6 +43,10 @@ void app_shutdown(app_t *a);
  * caller, who must keep it until app_destroy: calls in flight may still read it. */
 policy_t *app_set_policy(app_t *a, policy_t *p);
 
+/** Upstream i's credentials in the live config changed (SIGHUP reload): see
+ * upstream_credentials_changed. */
+void app_credentials_changed(app_t *a, size_t i);
+
 /** Frees the application; NULL is fine. */
 void app_destroy(app_t *a);
 

@@ -46,7 +46,6 @@ static const char *const fixed_fields[] = {
     "tls_key",
     "cache_dir",
     "index_map_size",
-    "upstreams",
     "auth",
     "client_header_timeout_ms",
     "client_idle_timeout_ms",
@@ -116,6 +115,39 @@ static void apply_scalars(config_t *live, const config_t *n)
     live->log_json = n->log_json;
 }
 
+static bool same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Upstreams: fixed, except their credentials, which are swapped in (the file's password is
+ * read again at every reload, so a rotated secret in the same file counts as a change) and
+ * whose earned tokens are dropped. Returns the number of fields kept until restart (0 or 1). */
+static size_t reload_upstreams(reloader_t *r, config_t *n)
+{
+    config_t *live = r->live;
+    if (!config_same_upstreams_but_credentials(live, n)) {
+        LOG_WARN("reload: upstreams changed in the file but needs a restart: the running value "
+                 "is kept (only credentials change in place)");
+        return 1;
+    }
+    for (size_t i = 0; i < live->n_upstreams; i++) {
+        config_upstream_t *a = &live->upstreams[i], *b = &n->upstreams[i];
+        if (same_str(a->username, b->username) && same_str(a->password, b->password) &&
+            same_str(a->password_file, b->password_file) &&
+            same_str(a->password_env, b->password_env))
+            continue;
+        SWAP(a->username, b->username);
+        SWAP(a->password, b->password);
+        SWAP(a->password_file, b->password_file);
+        SWAP(a->password_env, b->password_env);
+        app_credentials_changed(r->app, i);
+        LOG_INFO("reload: upstream %s: new credentials%s; its cached tokens are dropped", a->name,
+                 a->username ? "" : " (none: anonymous from now on)");
+    }
+    return 0;
+}
+
 /* Arrays and strings: swapped, so the live config points at the new ones and the husk keeps
  * the old ones alive for whoever still borrows them. */
 static void swap_arrays(config_t *live, config_t *n)
@@ -151,7 +183,7 @@ void reloader_run(reloader_t *r)
         config_free(next);
         return;
     }
-    size_t kept = report_fixed(r->live, next);
+    size_t kept = report_fixed(r->live, next) + reload_upstreams(r, next);
     apply_scalars(r->live, next);
     /* pol's rules point into next->policy's array, which the swap hands to the live config. */
     swap_arrays(r->live, next);

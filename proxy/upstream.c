@@ -99,6 +99,19 @@ static void abandon(upreq_t *r, const char *what)
     req_free(r);
 }
 
+void upstream_credentials_changed(upstream_t *u)
+{
+    auth_cache_t *fresh = NULL;
+    if (auth_cache_create(&fresh, UP_MAX_TOKENS) < 0) {
+        LOG_WARN("upstream %s: out of memory; tokens of the old credentials kept until they "
+                 "expire or are refused",
+                 u->ucfg->name);
+        return;
+    }
+    auth_cache_free(u->tokens);
+    u->tokens = fresh;
+}
+
 void upstream_destroy(upstream_t *u)
 {
     if (!u)

@@ -45,6 +45,11 @@ typedef struct upreq upreq_t;
 int upstream_create(upstream_t **out, uv_loop_t *loop, const config_upstream_t *ucfg,
                     const config_t *gcfg);
 
+/** The configured credentials (ucfg's username/password) changed (SIGHUP reload): the bearer
+ * tokens the old ones earned are dropped, so the next request asks the realm again with the new
+ * ones. Requests already sent keep what they carry. */
+void upstream_credentials_changed(upstream_t *u);
+
 /** Closes idle connections and frees the client. Every request must have finished or been
  * cancelled before. Handles close asynchronously: run the loop once more afterwards. */
 void upstream_destroy(upstream_t *u);

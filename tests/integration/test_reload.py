@@ -7,6 +7,9 @@
 - a broken configuration (JSON syntax, an unknown field, a bad regex) is refused with the usual
   message in the log and the old policy keeps deciding; a changed listen address is reported
   and kept;
+- upstream credentials change in place (a rotated password in the same file, another user),
+  proven with cold blobs against a registry with htpasswd auth; with the URL changed too,
+  nothing of the upstream changes;
 - 20 SIGHUPs in a row, alternating two configurations, while requests run: no crash, every
   answer is one of the two configurations' (also under the ASan+UBSan build)."""
 
@@ -14,6 +17,7 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -173,6 +177,71 @@ class Reload(lab.TestCase):
             self.assertEqual(st, 200, "the old listener and upstream keep serving")
         finally:
             w.stop()
+
+    def test_upstream_credentials(self):
+        """Upstream credentials change in place: a rotated password in the same password_file,
+        then a new username and file; the tokens the old ones earned are dropped. The rest of
+        an upstream stays fixed (reported). Against a registry with htpasswd Basic auth."""
+        lab.require("htpasswd")
+        d = lab.tmpdir("winch-reload-creds-")
+        htp = os.path.join(d, "htpasswd")
+        with open(htp, "w") as f:
+            for user, pw in (("alice", "right-one"), ("bob", "bobs-secret")):
+                f.write(subprocess.run(["htpasswd", "-Bbn", user, pw], check=True,
+                                       capture_output=True, text=True).stdout.strip() + "\n")
+        up = lab.Registry(name="creds-upstream", auth_htpasswd=htp)
+        try:
+            img = self.data["images"]["range16"]
+            src = "oci:%s:%s" % (os.path.join(self.data["images_dir"], "range16"), img["tag"])
+            lab.skopeo_copy(src, "docker://%s/lab/private:v1" % up.direct_hostport,
+                            ["--dest-creds", "alice:right-one"])
+            pwfile = os.path.join(d, "pw")
+            with open(pwfile, "w") as f:
+                f.write("wrong")
+            cfg = {"upstreams": [{"name": "docker.io", "url": up.url, "username": "alice",
+                                  "password_file": pwfile}], "tag_ttl_s": 0}
+            w = lab.Winch([], config=cfg)
+            try:
+                path = "/v2/lab/private/manifests/v1"
+                acc = lab.accept([img["media_type"]])
+                self.assertNotEqual(lab.get(w.hostport, path, acc).status, 200, "wrong password")
+                with open(pwfile, "w") as f:
+                    f.write("right-one")
+                self.sighup(w, APPLIED)
+                self.assertIn("reload: upstream docker.io: new credentials", w.log())
+                self.assertEqual(lab.get(w.hostport, path, acc).status, 200, "rotated password")
+                # Another user and file; a bad one is refused as at start, the old one stays.
+                pw2 = os.path.join(d, "pw2")
+                with open(pw2, "w") as f:
+                    f.write("bobs-secret")
+                cfg2 = json.loads(json.dumps(cfg))
+                cfg2["upstreams"][0].update(username="bob", password_file=pw2)
+                with open(pwfile, "w") as f:
+                    f.write("wrong")  # alice's no longer works: only bob's can fetch now
+                self.rewrite(w, cfg2)
+                self.sighup(w, APPLIED)
+                # A stale tag would be served anyway: cold blobs must come from the upstream.
+                blobs = sorted(img["blobs"])
+                self.assertEqual(lab.fetch_blob_digest(w.hostport, "/v2/lab/private/blobs/" +
+                                                       blobs[0])[0], 200, "a cold blob as bob")
+                cfg3 = json.loads(json.dumps(cfg2))
+                cfg3["upstreams"][0]["password_file"] = os.path.join(d, "missing")
+                self.rewrite(w, cfg3)
+                self.sighup(w, REFUSED)
+                self.assertEqual(lab.get(w.hostport, path, acc).status, 200, "after refusal")
+                # Credentials and the URL at once: nothing of the upstream changes.
+                cfg4 = json.loads(json.dumps(cfg))  # alice with the wrong password again
+                cfg4["upstreams"][0]["url"] = "http://127.0.0.1:1"
+                self.rewrite(w, cfg4)
+                self.sighup(w, "upstreams changed in the file but needs a restart")
+                self.assertEqual(lab.fetch_blob_digest(w.hostport, "/v2/lab/private/blobs/" +
+                                                       blobs[1])[0], 200, "still bob, same URL")
+                self.assertNotIn("bobs-secret", w.log())
+                self.assertNotIn("right-one", w.log())
+            finally:
+                w.stop()
+        finally:
+            up.stop()
 
     def test_many_sighups_under_load(self):
         a = {"tag_ttl_s": 0, "policy": []}
