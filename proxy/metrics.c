@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/timeutil.h"
 #include "common/util.h"
 #include "config/config.h"
 
@@ -39,7 +40,36 @@ struct metrics {
     uint64_t results[METRICS_ROUTE_N][METRICS_RESULT_N];
     uint64_t fill_waiters;
     up_counters_t up[CONFIG_MAX_UPSTREAMS];
+    /* The last hour, a slot per minute (minute number % 60), each stamped with its minute so
+     * a slot left from an hour ago reads as empty: no timer needed. */
+    metrics_minute_t minute[METRICS_MINUTES];
+    int64_t minute_of[METRICS_MINUTES];
 };
+
+/* The slot of the minute now, emptied first when it last held an older minute. */
+static metrics_minute_t *this_minute(metrics_t *m)
+{
+    int64_t now = (int64_t)(time_mono_ms() / 60000);
+    size_t i = (size_t)(now % METRICS_MINUTES);
+    if (m->minute_of[i] != now) {
+        memset(&m->minute[i], 0, sizeof m->minute[i]);
+        m->minute_of[i] = now;
+    }
+    return &m->minute[i];
+}
+
+void metrics_last_hour(const metrics_t *m, int64_t now_ms, metrics_minute_t out[METRICS_MINUTES])
+{
+    int64_t now = now_ms / 60000;
+    for (int k = 0; k < METRICS_MINUTES; k++) {
+        int64_t want = now - (METRICS_MINUTES - 1) + k;
+        size_t i = (size_t)(((want % METRICS_MINUTES) + METRICS_MINUTES) % METRICS_MINUTES);
+        if (m && want >= 0 && m->minute_of[i] == want)
+            out[k] = m->minute[i];
+        else
+            memset(&out[k], 0, sizeof out[k]);
+    }
+}
 
 static const char *const route_names[METRICS_ROUTE_N] = {
     "ping", "manifest", "blob", "tags", "referrers", "catalog", "ops", "other",
@@ -116,6 +146,8 @@ void metrics_request(metrics_t *m, enum metrics_route route, int status, enum me
         res = METRICS_NONE;
     m->requests[route][status_class(status)]++;
     m->results[route][res]++;
+    metrics_minute_t *mn = this_minute(m);
+    mn->requests++;
     up_counters_t *u = up_of(m, upstream);
     if (!u)
         return;
@@ -125,10 +157,12 @@ void metrics_request(metrics_t *m, enum metrics_route route, int status, enum me
     case METRICS_STALE:
     case METRICS_REVALIDATED:
         u->served_cache += bytes;
+        mn->served_cache += bytes;
         break;
     case METRICS_MISS:
     case METRICS_UPSTREAM:
         u->served_upstream += bytes;
+        mn->served_upstream += bytes;
         break;
     default:
         break;
@@ -159,8 +193,10 @@ void metrics_upstream_answer(metrics_t *m, int upstream, int status, int err, ui
 void metrics_upstream_bytes(metrics_t *m, int upstream, enum metrics_kind kind, uint64_t n)
 {
     up_counters_t *u = up_of(m, upstream);
-    if (u && (unsigned)kind < METRICS_KIND_N)
+    if (u && (unsigned)kind < METRICS_KIND_N) {
         u->fetched[kind] += n;
+        this_minute(m)->fetched += n;
+    }
 }
 
 void metrics_fill_waiters(metrics_t *m, int delta)

@@ -109,6 +109,16 @@ typedef struct metrics_totals {
 } metrics_totals_t;
 void metrics_totals(const metrics_t *m, metrics_totals_t *out);
 
+/** One minute of the last hour (status page): bytes served from the cache and from the
+ * upstream, bytes fetched from upstreams, requests answered. */
+typedef struct metrics_minute {
+    uint64_t served_cache, served_upstream, fetched, requests;
+} metrics_minute_t;
+#define METRICS_MINUTES 60
+/** The last METRICS_MINUTES minutes up to now_ms (time_mono_ms), oldest first; the last one
+ * is the minute in progress. Minutes without traffic are zero. */
+void metrics_last_hour(const metrics_t *m, int64_t now_ms, metrics_minute_t out[METRICS_MINUTES]);
+
 /** Appends the whole exposition to out (bounded by out's own max). Returns 0, WE_TOOBIG or
  * -ENOMEM. */
 int metrics_render(const metrics_t *m, const metrics_view_t *v, buf_t *out);

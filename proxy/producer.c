@@ -496,6 +496,16 @@ bool producer_runs_for(const blob_producers_t *p, const char *digest, const char
     return false;
 }
 
+void blob_producers_each(const blob_producers_t *p, size_t max,
+                         void (*cb)(void *arg, const producer_view_t *v), void *arg)
+{
+    size_t n = 0;
+    for (const producer_t *f = p->head; f && n < max; f = f->next, n++) {
+        producer_view_t v = {f->upstream, f->repo, f->digest, f->received, f->size};
+        cb(arg, &v);
+    }
+}
+
 size_t blob_producers_count(const blob_producers_t *p)
 {
     size_t n = 0;

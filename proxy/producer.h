@@ -29,6 +29,16 @@ int blob_producers_create(blob_producers_t **out);
 void blob_producers_cancel_all(blob_producers_t *p);
 /** Producers running now (the fills in flight, for the metrics). */
 size_t blob_producers_count(const blob_producers_t *p);
+
+/** What the status page shows of one running fill. The strings are borrowed for the call. */
+typedef struct producer_view {
+    const char *upstream, *repo, *digest;
+    uint64_t received; /* bytes taken from the upstream so far */
+    uint64_t size;     /* UINT64_MAX while unknown (no answer yet, or chunked) */
+} producer_view_t;
+/** Calls cb for the running producers, newest first, at most max of them. */
+void blob_producers_each(const blob_producers_t *p, size_t max,
+                         void (*cb)(void *arg, const producer_view_t *v), void *arg);
 /** Frees the list; NULL is fine. */
 void blob_producers_free(blob_producers_t *p);
 

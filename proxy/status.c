@@ -24,6 +24,7 @@
 
 #define STATUS_MAX ((size_t)1 << 20)
 #define STATUS_TOP 10
+#define STATUS_FILLS 50 /* fills listed; the count says how many more */
 #define STATUS_TAGS_SCANNED 100000
 #define STATUS_NAME_MAX 512
 
@@ -198,6 +199,87 @@ static void cache_size(page_t *p, const call_t *c, const ops_env_t *e, const met
         flight_table_count(c->env->fetches), server_connections(e->server));
 }
 
+/* ---- The last hour, a bar a minute ---------------------------------------------------------- */
+
+static void last_hour(page_t *p, const metrics_t *m)
+{
+    metrics_minute_t mn[METRICS_MINUTES];
+    metrics_last_hour(m, time_mono_ms(), mn);
+    metrics_minute_t sum = {0};
+    uint64_t peak = 1;
+    for (int i = 0; i < METRICS_MINUTES; i++) {
+        sum.served_cache += mn[i].served_cache;
+        sum.served_upstream += mn[i].served_upstream;
+        sum.fetched += mn[i].fetched;
+        sum.requests += mn[i].requests;
+        uint64_t b = mn[i].served_cache + mn[i].served_upstream;
+        if (b > peak)
+            peak = b;
+    }
+    char h1[32], h2[32], h3[32];
+    put(p, "<h2>Last hour</h2><table>");
+    put(p, "<tr><th>requests</th><td id=\"hour-requests\">%" PRIu64 "</td></tr>", sum.requests);
+    put(p,
+        "<tr><th>bytes saved</th><td id=\"hour-bytes-saved\" data-bytes=\"%" PRIu64
+        "\">%s</td></tr><tr><th>served from upstream</th><td id=\"hour-bytes-upstream\" "
+        "data-bytes=\"%" PRIu64 "\">%s</td></tr><tr><th>fetched from upstream</th>"
+        "<td id=\"hour-bytes-fetched\" data-bytes=\"%" PRIu64 "\">%s</td></tr></table>",
+        sum.served_cache, human(h1, sizeof h1, sum.served_cache), sum.served_upstream,
+        human(h2, sizeof h2, sum.served_upstream), sum.fetched, human(h3, sizeof h3, sum.fetched));
+    /* Bytes served per minute, oldest left: from the cache (green) on top of from the
+     * upstream (grey), scaled to the busiest minute. */
+    put(p, "<svg id=\"hour-chart\" width=\"610\" height=\"110\" role=\"img\" aria-label=\"bytes "
+           "served per minute, last hour (green: from the cache, grey: from the upstream)\">"
+           "<rect x=\"0\" y=\"0\" width=\"610\" height=\"100\" fill=\"#f4f4f4\"/>");
+    for (int i = 0; i < METRICS_MINUTES; i++) {
+        double hu = 100.0 * (double)mn[i].served_upstream / (double)peak;
+        double hc = 100.0 * (double)mn[i].served_cache / (double)peak;
+        put(p,
+            "<rect class=\"up\" x=\"%d\" y=\"%.1f\" width=\"9\" height=\"%.1f\" fill=\"#999\"/>"
+            "<rect class=\"hit\" x=\"%d\" y=\"%.1f\" width=\"9\" height=\"%.1f\" fill=\"#2a7\" "
+            "data-bytes=\"%" PRIu64 "\"/>",
+            5 + i * 10, 100 - hu, hu, 5 + i * 10, 100 - hu - hc, hc, mn[i].served_cache);
+    }
+    put(p, "<text x=\"5\" y=\"110\" font-size=\"10\">-60 min</text><text x=\"570\" y=\"110\" "
+           "font-size=\"10\">now</text></svg>");
+}
+
+/* ---- Fills in progress ------------------------------------------------------------------- */
+
+static void fill_row(void *arg, const producer_view_t *v)
+{
+    page_t *p = arg;
+    char h1[32], h2[32];
+    put(p, "<tr><td>");
+    esc(p, v->upstream);
+    put(p, "/");
+    esc(p, v->repo);
+    put(p, "@");
+    esc(p, v->digest);
+    put(p, "</td><td data-bytes=\"%" PRIu64 "\">%s", v->received,
+        human(h1, sizeof h1, v->received));
+    if (v->size != UINT64_MAX) {
+        put(p, " of %s ", human(h2, sizeof h2, v->size));
+        bar(p, "received", v->size ? (double)v->received / (double)v->size : 1);
+    }
+    put(p, "</td></tr>");
+}
+
+static void fills(page_t *p, const blob_producers_t *prod)
+{
+    size_t n = blob_producers_count(prod);
+    put(p, "<h2>Fills in progress</h2>");
+    if (n == 0) {
+        put(p, "<p id=\"fills-none\">none</p>");
+        return;
+    }
+    put(p, "<table id=\"fills-table\"><tr><th>blob</th><th>received</th></tr>");
+    blob_producers_each(prod, STATUS_FILLS, fill_row, p);
+    put(p, "</table>");
+    if (n > STATUS_FILLS)
+        put(p, "<p>(and %zu more)</p>", n - STATUS_FILLS);
+}
+
 /* ---- The most pulled tags --------------------------------------------------------------- */
 
 typedef struct top_tag {
@@ -278,8 +360,10 @@ void status_answer(call_t *c, const ops_env_t *e)
         (long long)(up_s / 86400), (long long)(up_s / 3600 % 24), (long long)(up_s / 60 % 60),
         (long long)(up_s % 60));
     summary(&p, &t);
+    last_hour(&p, e->metrics);
     upstreams(&p, c, e);
     cache_size(&p, c, e, &t);
+    fills(&p, c->env->producers);
     top_tags(&p, c->env->cache);
     put(&p, "</body></html>\n");
     size_t len = 0;

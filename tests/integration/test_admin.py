@@ -158,6 +158,9 @@ class Admin(lab.TestCase):
         for res, n in got.items():
             self.assertIn('id="result-%s">%d<' % (res, n), html)
         self.assertIn('id="bytes-saved" data-bytes="%d"' % saved, html)
+        # This winch is younger than an hour: the last hour holds everything since start.
+        self.assertIn('id="hour-bytes-saved" data-bytes="%d"' % saved, html)
+        self.assertIn('id="hour-chart"', html)
         self.assertIn("<svg", html)
         shot_run = subprocess.run(base + ["--screenshot=" + shot, url], capture_output=True,
                                   timeout=120)
@@ -170,6 +173,47 @@ class Admin(lab.TestCase):
         self.assertGreater(os.path.getsize(shot), 5000)
         lab.log("status page screenshot: %s" % shot)
         shutil.rmtree(prof, ignore_errors=True)
+
+    def test_status_fills_and_last_hour(self):
+        """A fill held at 1 MiB by the upstream shows in "Fills in progress" with what it has
+        received; once done it is gone, and the last hour counts its bytes, fetched and served,
+        minute by minute in the chart."""
+        fake = lab.FakeUpstream()
+        self.addCleanup(fake.stop)
+        w = lab.Winch([("docker.io", fake.url)], name="winch-fills",
+                      config={"admin_listen": "127.0.0.1:0"})
+        self.addCleanup(w.stop)
+        admin = admin_hostport(w)
+        blob = bytes(range(256)) * (16 << 10)  # 4 MiB
+        digest = fake.add_blob(blob)
+        path = "/v2/lab/slow/blobs/" + digest
+        hold = lab.Fault("stall", after=1 << 20, times=1)
+        fake.set_fault(path, hold)
+        s = lab.Stream(w.hostport, path, timeout=30)
+        self.assertTrue(hold.reached.wait(10), "the upstream never reached the stall")
+
+        def page():
+            r = lab.get(admin, "/_winch/")
+            self.assertStatus(r, 200, "status page")
+            return r.body.decode()
+
+        lab.wait_for(lambda: 'data-bytes="%d"' % (1 << 20) in page(), 10,
+                     what="the fill at 1 MiB on the status page")
+        html = page()
+        self.assertIn('id="fills-table"', html)
+        self.assertIn("docker.io/lab/slow@" + digest, html)
+        hold.release()
+        self.assertEqual(len(s.read_all(keep=True)), len(blob))
+        s.close()
+        self.assertEqual(lab.fetch_blob_digest(w.hostport, path), (200, digest, len(blob)))
+        lab.wait_for(lambda: 'id="fills-none"' in page(), 10, what="no fill in progress")
+        html = page()
+        self.assertIn('id="hour-bytes-fetched" data-bytes="%d"' % len(blob), html)
+        self.assertIn('id="hour-bytes-upstream" data-bytes="%d"' % len(blob), html)
+        self.assertIn('id="hour-bytes-saved" data-bytes="%d"' % len(blob), html)
+        bars = [int(x) for x in re.findall(r'class="hit"[^>]*data-bytes="(\d+)"', html)]
+        self.assertEqual(len(bars), 60)
+        self.assertEqual(sum(bars), len(blob))
 
     def pulls_fresh(self):
         """pulls() on a winch of its own, so the counts are this test's alone."""
