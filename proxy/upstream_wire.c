@@ -483,7 +483,9 @@ static void on_conn_splice(conn_t *c, ssize_t n)
         r->keepalive = llhttp_get_http_major(&r->parser) == 1 &&
                        llhttp_get_http_minor(&r->parser) >= 1 &&
                        llhttp_should_keep_alive(&r->parser);
-        finish(uc, r, 0);
+        /* Bytes past the body (the parser would have seen them) leave the connection in an
+         * unknown state: not pooled, or they would answer the next request sent on it. */
+        finish(uc, r, conn_input_pending(c) ? 1 : 0);
     } else if (r->state == UR_PAUSED) {
         wire_pause(r); /* the pipe is full, or the caller paused */
     } else if (n == -ENOBUFS && read_on(uc, r) < 0) {

@@ -913,6 +913,8 @@ class Fault:
       "stall":  send the headers and the body up to blob offset `after`, wait until release(),
                 then go on (then="continue") or close (then="close").
       "wrong":  send same-length bytes that do not hash to the digest.
+      "trailing": after `seconds`, send the answer, then `body` on the same connection (bytes
+                no request asked for, e.g. a forged second response).
       "delay":  wait `seconds` before answering normally.
       "throttle": send the body at `rate` bytes/s.
       "chunked": send the body with Transfer-Encoding: chunked (no Content-Length), followed
@@ -1216,6 +1218,10 @@ class FakeUpstream:
             return True
         if f is None or f.kind in ("wrong", "delay"):
             c.sendall(body)
+            return True
+        if f.kind == "trailing":
+            time.sleep(f.seconds)
+            c.sendall(body + (f.body if isinstance(f.body, bytes) else f.body.encode()))
             return True
         upto = max(0, f.after - start)
         if f.kind == "cut":

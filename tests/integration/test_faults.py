@@ -11,6 +11,8 @@
 import http.client
 import os
 import random
+import threading
+import time
 
 import lab
 
@@ -114,6 +116,30 @@ class Faults(lab.TestCase):
             self.assertEqual(w2.verify_store(), [])
         finally:
             w2.stop()
+
+    def test_bytes_after_a_spliced_body(self):
+        """An upstream that sends more than its Content-Length (here a forged response) after a
+        spliced blob, while the next request waits for that very connection (one connection
+        to the upstream): the connection is not reused, so the forged bytes never answer it."""
+        w = lab.Winch([("docker.io", self.fake.url)], name="winch-one-conn",
+                      config={"upstream_max_conns": 1})
+        self.addCleanup(w.stop)
+        blob = random.Random(11).randbytes(1 << 20)
+        digest = self.fake.add_blob(blob)
+        path = "/v2/lab/trail/blobs/" + digest
+        forged = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforge"
+        self.fake.set_fault(path, lab.Fault("trailing", body=forged, seconds=0.5, times=1))
+        other = random.Random(12).randbytes(300 << 10)
+        d2 = self.fake.add_blob(other)
+        first = {}
+        t = threading.Thread(target=lambda: first.update(r=lab.fetch_blob_digest(w.hostport,
+                                                                                 path)))
+        t.start()
+        time.sleep(0.2)  # the first holds the one connection; the second queues behind it
+        second = lab.fetch_blob_digest(w.hostport, "/v2/lab/trail/blobs/" + d2)
+        t.join(30)
+        self.assertEqual(first.get("r"), (200, digest, len(blob)))
+        self.assertEqual(second, (200, d2, len(other)))
 
     def test_cut_stream_range_client(self):
         """Same, for a client that asked for a range beyond the cut."""
