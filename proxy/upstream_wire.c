@@ -334,9 +334,11 @@ static const llhttp_settings_t parser_settings = {
 static void finish(upconn_t *uc, upreq_t *r, size_t leftover)
 {
     origin_t *o = uc->o;
-    /* Bytes after the message, or a request still being written, leave the connection in an
-     * unknown state: only a clean one goes back to the pool. */
-    pool_release(uc, r->keepalive && leftover == 0 && !conn_writing(&uc->conn));
+    /* Bytes after the message (in the buffer, or already in the socket: no request asked for
+     * them, and they would answer the next one sent here), or a request still being written,
+     * leave the connection in an unknown state: only a clean one goes back to the pool. */
+    pool_release(uc, r->keepalive && leftover == 0 && !conn_writing(&uc->conn) &&
+                         !conn_input_pending(&uc->conn));
     if (r->next_url || r->chal)
         hops_next(r);
     else
@@ -483,9 +485,7 @@ static void on_conn_splice(conn_t *c, ssize_t n)
         r->keepalive = llhttp_get_http_major(&r->parser) == 1 &&
                        llhttp_get_http_minor(&r->parser) >= 1 &&
                        llhttp_should_keep_alive(&r->parser);
-        /* Bytes past the body (the parser would have seen them) leave the connection in an
-         * unknown state: not pooled, or they would answer the next request sent on it. */
-        finish(uc, r, conn_input_pending(c) ? 1 : 0);
+        finish(uc, r, 0);
     } else if (r->state == UR_PAUSED) {
         wire_pause(r); /* the pipe is full, or the caller paused */
     } else if (n == -ENOBUFS && read_on(uc, r) < 0) {

@@ -117,19 +117,25 @@ class Faults(lab.TestCase):
         finally:
             w2.stop()
 
-    def test_bytes_after_a_spliced_body(self):
+    def test_bytes_after_a_body(self):
         """An upstream that sends more than its Content-Length (here a forged response) after a
-        spliced blob, while the next request waits for that very connection (one connection
-        to the upstream): the connection is not reused, so the forged bytes never answer it."""
+        blob, spliced or buffered, while the next request waits for that very connection (one
+        connection to the upstream): the connection is not reused, so the forged bytes never
+        answer it. (Without the check, the spliced case fails.)"""
+        for splice in (True, False):
+            with self.subTest(fill_splice=splice):
+                self.one_conn_trailing(splice)
+
+    def one_conn_trailing(self, splice):
         w = lab.Winch([("docker.io", self.fake.url)], name="winch-one-conn",
-                      config={"upstream_max_conns": 1})
+                      config={"upstream_max_conns": 1, "fill_splice": splice})
         self.addCleanup(w.stop)
-        blob = random.Random(11).randbytes(1 << 20)
+        blob = random.Random(11 + splice).randbytes(1 << 20)
         digest = self.fake.add_blob(blob)
         path = "/v2/lab/trail/blobs/" + digest
         forged = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforge"
         self.fake.set_fault(path, lab.Fault("trailing", body=forged, seconds=0.5, times=1))
-        other = random.Random(12).randbytes(300 << 10)
+        other = random.Random(13 + splice).randbytes(300 << 10)
         d2 = self.fake.add_blob(other)
         first = {}
         t = threading.Thread(target=lambda: first.update(r=lab.fetch_blob_digest(w.hostport,
