@@ -486,17 +486,24 @@ static int write_allowed(fill_t *f, size_t len)
     return 0;
 }
 
+/* The chunk of len bytes lands at `written`; write_done reports it to cb. */
+static void start_chunk(fill_t *f, size_t len, fill_write_cb cb, void *arg, enum fill_job job,
+                        uv_work_cb work)
+{
+    f->wlen = len;
+    f->woff = f->written;
+    f->wcb = cb;
+    f->warg = arg;
+    start_job(f, job, work, write_done);
+}
+
 int fill_write(fill_t *f, const void *data, size_t len, fill_write_cb cb, void *arg)
 {
     int rc = write_allowed(f, len);
     if (rc)
         return rc;
     f->wdata = data;
-    f->wlen = len;
-    f->woff = f->written;
-    f->wcb = cb;
-    f->warg = arg;
-    start_job(f, JOB_WRITE, write_work, write_done);
+    start_chunk(f, len, cb, arg, JOB_WRITE, write_work);
     return 0;
 }
 
@@ -508,11 +515,7 @@ int fill_write_pipe(fill_t *f, int pipe_r, size_t len, fill_write_cb cb, void *a
     if (!f->hbuf && !(f->hbuf = malloc(FILL_HASH_BUF)))
         return -ENOMEM;
     f->wpipe = pipe_r;
-    f->wlen = len;
-    f->woff = f->written;
-    f->wcb = cb;
-    f->warg = arg;
-    start_job(f, JOB_PIPE, pipe_work, write_done);
+    start_chunk(f, len, cb, arg, JOB_PIPE, pipe_work);
     return 0;
 }
 

@@ -505,6 +505,7 @@ static int check_all(importer_t *im)
 
 /* ---- Importing -------------------------------------------------------------------------------- */
 
+/* A write or manifest put in flight: busy until its callback (on_written) says how it ended. */
 struct wait {
     bool busy;
     int status;
@@ -639,24 +640,12 @@ static int import_blobs(importer_t *im)
     return rc < 0 ? -1 : 0;
 }
 
-struct put_wait {
-    bool done;
-    int status;
-};
-
-static void on_put(void *arg, int status)
-{
-    struct put_wait *w = arg;
-    w->done = true;
-    w->status = status;
-}
-
 static int put_manifests(importer_t *im)
 {
     for (size_t i = 0; i < im->nputs; i++) {
         const iput_t *p = &im->puts[i];
         image_t *img = NULL;
-        struct put_wait w = {0};
+        struct wait w = {.busy = true};
         bool named = p->name.repo[0] != '\0';
         if (image_parse(p->b->bytes, (size_t)p->b->size, p->media_type, &img, NULL, 0))
             return fail(im, "manifest %s: invalid", p->b->digest);
@@ -670,10 +659,10 @@ static int put_manifests(importer_t *im)
             .tag = named && p->name.tag[0] ? p->name.tag : NULL,
             .image = img,
         };
-        int rc = cache_put_manifest(im->cmd->cache, &mp, on_put, &w);
+        int rc = cache_put_manifest(im->cmd->cache, &mp, on_written, &w);
         image_free(img);
         if (rc == 0) {
-            run_until(&im->cmd->loop, &w.done, true);
+            run_until(&im->cmd->loop, &w.busy, false);
             rc = w.status;
         }
         if (rc)
