@@ -169,6 +169,11 @@ class PassThroughFaults(lab.TestCase):
         self.assertEqual(self.fake.count(path=path), 2)
         self.assertFalse(os.path.exists(self.w.blob_path(layer)))
         self.assertEqual(self.w.tmp_files(), [])
+        # Retention hears of the full disk at once and evicts at its next tick (1 s): let that
+        # tick pass first, or it may evict the blob the next pull caches (a fast spliced fill
+        # can land before it).
+        lab.wait_for(lambda: "retention: disk full" in self.w.log(), 10,
+                     what="retention's disk-full tick")
         # Room again: the next pull caches it.
         self.fs.unfill()
         status, got, _ = lab.fetch_blob_digest(self.w.hostport, path)
