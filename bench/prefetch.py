@@ -12,10 +12,18 @@ Layout and pushed with push.py; bench/delayfwd.py in front of it holding every r
 `{"match": "**", "platforms": ["linux/amd64"], "prefetch": ON}`, restarted on an empty cache
 for every pull.
 
-The client pulls as containerd and skopeo do, one step after the other: the index by tag, the
-linux/amd64 manifest by digest, then the config and the layers. Two clients are measured:
+Four clients are measured. Two are a script pulling as containerd and skopeo do, one step
+after the other: the index by tag, the linux/amd64 manifest by digest, then the config and the
+layers:
   - sequential: config, then each layer in turn, on one keep-alive connection;
   - parallel:   config and the three layers at once (4 connections) after the manifest.
+Two are the real daemons, each in a loopback-only network namespace (tests/integration/netns.py)
+with winch as its mirror on a fixed port (winch restarts on the same port for every pull):
+  - dockerd:    `docker pull bench/multi3:v1` (registry-mirrors; max-concurrent-downloads 3);
+  - containerd: `ctr images pull --hosts-dir DIR docker.io/bench/multi3:v1` (hosts.toml mirror).
+Their time is the wall time of the docker / ctr command, unpacking included; before each pull
+the image is removed (`docker rmi`, `ctr images rm --sync`: content too), so every pull is cold
+on the client's side as well. `--clients` picks a subset.
 Before each pull, one request for another repository (a 404) makes winch's first contact with
 the upstream, as a running winch has had. Time = from the index request to the last body byte. Bodies are checked against their digests.
 Every number is the median of --reps pulls; on and off take turns within a repetition.
@@ -47,6 +55,7 @@ PLATFORMS = [{'architecture': 'amd64', 'os': 'linux'}, {'architecture': 'arm64',
              {'architecture': 's390x', 'os': 'linux'}]
 LAYER_SIZES = [2 << 20, 1 << 20, 512 << 10]
 ACCEPT_ALL = B.MANIFEST_ACCEPT.split(': ', 1)[1]
+CLIENTS = ('sequential', 'parallel', 'dockerd', 'containerd')
 
 
 def build_image(imgdir):
@@ -149,6 +158,67 @@ def pull(port, parallel):
     return t
 
 
+class FixedWinch(B.Winch):
+    """B.Winch on one fixed port across restarts: the daemons' mirror address stays put."""
+
+    def __init__(self, port, *args, **kw):
+        super().__init__(*args, **kw)
+        self.fixed = port
+
+    def argv(self, listen=None, cache=None):
+        return super().argv('127.0.0.1:%d' % self.fixed, cache)
+
+
+class Daemons:
+    """dockerd and containerd in one loopback-only namespace, winch's fixed port forwarded in."""
+
+    def __init__(self, which):
+        sys.path.insert(0, os.path.join(ROOT, 'tests', 'integration'))
+        import netns  # noqa: E402 (tests/integration: the suite's namespace harness)
+        self.netns = netns
+        self.port = B.free_port()
+        self.ns = netns.Netns()
+        self.ns.check_isolated()
+        self.fwd = netns.Forward(self.ns, '127.0.0.1:%d' % self.port, port=self.port,
+                                 name='forward-bench')
+        mirror = self.fwd.hostport
+        self.dockerd = netns.Dockerd(self.ns, mirror=mirror, name='dockerd-bench') \
+            if 'dockerd' in which else None
+        self.ctrd = netns.Containerd(self.ns, name='containerd-bench') \
+            if 'containerd' in which else None
+        if self.ctrd:
+            self.hosts = self.ctrd.hosts_dir({'docker.io': (
+                'http://127.0.0.1:%d' % netns.dead_port(), 'http://' + mirror)})
+
+    def pull(self, client):
+        """One cold pull by the daemon; returns its wall time in seconds."""
+        ref = 'docker.io/%s:%s' % (REPO, TAG)
+        t0 = time.monotonic()
+        if client == 'dockerd':
+            self.dockerd.docker('pull', '%s:%s' % (REPO, TAG))
+        else:
+            self.ctrd.ctr('images', 'pull', '--hosts-dir', self.hosts, '--snapshotter', 'native',
+                          ref)
+        t = time.monotonic() - t0
+        if client == 'dockerd':
+            got = self.dockerd.docker('image', 'inspect', '--format', '{{.Id}}',
+                                      '%s:%s' % (REPO, TAG)).stdout.strip()
+            self.dockerd.docker('rmi', '%s:%s' % (REPO, TAG))
+        else:
+            got = self.ctrd.images().get(ref)
+            self.ctrd.ctr('images', 'rm', '--sync', ref)
+        if not got:
+            raise RuntimeError('%s pulled nothing' % client)
+        return t
+
+    def stop(self):
+        for d in (self.dockerd, self.ctrd):
+            if d:
+                d.stop()
+        self.fwd.stop()
+        self.ns.stop()
+
+
 def warm_up(port):
     """A running winch has talked to its upstream before: one request for another repository
     makes winch's first contact (its GET /v2/ to the upstream) before the measured pull, which
@@ -164,10 +234,16 @@ def main():
     ap.add_argument('--winch', required=True)
     ap.add_argument('--reps', type=int, default=5)
     ap.add_argument('--delay-ms', type=float, default=50.0)
+    ap.add_argument('--clients', default=','.join(CLIENTS),
+                    help='comma-separated subset of %s' % ', '.join(CLIENTS))
     ap.add_argument('--work', default=os.path.join(BENCH, 'work', 'prefetch'))
     ap.add_argument('--results', default=os.path.join(BENCH, 'RESULTS-prefetch.md'))
     a = ap.parse_args()
+    clients = [c for c in CLIENTS if c in a.clients.split(',')]
+    if not clients or set(a.clients.split(',')) - set(CLIENTS):
+        ap.error('--clients: a subset of ' + ','.join(CLIENTS))
     os.makedirs(a.work, exist_ok=True)
+    daemons = None
     imgdir = os.path.join(a.work, 'images')
     try:
         up = B.Registry('upstream', os.path.join(a.work, 'upstream')).start(fresh=True)
@@ -175,20 +251,28 @@ def main():
         subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'tools', 'push.py'), imgdir,
                         '127.0.0.1:%d' % up.port], check=True, timeout=300,
                        stderr=subprocess.DEVNULL)
+        if set(clients) & {'dockerd', 'containerd'}:
+            daemons = Daemons(clients)
         res = {}
         for rep in range(a.reps):
-            for client in ('sequential', 'parallel'):
+            for client in clients:
                 for mode in (('on', 'off') if rep % 2 == 0 else ('off', 'on')):
                     wdir = os.path.join(a.work, 'winch-' + mode)
                     delay = Delay(a.work, up, a.delay_ms)
-                    w = B.Winch(a.winch, wdir, delay, 3600)
+                    if client in ('dockerd', 'containerd'):
+                        w = FixedWinch(daemons.port, a.winch, wdir, delay, 3600)
+                    else:
+                        w = B.Winch(a.winch, wdir, delay, 3600)
                     with open(w.cfg, 'w') as f:
                         json.dump({'tag_ttl_s': 3600, 'log_level': 'info', 'platforms': [
                             {'match': '**', 'platforms': ['linux/amd64'],
                              'prefetch': mode == 'on'}]}, f)
                     w.start(fresh=True)
                     warm_up(w.port)
-                    t = pull(w.port, client == 'parallel')
+                    if daemons and client in ('dockerd', 'containerd'):
+                        t = daemons.pull(client)
+                    else:
+                        t = pull(w.port, client == 'parallel')
                     time.sleep(0.5)  # a prefetch still running is counted too
                     w.stop()
                     n = delay.stop()
@@ -198,6 +282,8 @@ def main():
                     B.log('rep %d %-10s prefetch %-3s %.1f ms, %s upstream requests' % (
                         rep + 1, client, mode, t * 1000, n))
     finally:
+        if daemons:
+            daemons.stop()
         B.Proc.stop_all()
     lines = ['# Prefetch bench results', '',
              'Written by `bench/run prefetch` on %s; method: the docstring of bench/prefetch.py '
@@ -213,11 +299,11 @@ def main():
              '| client | prefetch off (ms) | prefetch on (ms) | on/off | target | '
              'upstream requests off / on |', '|---|---|---|---|---|---|']
     raw = ['', 'Every pull (ms):', '']
-    for client in ('sequential', 'parallel'):
+    for client in clients:
         off, on = res[client]['off'], res[client]['on']
         ratio = B.median(on['s']) / B.median(off['s'])
         target = ('≤ 0.7: %s' % ('PASS' if ratio <= 0.7 else 'FAIL')) \
-            if client == 'sequential' else 'none'
+            if client != 'parallel' else 'none'
         lines.append('| %s | %.1f | %.1f | %.3f× | %s | %s / %s |' % (
             client, B.median(off['s']) * 1000, B.median(on['s']) * 1000, ratio, target,
             B.median(off['upstream']), B.median(on['upstream'])))
