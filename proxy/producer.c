@@ -125,7 +125,7 @@ static void end(producer_t *f, int err)
     } else {
         LOG_WARN("fill %s failed: %s", f->digest, err_str(err));
         if (err == -ENOSPC || err == -EDQUOT)
-            retention_disk_full(f->retention);
+            retention_disk_full(f->retention, f->size != UINT64_MAX ? f->size : 0);
         if (fill_state(f->fill) != FILL_FAILED)
             fill_fail(f->fill, err);
     }

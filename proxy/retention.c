@@ -31,8 +31,9 @@ struct retention {
     bool known;         /* base is a scan's result */
     uint64_t base, added_at_base;
     int64_t last_gc_ms, last_unused_ms;
-    bool disk_full; /* a fill hit ENOSPC: make room at the next tick */
-    bool running;   /* a gc of ours is in flight */
+    bool disk_full;     /* a fill hit ENOSPC: make room at the next tick, if still needed */
+    uint64_t full_need; /* the largest failed fill's size since the last tick; 0: unknown */
+    bool running;       /* a gc of ours is in flight */
     bool stopping;
     uint64_t evicted_items, evicted_bytes; /* since start, for the metrics */
 };
@@ -99,6 +100,39 @@ static void start_gc(retention_t *r, uint64_t target, bool unused)
         r->last_unused_ms = r->last_gc_ms;
 }
 
+/* Whether a disk-full signal still calls for eviction at this tick. Not when the failed blob
+ * could never fit on the filesystem (evicting would only lose content, again at each retry),
+ * nor when room came back since (an operator freed space, or another fill's temp file went):
+ * the signal is a second old by now. Unknown sizes (chunked bodies) count as full while less
+ * than a tenth of the filesystem is free. */
+static bool still_full(retention_t *r)
+{
+    uint64_t need = r->full_need;
+    r->full_need = 0;
+    struct statvfs st;
+    if (statvfs(r->cfg->cache_dir, &st) < 0)
+        return true;
+    uint64_t total = (uint64_t)st.f_blocks * st.f_frsize;
+    uint64_t avail = (uint64_t)st.f_bavail * st.f_frsize;
+    if (need && need > total) {
+        LOG_WARN("retention: disk full for a blob of %llu bytes, which can never fit on the "
+                 "cache's filesystem (%llu bytes): nothing evicted",
+                 (unsigned long long)need, (unsigned long long)total);
+        return false;
+    }
+    if (need ? avail > need : avail >= total / 10) {
+        if (need)
+            LOG_INFO("retention: disk full signal dropped: %llu bytes free now, the failed fill "
+                     "needed %llu",
+                     (unsigned long long)avail, (unsigned long long)need);
+        else
+            LOG_INFO("retention: disk full signal dropped: %llu of %llu bytes free now",
+                     (unsigned long long)avail, (unsigned long long)total);
+        return false;
+    }
+    return true;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     retention_t *r = t->data;
@@ -114,8 +148,10 @@ static void on_tick(uv_timer_t *t)
                                         ? r->cfg->retention_max_unused_s * 1000
                                         : 60000);
     if (r->disk_full) {
-        /* The disk filled before the bound did (or there is none): free a tenth. */
         r->disk_full = false;
+        if (!still_full(r))
+            return;
+        /* The disk filled before the bound did (or there is none): free a tenth. */
         uint64_t est = r->known ? estimate(r) : 0;
         uint64_t target = est / 10 * 9;
         if (r->max_bytes && low < target)
@@ -193,10 +229,13 @@ int retention_create(retention_t **out, uv_loop_t *loop, const config_t *cfg, ca
     return 0;
 }
 
-void retention_disk_full(retention_t *r)
+void retention_disk_full(retention_t *r, uint64_t need)
 {
-    if (r && !r->stopping)
-        r->disk_full = true;
+    if (!r || r->stopping)
+        return;
+    r->disk_full = true;
+    if (need > r->full_need)
+        r->full_need = need;
 }
 
 void retention_stop(retention_t *r)

@@ -16,9 +16,10 @@ typedef struct retention retention_t;
  * outlive it). Resolves a percentage max_size against the cache's filesystem now. The tick
  * never keeps the loop alive. *out owned by the caller. Returns 0 or -errno. */
 int retention_create(retention_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache);
-/** A fill failed with ENOSPC: evict at the next tick (a tenth of the cache, or down to the low
- * watermark). NULL is fine. */
-void retention_disk_full(retention_t *r);
+/** A fill of need bytes (0: unknown) failed with ENOSPC: at the next tick, unless the blob can
+ * never fit on the filesystem or room has come back by then, evict a tenth of the cache (or
+ * down to the low watermark). NULL is fine. */
+void retention_disk_full(retention_t *r, uint64_t need);
 /** Stops the tick (a gc in flight finishes; the loop drains). Idempotent; NULL is fine. */
 void retention_stop(retention_t *r);
 /** What retention knows of the cache's size, for the metrics and the status page. */

@@ -6,9 +6,11 @@ a fill that runs out of space mid-stream hands its client over to such a stream 
 it had reached; a corrupt upstream cuts the client instead of completing a wrong body; cached
 content keeps being served from disk; and once there is room again, blobs are cached as usual."""
 
+import datetime
 import hashlib
 import http.client
 import os
+import re
 import subprocess
 import threading
 import time
@@ -219,6 +221,53 @@ class PassThroughFaults(lab.TestCase):
         s.close()
         self.assertFalse(whole, "a fill that failed for lack of space served the whole blob")
         self.assertNotIn("cache=pass-through", self.w.log())
+
+
+    def test_stale_disk_full_signal_evicts_nothing(self):
+        """A fill fails for lack of space; room comes back before retention's next tick (an
+        operator freed space): that tick drops the signal and evicts nothing."""
+        self.w.stop()
+        self.w = lab.Winch([("docker.io", self.fake.url)],
+                           cache_dir=os.path.join(self.fs.path, "cache"))
+        keep = os.urandom(1 << 20)
+        _, _, _, (kept,) = self.fake.add_image("lab/keep", "v1", [keep])
+        status, got, _ = lab.fetch_blob_digest(self.w.hostport, "/v2/lab/keep/blobs/" + kept)
+        self.assertEqual((status, got), (200, kept))
+        lab.wait_for(lambda: os.path.exists(self.w.blob_path(kept)), 10, what="blob cached")
+        big = os.urandom(8 << 20)
+        _, _, _, (layer,) = self.fake.add_image("lab/late", "v1", [big])
+        decision = re.compile(r"^(\S+) \S+\s+retention: disk full(?: signal dropped|:)(.*)$",
+                              re.M)
+        for _ in range(3):
+            seen = len(decision.findall(self.w.log()))
+            failures = self.w.log().count("No space left on device")
+            self.fs.fill_up(leave=2 << 20)
+            s = lab.Stream(self.w.hostport, "/v2/lab/late/blobs/" + layer)
+            try:
+                s.read_all()
+            except (http.client.IncompleteRead, OSError):
+                pass
+            s.close()
+            lab.wait_for(lambda: self.w.log().count("No space left on device") > failures, 10,
+                         what="the fill to fail for lack of space")
+            self.fs.unfill()
+            freed_at = time.time()
+            lab.wait_for(lambda: len(decision.findall(self.w.log())) > seen, 10,
+                         what="retention's tick to decide on the signal")
+            when, what = decision.findall(self.w.log())[seen]
+            t = datetime.datetime.strptime(when, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            if t < freed_at:
+                continue  # the tick came between the failure and the freeing: try again
+            self.assertIn("bytes free now, the failed fill needed %d" % len(big), what)
+            time.sleep(1.5)  # one more tick: nothing else happens
+            self.assertNotIn("retention: removed", self.w.log())
+            self.assertTrue(os.path.exists(self.w.blob_path(kept)), "the cached blob was evicted")
+            # Room is back: the blob is cached on the next pull.
+            status, got, _ = lab.fetch_blob_digest(self.w.hostport, "/v2/lab/late/blobs/" + layer)
+            self.assertEqual((status, got), (200, layer))
+            return
+        self.fail("retention's tick came before the room did, three times running")
 
 
 if __name__ == "__main__":
