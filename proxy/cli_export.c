@@ -34,7 +34,7 @@
 #include "proxy/cli_archive.h"
 #include "proxy/cli_cache.h"
 #include "proxy/cli_commands.h"
-#include "proxy/warm_platform.h"
+#include "proxy/platforms.h"
 
 #define MAX_MANIFEST (64u << 20)
 #define COPY_BUF ((size_t)1 << 20)
@@ -171,8 +171,12 @@ static int plan_image(exporter_t *x, const image_t *img, const image_ref_t *desc
         }
     }
     pk->images++;
-    warm_platform_t amd64 = {.os = "linux", .arch = "amd64"};
-    bool preferred = !desc || warm_platform_match(&amd64, desc);
+    static const platform_t amd64 = {.os = "linux", .arch = "amd64"};
+    platform_t q;
+    bool preferred = !desc || (desc->has_platform &&
+                               platform_from_parts(desc->platform.os, desc->platform.arch,
+                                                   desc->platform.variant, &q) == 0 &&
+                               platform_equal(&q, &amd64));
     if (!config || !docker_ok || (pk->entry && (pk->preferred || !preferred))) {
         json_decref(layers);
         return 0;
@@ -203,7 +207,7 @@ static int plan(exporter_t *x, const char *ref, const char *digest, const image_
     if (miss) {
         char plat[128] = "";
         if (desc)
-            warm_platform_format(&desc->platform, plat, sizeof plat);
+            platforms_entry_format(&desc->platform, plat, sizeof plat);
         if (depth)
             fprintf(stderr, "winch export: %s: leaving out %s (%s %s is not cached)\n", ref,
                     desc && desc->has_platform ? plat : digest,

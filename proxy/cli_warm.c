@@ -32,7 +32,7 @@
 #include "proxy/cli_commands.h"
 #include "proxy/warm.h"
 
-#define MAX_PLATFORMS 32
+#define MAX_PLATFORMS 32 /* the message in parse_args says so */
 #define CHECK_WAIT_MS 30000
 
 /* What the user sees while warm runs. */
@@ -259,7 +259,7 @@ static size_t check_cache(uv_loop_t *loop, cache_t *c, const warm_t *w, json_t *
 typedef struct warm_args {
     char **refs;
     size_t nrefs;
-    warm_platform_t plats[MAX_PLATFORMS];
+    platform_t plats[MAX_PLATFORMS];
     size_t nplats;
     bool all;
     const char *server;
@@ -284,10 +284,17 @@ static int parse_args(const cli_common_t *o, warm_args_t *a)
             a->server = val;
         } else if (strcmp(val, "all") == 0) {
             a->all = true;
-        } else if (a->nplats == MAX_PLATFORMS || warm_platform_parse(val, &a->plats[a->nplats++])) {
-            fprintf(stderr, "winch warm: invalid platform \"%s\" (OS/ARCH[/VARIANT] or all)\n",
-                    val);
-            return 2;
+        } else {
+            const char *why = "more than 32 platforms";
+            if (!strchr(val, '/'))
+                why = "no OS"; /* platform_parse would take a lone word as linux/ARCH */
+            if (a->nplats == MAX_PLATFORMS || !strchr(val, '/') ||
+                platform_parse(val, strlen(val), &a->plats[a->nplats++], &why) < 0) {
+                fprintf(stderr,
+                        "winch warm: invalid platform \"%s\": %s (OS/ARCH[/VARIANT] or all)\n", val,
+                        why);
+                return 2;
+            }
         }
     }
     return a->nrefs ? 0 : 2;

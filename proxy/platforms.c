@@ -93,6 +93,12 @@ bool platforms_is_attestation(const image_ref_t *ref)
                                 strcmp(ref->platform.arch, "unknown") == 0);
 }
 
+const char *platforms_entry_format(const image_platform_t *p, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s/%s%s%s", p->os, p->arch, p->variant[0] ? "/" : "", p->variant);
+    return buf;
+}
+
 int platforms_pick(const image_t *img, const platform_t *p)
 {
     if (img->kind != IMAGE_INDEX)

@@ -46,6 +46,10 @@ void platforms_select(const struct call *c, platsel_t *out);
 /** The index of img's child (an image manifest, not an attestation) for platform p, or -1. */
 int platforms_pick(const image_t *img, const platform_t *p);
 
+/** Writes an index entry's platform as "os/arch[/variant]", as the index spells it (not
+ * normalised), into buf[cap] (cut when too small). Returns buf. */
+const char *platforms_entry_format(const image_platform_t *p, char *buf, size_t cap);
+
 /** True when the child ref of an index is an attestation manifest (BuildKit's, or a platform
  * of unknown/unknown). */
 bool platforms_is_attestation(const image_ref_t *ref);

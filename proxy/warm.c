@@ -25,6 +25,7 @@
 #include "common/mediatype.h"
 #include "common/util.h"
 #include "proxy/fetch.h"
+#include "proxy/platforms.h"
 #include "proxy/upstream.h"
 
 #define RETRIES 2
@@ -304,17 +305,28 @@ static bool add_child(warm_t *w, const image_ref_t *r)
     c->size = r->size;
     size_t pl = strlen(w->platforms);
     char p[128];
-    warm_platform_format(&r->platform, p, sizeof p);
+    platforms_entry_format(&r->platform, p, sizeof p);
     snprintf(w->platforms + pl, sizeof w->platforms - pl, "%s%s", pl ? "," : "", p);
     return true;
 }
 
+/* True when index entry r is a platform image of want's OS and architecture, any variant. */
+static bool same_os_arch(const platform_t *want, const image_ref_t *r)
+{
+    platform_t q;
+    return r->role == IMAGE_CHILD && r->has_platform && !platforms_is_attestation(r) &&
+           !image_type_is_index(r->media_type) &&
+           platform_from_parts(r->platform.os, r->platform.arch, r->platform.variant, &q) == 0 &&
+           strcmp(q.os, want->os) == 0 && strcmp(q.arch, want->arch) == 0;
+}
+
 /* The entries of the index to pull: every platform, or the best match of each one asked for
- * (the same variant first, then any variant of the os/architecture). */
+ * (the same platform, normalised as containerd does; else, when none was named, any variant
+ * of the OS and architecture). */
 static int pick_children(warm_t *w, const image_t *img, char *why, size_t len)
 {
-    static const warm_platform_t amd64 = {.os = "linux", .arch = "amd64"};
-    const warm_platform_t *specs = w->o.nplatforms ? w->o.platforms : &amd64;
+    static const platform_t amd64 = {.os = "linux", .arch = "amd64"};
+    const platform_t *specs = w->o.nplatforms ? w->o.platforms : &amd64;
     size_t nspecs = w->o.nplatforms ? w->o.nplatforms : 1;
     for (size_t i = 0; w->o.all_platforms && i < img->nrefs; i++) {
         const image_ref_t *r = &img->refs[i];
@@ -322,20 +334,16 @@ static int pick_children(warm_t *w, const image_t *img, char *why, size_t len)
             return -ENOMEM;
     }
     for (size_t s = 0; !w->o.all_platforms && s < nspecs; s++) {
-        const image_ref_t *best = NULL;
-        for (size_t i = 0; i < img->nrefs && !best; i++)
-            if (warm_platform_match(&specs[s], &img->refs[i]) &&
-                strcmp(specs[s].variant, img->refs[i].platform.variant) == 0)
-                best = &img->refs[i];
-        for (size_t i = 0; i < img->nrefs && !best; i++)
-            if (warm_platform_match(&specs[s], &img->refs[i]))
-                best = &img->refs[i];
-        if (!best) {
-            snprintf(why, len, "no %s/%s%s%s in the index", specs[s].os, specs[s].arch,
-                     specs[s].variant[0] ? "/" : "", specs[s].variant);
+        int at = platforms_pick(img, &specs[s]);
+        for (size_t i = 0; at < 0 && !specs[s].variant[0] && i < img->nrefs; i++)
+            if (same_os_arch(&specs[s], &img->refs[i]))
+                at = (int)i;
+        if (at < 0) {
+            char ps[PLATFORM_STR_MAX];
+            snprintf(why, len, "no %s in the index", platform_format(&specs[s], ps, sizeof ps));
             return WE_NOTFOUND;
         }
-        if (!add_child(w, best))
+        if (!add_child(w, &img->refs[at]))
             return -ENOMEM;
     }
     if (w->nchildren == 0) {

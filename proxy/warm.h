@@ -12,9 +12,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/platform.h"
 #include "config/config.h"
 #include "proxy/cli.h"
-#include "proxy/warm_platform.h"
 
 typedef struct warm warm_t;
 
@@ -39,7 +39,7 @@ typedef struct warm_opts {
     const char *server;  /* base URL of the listener: "http://127.0.0.1:5000" */
     char *const *refs;   /* [UPSTREAM/]REPOSITORY[:TAG][@DIGEST], as cli_ref_parse reads */
     size_t nrefs;
-    const warm_platform_t *platforms; /* of an index: these (none: linux/amd64) */
+    const platform_t *platforms; /* of an index: these, normalised (none: linux/amd64) */
     size_t nplatforms;
     bool all_platforms; /* of an index: every platform (attestations left out) */
     unsigned parallel;  /* blobs in flight at once; 0: 4 */
