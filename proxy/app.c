@@ -266,6 +266,7 @@ static bool find_group(app_t *a, call_t *c, const char **target, size_t *tlen)
     const config_client_group_t *pg = platforms_group_by_path(a->cfg, *target, *tlen, &plen);
     if (lg && pg && pg != lg) {
         char msg[256];
+        c->group = lg; /* named in the access line */
         snprintf(msg, sizeof msg,
                  "path prefix %s is client group %s's; this listener is client group %s's",
                  pg->path_prefix, pg->name, lg->name);
