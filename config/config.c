@@ -303,7 +303,7 @@ fail:
 /* The listener binds without resolving names, so only IP literals are accepted. Port 0 asks
  * the kernel for a free port; winch logs the one it got (tests and benches use that). Writes
  * the host (owned) and port; "" is left to the callers (it turns a listener off). */
-static int parse_listen(const diag_t *d, const char *field, const char *s, char **host,
+int config_parse_listen(const diag_t *d, const char *field, const char *s, char **host,
                         uint16_t *port)
 {
     size_t n = strlen(s);
@@ -332,7 +332,7 @@ int config_set_listen(config_t *c, const diag_t *d, const char *field, const cha
         c->listen_enabled = false;
         return 0;
     }
-    int rc = parse_listen(d, field, s, &h, &port);
+    int rc = config_parse_listen(d, field, s, &h, &port);
     if (rc < 0)
         return rc;
     free(c->listen_host);
@@ -354,7 +354,7 @@ int config_set_tls_listen(config_t *c, const diag_t *d, const char *field, const
         c->tls_listen_enabled = false;
         return 0;
     }
-    int rc = parse_listen(d, field, s, &h, &port);
+    int rc = config_parse_listen(d, field, s, &h, &port);
     if (rc < 0)
         return rc;
     free(c->tls_listen_host);

@@ -75,16 +75,25 @@ typedef struct config_cidr {
     uint8_t prefix;   /* 0..32 or 0..128 */
 } config_cidr_t;
 
-/** One of "client_groups": clients recognised by source address or by a path prefix on the
- * mirror URL, whose platform set replaces the matching rule's. */
+/** One of "client_groups": clients recognised by the group's own listener, by source address
+ * or by a path prefix on the mirror URL, whose platform set replaces the matching rule's. */
 typedef struct config_client_group {
     char *name;           /* owned; unique; [a-z0-9._-]{1,64} */
     config_cidr_t *cidrs; /* owned; n_cidrs (may be 0) */
     size_t n_cidrs;
-    char *path_prefix;     /* owned; "/edge" (no trailing '/'); NULL when none */
+    char *path_prefix; /* owned; "/edge" (no trailing '/'); NULL when none */
+    /* "listen": "HOST:PORT", a plain-HTTP listener of the group's own: every request on it is
+     * the group's. IP literal (no brackets), port 0 asks the kernel; no two groups share one
+     * (by value: it is how a reload finds the group of an open listener). NULL when none. */
+    char *listen_host; /* owned */
+    uint16_t listen_port;
     platform_t *platforms; /* owned; n_platforms (>= 1) */
     size_t n_platforms;
 } config_client_group_t;
+
+/** True when the IP literals h1 and h2 (as in config_t's listen hosts: no brackets) name the
+ * same address and p1 == p2 (port 0 included): the same listener as configured. */
+bool config_listen_same(const char *h1, uint16_t p1, const char *h2, uint16_t p2);
 
 /** One upstream registry. `name` is the registry host it stands for ("docker.io", "ghcr.io");
  * clients address it by that name (?ns=, /v2/<name>/... prefix). */

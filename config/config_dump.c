@@ -152,6 +152,15 @@ static json_t *cidrs_json(const config_cidr_t *v, size_t n)
     return a;
 }
 
+static json_t *listen_json(bool on, const char *host, uint16_t port)
+{
+    if (!on)
+        return json_null();
+    char buf[320];
+    snprintf(buf, sizeof buf, strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, (unsigned)port);
+    return json_string(buf);
+}
+
 static json_t *groups_json(const config_t *c)
 {
     json_t *a = json_array();
@@ -161,6 +170,7 @@ static json_t *groups_json(const config_t *c)
         put(o, "name", json_string(g->name));
         put(o, "cidrs", cidrs_json(g->cidrs, g->n_cidrs));
         put(o, "path_prefix", str_or_null(g->path_prefix));
+        put(o, "listen", listen_json(g->listen_host != NULL, g->listen_host, g->listen_port));
         put(o, "platforms", platforms(g->platforms, g->n_platforms));
         json_array_append_new(a, o);
     }
@@ -182,15 +192,6 @@ static json_t *retention_json(const config_t *c)
     put(o, "max_unused", json_integer((json_int_t)c->retention_max_unused_s)); /* seconds */
     put(o, "protect", strings(c->retention_protect, c->retention_nprotect));
     return o;
-}
-
-static json_t *listen_json(bool on, const char *host, uint16_t port)
-{
-    if (!on)
-        return json_null();
-    char buf[320];
-    snprintf(buf, sizeof buf, strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, (unsigned)port);
-    return json_string(buf);
 }
 
 static json_t *config_json(const config_t *c)

@@ -3,6 +3,7 @@
  * unknown fields, wrong types, bad platforms, duplicate platforms after normalisation
  * ("linux/arm64/v8" is "linux/arm64"), fields that could never take effect, groups that match
  * no client and overlapping group prefixes all stop winch at start. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -14,7 +15,7 @@
 #include "config/internal.h"
 
 static const char rule_fields[] = "match, platforms, prefetch, attestations, filter, restrict";
-static const char group_fields[] = "name, cidrs, path_prefix, platforms";
+static const char group_fields[] = "name, cidrs, path_prefix, listen, platforms";
 
 /* "platforms": a non-empty array of distinct platforms, into *out (malloc'd). */
 static int parse_platform_list(const diag_t *d, const char *base, const json_t *v, platform_t **out,
@@ -216,7 +217,7 @@ static int parse_group(config_t *c, const diag_t *d, size_t idx, const json_t *v
         return diag_fail(d, base,
                          "expected an object {\"name\": ..., \"platforms\": [...]}, got %s",
                          config_json_type_name(v));
-    const char *key, *name = NULL, *prefix = NULL;
+    const char *key, *name = NULL, *prefix = NULL, *listen = NULL;
     const json_t *val, *plist = NULL, *cidrs = NULL;
     int rc = 0;
     json_object_foreach((json_t *)v, key, val)
@@ -226,6 +227,8 @@ static int parse_group(config_t *c, const diag_t *d, size_t idx, const json_t *v
             rc = config_want_str(d, field, val, &name);
         else if (strcmp(key, "path_prefix") == 0)
             rc = config_want_str(d, field, val, &prefix);
+        else if (strcmp(key, "listen") == 0)
+            rc = config_want_str(d, field, val, &listen);
         else if (strcmp(key, "cidrs") == 0)
             cidrs = val;
         else if (strcmp(key, "platforms") == 0)
@@ -252,10 +255,19 @@ static int parse_group(config_t *c, const diag_t *d, size_t idx, const json_t *v
                              diag_quote(q, sizeof q, name, nl), i);
     if (!(g->name = strdup(name)))
         return diag_oom(d);
-    if (!cidrs && !prefix)
-        return diag_fail(d, base, "matches no client: give cidrs, path_prefix or both");
+    if (!cidrs && !prefix && !listen)
+        return diag_fail(d, base, "matches no client: give cidrs, path_prefix, listen or several");
     if (cidrs && (rc = parse_cidrs(g, d, base, cidrs)) < 0)
         return rc;
+    if (listen) {
+        snprintf(field, sizeof field, "%s.listen", base);
+        if (listen[0] == '\0')
+            return diag_fail(d, field,
+                             "empty: expected \"HOST:PORT\" (leave the field out when the "
+                             "group has no listener of its own)");
+        if ((rc = config_parse_listen(d, field, listen, &g->listen_host, &g->listen_port)) < 0)
+            return rc;
+    }
     if (prefix) {
         snprintf(field, sizeof field, "%s.path_prefix", base);
         if ((rc = check_prefix(d, field, prefix)) < 0)
@@ -286,6 +298,7 @@ static void free_groups(config_t *c)
         free(g->name);
         free(g->cidrs);
         free(g->path_prefix);
+        free(g->listen_host);
         free(g->platforms);
     }
     free(c->client_groups);
@@ -316,9 +329,102 @@ int config_parse_client_groups(config_t *c, const diag_t *d, const json_t *v)
     return 0;
 }
 
+/* ---- Group listeners ---------------------------------------------------------------------- */
+
+/* An IP literal as config_t holds it (no brackets): family and bytes; false for anything else. */
+static bool addr_bytes(const char *h, int *family, unsigned char out[16])
+{
+    memset(out, 0, 16);
+    if (inet_pton(AF_INET, h, out) == 1)
+        *family = AF_INET;
+    else if (inet_pton(AF_INET6, h, out) == 1)
+        *family = AF_INET6;
+    else
+        return false;
+    return true;
+}
+
+bool config_listen_same(const char *h1, uint16_t p1, const char *h2, uint16_t p2)
+{
+    unsigned char a[16], b[16];
+    int fa, fb;
+    if (p1 != p2 || !h1 || !h2)
+        return false;
+    if (!addr_bytes(h1, &fa, a) || !addr_bytes(h2, &fb, b))
+        return strcmp(h1, h2) == 0;
+    return fa == fb && memcmp(a, b, 16) == 0;
+}
+
+/* Two listeners that could not both bind: the same real port on the same address, or on a
+ * wildcard that takes it ("0.0.0.0" every IPv4 address; "::" every address, the listener
+ * being dual-stack). Port 0 never collides: the kernel picks. */
+static bool listen_overlap(const char *h1, uint16_t p1, const char *h2, uint16_t p2)
+{
+    static const unsigned char any[16] = {0};
+    unsigned char a[16], b[16];
+    int fa, fb;
+    if (p1 == 0 || p1 != p2 || !h1 || !h2)
+        return false;
+    if (!addr_bytes(h1, &fa, a) || !addr_bytes(h2, &fb, b))
+        return strcmp(h1, h2) == 0;
+    if (fa == fb && memcmp(a, b, 16) == 0)
+        return true;
+    bool a_any = memcmp(a, any, 16) == 0, b_any = memcmp(b, any, 16) == 0;
+    return (fa == AF_INET6 && a_any) || (fb == AF_INET6 && b_any) || (fa == fb && (a_any || b_any));
+}
+
+static const char *addr_text(char *out, size_t cap, const char *h, uint16_t port)
+{
+    snprintf(out, cap, strchr(h, ':') ? "[%s]:%u" : "%s:%u", h, (unsigned)port);
+    return out;
+}
+
+/* A group's listener: never the address of another listener, and no two groups on one address
+ * (port 0 included: the address is what a reload matches an open listener's group by). */
+static int check_group_listen(const config_t *c, const diag_t *d, size_t i)
+{
+    const config_client_group_t *g = &c->client_groups[i];
+    char field[48], me[80], other[80];
+    const struct {
+        const char *name;
+        bool on;
+        const char *host;
+        uint16_t port;
+    } fixed[] = {
+        {"listen", c->listen_enabled, c->listen_host, c->listen_port},
+        {"tls_listen", c->tls_listen_enabled, c->tls_listen_host, c->tls_listen_port},
+        {"admin_listen", c->admin_listen_enabled, c->admin_listen_host, c->admin_listen_port},
+    };
+    snprintf(field, sizeof field, "client_groups[%zu].listen", i);
+    addr_text(me, sizeof me, g->listen_host, g->listen_port);
+    for (size_t k = 0; k < sizeof fixed / sizeof fixed[0]; k++) {
+        if (!fixed[k].on ||
+            !listen_overlap(g->listen_host, g->listen_port, fixed[k].host, fixed[k].port))
+            continue;
+        return diag_fail(d, field, "%s is taken by %s (%s)", me, fixed[k].name,
+                         addr_text(other, sizeof other, fixed[k].host, fixed[k].port));
+    }
+    for (size_t j = 0; j < i; j++) {
+        const config_client_group_t *o = &c->client_groups[j];
+        if (!o->listen_host)
+            continue;
+        if (config_listen_same(g->listen_host, g->listen_port, o->listen_host, o->listen_port))
+            return diag_fail(d, field, "%s is also client_groups[%zu].listen (%s)", me, j, o->name);
+        if (listen_overlap(g->listen_host, g->listen_port, o->listen_host, o->listen_port))
+            return diag_fail(d, field, "%s overlaps client_groups[%zu].listen (%s)", me, j,
+                             addr_text(other, sizeof other, o->listen_host, o->listen_port));
+    }
+    return 0;
+}
+
 int config_platforms_check(const config_t *c, const diag_t *d)
 {
     char field[48], q[80];
+    for (size_t i = 0; i < c->n_client_groups; i++) {
+        int rc = c->client_groups[i].listen_host ? check_group_listen(c, d, i) : 0;
+        if (rc < 0)
+            return rc;
+    }
     if (c->prefetch_max_per_upstream > c->prefetch_max_concurrent)
         return diag_fail(d, "prefetch_max_per_upstream",
                          "%u is more than prefetch_max_concurrent (%u)",

@@ -161,6 +161,10 @@ void config_upstreams_clear(config_t *c);
 /** "listen" / "tls_listen": HOST:PORT with an IP literal; NULL or "" turns the listener off. */
 int config_set_listen(config_t *c, const diag_t *d, const char *field, const char *s);
 int config_set_tls_listen(config_t *c, const diag_t *d, const char *field, const char *s);
+/** The listener grammar of "listen" (s non-empty: HOST:PORT with an IP literal, port 0 asks the
+ * kernel): *host (owned by the caller, no brackets) and *port, or an error naming field. */
+int config_parse_listen(const diag_t *d, const char *field, const char *s, char **host,
+                        uint16_t *port);
 /** Sets *slot (freeing the old value) to a copy of path once it is a readable regular file. */
 int config_set_file(const diag_t *d, const char *field, const char *path, char **slot);
 int config_set_cache_dir(config_t *c, const diag_t *d, const char *field, const char *s);

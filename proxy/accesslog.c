@@ -29,6 +29,8 @@ static void write_json(const accesslog_entry_t *e)
         json_object_set_new(o, "via", json_string(e->via));
     if (o && e->node)
         json_object_set_new(o, "node", json_string(e->node));
+    if (o && e->group)
+        json_object_set_new(o, "group", json_string(e->group));
     if (o && e->note)
         json_object_set_new(o, "note", json_string(e->note));
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -53,11 +55,12 @@ void accesslog_write(const accesslog_entry_t *e, bool json)
         write_json(e);
         return;
     }
-    LOG_INFO("req=%llu %s %s %d bytes=%llu cache=%s ms=%lld upstream=%s user=%s peer=%s%s%s%s%s "
-             "ua=\"%s\"%s%s%s",
-             (unsigned long long)e->id, e->method, e->target, e->status,
-             (unsigned long long)e->bytes, e->cache, (long long)e->ms, e->upstream,
-             e->user ? e->user : "-", e->peer, e->via ? " via=" : "", e->via ? e->via : "",
-             e->node ? " node=" : "", e->node ? e->node : "", e->ua, e->note ? " (" : "",
-             e->note ? e->note : "", e->note ? ")" : "");
+    LOG_INFO(
+        "req=%llu %s %s %d bytes=%llu cache=%s ms=%lld upstream=%s user=%s peer=%s%s%s%s%s%s%s "
+        "ua=\"%s\"%s%s%s",
+        (unsigned long long)e->id, e->method, e->target, e->status, (unsigned long long)e->bytes,
+        e->cache, (long long)e->ms, e->upstream, e->user ? e->user : "-", e->peer,
+        e->via ? " via=" : "", e->via ? e->via : "", e->node ? " node=" : "",
+        e->node ? e->node : "", e->group ? " group=" : "", e->group ? e->group : "", e->ua,
+        e->note ? " (" : "", e->note ? e->note : "", e->note ? ")" : "");
 }

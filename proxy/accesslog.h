@@ -15,6 +15,7 @@ typedef struct accesslog_entry {
      * NULL. */
     const char *via;
     const char *node;     /* the node's name ("node_name" set in the configuration), or NULL */
+    const char *group;    /* the client's group (client_groups[].name), or NULL */
     const char *user;     /* the authenticated client (escaped), or "-" */
     const char *upstream; /* the configured name, or "-" */
     const char *cache;    /* the cache result word */

@@ -28,6 +28,7 @@
 #include "proxy/access.h"
 #include "proxy/blob.h"
 #include "proxy/call.h"
+#include "proxy/grouplisten.h"
 #include "proxy/health.h"
 #include "proxy/lists.h"
 #include "proxy/manifest.h"
@@ -64,8 +65,9 @@ struct app {
     retention_t *retention;
     access_t *access; /* client authentication; NULL when off */
     server_t *server;
-    SSL_CTX *tls_ctx; /* the TLS listener's, NULL when none */
-    int admin_li;     /* the admin listener's index (req_listener), -1 when none */
+    SSL_CTX *tls_ctx;       /* the TLS listener's, NULL when none */
+    int admin_li;           /* the admin listener's index (req_listener), -1 when none */
+    grouplisten_t *glisten; /* client groups' own listeners */
     metrics_t *metrics;
     ops_env_t ops; /* what /metrics and /readyz read */
     call_env_t env;
@@ -252,6 +254,33 @@ static void find_client(const config_t *cfg, call_t *c, req_t *r)
                   (unsigned long long)req_id(r), req_peer_str(r), c->client_str);
 }
 
+/* The client's group. A group's own listener decides for every request on it; elsewhere a
+ * group's mirror URL (http://winch/edge), else the source address. A group's path prefix is
+ * stripped and the rest routes like any /v2/ request. On a group listener another group's
+ * prefix is refused (a client configured for two groups at once is a mistake to show, not to
+ * settle silently). Returns false when c was answered. */
+static bool find_group(app_t *a, call_t *c, const char **target, size_t *tlen)
+{
+    size_t plen = 0;
+    const config_client_group_t *lg = grouplisten_group(a->glisten, req_listener(c->req));
+    const config_client_group_t *pg = platforms_group_by_path(a->cfg, *target, *tlen, &plen);
+    if (lg && pg && pg != lg) {
+        char msg[256];
+        c->group = lg; /* named in the access line */
+        snprintf(msg, sizeof msg,
+                 "path prefix %s is client group %s's; this listener is client group %s's",
+                 pg->path_prefix, pg->name, lg->name);
+        reply_error(c, 404, OCI_UNSUPPORTED, msg, NULL);
+        return false;
+    }
+    c->group = lg ? lg : pg ? pg : platforms_group_by_peer(a->cfg, call_client(c));
+    if (pg) {
+        *target += plen;
+        *tlen -= plen;
+    }
+    return true;
+}
+
 static void on_request(req_t *r, void *arg)
 {
     app_t *a = arg;
@@ -277,17 +306,10 @@ static void on_request(req_t *r, void *arg)
     if (ops_intercept(c, &a->ops, ep, m != ROUTE_OTHER, false))
         return;
     route_error_t rerr;
-    /* A client group's mirror URL (http://winch/edge): its path prefix is the group's, and
-     * the rest routes like any /v2/ request. Else the group is the source address's. */
     const char *target = req_target(r);
-    size_t tlen = req_target_len(r), plen = 0;
-    c->group = platforms_group_by_path(a->cfg, target, tlen, &plen);
-    if (c->group) {
-        target += plen;
-        tlen -= plen;
-    } else {
-        c->group = platforms_group_by_peer(a->cfg, call_client(c));
-    }
+    size_t tlen = req_target_len(r);
+    if (!find_group(a, c, &target, &tlen))
+        return;
     if (route_parse(&c->route, a->cfg, m, target, tlen, &rerr) != 0) {
         reply_error(c, rerr.status, rerr.code, rerr.message, NULL);
         return;
@@ -349,6 +371,7 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
         .peer = call_client_str(c),
         .via = c->forwarded ? req_peer_str(r) : NULL,
         .node = a->cfg->node_name_set ? a->cfg->node_name : NULL,
+        .group = c->group ? c->group->name : NULL,
         .method = req_method(r),
         .target = target[0] ? target : "-",
         .ua = ua,
@@ -373,7 +396,10 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
  * index, the listeners, libuv's own descriptors and stdio. */
 static uint32_t reserve_fds(const config_t *cfg)
 {
-    return 64 + 4 * (uint32_t)cfg->n_upstreams * cfg->upstream_max_conns;
+    uint32_t group_listeners = 0;
+    for (size_t i = 0; i < cfg->n_client_groups; i++)
+        group_listeners += cfg->client_groups[i].listen_host != NULL;
+    return 64 + group_listeners + 4 * (uint32_t)cfg->n_upstreams * cfg->upstream_max_conns;
 }
 
 /* ---- Lifecycle ---------------------------------------------------------------------------- */
@@ -428,6 +454,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         (rc = blob_producers_create(&a->producers)) < 0 ||
         (rc = revalidator_create(&a->revalidator)) < 0 ||
         (rc = negcache_create(&a->neg, APP_NEGCACHE_MAX)) < 0 ||
+        (rc = grouplisten_create(&a->glisten)) < 0 ||
         (rc = prefetcher_create(&a->prefetch, cfg)) < 0)
         goto fail;
     if ((rc = metrics_create(&a->metrics, cfg->n_upstreams, time_wall_ms())) < 0)
@@ -558,6 +585,9 @@ int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, si
     rc = listen_admin(a, err, errlen);
     if (rc < 0)
         return rc;
+    rc = grouplisten_open(a->glisten, a->server, cfg, err, errlen);
+    if (rc < 0)
+        return rc;
     /* Listening: a systemd unit of Type=notify may start what depends on winch now. */
     int nrc = sdnotify_send("READY=1\nSTATUS=serving");
     if (nrc < 0)
@@ -603,6 +633,11 @@ policy_t *app_set_policy(app_t *a, policy_t *p)
     return old;
 }
 
+size_t app_groups_reloaded(app_t *a)
+{
+    return grouplisten_reload(a->glisten, a->cfg);
+}
+
 void app_credentials_changed(app_t *a, size_t i)
 {
     if (i < CONFIG_MAX_UPSTREAMS && a->upstreams[i])
@@ -616,6 +651,7 @@ void app_destroy(app_t *a)
     prefetcher_cancel_all(a->prefetch); /* its fetches are requests of the clients closed next */
     close_upstreams(a);
     server_destroy(a->server);
+    grouplisten_free(a->glisten);
     tls_ctx_free(a->tls_ctx); /* every TLS conn is closed by now */
     policy_free(a->policy);
     access_free(a->access);

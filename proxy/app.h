@@ -28,7 +28,7 @@ typedef struct app app_t;
 int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache, char *err,
                size_t errlen);
 
-/** Opens the configured listeners (plain and/or TLS). Writes the bound "host:port" of each into
+/** Opens the configured listeners (plain and/or TLS, admin, client groups' own). Writes the bound "host:port" of each into
  * bound[len] and tls_bound[len] ("" for one not configured). On failure returns an error and
  * writes one line into err[errlen] (which address or file, and why). */
 int app_listen(app_t *a, char *bound, char *tls_bound, size_t len, char *err, size_t errlen);
@@ -42,6 +42,11 @@ void app_shutdown(app_t *a);
  * dispatched from now on (SIGHUP reload, reload.c). Returns the previous policy, owned by the
  * caller, who must keep it until app_destroy: calls in flight may still read it. */
 policy_t *app_set_policy(app_t *a, policy_t *p);
+
+/** The live config's client groups were swapped (SIGHUP reload): matches the groups' own
+ * listeners to the new groups by address and logs what differs (grouplisten_reload). Returns
+ * the number of differences kept until restart. */
+size_t app_groups_reloaded(app_t *a);
 
 /** Upstream i's credentials in the live config changed (SIGHUP reload): see
  * upstream_credentials_changed. */

@@ -101,6 +101,13 @@ static void warn_open_listeners(const config_t *cfg)
                      "(\"auth\"): anyone who reaches it can pull through winch and fill its "
                      "cache; see README \"Client authentication\"",
                      open[i], i ? " (tls)" : "");
+    for (size_t i = 0; i < cfg->n_client_groups; i++) {
+        const config_client_group_t *g = &cfg->client_groups[i];
+        if (g->listen_host && !host_is_loopback(g->listen_host))
+            LOG_WARN("group %s listener on %s, which is not loopback, with no client "
+                     "authentication (\"auth\"): anyone who reaches it can pull through winch",
+                     g->name, g->listen_host);
+    }
 }
 
 /* Says at start which upstreams winch uses, and what about them is unsafe. */

@@ -207,6 +207,12 @@ static int start_own(uv_loop_t *loop, config_t *cfg, cache_t *cache, app_t **app
     cfg->listen_port = 0;
     cfg->listen_enabled = true;
     cfg->tls_listen_enabled = false;
+    /* Nothing but the pulls' listener: client groups' own listeners serve clients of a running
+     * winch, not this one. */
+    for (size_t i = 0; i < cfg->n_client_groups; i++) {
+        free(cfg->client_groups[i].listen_host);
+        cfg->client_groups[i].listen_host = NULL;
+    }
     if (app_create(app, loop, cfg, cache, err, sizeof err) < 0 ||
         app_listen(*app, bound, tls_bound, sizeof bound, err, sizeof err) < 0) {
         fprintf(stderr, "winch warm: %s\n", err);

@@ -187,6 +187,7 @@ void reloader_run(reloader_t *r)
     apply_scalars(r->live, next);
     /* pol's rules point into next->policy's array, which the swap hands to the live config. */
     swap_arrays(r->live, next);
+    kept += app_groups_reloaded(r->app);
     log_set_level(log_level_parse(r->live->log_level));
     policy_t *old = app_set_policy(r->app, pol);
     r->kept[r->n_kept++] = (husk_t){.cfg = next, .policy = old};

@@ -86,10 +86,16 @@ int server_create(server_t **out, const server_opts_t *o);
 /** Replaces the limits (a reload); connections pick them up from their next timer or request. */
 void server_set_limits(server_t *s, const server_limits_t *l);
 
+/** Listeners one server may have: plain, TLS and admin, and one per client group
+ * (config.h's CONFIG_MAX_CLIENT_GROUPS, 64) with a listener of its own. The arrays of the
+ * server are this long whatever the configuration (about 12 KB). */
+#define SERVER_MAX_LISTENERS 67
+
 /** Listens on host:port (numeric host, or "localhost"). tls_ctx (borrowed, must outlive the
  * server) makes it an HTTPS listener; NULL for plain HTTP. Writes the bound "host:port" (the
- * real port when 0 was asked) into bound[len]. At most three listeners (plain, TLS, admin).
- * Returns the listener's index (0, 1, 2 in call order: req_listener) or -errno. */
+ * real port when 0 was asked) into bound[len]. At most SERVER_MAX_LISTENERS listeners (-EMFILE
+ * past them). Returns the listener's index (0, 1, 2, ... in call order: req_listener) or
+ * -errno. Every listener's connections count against the same limits (server_limits_t). */
 int server_listen(server_t *s, const char *host, uint16_t port, SSL_CTX *tls_ctx, char *bound,
                   size_t len);
 

@@ -467,8 +467,15 @@ static void admit_one(server_t *s, int fd, const struct sockaddr_storage *addr, 
             return;
         }
     }
+    bool room = room_for_connection(s);
+    /* The idle connections closed to make room may have held p's last count, and p went with
+     * it: look the address up again (a new entry when so). */
+    if (per && (p = peer_get(s, addr)) == NULL) {
+        close(fd);
+        return;
+    }
     client_t *c = NULL;
-    if (room_for_connection(s))
+    if (room)
         c = client_accept(s, fd, addr, p, tls); /* closes fd on failure */
     else
         close(fd); /* not reached: at_limit was checked with something idle to close */

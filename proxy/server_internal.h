@@ -23,7 +23,8 @@
 #define CLIENT_RBUF 16384
 #define URL_MAX 4096
 #define HEAD_MAX 2048
-#define MAX_LISTENERS 3
+#define MAX_LISTENERS SERVER_MAX_LISTENERS
+_Static_assert(MAX_LISTENERS <= 255, "client_t.listener is a uint8_t");
 #define FDS_PER_REQUEST SERVER_FDS_PER_REQUEST
 
 enum client_state { CS_IDLE, CS_HEAD, CS_HANDLING, CS_CLOSING };

@@ -177,7 +177,7 @@ static void test_group_errors(void)
                  "{\"name\": \"a\", \"cidrs\": [\"10.1.0.0/16\"], " P "}"),
                "client_groups[1].name: \"a\" is also client_groups[0].name");
     expect_err(G("{\"name\": \"a\", " P "}"),
-               "client_groups[0]: matches no client: give cidrs, path_prefix or both");
+               "client_groups[0]: matches no client: give cidrs, path_prefix, listen or several");
     expect_err(G("{\"name\": \"a\", \"cidrs\": [\"10.0.0.0/8\"]}"),
                "client_groups[0].platforms: missing");
     expect_err(G("{\"name\": \"a\", \"cidrs\": [], " P "}"),
@@ -214,8 +214,138 @@ static void test_group_errors(void)
                "client_groups[1].path_prefix: \"/edge/x\" overlaps client_groups[0].path_prefix");
     expect_err(G("{\"name\": \"a\", \"path_prefix\": \"/edge\", \"platforms\": [\"linux/\"]}"),
                "client_groups[0].platforms[0]: \"linux/\" is not a platform");
-    expect_err(G("{\"name\": \"a\", \"path_prefix\": \"/edge\", " P ", \"listen\": 1}"),
-               "client_groups[0].listen: unknown field (a client group has name, cidrs");
+    expect_err(G("{\"name\": \"a\", \"path_prefix\": \"/edge\", " P ", \"listn\": 1}"),
+               "client_groups[0].listn: unknown field (a client group has name, cidrs, "
+               "path_prefix, listen, platforms)");
+#undef G
+#undef P
+}
+
+/* "listen": a group's own listener, with the grammar of the top-level "listen". */
+static void test_group_listen(void)
+{
+    config_t *c = expect_ok(
+        "\"listen\": \"127.0.0.1:5000\", \"client_groups\": ["
+        "{\"name\": \"arm\", \"listen\": \"127.0.0.1:5001\", \"platforms\": [\"arm64\"]},"
+        "{\"name\": \"v6\", \"listen\": \"[::1]:5002\", \"cidrs\": [\"10.0.0.0/8\"], "
+        "\"path_prefix\": \"/v6\", \"platforms\": [\"s390x\"]},"
+        "{\"name\": \"any\", \"listen\": \"127.0.0.1:0\", \"platforms\": [\"ppc64le\"]},"
+        "{\"name\": \"any2\", \"listen\": \"127.0.0.2:0\", \"platforms\": [\"ppc64le\"]},"
+        "{\"name\": \"none\", \"cidrs\": [\"10.1.0.0/16\"], \"platforms\": [\"arm64\"]}]");
+    const config_client_group_t *g = c->client_groups;
+    CHECK_STR(g[0].listen_host, "127.0.0.1");
+    CHECK_INT(g[0].listen_port, 5001);
+    CHECK_INT(g[0].n_cidrs, 0);
+    CHECK(g[0].path_prefix == NULL);
+    CHECK_STR(g[1].listen_host, "::1");
+    CHECK_INT(g[1].listen_port, 5002);
+    CHECK_STR(g[1].path_prefix, "/v6");
+    CHECK_INT(g[2].listen_port, 0);
+    CHECK(g[4].listen_host == NULL);
+    /* The dump names it as written (check-config --json), null when none. */
+    char *dump = config_dump_json(c);
+    CHECK(dump != NULL);
+    CHECK(strstr(dump, "\"listen\": \"[::1]:5002\"") != NULL);
+    CHECK(strstr(dump, "\"listen\": \"127.0.0.1:5001\"") != NULL);
+    CHECK(strstr(dump, "\"listen\": null") != NULL);
+    free(dump);
+    config_free(c);
+
+    /* Address identity, as a reload matches listeners: by value, port 0 included. */
+    CHECK(config_listen_same("::1", 5000, "0:0:0:0:0:0:0:1", 5000));
+    CHECK(config_listen_same("127.0.0.1", 0, "127.0.0.1", 0));
+    CHECK(!config_listen_same("127.0.0.1", 5000, "127.0.0.2", 5000));
+    CHECK(!config_listen_same("127.0.0.1", 5000, "127.0.0.1", 5001));
+    CHECK(!config_listen_same("127.0.0.1", 5000, "::ffff:127.0.0.1", 5000));
+    CHECK(!config_listen_same(NULL, 5000, "127.0.0.1", 5000));
+
+#define G(body) "\"listen\": \"127.0.0.1:5000\", \"client_groups\": [" body "]"
+#define P "\"platforms\": [\"linux/arm64\"]"
+    /* The grammar of listen. */
+    expect_err(G("{\"name\": \"a\", \"listen\": 5001, " P "}"),
+               "client_groups[0].listen: expected a string, got an integer");
+    expect_err(G("{\"name\": \"a\", \"listen\": null, " P "}"),
+               "client_groups[0].listen: expected a string, got null");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"\", " P "}"),
+               "client_groups[0].listen: empty: expected \"HOST:PORT\"");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"127.0.0.1\", " P "}"),
+               "client_groups[0].listen: expected HOST:PORT");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"winch.example:5001\", " P "}"),
+               "client_groups[0].listen: host must be an IP address");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"localhost:5001\", " P "}"),
+               "client_groups[0].listen: host must be an IP address");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"127.0.0.1:65536\", " P "}"),
+               "client_groups[0].listen: port must be a number 1..65535");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"127.0.0.1:-1\", " P "}"),
+               "client_groups[0].listen: port must be a number");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"::1:5001\", " P "}"),
+               "client_groups[0].listen: an IPv6 address must be written in brackets");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"[::1:5001\", " P "}"),
+               "client_groups[0].listen: missing ']'");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"256.1.1.1:5001\", " P "}"),
+               "client_groups[0].listen: not a valid IPv4 address");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"http://127.0.0.1:5001\", " P "}"),
+               "client_groups[0].listen: ");
+    /* Still a group that matches nothing without one of the three. */
+    expect_err(G("{\"name\": \"a\", " P "}"), "client_groups[0]: matches no client");
+    /* The other listeners' addresses. */
+    expect_err(G("{\"name\": \"a\", \"cidrs\": [\"10.0.0.0/8\"], " P "},"
+                 "{\"name\": \"b\", \"listen\": \"127.0.0.1:5000\", " P "}"),
+               "client_groups[1].listen: 127.0.0.1:5000 is taken by listen (127.0.0.1:5000)");
+    expect_err(G("{\"name\": \"b\", \"listen\": \"0.0.0.0:5000\", " P "}"),
+               "client_groups[0].listen: 0.0.0.0:5000 is taken by listen (127.0.0.1:5000)");
+    expect_err(G("{\"name\": \"b\", \"listen\": \"[::]:5000\", " P "}"),
+               "client_groups[0].listen: [::]:5000 is taken by listen (127.0.0.1:5000)");
+    expect_err("\"listen\": \"127.0.0.1:5000\", \"admin_listen\": \"127.0.0.1:5009\", "
+               "\"client_groups\": [{\"name\": \"b\", \"listen\": \"127.0.0.1:5009\", " P "}]",
+               "client_groups[0].listen: 127.0.0.1:5009 is taken by admin_listen (127.0.0.1:5009)");
+    {
+        char pem[256], body[1600];
+        snprintf(pem, sizeof pem, "%s/x.pem", test_tmpdir("winch-cfg-gl-"));
+        FILE *f = fopen(pem, "w");
+        CHECK(f != NULL);
+        fclose(f);
+        snprintf(body, sizeof body,
+                 "\"listen\": \"127.0.0.1:5000\", \"tls_listen\": \"[::1]:5443\", "
+                 "\"tls_cert\": \"%s\", \"tls_key\": \"%s\", \"client_groups\": [{\"name\": "
+                 "\"b\", \"listen\": \"[0:0::1]:5443\", " P "}]",
+                 pem, pem);
+        expect_err(body,
+                   "client_groups[0].listen: [0:0::1]:5443 is taken by tls_listen ([::1]:5443)");
+    }
+    /* Another group's: the same address (port 0 too: a reload knows a listener by it), or one
+     * a wildcard takes. */
+    expect_err(G("{\"name\": \"a\", \"listen\": \"127.0.0.1:5001\", " P "},"
+                 "{\"name\": \"b\", \"listen\": \"127.0.0.1:5001\", " P "}"),
+               "client_groups[1].listen: 127.0.0.1:5001 is also client_groups[0].listen (a)");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"127.0.0.1:0\", " P "},"
+                 "{\"name\": \"b\", \"listen\": \"127.0.0.1:0\", " P "}"),
+               "client_groups[1].listen: 127.0.0.1:0 is also client_groups[0].listen (a)");
+    expect_err(G("{\"name\": \"a\", \"listen\": \"127.0.0.1:5001\", " P "},"
+                 "{\"name\": \"b\", \"cidrs\": [\"10.0.0.0/8\"], " P "},"
+                 "{\"name\": \"c\", \"listen\": \"0.0.0.0:5001\", " P "}"),
+               "client_groups[2].listen: 0.0.0.0:5001 overlaps client_groups[0].listen "
+               "(127.0.0.1:5001)");
+    /* Not a clash: other ports, another family's specific address, port 0 beside listen. */
+    c = expect_ok(G("{\"name\": \"a\", \"listen\": \"[::1]:5000\", " P "},"
+                    "{\"name\": \"b\", \"listen\": \"127.0.0.2:5000\", " P "},"
+                    "{\"name\": \"c\", \"listen\": \"127.0.0.1:0\", " P "}"));
+    config_free(c);
+    /* The flags count: --listen given on the command line is checked too. */
+    {
+        static const char json[] = "{" UPS ", \"client_groups\": [{\"name\": \"a\", "
+                                   "\"listen\": \"127.0.0.1:6000\", " P "}]}";
+        char path[512], err[512] = "";
+        snprintf(path, sizeof path, "%s/c.json", test_tmpdir("winch-cfg-gl-"));
+        FILE *f = fopen(path, "w");
+        CHECK(f != NULL);
+        fputs(json, f);
+        fclose(f);
+        char *argv[] = {"--config", path, "--listen", "127.0.0.1:6000", NULL};
+        config_t *fc = NULL;
+        CHECK_INT(config_load(&fc, 4, argv, err, sizeof err), WE_CONFIG);
+        CHECK(strstr(err, "client_groups[0].listen: 127.0.0.1:6000 is taken by listen") != NULL);
+    }
 #undef G
 #undef P
 }
@@ -249,6 +379,26 @@ static void test_bounds(void)
     snprintf(json + n, cap - n, "]}");
     expect_err_json(json, "client_groups: at most 64 groups");
 
+    /* Every group may have a listener of its own (the server takes 3 + 64). */
+    n = (size_t)snprintf(json, cap, "{\"client_groups\": [");
+    for (int i = 0; i < CONFIG_MAX_CLIENT_GROUPS; i++)
+        n += (size_t)snprintf(json + n, cap - n,
+                              "%s{\"name\": \"g%d\", \"listen\": \"127.0.0.1:%d\", "
+                              "\"platforms\": [\"arm64\"]}",
+                              i ? "," : "", i, 20000 + i);
+    snprintf(json + n, cap - n, "]}");
+    config_t *c = NULL;
+    char err[512] = "";
+    CHECK_INT(config_from_json(&c, json, strlen(json), "t.json", err, sizeof err), 0);
+    CHECK_INT(c->client_groups[63].listen_port, 20063);
+    config_free(c);
+
+    n = (size_t)snprintf(json, cap, "{\"client_groups\": [{\"name\": \"a\", \"listen\": \"");
+    memset(json + n, '1', 100000);
+    n += 100000;
+    snprintf(json + n, cap - n, "\", \"platforms\": [\"arm64\"]}]}");
+    expect_err_json(json, "client_groups[0].listen: ");
+
     n = (size_t)snprintf(json, cap, "{\"client_groups\": [{\"name\": \"a\", \"cidrs\": [");
     for (int i = 0; i <= CONFIG_MAX_GROUP_CIDRS; i++)
         n += (size_t)snprintf(json + n, cap - n, "%s\"10.%d.0.0/16\"", i ? "," : "", i);
@@ -272,8 +422,8 @@ static void test_bounds(void)
 
 int main(int argc, char **argv)
 {
-    static const test_case_t cases[] = {TEST_CASE(test_example), TEST_CASE(test_normalised),
-                                        TEST_CASE(test_rule_errors), TEST_CASE(test_group_errors),
-                                        TEST_CASE(test_bounds)};
+    static const test_case_t cases[] = {TEST_CASE(test_example),      TEST_CASE(test_normalised),
+                                        TEST_CASE(test_rule_errors),  TEST_CASE(test_group_errors),
+                                        TEST_CASE(test_group_listen), TEST_CASE(test_bounds)};
     return test_main(argc, argv, cases, ARRAY_SIZE(cases));
 }

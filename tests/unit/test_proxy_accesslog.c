@@ -1,6 +1,6 @@
 /* The access line (proxy/accesslog.c), text and JSON: the client's address, the proxy it came
- * through (via, only when a trusted proxy named the client) and the node's name (only when
- * node_name is set). stderr is redirected to a file and read back. */
+ * through (via, only when a trusted proxy named the client), the node's name (only when
+ * node_name is set) and the client's group (only when one matched). stderr is redirected to a file and read back. */
 #include "proxy/accesslog.h"
 
 #include <fcntl.h>
@@ -67,6 +67,13 @@ static void test_text(void)
     e.via = NULL;
     l = line_of(&e, false);
     CHECK(strstr(l, " peer=2001:db8::7 node=winch-2 ua=") != NULL);
+    CHECK(strstr(l, "group=") == NULL);
+    e.group = "arm-pool";
+    l = line_of(&e, false);
+    CHECK(strstr(l, " peer=2001:db8::7 node=winch-2 group=arm-pool ua=\"curl/8\"") != NULL);
+    e.node = NULL;
+    l = line_of(&e, false);
+    CHECK(strstr(l, " peer=2001:db8::7 group=arm-pool ua=") != NULL);
 }
 
 static void test_json(void)
@@ -77,15 +84,18 @@ static void test_json(void)
     CHECK_STR(json_string_value(json_object_get(o, "peer")), "127.0.0.1");
     CHECK(json_object_get(o, "via") == NULL);
     CHECK(json_object_get(o, "node") == NULL);
+    CHECK(json_object_get(o, "group") == NULL);
     json_decref(o);
     e.peer = "203.0.113.7";
     e.via = "::1";
     e.node = "edge.site_b:1";
+    e.group = "edge";
     o = json_loads(line_of(&e, true), 0, NULL);
     CHECK(o != NULL);
     CHECK_STR(json_string_value(json_object_get(o, "peer")), "203.0.113.7");
     CHECK_STR(json_string_value(json_object_get(o, "via")), "::1");
     CHECK_STR(json_string_value(json_object_get(o, "node")), "edge.site_b:1");
+    CHECK_STR(json_string_value(json_object_get(o, "group")), "edge");
     CHECK_INT(json_integer_value(json_object_get(o, "status")), 200);
     json_decref(o);
 }

@@ -2,7 +2,8 @@
  * counted from accept, the idle LRU at max_connections, the per-address limit (IPv4 and IPv6),
  * the fd budget (503 when requests in progress would need more fds than there are), and the
  * pause of the accept loop when accept(2) runs out of fds (in a forked child with its fds
- * exhausted: no busy loop, one log line, served again once fds free up). */
+ * exhausted: no busy loop, one log line, served again once fds free up); several listeners
+ * sharing those limits, and their bound. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -38,7 +39,11 @@ static struct {
     atomic_int requests, completed, busy;
     int family;
     uint16_t port;
+    uint16_t ports[SERVER_MAX_LISTENERS]; /* port of listener i (ports[0] == port) */
 } app;
+
+/* Listeners run_on opens besides the first (all on the same host). */
+static int extra_listeners;
 
 static void on_slow_timer(uv_timer_t *t)
 {
@@ -61,6 +66,13 @@ static void on_request(req_t *r, void *arg)
         static char bad[] = "bad";
         resp_begin(r, req_bad(r));
         resp_send(r, 3, bad, 3, false);
+        return;
+    }
+    if (strcmp(req_target(r), "/li") == 0) {
+        /* Which listener: the status says (200 + its index). */
+        static char body[] = "hello";
+        resp_begin(r, 200 + req_listener(r));
+        resp_send(r, 5, body, 5, false);
         return;
     }
     if (strcmp(req_target(r), "/slow") == 0) {
@@ -90,8 +102,8 @@ static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
 
 /* ---- Client side ------------------------------------------------------------------------- */
 
-/* A connection to the server from source address src (NULL: any). */
-static int dial_from(const char *src)
+/* A connection to the server's listener on port from source address src (NULL: any). */
+static int dial_on(const char *src, uint16_t port)
 {
     struct sockaddr_storage ss, to;
     memset(&ss, 0, sizeof ss);
@@ -100,13 +112,13 @@ static int dial_from(const char *src)
     if (app.family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)&to;
         a->sin6_family = AF_INET6;
-        a->sin6_port = htons(app.port);
+        a->sin6_port = htons(port);
         a->sin6_addr = in6addr_loopback;
         len = sizeof *a;
     } else {
         struct sockaddr_in *a = (struct sockaddr_in *)&to;
         a->sin_family = AF_INET;
-        a->sin_port = htons(app.port);
+        a->sin_port = htons(port);
         a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         len = sizeof *a;
     }
@@ -122,6 +134,11 @@ static int dial_from(const char *src)
     struct timeval tv = {5, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
+}
+
+static int dial_from(const char *src)
+{
+    return dial_on(src, app.port);
 }
 
 static int dial(void)
@@ -219,7 +236,11 @@ static void run_on(const char *host, scenario_fn fn, const server_limits_t *l)
     CHECK_INT(server_create(&app.srv, &o), 0);
     char bound[64];
     CHECK_INT(server_listen(app.srv, host, 0, NULL, bound, sizeof bound), 0);
-    app.port = (uint16_t)strtol(strrchr(bound, ':') + 1, NULL, 10);
+    app.port = app.ports[0] = (uint16_t)strtol(strrchr(bound, ':') + 1, NULL, 10);
+    for (int i = 1; i <= extra_listeners; i++) {
+        CHECK_INT(server_listen(app.srv, host, 0, NULL, bound, sizeof bound), i);
+        app.ports[i] = (uint16_t)strtol(strrchr(bound, ':') + 1, NULL, 10);
+    }
     scenario = fn;
     atomic_store(&client_done, 0);
     pthread_t th;
@@ -414,6 +435,115 @@ static void test_global_limit_evicts_oldest_idle(void)
     run(sc_global_lru, &l);
 }
 
+/* ---- Several listeners, one set of limits ------------------------------------------------- */
+
+static void sc_listeners_share_limits(void)
+{
+    /* Per address (2): one idle connection of 127.0.0.1 on listener 1, one on listener 2; a
+     * third on listener 0 closes the older. Each request knows its listener. */
+    int a1 = dial_on("127.0.0.1", app.ports[1]);
+    CHECK_INT(get(a1, "/li"), 201);
+    int a2 = dial_on("127.0.0.1", app.ports[2]);
+    CHECK_INT(get(a2, "/li"), 202);
+    int a3 = dial_on("127.0.0.1", app.ports[0]);
+    CHECK(closed_within(a1, 3000));
+    CHECK_INT(get(a3, "/li"), 200);
+    /* Both busy: a third from that address on any listener is refused at once. */
+    send_str(a2, "GET /pending HTTP/1.1\r\n");
+    send_str(a3, "GET /pending HTTP/1.1\r\n");
+    test_sleep_ms(100);
+    for (int li = 0; li < 3; li++) {
+        int a4 = dial_on("127.0.0.1", app.ports[li]);
+        CHECK(closed_within(a4, 3000));
+        close(a4);
+    }
+    /* Globally (4): two more clients on listeners 1 and 2 fill it; a fifth on listener 0
+     * closes the oldest idle one (b1), whatever listener it came in on. */
+    int b1 = dial_on("127.0.0.2", app.ports[2]);
+    CHECK_INT(get(b1, "/li"), 202);
+    int b2 = dial_on("127.0.0.3", app.ports[1]);
+    CHECK_INT(get(b2, "/li"), 201);
+    int b3 = dial_on("127.0.0.4", app.ports[0]);
+    CHECK(closed_within(b1, 3000));
+    CHECK_INT(get(b3, "/li"), 200);
+    send_str(a2, "Host: x\r\n\r\n");
+    send_str(a3, "Host: x\r\n\r\n");
+    CHECK_INT(read_response(a2), 200);
+    CHECK_INT(read_response(a3), 200);
+    close(a1);
+    close(a2);
+    close(a3);
+    close(b1);
+    close(b2);
+    close(b3);
+}
+
+static void test_listeners_share_limits(void)
+{
+    server_limits_t l = limits();
+    l.max_connections_per_client = 2;
+    l.max_connections = 4;
+    extra_listeners = 2;
+    run(sc_listeners_share_limits, &l);
+    extra_listeners = 0;
+}
+
+/* At max_connections, the oldest idle connection closed to admit a newcomer may be the
+ * newcomer's own address's last one: its entry in the per-address table goes with it, and the
+ * newcomer must be counted in a fresh one (it was counted in the freed entry). */
+static void sc_evicts_own_last(void)
+{
+    int x1 = dial_on("127.0.0.1", app.ports[1]);
+    CHECK_INT(get(x1, "/li"), 201);
+    int y1 = dial_from("127.0.0.2");
+    CHECK_INT(get(y1, "/y"), 200);
+    int x2 = dial_from("127.0.0.1");
+    CHECK(closed_within(x1, 3000));
+    CHECK_INT(get(x2, "/x2"), 200);
+    /* The counts add up: 127.0.0.1 has one connection (x2), so three more fit its limit of 4
+     * once y1 is gone (max_connections 2 closes idle ones as they come). */
+    close(y1);
+    test_sleep_ms(100);
+    int x3 = dial_from("127.0.0.1");
+    CHECK_INT(get(x3, "/x3"), 200);
+    CHECK_INT(get(x2, "/x2"), 200);
+    close(x1);
+    close(x2);
+    close(x3);
+}
+
+static void test_evicts_own_last(void)
+{
+    server_limits_t l = limits();
+    l.max_connections_per_client = 4;
+    l.max_connections = 2;
+    extra_listeners = 1;
+    run(sc_evicts_own_last, &l);
+    extra_listeners = 0;
+}
+
+/* The bound on listeners: SERVER_MAX_LISTENERS, then -EMFILE. */
+static void test_listener_bound(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    server_opts_t o = {.loop = &loop,
+                       .limits = limits(),
+                       .on_request = on_request,
+                       .on_complete = on_complete,
+                       .data_size = sizeof(call_t)};
+    server_t *srv = NULL;
+    CHECK_INT(server_create(&srv, &o), 0);
+    char bound[64];
+    for (int i = 0; i < SERVER_MAX_LISTENERS; i++)
+        CHECK_INT(server_listen(srv, "127.0.0.1", 0, NULL, bound, sizeof bound), i);
+    CHECK_INT(server_listen(srv, "127.0.0.1", 0, NULL, bound, sizeof bound), -EMFILE);
+    server_shutdown(srv);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    server_destroy(srv);
+    CHECK_INT(uv_loop_close(&loop), 0);
+}
+
 /* ---- The fd budget ---------------------------------------------------------------------------- */
 
 static void sc_fd_budget(void)
@@ -603,6 +733,9 @@ static const test_case_t cases[] = {
     TEST_CASE(test_global_limit_evicts_oldest_idle),
     TEST_CASE(test_fd_budget),
     TEST_CASE(test_emfile_pauses_accept),
+    TEST_CASE(test_listeners_share_limits),
+    TEST_CASE(test_evicts_own_last),
+    TEST_CASE(test_listener_bound),
 };
 
 int main(int argc, char **argv)
