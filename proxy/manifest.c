@@ -576,21 +576,37 @@ static void handle_tag(mreq_t *m)
     }
 }
 
-/* A rule with restrict refuses the platform manifests outside its set (known from an index
- * seen before: a request by digest names no platform). True when refused. */
+/* A rule with restrict refuses the platform manifests outside its set. A request by digest names
+ * no platform: the cache's records of the indexes stored from this upstream say what each child
+ * is (across restarts; cache_child_platforms), and the memory of indexes served since start
+ * covers indexes cached by a winch that kept no records. A digest that every known claim puts
+ * outside the set is refused; one that any claim allows, or that no index names, passes (an
+ * image manifest names its platform only in its config blob, which winch does not fetch to
+ * decide). True when refused. */
 static bool restricted(call_t *c)
 {
     const config_t *cfg = c->env->cfg;
     if (!c->route.ref_is_digest || cfg->n_platform_rules == 0)
         return false;
     const config_platform_rule_t *r = platforms_rule(cfg, c->route.upstream->name, c->route.name);
-    platform_t p;
-    if (!r || !r->restrict_ || prefetch_platform_of(c->env->prefetch, c->route.ref, &p) != 0 ||
-        platform_in(r->platforms, r->n_platforms, &p))
+    if (!r || !r->restrict_)
         return false;
-    char msg[GLOB_MAX + PLATFORM_STR_MAX + 96], ps[PLATFORM_STR_MAX];
+    platform_t ps[CACHE_CHILD_PLATFORMS_MAX + 1];
+    size_t n = 0;
+    int err = cache_child_platforms(c->env->cache, c->route.upstream->name, c->route.ref, ps, &n);
+    if (err < 0 && err != WE_NOTFOUND)
+        LOG_WARN("req=%llu platform records of %s unreadable (%s)", (unsigned long long)call_id(c),
+                 c->route.ref, err_str(err));
+    if (prefetch_platform_of(c->env->prefetch, c->route.ref, &ps[n]) == 0)
+        n++;
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (platform_in(r->platforms, r->n_platforms, &ps[i]))
+            return false;
+    char msg[GLOB_MAX + PLATFORM_STR_MAX + 96], p[PLATFORM_STR_MAX];
     snprintf(msg, sizeof msg, "platform %s is not allowed by platforms[%zu] (%s)",
-             platform_format(&p, ps, sizeof ps), (size_t)(r - cfg->platform_rules), r->match);
+             platform_format(&ps[0], p, sizeof p), (size_t)(r - cfg->platform_rules), r->match);
     LOG_INFO("req=%llu %s refused: %s", (unsigned long long)call_id(c), c->route.ref, msg);
     reply_denied(c, msg);
     return true;
