@@ -9,7 +9,10 @@ index (six platforms, one attestation manifest) in a real docker-registry:
     trusted proxy named by X-Forwarded-For) and a group by path prefix (/edge/v2/...) each get
     their own platform prefetched;
   - filter: a tag request gets an index of the allowed platforms under its own digest, stable,
-    served by that digest; the original by its digest unchanged; skopeo copy --all of both."""
+    served by that digest; the original by its digest unchanged; skopeo copy --all of both;
+  - restrict: skopeo copy --all is refused naming the rule, the allowed platforms pull; after a
+    restart, forbidden children asked for by digest alone (curl, skopeo) are still refused
+    (the cache's records), also while one of two tags sharing the index remains."""
 
 import http.client
 import json
@@ -297,6 +300,95 @@ class PlatformsTest(lab.TestCase):
             dest = lab.tmpdir("winch-it-plat-")
             lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest,
                             ["--override-arch", arch, "--override-os", "linux"])
+
+    def test_restrict_across_restart(self):
+        """restrict knows a child's platform from the cache's records of the indexes it stored:
+        after a restart, a forbidden child asked for by digest alone (curl, skopeo) is refused
+        without going upstream; an allowed one is served byte-identical. Two tags share the
+        index: removing one keeps the records (the index stays); removing both drops them."""
+        seeded = lab.seeded_registry(count=False, name="seeded")
+        self.addCleanup(seeded.stop)
+        self.up = lab.Registry(name="upstream-two-tags")
+        self.addCleanup(self.up.stop)
+        repo = self.data["images"]["multi"]["repo"]
+        for tag in ("v1", "v2"):
+            lab.skopeo_copy("docker://%s/%s:v1" % (seeded.direct_hostport, repo),
+                            "docker://%s/%s:%s" % (self.up.direct_hostport, repo, tag),
+                            ["--all", "--preserve-digests"])
+        self.img = Image(self.up, repo, "v1")
+        self.assertEqual(Image(self.up, repo, "v2").index_digest, self.img.index_digest)
+        self.winch = lab.Winch([("docker.io", self.up.url)], config={
+            "tag_ttl_s": 3600,
+            "platforms": [{"match": "docker.io/lab/*",
+                           "platforms": ["linux/arm64", "linux/amd64"], "restrict": True}]})
+        self.addCleanup(self.winch.stop)
+        accept = [("Accept", t) for t in ALL_TYPES]
+        for tag in ("v1", "v2"):
+            r = lab.get(self.winch.hostport, "/v2/%s/manifests/%s" % (repo, tag), accept)
+            self.assertStatus(r, 200, "tag " + tag)
+            self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        forbidden = {p: self.img.by_platform[p]["manifest"] for p in self.img.by_platform
+                     if p not in ("linux/amd64", "linux/arm64/v8")}
+        self.assertEqual(len(forbidden), 4, forbidden)
+        arm64 = self.img.by_platform["linux/arm64/v8"]["manifest"]
+        ppc = forbidden["linux/ppc64le"]
+        msg = "platform linux/ppc64le is not allowed by platforms[0] (docker.io/lab/*)"
+
+        def refused_after_restart(what):
+            self.winch.restart()
+            hp = self.winch.hostport
+            # curl with the OCI Accept, as a client that never saw the index would ask.
+            out = subprocess.run(
+                ["curl", "-sS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
+                 "-H", "Accept: application/vnd.docker.distribution.manifest.v2+json",
+                 "-w", "\n%{http_code}", "http://%s%s" % (hp, self.img.manifest_path(ppc))],
+                capture_output=True, text=True, timeout=30, check=True).stdout
+            body, code = out.rsplit("\n", 1)
+            self.assertEqual(code, "403", "%s: curl %s" % (what, out))
+            self.assertEqual(json.loads(body)["errors"][0]["code"], "DENIED", body)
+            self.assertIn(msg, body)
+            for plat, digest in forbidden.items():
+                r = lab.get(hp, self.img.manifest_path(digest), accept)
+                self.assertOciError(r, 403, "DENIED", "%s: %s by digest" % (what, plat))
+                self.assertIn(("platform %s is not allowed" % plat.replace("/v8", "")).encode(),
+                              r.body)
+            with self.assertRaises(RuntimeError) as cm:
+                lab.skopeo_copy("docker://%s/%s@%s" % (hp, repo, ppc),
+                                "dir:" + lab.tmpdir("winch-it-plat-"))
+            self.assertIn("denied", str(cm.exception).lower())
+            self.assertIn(msg, str(cm.exception))
+            for digest in forbidden.values():
+                self.assertEqual(self.upstream_gets(self.img.manifest_path(digest)), 0,
+                                 "%s: a refused manifest was fetched upstream" % what)
+
+        refused_after_restart("after a restart")
+        # The allowed child by digest: 200, the upstream's bytes.
+        direct = lab.get(self.up.direct_hostport, self.img.manifest_path(arm64), accept)
+        r = lab.get(self.winch.hostport, self.img.manifest_path(arm64), accept)
+        self.assertStatus(r, 200, "the allowed child by digest")
+        self.assertEqual(r.body, direct.body)
+        self.assertEqual(r.header("Docker-Content-Digest"), arm64)
+        dest = lab.tmpdir("winch-it-plat-")
+        lab.skopeo_copy("docker://%s/%s@%s" % (self.winch.hostport, repo, arm64), "dir:" + dest)
+        with open(os.path.join(dest, "manifest.json"), "rb") as fh:
+            self.assertEqual(fh.read(), direct.body)
+
+        # One of the two tags removed: the index stays (the other names it), so do its records.
+        self.winch.stop()
+        rm = subprocess.run([lab.WINCH_BIN, "rm", "%s:v1" % repo, "--cache-dir",
+                             self.winch.cache_dir], capture_output=True, text=True, timeout=60)
+        self.assertEqual(rm.returncode, 0, rm.stderr)
+        refused_after_restart("v1 removed")
+        # Both removed: the index and its records go; nothing tells the child's platform any more
+        # (no index of this upstream names it): served, as a digest winch knows nothing of is.
+        self.winch.stop()
+        rm = subprocess.run([lab.WINCH_BIN, "rm", "%s:v2" % repo, "--cache-dir",
+                             self.winch.cache_dir], capture_output=True, text=True, timeout=60)
+        self.assertEqual(rm.returncode, 0, rm.stderr)
+        self.winch.restart()
+        r = lab.get(self.winch.hostport, self.img.manifest_path(ppc), accept)
+        self.assertStatus(r, 200, "a child of no cached index")
+        self.assertEqual(self.upstream_gets(self.img.manifest_path(ppc)), 1)
 
     def test_filter(self):
         self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
