@@ -44,8 +44,8 @@ static int apply_records(cache_t *c, MDB_txn *t, const wop_t *op);
 
 static bool is_attestation(const image_ref_t *r)
 {
-    return r->attestation || (strcmp(r->platform.os, "unknown") == 0 &&
-                              strcmp(r->platform.arch, "unknown") == 0);
+    return r->attestation ||
+           (strcmp(r->platform.os, "unknown") == 0 && strcmp(r->platform.arch, "unknown") == 0);
 }
 
 int childplat_prepare(wop_t *op, const image_t *img)

@@ -164,8 +164,8 @@ static void test_recorded_and_reopened(void)
     CHECK_INT(done, 1);
     CHECK_STR(platform_of(c, "docker.io", d_amd, p), "linux/amd64");
     CHECK_STR(platform_of(c, "docker.io", d_arm, p), "linux/arm64"); /* normalised: v8 dropped */
-    CHECK_STR(platform_of(c, "docker.io", d_v7, p), "linux/arm/v7");  /* arm means arm/v7 */
-    CHECK_STR(platform_of(c, "docker.io", d_att, p), "");             /* attestations: none */
+    CHECK_STR(platform_of(c, "docker.io", d_v7, p), "linux/arm/v7"); /* arm means arm/v7 */
+    CHECK_STR(platform_of(c, "docker.io", d_att, p), "");            /* attestations: none */
     CHECK_STR(platform_of(c, "docker.io", d_other, p), "");
     CHECK_STR(platform_of(c, "docker.io", idx, p), ""); /* the index itself is no child */
     /* Another upstream's request learns nothing from this upstream's index. */
