@@ -351,7 +351,7 @@ static void obtain(mreq_t *m)
     cache_entry_t e;
     if (cache_lookup(cache, m->target, &e) == 0 && e.kind == CACHE_MANIFEST && e.media_type[0]) {
         /* Served straight from the cache unless the policy or a filter reads the bytes. */
-        if (!(m->gate.d.needs & POLICY_NEED_IMAGE) && !filter_rule(c)) {
+        if (!(m->gate.d.needs & POLICY_NEED_IMAGE) && !m->gate.restrict_rule && !filter_rule(c)) {
             if (serve_cached(c, m->target) == 0) {
                 mreq_free(m);
                 return;
@@ -580,12 +580,13 @@ static void handle_tag(mreq_t *m)
  * no platform: the cache's records of the indexes stored from this upstream say what each child
  * is (across restarts; cache_child_platforms), and the memory of indexes served since start
  * covers indexes cached by a winch that kept no records. A digest that every known claim puts
- * outside the set is refused; one that any claim allows, or that no index names, passes (an
- * image manifest names its platform only in its config blob, which winch does not fetch to
- * decide). True when refused. */
-static bool restricted(call_t *c)
+ * outside the set is refused here, before anything is fetched; one that any claim allows
+ * passes. True when refused. *unknown gets the rule when no index names the digest: the
+ * manifest's own config decides then (mgate_image: restrict_rule). */
+static bool restricted(call_t *c, const config_platform_rule_t **unknown)
 {
     const config_t *cfg = c->env->cfg;
+    *unknown = NULL;
     if (!c->route.ref_is_digest || cfg->n_platform_rules == 0)
         return false;
     const config_platform_rule_t *r = platforms_rule(cfg, c->route.upstream->name, c->route.name);
@@ -599,14 +600,15 @@ static bool restricted(call_t *c)
                  c->route.ref, err_str(err));
     if (prefetch_platform_of(c->env->prefetch, c->route.ref, &ps[n]) == 0)
         n++;
-    if (n == 0)
+    if (n == 0) {
+        *unknown = r;
         return false;
+    }
     for (size_t i = 0; i < n; i++)
         if (platform_in(r->platforms, r->n_platforms, &ps[i]))
             return false;
-    char msg[GLOB_MAX + PLATFORM_STR_MAX + 96], p[PLATFORM_STR_MAX];
-    snprintf(msg, sizeof msg, "platform %s is not allowed by platforms[%zu] (%s)",
-             platform_format(&ps[0], p, sizeof p), (size_t)(r - cfg->platform_rules), r->match);
+    char msg[PLATFORMS_REFUSAL_MAX];
+    platforms_refusal(cfg, r, &ps[0], msg, sizeof msg);
     LOG_INFO("req=%llu %s refused: %s", (unsigned long long)call_id(c), c->route.ref, msg);
     reply_denied(c, msg);
     return true;
@@ -614,7 +616,8 @@ static bool restricted(call_t *c)
 
 void manifest_handle(call_t *c)
 {
-    if (restricted(c))
+    const config_platform_rule_t *unknown;
+    if (restricted(c, &unknown))
         return;
     mreq_t *m = calloc(1, sizeof *m);
     if (!m) {
@@ -623,6 +626,7 @@ void manifest_handle(call_t *c)
     }
     m->c = c;
     m->rw.done = on_checked;
+    m->gate.restrict_rule = unknown;
     if (!c->route.ref_is_digest)
         cache_note_tag_pull(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref);
     switch (mgate_begin(&m->gate, c)) {

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "cache/cache.h"
+#include "common/glob.h"
 #include "common/platform.h"
 #include "config/config.h"
 
@@ -45,6 +46,14 @@ void platforms_select(const struct call *c, platsel_t *out);
 
 /** The index of img's child (an image manifest, not an attestation) for platform p, or -1. */
 int platforms_pick(const image_t *img, const platform_t *p);
+
+/** Room for platforms_refusal's text. */
+#define PLATFORMS_REFUSAL_MAX (GLOB_MAX + PLATFORM_STR_MAX + 96)
+
+/** restrict's 403 text for platform p under rule r (one of cfg's rules): "platform P is not
+ * allowed by platforms[i] (MATCH)", into buf[cap]. Returns buf. */
+const char *platforms_refusal(const config_t *cfg, const config_platform_rule_t *r,
+                              const platform_t *p, char *buf, size_t cap);
 
 /** True when the child ref of an index is an attestation manifest (BuildKit's, or a platform
  * of unknown/unknown). */

@@ -379,16 +379,57 @@ class PlatformsTest(lab.TestCase):
                              self.winch.cache_dir], capture_output=True, text=True, timeout=60)
         self.assertEqual(rm.returncode, 0, rm.stderr)
         refused_after_restart("v1 removed")
-        # Both removed: the index and its records go; nothing tells the child's platform any more
-        # (no index of this upstream names it): served, as a digest winch knows nothing of is.
+        # Both removed: the index and its records go. No index names the child any more: its
+        # manifest is fetched and its config decides (refused all the same, no layer fetched).
         self.winch.stop()
         rm = subprocess.run([lab.WINCH_BIN, "rm", "%s:v2" % repo, "--cache-dir",
                              self.winch.cache_dir], capture_output=True, text=True, timeout=60)
         self.assertEqual(rm.returncode, 0, rm.stderr)
         self.winch.restart()
         r = lab.get(self.winch.hostport, self.img.manifest_path(ppc), accept)
-        self.assertStatus(r, 200, "a child of no cached index")
+        self.assertOciError(r, 403, "DENIED", "a child of no cached index")
+        self.assertIn(msg.encode(), r.body)
         self.assertEqual(self.upstream_gets(self.img.manifest_path(ppc)), 1)
+        self.assertIn("refused: %s (its config's platform)" % msg, self.winch.log())
+
+    def test_restrict_without_index(self):
+        """A child asked for by digest when winch never saw its index (a fresh cache): its
+        config says its platform. A forbidden one is refused after its manifest and config
+        (never a layer); an allowed one is served byte-identical and its config, read for the
+        check, is cached for the client's next request (one upstream GET)."""
+        self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
+                                                                            "linux/amd64"],
+                                   "restrict": True}]})
+        hp = self.winch.hostport
+        repo = self.img.repo
+        accept = [("Accept", t) for t in ALL_TYPES]
+        for plat in ("linux/ppc64le", "linux/arm/v7"):
+            info = self.img.by_platform[plat]
+            with self.assertRaises(RuntimeError) as cm:
+                lab.skopeo_copy("docker://%s/%s@%s" % (hp, repo, info["manifest"]),
+                                "dir:" + lab.tmpdir("winch-it-plat-"))
+            self.assertIn("platform %s is not allowed by platforms[0] (docker.io/lab/*)" % plat,
+                          str(cm.exception))
+            r = lab.get(hp, self.img.manifest_path(info["manifest"]), accept)
+            self.assertOciError(r, 403, "DENIED", plat)
+            self.assertEqual(self.upstream_gets(self.img.manifest_path(info["manifest"])), 1,
+                             "%s: the manifest is fetched once" % plat)
+            self.assertEqual(self.upstream_gets(self.img.blob_path(info["config"])), 1,
+                             "%s: the config is fetched once" % plat)
+            for d in info["layers"]:
+                self.assertEqual(self.upstream_gets(self.img.blob_path(d)), 0, plat)
+        self.assertEqual(self.upstream_gets(self.img.manifest_path(self.img.index_digest)), 0)
+        info = self.img.by_platform["linux/arm64/v8"]
+        direct = lab.get(self.up.direct_hostport, self.img.manifest_path(info["manifest"]), accept)
+        dest = lab.tmpdir("winch-it-plat-")
+        lab.skopeo_copy("docker://%s/%s@%s" % (hp, repo, info["manifest"]), "dir:" + dest)
+        with open(os.path.join(dest, "manifest.json"), "rb") as fh:
+            self.assertEqual(fh.read(), direct.body)
+        self.assertEqual(self.upstream_gets(self.img.blob_path(info["config"])), 1,
+                         "the allowed image's config: one upstream GET, check and client")
+        r = lab.get(hp, self.img.manifest_path(info["manifest"]), accept)
+        self.assertStatus(r, 200, "the allowed child by digest")
+        self.assertEqual(r.body, direct.body)
 
     def test_filter(self):
         self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
