@@ -29,7 +29,7 @@ typedef struct mgate {
      * whose platform no cached index names. An image manifest's config blob then says its
      * platform, and one outside the rule's set is refused (platforms_refusal). Borrowed. */
     const config_platform_rule_t *restrict_rule;
-    bool need_created; /* stage 3: the policy reads the config's created time */
+    bool need_created;  /* stage 3: the policy reads the config's created time */
     bool have_platform; /* the config named a platform: platform */
     platform_t platform;
     /* Waiting for an image config blob (stage 3). */
