@@ -180,7 +180,10 @@ static void read_config(mgate_t *g, const char *buf, size_t len)
         const char *os = json_string_value(json_object_get(root, "os"));
         const char *arch = json_string_value(json_object_get(root, "architecture"));
         const char *variant = json_string_value(json_object_get(root, "variant"));
-        g->have_platform = os && arch && platform_from_parts(os, arch, variant, &g->platform) == 0;
+        /* An attestation manifest's config says unknown/unknown: no platform, as in an index. */
+        g->have_platform = os && arch &&
+                           !(strcmp(os, "unknown") == 0 && strcmp(arch, "unknown") == 0) &&
+                           platform_from_parts(os, arch, variant, &g->platform) == 0;
     }
     if (!g->need_created) {
         json_decref(root);

@@ -430,6 +430,12 @@ class PlatformsTest(lab.TestCase):
         r = lab.get(hp, self.img.manifest_path(info["manifest"]), accept)
         self.assertStatus(r, 200, "the allowed child by digest")
         self.assertEqual(r.body, direct.body)
+        # An attestation manifest names no platform (its config says unknown/unknown): served.
+        self.assertTrue(self.img.attestations)
+        for d in self.img.attestations:
+            r = lab.get(hp, self.img.manifest_path(d), accept)
+            self.assertStatus(r, 200, "attestation %s by digest" % d)
+            self.assertEqual(lab.sha256_digest(r.body), d)
 
     def test_filter(self):
         self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
@@ -489,6 +495,21 @@ class PlatformsTest(lab.TestCase):
             self.assertEqual(fh.read(), direct.body)
         self.assertIn("filtered index %s of %s" % (fdigest, self.img.index_digest),
                       self.winch.log())
+
+    def test_filter_and_restrict(self):
+        """filter and restrict together: skopeo copy --all of the tag (the filtered index, with
+        the attestation of an allowed platform) works; of the original index by digest it is
+        refused, naming the rule."""
+        self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
+                                                                            "linux/amd64"],
+                                   "filter": True, "restrict": True}]})
+        hp = self.winch.hostport
+        lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo),
+                        "dir:" + lab.tmpdir("winch-it-plat-"), ["--all"])
+        with self.assertRaises(RuntimeError) as cm:
+            lab.skopeo_copy("docker://%s/%s@%s" % (hp, self.img.repo, self.img.index_digest),
+                            "dir:" + lab.tmpdir("winch-it-plat-"), ["--all"])
+        self.assertIn("is not allowed by platforms[0] (docker.io/lab/*)", str(cm.exception))
 
     def test_filter_nothing_allowed(self):
         self.start({"platforms": [{"match": "**", "platforms": ["windows/amd64"],
