@@ -496,6 +496,51 @@ class PlatformsTest(lab.TestCase):
         self.assertIn("filtered index %s of %s" % (fdigest, self.img.index_digest),
                       self.winch.log())
 
+    def test_restrict_knows_imported_and_warmed(self):
+        """Indexes stored by `winch warm` and `winch import` record their children too: a winch
+        serving such a cache, with no reachable upstream, refuses a forbidden child by digest
+        from the records alone."""
+        up = lab.seeded_registry(count=False)
+        self.addCleanup(up.stop)
+        self.img = Image(up, self.data["images"]["multi"]["repo"], "v1")
+        ppc = self.img.by_platform["linux/ppc64le"]["manifest"]
+        work = lab.tmpdir("winch-it-plat-")
+        dead = "http://127.0.0.1:%d" % lab.free_port()
+        restrict = {"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64"],
+                                   "restrict": True}]}
+
+        def run(*args):
+            p = subprocess.run([lab.WINCH_BIN] + list(args), capture_output=True, text=True,
+                               timeout=300, stdin=subprocess.DEVNULL)
+            self.assertEqual(p.returncode, 0, "winch %s\n%s%s" % (args, p.stdout, p.stderr))
+
+        def config(cache, url):
+            path = os.path.join(work, os.path.basename(cache) + ".json")
+            with open(path, "w") as f:
+                json.dump({"cache_dir": cache, "listen": "127.0.0.1:0",
+                           "upstreams": [{"name": "docker.io", "url": url}]}, f)
+            return path
+
+        warmed = os.path.join(work, "warmed")
+        run("warm", "--config", config(warmed, up.url), "%s:v1" % self.img.repo, "--platform",
+            "linux/arm64/v8")
+        imported = os.path.join(work, "imported")
+        os.makedirs(imported)
+        archive = os.path.join(work, "multi.tar")
+        lab.skopeo_copy("docker://%s/%s:v1" % (up.direct_hostport, self.img.repo),
+                        "oci-archive:%s:docker.io/%s:v1" % (archive, self.img.repo),
+                        ["--all", "--preserve-digests"])
+        run("import", archive, "--config", config(imported, dead))
+        for cache in (warmed, imported):
+            w = lab.Winch([("docker.io", dead)], config=restrict, cache_dir=cache)
+            try:
+                r = lab.get(w.hostport, self.img.manifest_path(ppc),
+                            [("Accept", t) for t in ALL_TYPES])
+                self.assertOciError(r, 403, "DENIED", cache)
+                self.assertIn(b"platform linux/ppc64le is not allowed by platforms[0]", r.body)
+            finally:
+                w.stop()
+
     def test_filter_and_restrict(self):
         """filter and restrict together: skopeo copy --all of the tag (the filtered index, with
         the attestation of an allowed platform) works; of the original index by digest it is
