@@ -1,8 +1,9 @@
 /* Platforms of index children in the cache index (cache_child_platforms): recorded with every
  * index put, seen before the commit, kept across a reopen, scoped to the upstream, several
  * indexes of one child, attestations skipped, removed with their index by rm and verify --fix
- * while another index's record of the same child stays, 2,000 indexes with nothing lost, and
- * a cache made before the records existed (no database, then an index without records). */
+ * while another index's record of the same child stays, 2,000 indexes with nothing lost,
+ * a cache made before the records existed (no database, then an index without records), and
+ * records that do not decode. */
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
@@ -378,10 +379,65 @@ static void test_cache_without_records(void)
     run();
 }
 
+/* Records that do not decode (cut short, another version, a part too long) are skipped with a
+ * warning; the good record of the same digest still counts. */
+static void test_bad_records(void)
+{
+    char dir[512], path[600], idx[REF_DIGEST_MAX + 1], p[PLATFORM_STR_MAX];
+    dir_of("bad", dir);
+    cache_t *c = open_dir(dir);
+    size_t n;
+    const child_t *ch = multi(&n);
+    put_index(c, "docker.io", "lab/multi", "v1", ch, n, "a", idx);
+    cache_close(c);
+    run();
+
+    static const struct {
+        const char *index; /* the key's index part */
+        const char *val;
+        size_t len;
+    } bad[] = {
+        {"sha256:b1", "\x01\x05lin", 5},                     /* cut inside os */
+        {"sha256:b2", "\x02\x05linux\x05s390x\x00", 14},     /* version 2 */
+        {"sha256:b3", "\x01\x05linux\x05s390x", 13},         /* no variant length */
+        {"sha256:b4", "\x01\x05linux\xff", 8},               /* arch length past the end */
+        {"sha256:b5", "\x01\x00\x05s390x\x00", 9},           /* empty os */
+        {"sha256:b6", "\x01\x05linux\x05s390x\x00junk", 18}, /* trailing bytes */
+    };
+    MDB_env *env;
+    MDB_txn *t;
+    MDB_dbi dbi;
+    snprintf(path, sizeof path, "%s/index", dir);
+    CHECK_INT(mdb_env_create(&env), 0);
+    CHECK_INT(mdb_env_set_maxdbs(env, 16), 0);
+    CHECK_INT(mdb_env_set_mapsize(env, 4ULL << 30), 0);
+    CHECK_INT(mdb_env_open(env, path, MDB_NOTLS, 0644), 0);
+    CHECK_INT(mdb_txn_begin(env, NULL, 0, &t), 0);
+    CHECK_INT(mdb_dbi_open(t, "childplat", 0, &dbi), 0);
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        char key[300];
+        int kl = snprintf(key, sizeof key, "%s%c%s%cdocker.io", d_other, 0, bad[i].index, 0);
+        MDB_val k = {(size_t)kl, key}, v = {bad[i].len, (void *)bad[i].val};
+        CHECK_INT(mdb_put(t, dbi, &k, &v, 0), 0);
+        /* The same bad records beside d_arm's good one. */
+        kl = snprintf(key, sizeof key, "%s%c%s%cdocker.io", d_arm, 0, bad[i].index, 0);
+        k = (MDB_val){(size_t)kl, key};
+        CHECK_INT(mdb_put(t, dbi, &k, &v, 0), 0);
+    }
+    CHECK_INT(mdb_txn_commit(t), 0);
+    mdb_env_close(env);
+
+    c = open_dir(dir);
+    CHECK_STR(platform_of(c, "docker.io", d_other, p), "");
+    CHECK_STR(platform_of(c, "docker.io", d_arm, p), "linux/arm64");
+    cache_close(c);
+    run();
+}
+
 static const test_case_t cases[] = {
     TEST_CASE(test_recorded_and_reopened), TEST_CASE(test_shared_and_disagreeing),
     TEST_CASE(test_removed_with_index),    TEST_CASE(test_many_indexes),
-    TEST_CASE(test_cache_without_records),
+    TEST_CASE(test_cache_without_records), TEST_CASE(test_bad_records),
 };
 
 int main(int argc, char **argv)
