@@ -158,3 +158,33 @@ int cache_owner_get(cache_t *c, const char *upstream, const char *repo, const ch
         *size = sz;
     return rc;
 }
+
+/* What one op records for the digest asked about (cache_child_platforms). */
+struct childplat_query {
+    const char *upstream, *digest;
+    childplat_acc_t acc;
+};
+
+static void childplat_visit(void *arg, const wop_t *op)
+{
+    struct childplat_query *q = arg;
+    childplat_op(op, q->upstream, q->digest, &q->acc);
+}
+
+int cache_child_platforms(cache_t *c, const char *upstream, const char *digest,
+                          platform_t out[CACHE_CHILD_PLATFORMS_MAX], size_t *n)
+{
+    enum ref_alg alg;
+    *n = 0;
+    if (!upstream || !upstream[0] || store_digest_parse(digest, &alg))
+        return WE_NOTFOUND;
+    /* An index served a moment ago may not be committed yet: its client asks for a child next. */
+    struct childplat_query q = {upstream, digest, {out, 0}};
+    manifests_pending_each(c, childplat_visit, &q);
+    index_queued_each(c, childplat_visit, &q);
+    int rc = childplat_read(c, upstream, digest, &q.acc);
+    *n = q.acc.n;
+    if (rc < 0)
+        return rc;
+    return q.acc.n ? 0 : WE_NOTFOUND;
+}

@@ -21,6 +21,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "common/platform.h"
 #include "common/ref.h"
 
 typedef struct cache cache_t;
@@ -221,6 +222,26 @@ int cache_tags_each(cache_t *c, const char *upstream, const char *repo,
  * loop thread. Returns 0 or WE_INDEX. */
 int cache_repos_each(cache_t *c, const char *upstream, const char *after,
                      int (*fn)(void *arg, const char *repo), void *arg);
+
+/* ---- Platforms of index children (childplat.c) -------------------------------------------
+ * Every index stored with cache_put_manifest (by the proxy, `winch import`, `winch warm`)
+ * records, in the same index transaction, the platform it gives each of its platform manifests
+ * (attestation manifests and children without a platform are skipped): records
+ * "child digest, index digest" -> {platform, upstream}. They go when the index does (rm, prune,
+ * eviction, verify --fix) and survive restarts. A cache made before them simply has none. */
+
+/** Most distinct platforms cache_child_platforms reports for one digest. */
+#define CACHE_CHILD_PLATFORMS_MAX 8
+
+/** The platforms the indexes stored from upstream (the name the put gave; indexes stored with
+ * no upstream count for none) give digest, as one of their children: normalised
+ * (common/platform.h), distinct, in no particular order, at most CACHE_CHILD_PLATFORMS_MAX into
+ * out (caller's storage), *n of them. Usually one; more when indexes disagree. Sees puts this
+ * process accepted but has not committed; otherwise a read transaction on the loop thread (no
+ * I/O beyond the mmap). Looks at no more than 1024 records of one digest. Returns 0 (*n >= 1),
+ * WE_NOTFOUND (no index of upstream lists digest with a platform), or WE_INDEX. */
+int cache_child_platforms(cache_t *c, const char *upstream, const char *digest,
+                          platform_t out[CACHE_CHILD_PLATFORMS_MAX], size_t *n);
 
 /* ---- Pins and tag history (pins.c) -------------------------------------------------------
  * Two small records per (upstream, repo, tag), kept beside the tags for the policy (which the

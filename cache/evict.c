@@ -191,7 +191,8 @@ static int apply_slice(cache_t *c, MDB_txn *t, const wop_t *op)
                 rc = del(t, c->dbi_tagstats, r->key, r->klen);
         } else {
             const char *d = g->m.nodes[items[i].ref].digest;
-            if (!(rc = del(t, c->dbi_content, d, strlen(d))))
+            /* An index's child platforms go with it (they are read from its refs record). */
+            if (!(rc = del(t, c->dbi_content, d, strlen(d))) && !(rc = childplat_drop(c, t, d)))
                 rc = del(t, c->dbi_refs, d, strlen(d));
         }
     }

@@ -15,6 +15,7 @@
  *   pins     "upstream\0repo\0tag" -> {u8 version, i64 since_ms, u8 source, digest} (pins.c writes
  *            and reads them for the request path; pins_read.c for retention)
  *   taghist  "upstream\0repo\0tag" -> the tag's history for soak (pins.c)
+ *   childplat "child\0index\0upstream" -> the platform an index gives a child (childplat.c)
  * Integers are little-endian. The content record is a fixed 32-byte header
  *   {u8 version, u8 kind, u16 flags, u32 pulls, u64 size, i64 created_ms, i64 accessed_ms}
  * followed by the media type bytes. flags is zero today and kept across updates; pulls counts
@@ -167,6 +168,7 @@ int index_open(cache_t *c, uint64_t map_size)
         goto fail;
     if ((rc = index_err(mdb_env_set_mapsize(c->env, map_size ? map_size : DEFAULT_MAP_SIZE),
                         "set map size")) ||
+        /* Nine named databases today (below); room for more without a format change. */
         (rc = index_err(mdb_env_set_maxdbs(c->env, 16), "set max dbs")))
         goto fail;
     snprintf(path, sizeof path, "%s/index", c->dir);
@@ -192,7 +194,9 @@ int index_open(cache_t *c, uint64_t map_size)
         (rc = index_err(mdb_dbi_open(t, "tagstats", MDB_CREATE, &c->dbi_tagstats),
                         "open tagstats")) ||
         (rc = index_err(mdb_dbi_open(t, "pins", MDB_CREATE, &c->dbi_pins), "open pins")) ||
-        (rc = index_err(mdb_dbi_open(t, "taghist", MDB_CREATE, &c->dbi_taghist), "open taghist")))
+        (rc = index_err(mdb_dbi_open(t, "taghist", MDB_CREATE, &c->dbi_taghist), "open taghist")) ||
+        (rc = index_err(mdb_dbi_open(t, "childplat", MDB_CREATE, &c->dbi_childplat),
+                        "open childplat")))
         goto fail;
     rc = mdb_txn_commit(t);
     t = NULL;
@@ -725,6 +729,14 @@ int index_owner_read(cache_t *c, const char *key, size_t kl, const char *digest,
         *size = index_get_u64((unsigned char *)v.mv_data + 9);
     mdb_txn_reset(t);
     return rc == MDB_NOTFOUND ? WE_NOTFOUND : index_err(rc, "owners read");
+}
+
+void index_queued_each(const cache_t *c, void (*fn)(void *arg, const wop_t *op), void *arg)
+{
+    for (const wop_t *op = c->wq_batch; op; op = op->next)
+        fn(arg, op);
+    for (const wop_t *op = c->wq_head; op; op = op->next)
+        fn(arg, op);
 }
 
 void index_note_access(cache_t *c, const char *digest)

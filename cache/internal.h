@@ -4,8 +4,9 @@
  *
  * Who calls whom inside cache/ (a -> b: a calls functions b defines; no arrow points back):
  *
- *   cache.c      -> manifests.c, index.c, store.c
- *   manifests.c  -> index.c, store.c, hot.c, digest.c
+ *   cache.c      -> manifests.c, index.c, store.c, childplat.c
+ *   manifests.c  -> index.c, store.c, hot.c, digest.c, childplat.c
+ *   childplat.c  -> index.c (its read transaction), walk.c (refs records)
  *   fill.c       -> index.c, store.c, digest.c
  *   pins.c       -> nothing in cache/ (it uses index.c's environment and databases)
  *   index.c, store.c, hot.c, digest.c -> nothing in cache/
@@ -106,7 +107,7 @@ struct cache {
     /* index.c */
     MDB_env *env;
     MDB_dbi dbi_content, dbi_tags, dbi_repos, dbi_refs, dbi_owners, dbi_tagstats, dbi_pins;
-    MDB_dbi dbi_taghist;
+    MDB_dbi dbi_taghist, dbi_childplat;
     MDB_txn *rtxn; /* the loop thread's cached read transaction, kept reset between reads */
     size_t max_key;
     wop_t *wq_head, *wq_tail; /* waiting for the next batch */
@@ -173,6 +174,9 @@ int index_tag_decode(const MDB_val *v, char digest_out[REF_DIGEST_MAX + 1], int6
 /** The committed tag record of upstream/repo/tag: 0, WE_NOTFOUND or WE_INDEX. */
 int index_tag_read(cache_t *c, const char *upstream, const char *repo, const char *tag,
                    char digest_out[REF_DIGEST_MAX + 1], int64_t *checked_ms);
+/** Visits every op queued or in flight (their fields never change once queued, so reading them
+ * beside the commit job is safe). Loop thread. */
+void index_queued_each(const cache_t *c, void (*fn)(void *arg, const wop_t *op), void *arg);
 /** Queues an access-time update for digest unless one is already queued or in flight. */
 void index_note_access(cache_t *c, const char *digest);
 /** Allocates an op with room for the keys of upstream/repo/tag (each may be NULL: then no
@@ -267,11 +271,32 @@ void manifests_close(cache_t *c);
 /** A manifest accepted by cache_put_manifest but not committed yet: true and *out filled (as
  * cache_lookup would after the commit, times zero), or false. */
 bool manifests_pending_entry(const cache_t *c, const char *digest, cache_entry_t *out);
+/** Visits the op of every put accepted but not queued to the index yet (fn must not keep it). */
+void manifests_pending_each(const cache_t *c, void (*fn)(void *arg, const wop_t *op), void *arg);
 /** True when a pending put records that repo key[0..kl) holds digest (wop_owns). */
 bool manifests_pending_owner(const cache_t *c, const char *key, size_t kl, const char *digest,
                              uint64_t *size);
 /** The newest of best and the pending puts' tag writes of key[0..kl) (wop_newest_tag). */
 const wop_t *manifests_pending_tag(const cache_t *c, const char *key, size_t kl, const wop_t *best);
+
+/* ---- childplat.c: platforms of index children ------------------------------------------------ */
+
+/** Distinct platforms collected for cache_child_platforms (out: the caller's array). */
+typedef struct childplat_acc {
+    platform_t *out; /* CACHE_CHILD_PLATFORMS_MAX of them */
+    size_t n;
+} childplat_acc_t;
+
+/** Makes op, a manifest put of img, also record the platforms img gives its children when img
+ * is an index (WOP_CUSTOM; the payload is owned by op). 0, or -ENOMEM. */
+int childplat_prepare(wop_t *op, const image_t *img);
+/** Inside a write transaction: deletes the records of index_digest's children (the children its
+ * refs record names). Call before the refs record goes. Returns LMDB's code. Threadpool. */
+int childplat_drop(cache_t *c, MDB_txn *t, const char *index_digest);
+/** Adds what op (queued or pending, any op) records for digest under upstream to acc. */
+void childplat_op(const wop_t *op, const char *upstream, const char *digest, childplat_acc_t *acc);
+/** Adds the committed records of digest under upstream to acc: 0 or WE_INDEX. */
+int childplat_read(cache_t *c, const char *upstream, const char *digest, childplat_acc_t *acc);
 
 /* ---- pins.c: pins and tag history ------------------------------------------------------------ */
 

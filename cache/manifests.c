@@ -193,6 +193,12 @@ bool manifests_pending_entry(const cache_t *c, const char *digest, cache_entry_t
     return false;
 }
 
+void manifests_pending_each(const cache_t *c, void (*fn)(void *arg, const wop_t *op), void *arg)
+{
+    for (const struct pending_put *pp = c->pending; pp; pp = pp->next)
+        fn(arg, pp->op);
+}
+
 bool manifests_pending_owner(const cache_t *c, const char *key, size_t kl, const char *digest,
                              uint64_t *size)
 {
@@ -260,7 +266,7 @@ int cache_put_manifest(cache_t *c, const cache_manifest_put_t *p, cache_done_cb 
     m->c = c;
     m->seq = c->tmp_seq++;
     op->what = WOP_CONTENT | (p->repo ? WOP_REPO : 0) | (p->tag ? WOP_TAG : 0);
-    if (p->image && (rc = wop_set_refs(op, p->image)))
+    if (p->image && ((rc = wop_set_refs(op, p->image)) || (rc = childplat_prepare(op, p->image))))
         goto fail;
     op->kind = CACHE_MANIFEST;
     op->size = p->len;

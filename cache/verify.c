@@ -240,7 +240,7 @@ static int apply_drop(cache_t *c, MDB_txn *t, const wop_t *op)
             p->gone = true;
             continue;
         }
-        if (rc == 0)
+        if (rc == 0 && (rc = childplat_drop(c, t, p->digest)) == 0)
             rc = mdb_del(t, c->dbi_refs, &k, NULL);
         if (rc && rc != MDB_NOTFOUND)
             return rc;

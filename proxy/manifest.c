@@ -351,7 +351,7 @@ static void obtain(mreq_t *m)
     cache_entry_t e;
     if (cache_lookup(cache, m->target, &e) == 0 && e.kind == CACHE_MANIFEST && e.media_type[0]) {
         /* Served straight from the cache unless the policy or a filter reads the bytes. */
-        if (!(m->gate.d.needs & POLICY_NEED_IMAGE) && !filter_rule(c)) {
+        if (!(m->gate.d.needs & POLICY_NEED_IMAGE) && !m->gate.restrict_rule && !filter_rule(c)) {
             if (serve_cached(c, m->target) == 0) {
                 mreq_free(m);
                 return;
@@ -576,21 +576,39 @@ static void handle_tag(mreq_t *m)
     }
 }
 
-/* A rule with restrict refuses the platform manifests outside its set (known from an index
- * seen before: a request by digest names no platform). True when refused. */
-static bool restricted(call_t *c)
+/* A rule with restrict refuses the platform manifests outside its set. A request by digest names
+ * no platform: the cache's records of the indexes stored from this upstream say what each child
+ * is (across restarts; cache_child_platforms), and the memory of indexes served since start
+ * covers indexes cached by a winch that kept no records. A digest that every known claim puts
+ * outside the set is refused here, before anything is fetched; one that any claim allows
+ * passes. True when refused. *unknown gets the rule when no index names the digest: the
+ * manifest's own config decides then (mgate_image: restrict_rule). */
+static bool restricted(call_t *c, const config_platform_rule_t **unknown)
 {
     const config_t *cfg = c->env->cfg;
+    *unknown = NULL;
     if (!c->route.ref_is_digest || cfg->n_platform_rules == 0)
         return false;
     const config_platform_rule_t *r = platforms_rule(cfg, c->route.upstream->name, c->route.name);
-    platform_t p;
-    if (!r || !r->restrict_ || prefetch_platform_of(c->env->prefetch, c->route.ref, &p) != 0 ||
-        platform_in(r->platforms, r->n_platforms, &p))
+    if (!r || !r->restrict_)
         return false;
-    char msg[GLOB_MAX + PLATFORM_STR_MAX + 96], ps[PLATFORM_STR_MAX];
-    snprintf(msg, sizeof msg, "platform %s is not allowed by platforms[%zu] (%s)",
-             platform_format(&p, ps, sizeof ps), (size_t)(r - cfg->platform_rules), r->match);
+    platform_t ps[CACHE_CHILD_PLATFORMS_MAX + 1];
+    size_t n = 0;
+    int err = cache_child_platforms(c->env->cache, c->route.upstream->name, c->route.ref, ps, &n);
+    if (err < 0 && err != WE_NOTFOUND)
+        LOG_WARN("req=%llu platform records of %s unreadable (%s)", (unsigned long long)call_id(c),
+                 c->route.ref, err_str(err));
+    if (prefetch_platform_of(c->env->prefetch, c->route.ref, &ps[n]) == 0)
+        n++;
+    if (n == 0) {
+        *unknown = r;
+        return false;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (platform_in(r->platforms, r->n_platforms, &ps[i]))
+            return false;
+    char msg[PLATFORMS_REFUSAL_MAX];
+    platforms_refusal(cfg, r, &ps[0], msg, sizeof msg);
     LOG_INFO("req=%llu %s refused: %s", (unsigned long long)call_id(c), c->route.ref, msg);
     reply_denied(c, msg);
     return true;
@@ -598,7 +616,8 @@ static bool restricted(call_t *c)
 
 void manifest_handle(call_t *c)
 {
-    if (restricted(c))
+    const config_platform_rule_t *unknown;
+    if (restricted(c, &unknown))
         return;
     mreq_t *m = calloc(1, sizeof *m);
     if (!m) {
@@ -607,6 +626,7 @@ void manifest_handle(call_t *c)
     }
     m->c = c;
     m->rw.done = on_checked;
+    m->gate.restrict_rule = unknown;
     if (!c->route.ref_is_digest)
         cache_note_tag_pull(c->env->cache, c->route.upstream->name, c->route.name, c->route.ref);
     switch (mgate_begin(&m->gate, c)) {

@@ -8,7 +8,9 @@
  *   image     the manifest about to be served, parsed for its size; for an image age rule, its
  *             config blob, from the cache or fetched into it like any blob (a fill), whose
  *             `created` is read (RFC 3339). An index is not judged itself: each platform
- *             manifest is, when a client asks for it.
+ *             manifest is, when a client asks for it. The same config read serves restrict
+ *             (a platforms rule's) for a manifest by digest that no cached index names: the
+ *             config's os/architecture/variant is its platform.
  *
  * The decision of the request is merged across the stages (the later stages only add a refusal
  * or an audit) and logged once, when the request's state goes, if it is not a plain allow. */
@@ -26,6 +28,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "proxy/auth.h"
+#include "proxy/platforms.h"
 #include "proxy/producer.h"
 #include "proxy/reply.h"
 
@@ -169,11 +172,24 @@ static enum mgate_result decide_image(mgate_t *g)
     return MGATE_SERVE;
 }
 
-/* The config's `created`, when it has one winch can read. */
-static void read_created(mgate_t *g, const char *buf, size_t len)
+/* The config's `created`, when it has one winch can read; and its platform, for restrict. */
+static void read_config(mgate_t *g, const char *buf, size_t len)
 {
-    g->q3.have_created = true;
     json_t *root = json_loadb(buf, len, 0, NULL);
+    if (g->restrict_rule) {
+        const char *os = json_string_value(json_object_get(root, "os"));
+        const char *arch = json_string_value(json_object_get(root, "architecture"));
+        const char *variant = json_string_value(json_object_get(root, "variant"));
+        /* An attestation manifest's config says unknown/unknown: no platform, as in an index. */
+        g->have_platform = os && arch &&
+                           !(strcmp(os, "unknown") == 0 && strcmp(arch, "unknown") == 0) &&
+                           platform_from_parts(os, arch, variant, &g->platform) == 0;
+    }
+    if (!g->need_created) {
+        json_decref(root);
+        return;
+    }
+    g->q3.have_created = true;
     const char *s = json_string_value(json_object_get(root, "created"));
     int64_t ms;
     if (s && auth_rfc3339_ms(s, &ms) == 0) {
@@ -221,9 +237,24 @@ static int created_from_cache(mgate_t *g, uint64_t size)
     close(fd);
     if (rc < 0)
         return rc;
-    read_created(g, buf, size);
+    read_config(g, buf, size);
     free(buf);
     return 0;
+}
+
+/* The config was read, or could not be: restrict's platform check, then the policy's age. */
+static enum mgate_result config_read(mgate_t *g)
+{
+    const config_platform_rule_t *r = g->restrict_rule;
+    if (r && g->have_platform && !platform_in(r->platforms, r->n_platforms, &g->platform)) {
+        char msg[PLATFORMS_REFUSAL_MAX];
+        platforms_refusal(g->c->env->cfg, r, &g->platform, msg, sizeof msg);
+        LOG_INFO("req=%llu %s refused: %s (its config's platform)",
+                 (unsigned long long)call_id(g->c), g->serve, msg);
+        reply_denied(g->c, msg);
+        return MGATE_DENIED;
+    }
+    return g->need_created ? decide_image(g) : MGATE_SERVE;
 }
 
 static void stop_waiting(mgate_t *g)
@@ -279,9 +310,9 @@ static void wait_notify(fill_sub_t *s)
     if (too_big)
         g->q3.have_created = true; /* too big to read: its age is unknown */
     else
-        read_created(g, buf, len);
+        read_config(g, buf, len);
     free(buf);
-    g->done(c, g->arg, decide_image(g) == MGATE_SERVE);
+    g->done(c, g->arg, config_read(g) == MGATE_SERVE);
 }
 
 /* Starts (or joins) the fill of the config blob digest, from c's upstream and repository, as a
@@ -302,21 +333,22 @@ static int config_fill_start(call_t *c, const char *digest, fill_t **out)
     return 0;
 }
 
-/* Finds the config blob; the age needs it. Returns MGATE_SERVE/DENIED or MGATE_WAIT. */
-static enum mgate_result need_created(mgate_t *g, uint64_t cfg_size)
+/* Finds the config blob: the age or the platform (restrict) needs it. Returns MGATE_SERVE/DENIED
+ * or MGATE_WAIT. */
+static enum mgate_result need_config(mgate_t *g, uint64_t cfg_size)
 {
     call_t *c = g->c;
     cache_entry_t e;
     if (cfg_size > c->env->cfg->max_manifest_bytes) {
         LOG_WARN("req=%llu image config %s is %llu bytes, over max_manifest_bytes: "
-                 "max_image_age_days does not apply to it",
+                 "max_image_age_days and restrict do not apply to it",
                  (unsigned long long)call_id(c), g->config_digest, (unsigned long long)cfg_size);
         g->q3.have_created = true;
-        return decide_image(g);
+        return config_read(g);
     }
     if (cache_lookup(c->env->cache, g->config_digest, &e) == 0 &&
         e.size <= c->env->cfg->max_manifest_bytes && created_from_cache(g, e.size) == 0)
-        return decide_image(g);
+        return config_read(g);
     int rc = config_fill_start(c, g->config_digest, &g->fill);
     if (rc < 0) {
         reply_failure(c, rc, OCI_MANIFEST_UNKNOWN);
@@ -332,7 +364,8 @@ enum mgate_result mgate_image(mgate_t *g, const char *body, size_t len, const ch
                               void (*done)(call_t *c, void *arg, bool serve), void *arg,
                               void (*arg_free)(void *arg))
 {
-    if (!(g->d.needs & POLICY_NEED_IMAGE))
+    bool policy = (g->d.needs & POLICY_NEED_IMAGE) != 0;
+    if (!policy && !g->restrict_rule)
         return MGATE_SERVE;
     call_t *c = g->c;
     image_t *img = NULL;
@@ -343,16 +376,18 @@ enum mgate_result mgate_image(mgate_t *g, const char *body, size_t len, const ch
         reply_failure(c, WE_UPSTREAM, OCI_MANIFEST_UNKNOWN);
         return MGATE_DENIED;
     }
-    /* Judged as the digest it is: the pin, soak or tag that chose it were decided already. */
-    g->q3 = (policy_request_t){
-        .upstream = g->q.upstream,
-        .repo = g->q.repo,
-        .object = POLICY_MANIFEST,
-        .digest = g->serve,
-        .have_image = true,
-        .is_index = img->kind == IMAGE_INDEX,
-        .image_bytes = image_bytes(img),
-    };
+    if (policy) {
+        /* Judged as the digest it is: the pin, soak or tag that chose it were decided already. */
+        g->q3 = (policy_request_t){
+            .upstream = g->q.upstream,
+            .repo = g->q.repo,
+            .object = POLICY_MANIFEST,
+            .digest = g->serve,
+            .have_image = true,
+            .is_index = img->kind == IMAGE_INDEX,
+            .image_bytes = image_bytes(img),
+        };
+    }
     uint64_t cfg_size = 0;
     if (img->kind == IMAGE_MANIFEST && img->nrefs && img->refs[0].role == IMAGE_CONFIG) {
         copy_digest(g->config_digest, img->refs[0].digest);
@@ -362,14 +397,20 @@ enum mgate_result mgate_image(mgate_t *g, const char *body, size_t len, const ch
     g->done = done;
     g->arg = arg;
     g->arg_free = arg_free;
-    enum mgate_result r = decide_image(g);
-    if (r != MGATE_SERVE || !(g->d.needs & POLICY_NEED_CREATED))
-        return r;
+    if (policy) {
+        enum mgate_result r = decide_image(g);
+        if (r != MGATE_SERVE)
+            return r;
+        g->need_created = (g->d.needs & POLICY_NEED_CREATED) != 0;
+    }
+    /* restrict reads the config of an image manifest only; an index names no one platform. */
+    if (!g->need_created && !(g->restrict_rule && g->config_digest[0]))
+        return MGATE_SERVE;
     if (!g->config_digest[0]) {
         g->q3.have_created = true; /* no config: no age */
         return decide_image(g);
     }
-    return need_created(g, cfg_size);
+    return need_config(g, cfg_size);
 }
 
 void mgate_clear(mgate_t *g)

@@ -25,6 +25,13 @@ typedef struct mgate {
     char prev[REF_DIGEST_MAX + 1];
     char resolved[REF_DIGEST_MAX + 1];
     char serve[REF_DIGEST_MAX + 1]; /* the digest to serve, once known */
+    /* Set by the caller before stage 3: a restrict rule, for a manifest requested by digest
+     * whose platform no cached index names. An image manifest's config blob then says its
+     * platform, and one outside the rule's set is refused (platforms_refusal). Borrowed. */
+    const config_platform_rule_t *restrict_rule;
+    bool need_created;  /* stage 3: the policy reads the config's created time */
+    bool have_platform; /* the config named a platform: platform */
+    platform_t platform;
     /* Waiting for an image config blob (stage 3). */
     fill_t *fill;
     fill_sub_t sub;
@@ -52,7 +59,9 @@ enum mgate_result mgate_begin(mgate_t *g, call_t *c);
 const char *mgate_resolved(mgate_t *g, const char *digest);
 
 /** Stage 3: before the manifest g->serve (body[0..len) of media type mt, borrowed until this
- * returns) is served: the image size and age checks when a rule has them. Returns MGATE_SERVE,
+ * returns) is served: the image size and age checks when a rule has them, and the platform
+ * check of g->restrict_rule (a config whose os/architecture winch cannot read, or that is over
+ * max_manifest_bytes, passes). Returns MGATE_SERVE,
  * MGATE_DENIED (answered), or MGATE_WAIT (the config blob is being fetched: c->cancel is set;
  * done(c, arg, serve) runs later, unless the client goes away, in which case arg_free(arg) runs
  * instead and must free the state holding g). */

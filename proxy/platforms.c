@@ -87,6 +87,15 @@ void platforms_select(const call_t *c, platsel_t *out)
     out->source = "default";
 }
 
+const char *platforms_refusal(const config_t *cfg, const config_platform_rule_t *r,
+                              const platform_t *p, char *buf, size_t cap)
+{
+    char ps[PLATFORM_STR_MAX];
+    snprintf(buf, cap, "platform %s is not allowed by platforms[%zu] (%s)",
+             platform_format(p, ps, sizeof ps), (size_t)(r - cfg->platform_rules), r->match);
+    return buf;
+}
+
 bool platforms_is_attestation(const image_ref_t *ref)
 {
     return ref->attestation || (ref->has_platform && strcmp(ref->platform.os, "unknown") == 0 &&

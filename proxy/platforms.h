@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "cache/cache.h"
+#include "common/glob.h"
 #include "common/platform.h"
 #include "config/config.h"
 
@@ -49,6 +50,14 @@ int platforms_pick(const image_t *img, const platform_t *p);
 /** Writes an index entry's platform as "os/arch[/variant]", as the index spells it (not
  * normalised), into buf[cap] (cut when too small). Returns buf. */
 const char *platforms_entry_format(const image_platform_t *p, char *buf, size_t cap);
+
+/** Room for platforms_refusal's text. */
+#define PLATFORMS_REFUSAL_MAX (GLOB_MAX + PLATFORM_STR_MAX + 96)
+
+/** restrict's 403 text for platform p under rule r (one of cfg's rules): "platform P is not
+ * allowed by platforms[i] (MATCH)", into buf[cap]. Returns buf. */
+const char *platforms_refusal(const config_t *cfg, const config_platform_rule_t *r,
+                              const platform_t *p, char *buf, size_t cap);
 
 /** True when the child ref of an index is an attestation manifest (BuildKit's, or a platform
  * of unknown/unknown). */

@@ -21,7 +21,9 @@ void prefetch_index(call_t *c, const image_t *img);
 
 /** Remembers the platform of each platform manifest of the index img (for restrict: a request
  * by digest names no platform). A bounded, direct-mapped memory: an entry may be overwritten
- * by another digest, and nothing survives a restart; an unknown digest is not refused. */
+ * by another digest, and nothing survives a restart. The cache's records of stored indexes
+ * (cache_child_platforms) are what restrict relies on; this covers the indexes a cache made
+ * by an older winch holds without records, once served. */
 void prefetch_note_index(prefetcher_t *p, const image_t *img);
 /** The platform the last index seen gave digest. Returns 0 with *out set, or -1 if unknown. */
 int prefetch_platform_of(const prefetcher_t *p, const char *digest, platform_t *out);

@@ -9,7 +9,10 @@ index (six platforms, one attestation manifest) in a real docker-registry:
     trusted proxy named by X-Forwarded-For) and a group by path prefix (/edge/v2/...) each get
     their own platform prefetched;
   - filter: a tag request gets an index of the allowed platforms under its own digest, stable,
-    served by that digest; the original by its digest unchanged; skopeo copy --all of both."""
+    served by that digest; the original by its digest unchanged; skopeo copy --all of both;
+  - restrict: skopeo copy --all is refused naming the rule, the allowed platforms pull; after a
+    restart, forbidden children asked for by digest alone (curl, skopeo) are still refused
+    (the cache's records), also while one of two tags sharing the index remains."""
 
 import http.client
 import json
@@ -298,6 +301,142 @@ class PlatformsTest(lab.TestCase):
             lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo), "dir:" + dest,
                             ["--override-arch", arch, "--override-os", "linux"])
 
+    def test_restrict_across_restart(self):
+        """restrict knows a child's platform from the cache's records of the indexes it stored:
+        after a restart, a forbidden child asked for by digest alone (curl, skopeo) is refused
+        without going upstream; an allowed one is served byte-identical. Two tags share the
+        index: removing one keeps the records (the index stays); removing both drops them."""
+        seeded = lab.seeded_registry(count=False, name="seeded")
+        self.addCleanup(seeded.stop)
+        self.up = lab.Registry(name="upstream-two-tags")
+        self.addCleanup(self.up.stop)
+        repo = self.data["images"]["multi"]["repo"]
+        for tag in ("v1", "v2"):
+            lab.skopeo_copy("docker://%s/%s:v1" % (seeded.direct_hostport, repo),
+                            "docker://%s/%s:%s" % (self.up.direct_hostport, repo, tag),
+                            ["--all", "--preserve-digests"])
+        self.img = Image(self.up, repo, "v1")
+        self.assertEqual(Image(self.up, repo, "v2").index_digest, self.img.index_digest)
+        self.winch = lab.Winch([("docker.io", self.up.url)], config={
+            "tag_ttl_s": 3600,
+            "platforms": [{"match": "docker.io/lab/*",
+                           "platforms": ["linux/arm64", "linux/amd64"], "restrict": True}]})
+        self.addCleanup(self.winch.stop)
+        accept = [("Accept", t) for t in ALL_TYPES]
+        for tag in ("v1", "v2"):
+            r = lab.get(self.winch.hostport, "/v2/%s/manifests/%s" % (repo, tag), accept)
+            self.assertStatus(r, 200, "tag " + tag)
+            self.assertEqual(r.header("Docker-Content-Digest"), self.img.index_digest)
+        forbidden = {p: self.img.by_platform[p]["manifest"] for p in self.img.by_platform
+                     if p not in ("linux/amd64", "linux/arm64/v8")}
+        self.assertEqual(len(forbidden), 4, forbidden)
+        arm64 = self.img.by_platform["linux/arm64/v8"]["manifest"]
+        ppc = forbidden["linux/ppc64le"]
+        msg = "platform linux/ppc64le is not allowed by platforms[0] (docker.io/lab/*)"
+
+        def refused_after_restart(what):
+            self.winch.restart()
+            hp = self.winch.hostport
+            # curl with the OCI Accept, as a client that never saw the index would ask.
+            out = subprocess.run(
+                ["curl", "-sS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
+                 "-H", "Accept: application/vnd.docker.distribution.manifest.v2+json",
+                 "-w", "\n%{http_code}", "http://%s%s" % (hp, self.img.manifest_path(ppc))],
+                capture_output=True, text=True, timeout=30, check=True).stdout
+            body, code = out.rsplit("\n", 1)
+            self.assertEqual(code, "403", "%s: curl %s" % (what, out))
+            self.assertEqual(json.loads(body)["errors"][0]["code"], "DENIED", body)
+            self.assertIn(msg, body)
+            for plat, digest in forbidden.items():
+                r = lab.get(hp, self.img.manifest_path(digest), accept)
+                self.assertOciError(r, 403, "DENIED", "%s: %s by digest" % (what, plat))
+                self.assertIn(("platform %s is not allowed" % plat.replace("/v8", "")).encode(),
+                              r.body)
+            with self.assertRaises(RuntimeError) as cm:
+                lab.skopeo_copy("docker://%s/%s@%s" % (hp, repo, ppc),
+                                "dir:" + lab.tmpdir("winch-it-plat-"))
+            self.assertIn("denied", str(cm.exception).lower())
+            self.assertIn(msg, str(cm.exception))
+            for digest in forbidden.values():
+                self.assertEqual(self.upstream_gets(self.img.manifest_path(digest)), 0,
+                                 "%s: a refused manifest was fetched upstream" % what)
+
+        refused_after_restart("after a restart")
+        # The allowed child by digest: 200, the upstream's bytes.
+        direct = lab.get(self.up.direct_hostport, self.img.manifest_path(arm64), accept)
+        r = lab.get(self.winch.hostport, self.img.manifest_path(arm64), accept)
+        self.assertStatus(r, 200, "the allowed child by digest")
+        self.assertEqual(r.body, direct.body)
+        self.assertEqual(r.header("Docker-Content-Digest"), arm64)
+        dest = lab.tmpdir("winch-it-plat-")
+        lab.skopeo_copy("docker://%s/%s@%s" % (self.winch.hostport, repo, arm64), "dir:" + dest)
+        with open(os.path.join(dest, "manifest.json"), "rb") as fh:
+            self.assertEqual(fh.read(), direct.body)
+
+        # One of the two tags removed: the index stays (the other names it), so do its records.
+        self.winch.stop()
+        rm = subprocess.run([lab.WINCH_BIN, "rm", "%s:v1" % repo, "--cache-dir",
+                             self.winch.cache_dir], capture_output=True, text=True, timeout=60)
+        self.assertEqual(rm.returncode, 0, rm.stderr)
+        refused_after_restart("v1 removed")
+        # Both removed: the index and its records go. No index names the child any more: its
+        # manifest is fetched and its config decides (refused all the same, no layer fetched).
+        self.winch.stop()
+        rm = subprocess.run([lab.WINCH_BIN, "rm", "%s:v2" % repo, "--cache-dir",
+                             self.winch.cache_dir], capture_output=True, text=True, timeout=60)
+        self.assertEqual(rm.returncode, 0, rm.stderr)
+        self.winch.restart()
+        r = lab.get(self.winch.hostport, self.img.manifest_path(ppc), accept)
+        self.assertOciError(r, 403, "DENIED", "a child of no cached index")
+        self.assertIn(msg.encode(), r.body)
+        self.assertEqual(self.upstream_gets(self.img.manifest_path(ppc)), 1)
+        self.assertIn("refused: %s (its config's platform)" % msg, self.winch.log())
+
+    def test_restrict_without_index(self):
+        """A child asked for by digest when winch never saw its index (a fresh cache): its
+        config says its platform. A forbidden one is refused after its manifest and config
+        (never a layer); an allowed one is served byte-identical and its config, read for the
+        check, is cached for the client's next request (one upstream GET)."""
+        self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
+                                                                            "linux/amd64"],
+                                   "restrict": True}]})
+        hp = self.winch.hostport
+        repo = self.img.repo
+        accept = [("Accept", t) for t in ALL_TYPES]
+        for plat in ("linux/ppc64le", "linux/arm/v7"):
+            info = self.img.by_platform[plat]
+            with self.assertRaises(RuntimeError) as cm:
+                lab.skopeo_copy("docker://%s/%s@%s" % (hp, repo, info["manifest"]),
+                                "dir:" + lab.tmpdir("winch-it-plat-"))
+            self.assertIn("platform %s is not allowed by platforms[0] (docker.io/lab/*)" % plat,
+                          str(cm.exception))
+            r = lab.get(hp, self.img.manifest_path(info["manifest"]), accept)
+            self.assertOciError(r, 403, "DENIED", plat)
+            self.assertEqual(self.upstream_gets(self.img.manifest_path(info["manifest"])), 1,
+                             "%s: the manifest is fetched once" % plat)
+            self.assertEqual(self.upstream_gets(self.img.blob_path(info["config"])), 1,
+                             "%s: the config is fetched once" % plat)
+            for d in info["layers"]:
+                self.assertEqual(self.upstream_gets(self.img.blob_path(d)), 0, plat)
+        self.assertEqual(self.upstream_gets(self.img.manifest_path(self.img.index_digest)), 0)
+        info = self.img.by_platform["linux/arm64/v8"]
+        direct = lab.get(self.up.direct_hostport, self.img.manifest_path(info["manifest"]), accept)
+        dest = lab.tmpdir("winch-it-plat-")
+        lab.skopeo_copy("docker://%s/%s@%s" % (hp, repo, info["manifest"]), "dir:" + dest)
+        with open(os.path.join(dest, "manifest.json"), "rb") as fh:
+            self.assertEqual(fh.read(), direct.body)
+        self.assertEqual(self.upstream_gets(self.img.blob_path(info["config"])), 1,
+                         "the allowed image's config: one upstream GET, check and client")
+        r = lab.get(hp, self.img.manifest_path(info["manifest"]), accept)
+        self.assertStatus(r, 200, "the allowed child by digest")
+        self.assertEqual(r.body, direct.body)
+        # An attestation manifest names no platform (its config says unknown/unknown): served.
+        self.assertTrue(self.img.attestations)
+        for d in self.img.attestations:
+            r = lab.get(hp, self.img.manifest_path(d), accept)
+            self.assertStatus(r, 200, "attestation %s by digest" % d)
+            self.assertEqual(lab.sha256_digest(r.body), d)
+
     def test_filter(self):
         self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
                                                                             "linux/amd64"],
@@ -356,6 +495,66 @@ class PlatformsTest(lab.TestCase):
             self.assertEqual(fh.read(), direct.body)
         self.assertIn("filtered index %s of %s" % (fdigest, self.img.index_digest),
                       self.winch.log())
+
+    def test_restrict_knows_imported_and_warmed(self):
+        """Indexes stored by `winch warm` and `winch import` record their children too: a winch
+        serving such a cache, with no reachable upstream, refuses a forbidden child by digest
+        from the records alone."""
+        up = lab.seeded_registry(count=False)
+        self.addCleanup(up.stop)
+        self.img = Image(up, self.data["images"]["multi"]["repo"], "v1")
+        ppc = self.img.by_platform["linux/ppc64le"]["manifest"]
+        work = lab.tmpdir("winch-it-plat-")
+        dead = "http://127.0.0.1:%d" % lab.free_port()
+        restrict = {"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64"],
+                                   "restrict": True}]}
+
+        def run(*args):
+            p = subprocess.run([lab.WINCH_BIN] + list(args), capture_output=True, text=True,
+                               timeout=300, stdin=subprocess.DEVNULL)
+            self.assertEqual(p.returncode, 0, "winch %s\n%s%s" % (args, p.stdout, p.stderr))
+
+        def config(cache, url):
+            path = os.path.join(work, os.path.basename(cache) + ".json")
+            with open(path, "w") as f:
+                json.dump({"cache_dir": cache, "listen": "127.0.0.1:0",
+                           "upstreams": [{"name": "docker.io", "url": url}]}, f)
+            return path
+
+        warmed = os.path.join(work, "warmed")
+        run("warm", "--config", config(warmed, up.url), "%s:v1" % self.img.repo, "--platform",
+            "linux/arm64/v8")
+        imported = os.path.join(work, "imported")
+        os.makedirs(imported)
+        archive = os.path.join(work, "multi.tar")
+        lab.skopeo_copy("docker://%s/%s:v1" % (up.direct_hostport, self.img.repo),
+                        "oci-archive:%s:docker.io/%s:v1" % (archive, self.img.repo),
+                        ["--all", "--preserve-digests"])
+        run("import", archive, "--config", config(imported, dead))
+        for cache in (warmed, imported):
+            w = lab.Winch([("docker.io", dead)], config=restrict, cache_dir=cache)
+            try:
+                r = lab.get(w.hostport, self.img.manifest_path(ppc),
+                            [("Accept", t) for t in ALL_TYPES])
+                self.assertOciError(r, 403, "DENIED", cache)
+                self.assertIn(b"platform linux/ppc64le is not allowed by platforms[0]", r.body)
+            finally:
+                w.stop()
+
+    def test_filter_and_restrict(self):
+        """filter and restrict together: skopeo copy --all of the tag (the filtered index, with
+        the attestation of an allowed platform) works; of the original index by digest it is
+        refused, naming the rule."""
+        self.start({"platforms": [{"match": "docker.io/lab/*", "platforms": ["linux/arm64",
+                                                                            "linux/amd64"],
+                                   "filter": True, "restrict": True}]})
+        hp = self.winch.hostport
+        lab.skopeo_copy("docker://%s/%s:v1" % (hp, self.img.repo),
+                        "dir:" + lab.tmpdir("winch-it-plat-"), ["--all"])
+        with self.assertRaises(RuntimeError) as cm:
+            lab.skopeo_copy("docker://%s/%s@%s" % (hp, self.img.repo, self.img.index_digest),
+                            "dir:" + lab.tmpdir("winch-it-plat-"), ["--all"])
+        self.assertIn("is not allowed by platforms[0] (docker.io/lab/*)", str(cm.exception))
 
     def test_filter_nothing_allowed(self):
         self.start({"platforms": [{"match": "**", "platforms": ["windows/amd64"],
