@@ -7,7 +7,6 @@
 
 extern const char cli_version[]; /* "0.1.0" */
 extern const char cli_commit[];  /* the git commit built ("abc1234"), or "unknown" */
-extern const char cli_usage[];   /* the whole usage text */
 
 /** winch serve: runs the mirror until SIGTERM or SIGINT; SIGHUP reloads the configuration
  * (cli_serve.c, reload.c). */

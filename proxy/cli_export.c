@@ -34,6 +34,7 @@
 #include "proxy/cli_archive.h"
 #include "proxy/cli_cache.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 #include "proxy/warm_platform.h"
 
 #define MAX_MANIFEST (64u << 20)
@@ -463,7 +464,7 @@ int cli_export(int argc, char **argv)
             cmd.o.argv[1 + nrefs++] = cmd.o.argv[i];
     }
     if (rc || !out || !out[0] || nrefs == 0) {
-        fprintf(stderr, "usage: winch export REF... -o FILE.tar|FILE.tar.gz [--json]\n");
+        usage_error("export");
         rc = 2;
         goto done;
     }

@@ -30,6 +30,7 @@
 #include "common/timeutil.h"
 #include "proxy/cli_commands.h"
 #include "proxy/cli_policy.h"
+#include "proxy/usage.h"
 
 #define HEAD_TIMEOUT_S 15
 #define HEAD_MAX 16384
@@ -284,7 +285,7 @@ static void on_written(void *arg, int status)
 
 /* Reads the options of a pin command: the common ones, and --server for pin. */
 static int parse_args(int argc, char **argv, char **rest, cli_common_t *o, const char **server,
-                      int min, int max, const char *usage)
+                      int min, int max)
 {
     int rc = cli_common_parse(argc, argv, rest, o);
     if (rc)
@@ -297,7 +298,8 @@ static int parse_args(int argc, char **argv, char **rest, cli_common_t *o, const
         } else if (server && strncmp(a, "--server=", 9) == 0) {
             *server = a + 9;
         } else if (a[0] == '-') {
-            fprintf(stderr, "winch %s: unknown option %s\n%s", argv[0], a, usage);
+            fprintf(stderr, "winch %s: unknown option %s\n", argv[0], a);
+            usage_error(argv[0]);
             return 2;
         } else {
             o->argv[k++] = o->argv[i];
@@ -305,16 +307,13 @@ static int parse_args(int argc, char **argv, char **rest, cli_common_t *o, const
     }
     o->argc = k;
     if (o->argc - 1 < min || o->argc - 1 > max) {
-        fputs(usage, stderr);
+        usage_error(argv[0]);
         return 2;
     }
     return 0;
 }
 
 /* ---- winch pin ----------------------------------------------------------------------------- */
-
-static const char pin_usage[] =
-    "usage: winch pin [--config FILE | --cache-dir DIR] [--server HOST:PORT] REF [DIGEST]\n";
 
 int cli_pin(int argc, char **argv)
 {
@@ -325,7 +324,7 @@ int cli_pin(int argc, char **argv)
     policy_ref_t r;
     char digest[REF_DIGEST_MAX + 1] = "";
     int status = 2, rule;
-    if (!rest || (status = parse_args(argc, argv, rest, &o, &server, 1, 2, pin_usage)) != 0)
+    if (!rest || (status = parse_args(argc, argv, rest, &o, &server, 1, 2)) != 0)
         goto out;
     if ((status = cli_pctx_open(&x, &o, true)) != 0 ||
         (status = parse_tag_ref(&x, "pin", o.argv[1], &r)) != 0)
@@ -380,8 +379,6 @@ out:
 
 /* ---- winch unpin --------------------------------------------------------------------------- */
 
-static const char unpin_usage[] = "usage: winch unpin [--config FILE | --cache-dir DIR] REF\n";
-
 int cli_unpin(int argc, char **argv)
 {
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
@@ -390,7 +387,7 @@ int cli_unpin(int argc, char **argv)
     policy_ref_t r;
     cache_pin_t pin;
     int status = 2, rule;
-    if (!rest || (status = parse_args(argc, argv, rest, &o, NULL, 1, 1, unpin_usage)) != 0)
+    if (!rest || (status = parse_args(argc, argv, rest, &o, NULL, 1, 1)) != 0)
         goto out;
     if ((status = cli_pctx_open(&x, &o, true)) != 0 ||
         (status = parse_tag_ref(&x, "unpin", o.argv[1], &r)) != 0)
@@ -501,8 +498,6 @@ static int stored_pin_row(void *arg, const char *upstream, const char *repo, con
     return 0;
 }
 
-static const char pins_usage[] = "usage: winch pins [--config FILE | --cache-dir DIR] [--json]\n";
-
 int cli_pins(int argc, char **argv)
 {
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
@@ -511,7 +506,7 @@ int cli_pins(int argc, char **argv)
     pins_out_t p = {0};
     int status = 2;
     static const char *const headers[] = {"REFERENCE", "DIGEST", "SINCE", "SET BY", "NOTE"};
-    if (!rest || (status = parse_args(argc, argv, rest, &o, NULL, 0, 0, pins_usage)) != 0)
+    if (!rest || (status = parse_args(argc, argv, rest, &o, NULL, 0, 0)) != 0)
         goto out;
     if ((status = cli_pctx_open(&x, &o, false)) != 0)
         goto out;
