@@ -16,6 +16,10 @@ int cli_serve(int argc, char **argv);
  * as JSON (cli_check.c). Exit 0 valid, 2 invalid. */
 int cli_check_config(int argc, char **argv);
 
+/** winch status [--config FILE | --admin HOST:PORT] [--json]: a running winch's status, from
+ * its admin listener (cli_status.c). Exit 0, 1 when it cannot be had, 2 for a usage error. */
+int cli_status(int argc, char **argv);
+
 /* The cache commands (README "Managing the cache"). */
 int cli_ls(int argc, char **argv);      /* cli_cache.c */
 int cli_df(int argc, char **argv);      /* cli_cache.c */

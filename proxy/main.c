@@ -53,6 +53,7 @@ static const struct {
     {"--help", cli_help},
     {"-h", cli_help},
     {"--man", cli_man},
+    {"status", cli_status},
     {"ls", cli_ls},
     {"df", cli_df},
     {"inspect", cli_inspect},

@@ -54,6 +54,10 @@ static const usage_opt_t o_pin_server = {
     "--server", "HOST:PORT",
     "Resolve the tag through the winch at HOST:PORT (default: the configured listener when a "
     "winch serves the cache, else the cache's last known digest)."};
+static const usage_opt_t o_admin = {
+    "--admin", "HOST:PORT",
+    "The admin listener to ask (default: `admin_listen` from the configuration)."};
+
 #define OPTS(...) ((const usage_opt_t *const[]){__VA_ARGS__, NULL})
 
 /* ---- Commands ------------------------------------------------------------------------------ */
@@ -70,6 +74,14 @@ static const usage_cmd_t commands[] = {
      "`/v2/NAME/...` path prefix.",
      OPTS(&o_config, &o_listen, &o_cache_dir, &o_upstream, &o_log_level, &o_tls_listen, &o_tls_cert,
           &o_tls_key, &o_version)},
+    {"status", "[--config FILE | --admin HOST:PORT] [--json]",
+     "ask a running winch how it is doing",
+     "Asks the admin listener of a running winch for its status (`GET /_winch/status.json`): "
+     "uptime, requests and hit ratio, bytes served from the cache and fetched upstream, fills "
+     "in progress, each upstream's health and rate-limit remaining, the cache size against its "
+     "bound and the images served the most bytes. Fails (exit 1) when no admin listener is "
+     "configured or it does not answer within 5 seconds.",
+     OPTS(&o_config, &o_admin, &o_json)},
     {"check-config", "[--config FILE] [serve's options]", "validate a configuration",
      "Loads the configuration as `winch serve` does at start (the file, then the flags; every "
      "option of serve is taken) without opening the cache or a socket, and prints the effective "
@@ -178,7 +190,8 @@ static const char description[] =
 static const char configuration[] =
     "A JSON file given with --config; flags override its fields. README.md documents every "
     "field. `winch check-config --config FILE` validates one. With `admin_listen` set, a "
-    "second listener serves /metrics, /healthz, /readyz and the status page /_winch/.";
+    "second listener serves /metrics, /healthz, /readyz, the status page /_winch/ and "
+    "/_winch/status.json (what `winch status` reads).";
 
 static const item_t signals[] = {
     {"SIGTERM, SIGINT", "Stop accepting, finish the exchanges running, close the cache, exit 0."},
@@ -204,6 +217,7 @@ static const item_t examples[] = {
      "A Docker Hub mirror on loopback."},
     {"`winch warm --config /etc/winch/config.json alpine:3.19 --platform all`",
      "Caches every platform of an image before clients ask for it."},
+    {"`winch status --admin 127.0.0.1:5001`", "What the running winch is doing."},
     {"`winch export lab/app:v1 -o app.tar` ; `winch import app.tar`",
      "Carries images to an air-gapped mirror."},
 };
@@ -479,7 +493,7 @@ void usage_man(FILE *out, const char *version)
     fputs(".SH COMMANDS\n", out);
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
         roff_command(out, &commands[i]);
-    fputs(".SH OPTIONS\nThe cache commands, and serve and policy, take:\n", out);
+    fputs(".SH OPTIONS\nThe cache commands, and serve, status and policy, take:\n", out);
     roff_option(out, &o_config);
     roff_option(out, &o_cache_dir);
     roff_option(out, &o_json);
