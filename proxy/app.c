@@ -328,11 +328,13 @@ static void count_request(app_t *a, call_t *c, req_t *r)
     metrics_request(a->metrics, (enum metrics_route)c->mroute, req_status(r), res,
                     c->env && c->route.upstream ? call_upstream_ix(c) : -1, req_bytes_sent(r));
     /* Bytes per repository, for the status page's top images: every answer routed to one
-     * (errors too: a refusal's body counts for the name asked). The table is bounded, so a flood
-     * of names costs nothing but accuracy at the bottom of it. */
-    enum route_op op = c->route.op;
+     * (errors too: a refusal's body counts for the name asked; mroute names a repository route
+     * only once route_parse accepted the target). The table is bounded, so a flood of names
+     * costs nothing but accuracy at the bottom of it. */
+    enum metrics_route mr = (enum metrics_route)c->mroute;
     if (c->env && c->route.upstream && c->route.name[0] && req_bytes_sent(r) > 0 &&
-        (op == ROUTE_MANIFEST || op == ROUTE_BLOB || op == ROUTE_TAGS || op == ROUTE_REFERRERS)) {
+        (mr == METRICS_ROUTE_MANIFEST || mr == METRICS_ROUTE_BLOB || mr == METRICS_ROUTE_TAGS ||
+         mr == METRICS_ROUTE_REFERRERS)) {
         char key[APP_TOP_KEY_MAX + 1];
         int n = snprintf(key, sizeof key, "%s/%s", c->route.upstream->name, c->route.name);
         if (n > 0)
