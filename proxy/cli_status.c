@@ -161,16 +161,17 @@ static void print_cache_and_fills(json_t *j)
     json_t *items = at(j, "fills.items");
     if (json_array_size(items) == 0)
         return;
-    static const char *const hf[] = {"FILLING", "RECEIVED", "SIZE"};
-    if (cli_table_new(&t, 3, hf) < 0)
+    static const char *const hf[] = {"FILLING", "RECEIVED", "SIZE", "CLIENTS"};
+    if (cli_table_new(&t, 4, hf) < 0)
         return;
     for (size_t i = 0; i < json_array_size(items); i++) {
         json_t *x = json_array_get(items, i);
-        char u[256], r[256], dg[160], blob[700], got[32], size[32];
+        char u[256], r[256], dg[160], blob[700], got[32], size[32], n[32];
         snprintf(blob, sizeof blob, "%s/%s@%s", str(x, "upstream", u, sizeof u),
                  str(x, "repository", r, sizeof r), str(x, "digest", dg, sizeof dg));
         const char *row2[] = {blob, num(x, "received", true, got, sizeof got),
-                              num(x, "size", true, size, sizeof size)};
+                              num(x, "size", true, size, sizeof size),
+                              num(x, "waiters", false, n, sizeof n)};
         cli_table_add(t, row2);
     }
     putchar('\n');

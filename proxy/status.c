@@ -262,7 +262,7 @@ static void fill_row(void *arg, const producer_view_t *v)
         put(p, " of %s ", human(h2, sizeof h2, v->size));
         bar(p, "received", v->size ? (double)v->received / (double)v->size : 1);
     }
-    put(p, "</td></tr>");
+    put(p, "</td><td class=\"waiters\">%zu</td></tr>", v->waiters);
 }
 
 static void fills(page_t *p, const blob_producers_t *prod)
@@ -273,7 +273,7 @@ static void fills(page_t *p, const blob_producers_t *prod)
         put(p, "<p id=\"fills-none\">none</p>");
         return;
     }
-    put(p, "<table id=\"fills-table\"><tr><th>blob</th><th>received</th></tr>");
+    put(p, "<table id=\"fills-table\"><tr><th>blob</th><th>received</th><th>clients</th></tr>");
     blob_producers_each(prod, STATUS_FILLS, fill_row, p);
     put(p, "</table>");
     if (n > STATUS_FILLS)

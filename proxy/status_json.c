@@ -98,6 +98,7 @@ static void fill_item(void *arg, const producer_view_t *v)
     set(f, "digest", json_string(v->digest));
     set(f, "received", u64(v->received));
     set(f, "size", v->size == UINT64_MAX ? json_null() : u64(v->size));
+    set(f, "waiters", u64(v->waiters));
     json_array_append_new(arg, f);
 }
 

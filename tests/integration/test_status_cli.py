@@ -214,6 +214,46 @@ class StatusCli(lab.TestCase):
         # Only on the admin listener when there is one.
         self.assertStatus(lab.get(w.hostport, "/_winch/status.json"), 404, "public status.json")
 
+    def test_fill_in_progress(self):
+        """A fill held at 1 MiB by the upstream, two clients streaming it: status.json and
+        `winch status` show it with its bytes received, its size and its two clients."""
+        fake = lab.FakeUpstream()
+        self.addCleanup(fake.stop)
+        w = lab.Winch([("docker.io", fake.url)], name="winch-fill",
+                      config={"admin_listen": "127.0.0.1:0"})
+        self.addCleanup(w.stop)
+        admin = admin_hostport(w)
+        blob = bytes(range(256)) * (16 << 10)  # 4 MiB
+        digest = fake.add_blob(blob)
+        path = "/v2/lab/slow/blobs/" + digest
+        hold = lab.Fault("stall", after=1 << 20, times=1)
+        fake.set_fault(path, hold)
+        s1 = lab.Stream(w.hostport, path, timeout=30)
+        self.assertTrue(hold.reached.wait(10), "the upstream never reached the stall")
+        s2 = lab.Stream(w.hostport, path, timeout=30)
+
+        def fill():
+            items = self.status(admin)["fills"]["items"]
+            return items[0] if items and items[0]["waiters"] == 2 and \
+                items[0]["received"] == 1 << 20 else None
+
+        lab.wait_for(fill, 10, what="the fill at 1 MiB with two clients")
+        s = self.status(admin)
+        self.assertEqual(s["fills"]["count"], 1)
+        self.assertEqual(s["fills"]["items"], [{
+            "upstream": "docker.io", "repository": "lab/slow", "digest": digest,
+            "received": 1 << 20, "size": len(blob), "waiters": 2}])
+        p, _ = winch_status("--admin", admin)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\ndocker\.io/lab/slow@%s +1\.049MB +4\.194MB +2\n"
+                         % re.escape(digest))
+        hold.release()
+        self.assertEqual(len(s1.read_all(keep=True)), len(blob))
+        self.assertEqual(len(s2.read_all(keep=True)), len(blob))
+        s1.close()
+        s2.close()
+        lab.wait_for(lambda: self.status(admin)["fills"]["count"] == 0, 10, what="fill end")
+
     def status(self, admin):
         r = lab.get(admin, "/_winch/status.json")
         self.assertStatus(r, 200, "status.json")
