@@ -493,7 +493,7 @@ void usage_man(FILE *out, const char *version)
     fputs(".SH COMMANDS\n", out);
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
         roff_command(out, &commands[i]);
-    fputs(".SH OPTIONS\nThe cache commands, and serve, status and policy, take:\n", out);
+    fputs(".SH OPTIONS\nShared by the commands whose synopsis names them:\n", out);
     roff_option(out, &o_config);
     roff_option(out, &o_cache_dir);
     roff_option(out, &o_json);
