@@ -395,6 +395,9 @@ enum fill_state fill_state(const fill_t *f);
 uint64_t fill_size(const fill_t *f);    /* FILL_SIZE_UNKNOWN until announced */
 uint64_t fill_written(const fill_t *f); /* bytes readable from fill_fd(); never shrinks */
 int fill_error(const fill_t *f);        /* 0 unless FAILED */
+/** How many subscribers f has now (clients streaming it, a prefetch waiting on it): a walk of
+ * the list, for the status page. */
+size_t fill_subscribers(const fill_t *f);
 /** True once every byte is in and matches the digest: the content is final even while the fill
  * is still being published (fsync, rename, index). Subscribers hold back a blob's last byte
  * until then. Stays true if publishing later fails (the bytes were right; only the cache

@@ -271,6 +271,14 @@ void fill_unsubscribe(fill_sub_t *s)
     s->fill = NULL;
 }
 
+size_t fill_subscribers(const fill_t *f)
+{
+    size_t n = 0;
+    for (const fill_sub_t *s = f->subs_head; s; s = s->next)
+        n++;
+    return n;
+}
+
 /* ---- Jobs ------------------------------------------------------------------------------------ */
 
 static void start_job(fill_t *f, enum fill_job job, uv_work_cb work, uv_after_work_cb done)

@@ -23,6 +23,7 @@
 #include "common/flight.h"
 #include "common/log.h"
 #include "common/timeutil.h"
+#include "common/topk.h"
 #include "common/util.h"
 #include "policy/policy.h"
 #include "proxy/access.h"
@@ -49,6 +50,11 @@
 
 /* Upstream 404s remembered at once (negcache.h): a few thousand keys of ~100 bytes. */
 #define APP_NEGCACHE_MAX 4096
+/* The status page's top images by bytes: a space-saving table (common/topk.h) of this many
+ * UPSTREAM/REPOSITORY keys, ~0.5 KiB each; the page shows the first ten. A count is high by at
+ * most (all bytes counted) / 256, and only once the table was full and replaced an entry. */
+#define APP_TOP_BYTES 256
+#define APP_TOP_KEY_MAX (255 + 1 + REF_NAME_MAX)
 
 struct app {
     uv_loop_t *loop;
@@ -69,7 +75,8 @@ struct app {
     int admin_li;           /* the admin listener's index (req_listener), -1 when none */
     grouplisten_t *glisten; /* client groups' own listeners */
     metrics_t *metrics;
-    ops_env_t ops; /* what /metrics and /readyz read */
+    topk_t *top_bytes; /* bytes served per UPSTREAM/REPOSITORY, heaviest kept (status page) */
+    ops_env_t ops;     /* what /metrics and /readyz read */
     call_env_t env;
     bool shut;
 };
@@ -205,7 +212,7 @@ static bool ops_intercept(call_t *c, const ops_env_t *e, enum ops_endpoint ep, b
         return false;
     c->mroute = METRICS_ROUTE_OPS;
     if (!admin && cfg->admin_listen_enabled && !cfg->public_metrics &&
-        (ep == OPS_METRICS || ep == OPS_STATUS))
+        (ep == OPS_METRICS || ep == OPS_STATUS || ep == OPS_STATUS_JSON))
         ep = OPS_NONE;
     if (!get) {
         if (!admin)
@@ -342,6 +349,19 @@ static void count_request(app_t *a, call_t *c, req_t *r)
         res = METRICS_COALESCED;
     metrics_request(a->metrics, (enum metrics_route)c->mroute, req_status(r), res,
                     c->env && c->route.upstream ? call_upstream_ix(c) : -1, req_bytes_sent(r));
+    /* Bytes per repository, for the status page's top images: every answer routed to one
+     * (errors too: a refusal's body counts for the name asked; mroute names a repository route
+     * only once route_parse accepted the target). The table is bounded, so a flood of names
+     * costs nothing but accuracy at the bottom of it. */
+    enum metrics_route mr = (enum metrics_route)c->mroute;
+    if (c->env && c->route.upstream && c->route.name[0] && req_bytes_sent(r) > 0 &&
+        (mr == METRICS_ROUTE_MANIFEST || mr == METRICS_ROUTE_BLOB || mr == METRICS_ROUTE_TAGS ||
+         mr == METRICS_ROUTE_REFERRERS)) {
+        char key[APP_TOP_KEY_MAX + 1];
+        int n = snprintf(key, sizeof key, "%s/%s", c->route.upstream->name, c->route.name);
+        if (n > 0)
+            topk_add(a->top_bytes, key, strnlen(key, sizeof key), req_bytes_sent(r));
+    }
 }
 
 static void on_complete(req_t *r, void *arg, enum req_outcome outcome)
@@ -457,7 +477,8 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
         (rc = grouplisten_create(&a->glisten)) < 0 ||
         (rc = prefetcher_create(&a->prefetch, cfg)) < 0)
         goto fail;
-    if ((rc = metrics_create(&a->metrics, cfg->n_upstreams, time_wall_ms())) < 0)
+    if ((rc = metrics_create(&a->metrics, cfg->n_upstreams, time_wall_ms())) < 0 ||
+        (rc = topk_create(&a->top_bytes, APP_TOP_BYTES, APP_TOP_KEY_MAX)) < 0)
         goto fail;
     if ((rc = policy_create(&a->policy, cfg, err, errlen)) < 0)
         goto fail_said;
@@ -516,6 +537,7 @@ int app_create(app_t **out, uv_loop_t *loop, const config_t *cfg, cache_t *cache
     };
     a->ops = (ops_env_t){
         .metrics = a->metrics,
+        .top_bytes = a->top_bytes,
         .server = a->server,
         .retention = a->retention,
         .health = a->health,
@@ -666,5 +688,6 @@ void app_destroy(app_t *a)
         LOG_ERROR("%zu upstream fetches still in flight at exit", flight_table_count(a->fetches));
     flight_table_free(a->fetches);
     metrics_free(a->metrics);
+    topk_free(a->top_bytes);
     free(a);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "proxy/usage.h"
 
 #ifndef WINCH_VERSION
 #define WINCH_VERSION "0.1.0"
@@ -15,27 +16,6 @@
 #endif
 const char cli_version[] = WINCH_VERSION;
 const char cli_commit[] = WINCH_COMMIT;
-
-const char cli_usage[] =
-    "usage: winch serve [--config FILE] [--listen HOST:PORT] [--cache-dir DIR]\n"
-    "                   [--upstream NAME=URL]... [--log-level error|warn|info|debug]\n"
-    "                   [--tls-listen HOST:PORT --tls-cert FILE --tls-key FILE]\n"
-    "       winch ls [REPO] [--filter dangling=true] | df | inspect REF... | rm REF...\n"
-    "       winch prune [--dry-run] [--unused-for DURATION] | verify\n"
-    "       winch warm REF... [--platform OS/ARCH[/VARIANT]|all]... [--server URL]\n"
-    "       winch export REF... -o FILE.tar[.gz] | import FILE.tar[.gz]\n"
-    "             (each with --cache-dir DIR or --config FILE, and --json)\n"
-    "       winch pin [--config FILE | --cache-dir DIR] [--server HOST:PORT] REF [DIGEST]\n"
-    "       winch unpin [--config FILE | --cache-dir DIR] REF\n"
-    "       winch pins [--config FILE | --cache-dir DIR] [--json]\n"
-    "       winch policy explain [--config FILE] [--cache-dir DIR] [--json] REF...\n"
-    "       winch check-config [--config FILE] [serve's flags]\n"
-    "       winch version | --version | -V\n"
-    "\n"
-    "With no configuration winch is a Docker Hub mirror on 0.0.0.0:5000:\n"
-    "  --upstream docker.io=https://registry-1.docker.io --cache-dir ./winch-cache\n"
-    "The first --upstream is the default; clients reach the others with ?ns=NAME or a\n"
-    "/v2/NAME/... path prefix. See README.md for every configuration field.\n";
 
 /* Reads "--name VALUE" or "--name=VALUE" at argv[*i]; true when argv[*i] is that flag. */
 static bool flag_value(int argc, char **argv, int *i, const char *name, const char **value,
@@ -81,7 +61,7 @@ int cli_common_parse(int argc, char **argv, char **rest, cli_common_t *out)
         /* Asked for help, a command answers with the usage, before it opens anything (a cache
          * that is not there must not hide the answer). */
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            fputs(cli_usage, stdout);
+            usage_print_cmd(stdout, argv[0]);
             exit(0);
         }
         rest[out->argc++] = argv[i];

@@ -13,6 +13,7 @@
 #include "common/timeutil.h"
 #include "proxy/cli_cache.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 
 /* ---- Shared by the commands -------------------------------------------------------------- */
 
@@ -308,7 +309,7 @@ int cli_ls(int argc, char **argv)
             fprintf(stderr, "winch ls: unknown filter \"%s\" (dangling=true|false)\n", a);
             rc = 2;
         } else if (a[0] == '-' || l.filter_repo) {
-            fprintf(stderr, "usage: winch ls [REPOSITORY] [--filter dangling=true] [--json]\n");
+            usage_error("ls");
             rc = 2;
         } else {
             l.filter_repo = a;
@@ -344,7 +345,7 @@ int cli_df(int argc, char **argv)
     if (rc)
         goto out;
     if (cmd.o.argc > 1) {
-        fprintf(stderr, "usage: winch df [--json]\n");
+        usage_error("df");
         rc = 2;
         goto out;
     }

@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "policy/policy.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 
 int cli_check_config(int argc, char **argv)
 {
@@ -18,10 +19,7 @@ int cli_check_config(int argc, char **argv)
     int rc = 2;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            fputs("usage: winch check-config [--config FILE] [serve's flags]\n"
-                  "Validates the configuration as winch serve does and prints the effective\n"
-                  "configuration as JSON (passwords redacted). Exit 0 when valid, 2 when not.\n",
-                  stdout);
+            usage_print_cmd(stdout, "check-config");
             return 0;
         }
     }

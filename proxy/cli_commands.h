@@ -7,7 +7,6 @@
 
 extern const char cli_version[]; /* "0.1.0" */
 extern const char cli_commit[];  /* the git commit built ("abc1234"), or "unknown" */
-extern const char cli_usage[];   /* the whole usage text */
 
 /** winch serve: runs the mirror until SIGTERM or SIGINT; SIGHUP reloads the configuration
  * (cli_serve.c, reload.c). */
@@ -16,6 +15,10 @@ int cli_serve(int argc, char **argv);
 /** winch check-config [--config FILE] [flags]: validates, prints the effective configuration
  * as JSON (cli_check.c). Exit 0 valid, 2 invalid. */
 int cli_check_config(int argc, char **argv);
+
+/** winch status [--config FILE | --admin HOST:PORT] [--json]: a running winch's status, from
+ * its admin listener (cli_status.c). Exit 0, 1 when it cannot be had, 2 for a usage error. */
+int cli_status(int argc, char **argv);
 
 /* The cache commands (README "Managing the cache"). */
 int cli_ls(int argc, char **argv);      /* cli_cache.c */

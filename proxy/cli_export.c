@@ -35,6 +35,7 @@
 #include "proxy/cli_cache.h"
 #include "proxy/cli_commands.h"
 #include "proxy/platforms.h"
+#include "proxy/usage.h"
 
 #define MAX_MANIFEST (64u << 20)
 #define COPY_BUF ((size_t)1 << 20)
@@ -467,7 +468,7 @@ int cli_export(int argc, char **argv)
             cmd.o.argv[1 + nrefs++] = cmd.o.argv[i];
     }
     if (rc || !out || !out[0] || nrefs == 0) {
-        fprintf(stderr, "usage: winch export REF... -o FILE.tar|FILE.tar.gz [--json]\n");
+        usage_error("export");
         rc = 2;
         goto done;
     }

@@ -10,6 +10,7 @@
 #include "common/timeutil.h"
 #include "proxy/cli_cache.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 
 struct gc_print {
     bool json, dry;
@@ -95,8 +96,13 @@ int cli_rm(int argc, char **argv)
     int rc = cache_cmd_open(argc, argv, &cmd);
     if (rc)
         goto out;
-    if (cmd.o.argc < 2) {
-        fprintf(stderr, "usage: winch rm REF... [--json]\n");
+    for (int i = 1; i < cmd.o.argc && rc == 0; i++)
+        if (cmd.o.argv[i][0] == '-') {
+            fprintf(stderr, "winch rm: unknown option %s\n", cmd.o.argv[i]);
+            rc = 2;
+        }
+    if (rc || cmd.o.argc < 2) {
+        usage_error("rm");
         rc = 2;
         goto out;
     }
@@ -161,7 +167,7 @@ int cli_prune(int argc, char **argv)
             if (!why && unused_s == 0)
                 why = "must be longer than 0";
         } else {
-            fprintf(stderr, "usage: winch prune [--dry-run] [--unused-for DURATION] [--json]\n");
+            usage_error("prune");
             rc = 2;
             goto out;
         }

@@ -40,6 +40,7 @@
 #include "proxy/cli_archive.h"
 #include "proxy/cli_cache.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 
 #define KEEP_ONE ((uint64_t)16 << 20)    /* a kept JSON entry (manifests are at most 4 MiB) */
 #define KEEP_TOTAL ((uint64_t)256 << 20) /* all kept entries together */
@@ -704,7 +705,7 @@ int cli_import(int argc, char **argv)
         goto done;
     signal(SIGPIPE, SIG_IGN); /* a gzip that died is an EPIPE, not the end of winch */
     if (cmd.o.argc != 2 || cmd.o.argv[1][0] == '-') {
-        fprintf(stderr, "usage: winch import FILE.tar|FILE.tar.gz [--json]\n");
+        usage_error("import");
         rc = 2;
         goto done;
     }

@@ -10,6 +10,7 @@
 #include "common/err.h"
 #include "proxy/cli_cache.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 
 #define MAX_READ (64u << 20)
 
@@ -122,8 +123,13 @@ int cli_inspect(int argc, char **argv)
     int rc = cache_cmd_open(argc, argv, &cmd);
     if (rc)
         goto out;
-    if (cmd.o.argc < 2) {
-        fprintf(stderr, "usage: winch inspect REF...\n");
+    for (int i = 1; i < cmd.o.argc && rc == 0; i++)
+        if (cmd.o.argv[i][0] == '-') {
+            fprintf(stderr, "winch inspect: unknown option %s\n", cmd.o.argv[i]);
+            rc = 2;
+        }
+    if (rc || cmd.o.argc < 2) {
+        usage_error("inspect");
         rc = 2;
         goto out;
     }

@@ -29,87 +29,13 @@
 #include "common/mediatype.h"
 #include "common/timeutil.h"
 #include "proxy/cli_commands.h"
+#include "proxy/cli_http.h"
 #include "proxy/cli_policy.h"
+#include "proxy/usage.h"
 
 #define HEAD_TIMEOUT_S 15
-#define HEAD_MAX 16384
 
 /* ---- Resolving a tag through a running winch ---------------------------------------------- */
-
-/* Sends all of buf on a blocking socket. */
-static int send_all(int fd, const char *buf, size_t len)
-{
-    while (len) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/* Reads a response head (up to the blank line, at most HEAD_MAX bytes) into buf. */
-static int read_head(int fd, char *buf, size_t cap)
-{
-    size_t got = 0;
-    while (got + 1 < cap) {
-        ssize_t n = recv(fd, buf + got, cap - 1 - got, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        got += (size_t)n;
-        buf[got] = '\0';
-        if (strstr(buf, "\r\n\r\n"))
-            return 0;
-    }
-    return -1;
-}
-
-static int connect_to(const char *host, const char *port)
-{
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
-    struct addrinfo *ai;
-    if (getaddrinfo(host, port, &hints, &ai) != 0)
-        return -1;
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0) {
-        /* Linux applies SO_SNDTIMEO to connect() as well. */
-        struct timeval tv = {.tv_sec = HEAD_TIMEOUT_S};
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-            close(fd);
-            fd = -1;
-        }
-    }
-    freeaddrinfo(ai);
-    return fd;
-}
-
-/* Splits "HOST:PORT" or "[V6]:PORT" into host[hcap] and port[pcap]. */
-static bool split_hostport(const char *s, char *host, size_t hcap, char *port, size_t pcap)
-{
-    const char *colon = strrchr(s, ':');
-    if (!colon || !colon[1] || strlen(colon + 1) >= pcap)
-        return false;
-    const char *h = s;
-    size_t hl = (size_t)(colon - s);
-    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
-        h++;
-        hl -= 2;
-    }
-    if (hl == 0 || hl >= hcap)
-        return false;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    snprintf(port, pcap, "%s", colon + 1);
-    return true;
-}
 
 /* HEAD /v2/REPO/manifests/REF?ns=UPSTREAM at server (REF a tag or a digest). Returns the HTTP
  * status, with the Docker-Content-Digest answered in digest ("" when none); 0 when no answer
@@ -117,47 +43,36 @@ static bool split_hostport(const char *s, char *host, size_t hcap, char *port, s
 static int head_manifest(const char *server, const policy_ref_t *r, const char *ref,
                          char digest[REF_DIGEST_MAX + 1])
 {
-    char host[256], port[16], req[2048], head[HEAD_MAX];
+    char target[1024], accept[512], err[256];
     digest[0] = '\0';
-    if (!split_hostport(server, host, sizeof host, port, sizeof port)) {
-        fprintf(stderr, "winch pin: %s is not HOST:PORT\n", server);
+    snprintf(target, sizeof target, "/v2/%s/manifests/%s?ns=%s", r->repo, ref, r->upstream->name);
+    snprintf(accept, sizeof accept, "Accept: %s, %s, %s, %s\r\n", MT_OCI_INDEX, MT_OCI_MANIFEST,
+             MT_DOCKER_LIST, MT_DOCKER_V2);
+    cli_http_resp_t *resp = malloc(sizeof *resp);
+    bool refused = false;
+    if (!resp) {
+        fprintf(stderr, "winch pin: out of memory\n");
         return 0;
     }
-    int fd = connect_to(host, port);
-    if (fd < 0) {
-        fprintf(stderr, "winch pin: no winch answers at %s: %s\n", server, strerror(errno));
+    if (cli_http_request(server, "HEAD", target, accept, HEAD_TIMEOUT_S * 1000, 0, resp, &refused,
+                         err, sizeof err) < 0) {
+        if (refused)
+            fprintf(stderr, "winch pin: no winch answers at %s: %s\n", server, err);
+        else
+            fprintf(stderr, "winch pin: the winch at %s did not answer: %s\n", server, err);
+        free(resp);
         return 0;
     }
-    snprintf(req, sizeof req,
-             "HEAD /v2/%s/manifests/%s?ns=%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: winch-pin\r\n"
-             "Accept: %s, %s, %s, %s\r\nConnection: close\r\n\r\n",
-             r->repo, ref, r->upstream->name, server, MT_OCI_INDEX, MT_OCI_MANIFEST, MT_DOCKER_LIST,
-             MT_DOCKER_V2);
-    int rc = send_all(fd, req, strlen(req)) == 0 ? read_head(fd, head, sizeof head) : -1;
-    close(fd);
-    if (rc < 0) {
-        fprintf(stderr, "winch pin: the winch at %s did not answer\n", server);
-        return 0;
+    int status = resp->status;
+    size_t n = 0;
+    const char *v = cli_http_header(resp, "Docker-Content-Digest", &n);
+    if (status == 200 && v && n <= REF_DIGEST_MAX && ref_digest_parse(v, n, NULL) == 0) {
+        memcpy(digest, v, n);
+        digest[n] = '\0';
     }
-    /* "HTTP/1.x NNN ..." */
-    long status = 0;
-    if (strncmp(head, "HTTP/1.", 7) == 0 && head[7] && head[8] == ' ')
-        status = strtol(head + 9, NULL, 10);
-    for (char *line = strstr(head, "\r\n"); status == 200 && line;
-         line = strstr(line + 2, "\r\n")) {
-        static const char name[] = "docker-content-digest:";
-        if (strncasecmp(line + 2, name, sizeof name - 1) != 0)
-            continue;
-        char *v = line + 2 + sizeof name - 1;
-        v += strspn(v, " \t");
-        size_t n = strcspn(v, " \t\r\n");
-        if (n <= REF_DIGEST_MAX && ref_digest_parse(v, n, NULL) == 0) {
-            memcpy(digest, v, n);
-            digest[n] = '\0';
-        }
-        break;
-    }
-    return status > 0 && status < 1000 ? (int)status : 0;
+    cli_http_resp_free(resp);
+    free(resp);
+    return status;
 }
 
 /* What the tag resolves to at server: 0 with digest, or -1 after saying why on stderr. */
@@ -284,7 +199,7 @@ static void on_written(void *arg, int status)
 
 /* Reads the options of a pin command: the common ones, and --server for pin. */
 static int parse_args(int argc, char **argv, char **rest, cli_common_t *o, const char **server,
-                      int min, int max, const char *usage)
+                      int min, int max)
 {
     int rc = cli_common_parse(argc, argv, rest, o);
     if (rc)
@@ -297,7 +212,8 @@ static int parse_args(int argc, char **argv, char **rest, cli_common_t *o, const
         } else if (server && strncmp(a, "--server=", 9) == 0) {
             *server = a + 9;
         } else if (a[0] == '-') {
-            fprintf(stderr, "winch %s: unknown option %s\n%s", argv[0], a, usage);
+            fprintf(stderr, "winch %s: unknown option %s\n", argv[0], a);
+            usage_error(argv[0]);
             return 2;
         } else {
             o->argv[k++] = o->argv[i];
@@ -305,16 +221,13 @@ static int parse_args(int argc, char **argv, char **rest, cli_common_t *o, const
     }
     o->argc = k;
     if (o->argc - 1 < min || o->argc - 1 > max) {
-        fputs(usage, stderr);
+        usage_error(argv[0]);
         return 2;
     }
     return 0;
 }
 
 /* ---- winch pin ----------------------------------------------------------------------------- */
-
-static const char pin_usage[] =
-    "usage: winch pin [--config FILE | --cache-dir DIR] [--server HOST:PORT] REF [DIGEST]\n";
 
 int cli_pin(int argc, char **argv)
 {
@@ -325,7 +238,7 @@ int cli_pin(int argc, char **argv)
     policy_ref_t r;
     char digest[REF_DIGEST_MAX + 1] = "";
     int status = 2, rule;
-    if (!rest || (status = parse_args(argc, argv, rest, &o, &server, 1, 2, pin_usage)) != 0)
+    if (!rest || (status = parse_args(argc, argv, rest, &o, &server, 1, 2)) != 0)
         goto out;
     if ((status = cli_pctx_open(&x, &o, true)) != 0 ||
         (status = parse_tag_ref(&x, "pin", o.argv[1], &r)) != 0)
@@ -380,8 +293,6 @@ out:
 
 /* ---- winch unpin --------------------------------------------------------------------------- */
 
-static const char unpin_usage[] = "usage: winch unpin [--config FILE | --cache-dir DIR] REF\n";
-
 int cli_unpin(int argc, char **argv)
 {
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
@@ -390,7 +301,7 @@ int cli_unpin(int argc, char **argv)
     policy_ref_t r;
     cache_pin_t pin;
     int status = 2, rule;
-    if (!rest || (status = parse_args(argc, argv, rest, &o, NULL, 1, 1, unpin_usage)) != 0)
+    if (!rest || (status = parse_args(argc, argv, rest, &o, NULL, 1, 1)) != 0)
         goto out;
     if ((status = cli_pctx_open(&x, &o, true)) != 0 ||
         (status = parse_tag_ref(&x, "unpin", o.argv[1], &r)) != 0)
@@ -501,8 +412,6 @@ static int stored_pin_row(void *arg, const char *upstream, const char *repo, con
     return 0;
 }
 
-static const char pins_usage[] = "usage: winch pins [--config FILE | --cache-dir DIR] [--json]\n";
-
 int cli_pins(int argc, char **argv)
 {
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
@@ -511,7 +420,7 @@ int cli_pins(int argc, char **argv)
     pins_out_t p = {0};
     int status = 2;
     static const char *const headers[] = {"REFERENCE", "DIGEST", "SINCE", "SET BY", "NOTE"};
-    if (!rest || (status = parse_args(argc, argv, rest, &o, NULL, 0, 0, pins_usage)) != 0)
+    if (!rest || (status = parse_args(argc, argv, rest, &o, NULL, 0, 0)) != 0)
         goto out;
     if ((status = cli_pctx_open(&x, &o, false)) != 0)
         goto out;

@@ -20,6 +20,7 @@
 #include "common/timeutil.h"
 #include "proxy/app.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 
 /* ---- The shared context ------------------------------------------------------------------ */
 
@@ -289,12 +290,12 @@ static int explain(int argc, char **argv)
     for (int i = 1; i < o.argc; i++) {
         if (o.argv[i][0] == '-') {
             fprintf(stderr, "winch policy explain: unknown option %s\n", o.argv[i]);
+            usage_error("policy");
             goto out;
         }
     }
     if (o.argc < 2) {
-        fprintf(stderr, "usage: winch policy explain [--config FILE] [--cache-dir DIR] [--json] "
-                        "REF...\n");
+        usage_error("policy");
         goto out;
     }
     if ((status = cli_pctx_open(&x, &o, false)) != 0)
@@ -341,7 +342,12 @@ int cli_policy(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "explain") == 0)
         return explain(argc - 1, argv + 1);
-    fprintf(stderr, "usage: winch policy explain [--config FILE] [--cache-dir DIR] [--json] "
-                    "REF...\n");
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage_print_cmd(stdout, "policy");
+            return 0;
+        }
+    }
+    usage_error("policy");
     return 2;
 }

@@ -17,6 +17,7 @@
 #include "proxy/cli_commands.h"
 #include "proxy/reload.h"
 #include "proxy/server.h"
+#include "proxy/usage.h"
 
 /* The process around the application: its loop and the signals that stop it. */
 typedef struct process {
@@ -151,7 +152,7 @@ int cli_serve(int argc, char **argv)
     int rc = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            fputs(cli_usage, stdout);
+            usage_print_cmd(stdout, "serve");
             return 0;
         }
         if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {

@@ -8,6 +8,7 @@
 #include "common/err.h"
 #include "proxy/cli_cache.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 
 struct vout {
     bool json, done;
@@ -45,7 +46,7 @@ int cli_verify(int argc, char **argv)
     if (rc)
         goto out;
     if (cmd.o.argc > 1) {
-        fprintf(stderr, "usage: winch verify [--json]\n");
+        usage_error("verify");
         rc = 2;
         goto out;
     }

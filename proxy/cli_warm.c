@@ -30,6 +30,7 @@
 #include "proxy/app.h"
 #include "proxy/cli_cache.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 #include "proxy/warm.h"
 
 #define MAX_PLATFORMS 32 /* the message in parse_args says so */
@@ -337,8 +338,7 @@ int cli_warm(int argc, char **argv)
     if (!cmd.rest || (rc = cli_common_parse(argc, argv, cmd.rest, &cmd.o)))
         goto out_early;
     if ((rc = parse_args(&cmd.o, &a)) == 2) {
-        fprintf(stderr, "usage: winch warm REF... [--platform OS/ARCH[/VARIANT]|all]... "
-                        "[--server URL] [--json]\n");
+        usage_error("warm");
         goto out_early;
     }
     if ((rc = cli_load_config(&cmd.o, &cmd.cfg)))

@@ -5,6 +5,7 @@
 
 #include "common/util.h"
 #include "proxy/cli_commands.h"
+#include "proxy/usage.h"
 
 static int cli_print_version(int argc, char **argv)
 {
@@ -14,12 +15,29 @@ static int cli_print_version(int argc, char **argv)
     return 0;
 }
 
+/* winch help [COMMAND]: the overview, or one command's help (usage.h). */
 static int cli_help(int argc, char **argv)
+{
+    if (argc >= 2 && !usage_find(argv[1])) {
+        fprintf(stderr, "winch help: unknown command \"%s\"\n", argv[1]);
+        usage_print_all(stderr);
+        return 2;
+    }
+    if (argc >= 2)
+        usage_print_cmd(stdout, argv[1]);
+    else
+        usage_print_all(stdout);
+    return 0;
+}
+
+/* winch --man: the manual page winch(1) in roff, which the build writes to build/winch.1 (not
+ * in the overview: it is for the build, not for people). */
+static int cli_man(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
-    fputs(cli_usage, stdout);
-    return 0;
+    usage_man(stdout, cli_version);
+    return fflush(stdout) == 0 ? 0 : 1;
 }
 
 static const struct {
@@ -34,6 +52,8 @@ static const struct {
     {"help", cli_help},
     {"--help", cli_help},
     {"-h", cli_help},
+    {"--man", cli_man},
+    {"status", cli_status},
     {"ls", cli_ls},
     {"df", cli_df},
     {"inspect", cli_inspect},
@@ -53,13 +73,14 @@ static const struct {
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fputs(cli_usage, stderr);
+        usage_print_all(stderr);
         return 2;
     }
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
         if (strcmp(argv[1], commands[i].name) == 0)
             return commands[i].run(argc - 1, argv + 1);
     }
-    fprintf(stderr, "winch: unknown command \"%s\"\n\n%s", argv[1], cli_usage);
+    fprintf(stderr, "winch: unknown command \"%s\"\n\n", argv[1]);
+    usage_print_all(stderr);
     return 2;
 }

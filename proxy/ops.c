@@ -44,6 +44,8 @@ enum ops_endpoint ops_route(const char *target, size_t len)
         return OPS_READYZ;
     if (path_is(target, len, "/_winch/") || path_is(target, len, "/_winch"))
         return OPS_STATUS;
+    if (path_is(target, len, "/_winch/status.json"))
+        return OPS_STATUS_JSON;
     return OPS_NONE;
 }
 
@@ -219,6 +221,9 @@ void ops_handle(call_t *c, const ops_env_t *e, enum ops_endpoint ep)
         return;
     case OPS_STATUS:
         status_answer(c, e);
+        return;
+    case OPS_STATUS_JSON:
+        status_json_answer(c, e);
         return;
     case OPS_HEALTHZ: {
         static const char ok[] = "ok\n";

@@ -14,7 +14,8 @@
 #include "proxy/ops_env.h"
 
 /* OPS_STATUS: the status page `/_winch/` (status.h). */
-enum ops_endpoint { OPS_NONE, OPS_METRICS, OPS_HEALTHZ, OPS_READYZ, OPS_STATUS };
+/* OPS_STATUS_JSON: the same as JSON, `/_winch/status.json` (what `winch status` reads). */
+enum ops_endpoint { OPS_NONE, OPS_METRICS, OPS_HEALTHZ, OPS_READYZ, OPS_STATUS, OPS_STATUS_JSON };
 
 /** Which endpoint the request-target names (path exactly, any query ignored); OPS_NONE for
  * anything else. */

@@ -501,7 +501,8 @@ void blob_producers_each(const blob_producers_t *p, size_t max,
 {
     size_t n = 0;
     for (const producer_t *f = p->head; f && n < max; f = f->next, n++) {
-        producer_view_t v = {f->upstream, f->repo, f->digest, f->received, f->size};
+        producer_view_t v = {f->upstream, f->repo, f->digest,
+                             f->received, f->size, f->fill ? fill_subscribers(f->fill) : 0};
         cb(arg, &v);
     }
 }

@@ -35,6 +35,7 @@ typedef struct producer_view {
     const char *upstream, *repo, *digest;
     uint64_t received; /* bytes taken from the upstream so far */
     uint64_t size;     /* UINT64_MAX while unknown (no answer yet, or chunked) */
+    size_t waiters;    /* the fill's subscribers: clients streaming it, a prefetch */
 } producer_view_t;
 /** Calls cb for the running producers, newest first, at most max of them. */
 void blob_producers_each(const blob_producers_t *p, size_t max,

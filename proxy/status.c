@@ -262,7 +262,7 @@ static void fill_row(void *arg, const producer_view_t *v)
         put(p, " of %s ", human(h2, sizeof h2, v->size));
         bar(p, "received", v->size ? (double)v->received / (double)v->size : 1);
     }
-    put(p, "</td></tr>");
+    put(p, "</td><td class=\"waiters\">%zu</td></tr>", v->waiters);
 }
 
 static void fills(page_t *p, const blob_producers_t *prod)
@@ -273,7 +273,7 @@ static void fills(page_t *p, const blob_producers_t *prod)
         put(p, "<p id=\"fills-none\">none</p>");
         return;
     }
-    put(p, "<table id=\"fills-table\"><tr><th>blob</th><th>received</th></tr>");
+    put(p, "<table id=\"fills-table\"><tr><th>blob</th><th>received</th><th>clients</th></tr>");
     blob_producers_each(prod, STATUS_FILLS, fill_row, p);
     put(p, "</table>");
     if (n > STATUS_FILLS)
@@ -342,6 +342,38 @@ static void top_tags(page_t *p, cache_t *cache)
     free(top);
 }
 
+/* ---- The images served the most bytes (app.c counts them in a bounded table) ------------ */
+
+static void top_images(page_t *p, const topk_t *top)
+{
+    topk_entry_t t[STATUS_TOP];
+    size_t n = topk_top(top, t, STATUS_TOP);
+    char h[32];
+    put(p, "<h2>Top images by bytes served</h2>");
+    if (n == 0) {
+        put(p, "<p id=\"top-images-none\">nothing served yet</p>");
+        return;
+    }
+    put(p, "<table id=\"top-images\"><tr><th>image</th><th>bytes served</th></tr>");
+    for (size_t i = 0; i < n; i++) {
+        put(p, "<tr><td>");
+        esc(p, t[i].key);
+        put(p, "</td><td data-bytes=\"%" PRIu64 "\">%s", t[i].count,
+            human(h, sizeof h, t[i].count));
+        if (t[i].error)
+            put(p, " (at most %s high)", human(h, sizeof h, t[i].error));
+        put(p, "</td></tr>");
+    }
+    put(p, "</table>");
+    uint64_t replaced = topk_replaced(top);
+    if (replaced)
+        put(p,
+            "<p id=\"top-images-approx\">Approximate: the table keeps %zu repositories and "
+            "replaced one %" PRIu64 " times; a repository that entered by replacing another "
+            "starts from that one's count, so its count may be high by the amount shown.</p>",
+            topk_size(top), replaced);
+}
+
 void status_answer(call_t *c, const ops_env_t *e)
 {
     page_t p = {.rc = 0};
@@ -365,6 +397,7 @@ void status_answer(call_t *c, const ops_env_t *e)
     cache_size(&p, c, e, &t);
     fills(&p, c->env->producers);
     top_tags(&p, c->env->cache);
+    top_images(&p, e->top_bytes);
     put(&p, "</body></html>\n");
     size_t len = 0;
     char *body = p.rc == 0 ? buf_take(&p.b, &len) : NULL;

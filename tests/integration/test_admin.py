@@ -6,13 +6,19 @@
     values are refused at start with a message naming the field;
   - the status page in Debian's headless chromium (never reaching beyond 127.0.0.1): it loads,
     the console shows no error, the DOM holds the numbers this test produced (hits, misses,
-    bytes saved), and a screenshot is saved as an artifact in the build directory."""
+    bytes saved), and a screenshot is saved as an artifact in the build directory;
+  - top images by bytes served (page and /_winch/status.json): two images pulled whole, the
+    bigger first with its exact byte count; then a flood of 10,000 distinct repository names
+    keeps the table at its bound, the two on top exact, the page marked approximate and fast."""
 
+import http.client
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -214,6 +220,96 @@ class Admin(lab.TestCase):
         bars = [int(x) for x in re.findall(r'class="hit"[^>]*data-bytes="(\d+)"', html)]
         self.assertEqual(len(bars), 60)
         self.assertEqual(sum(bars), len(blob))
+
+    def pull_whole(self, hostport, name):
+        """GETs a seeded image's manifest and every blob; returns the body bytes received."""
+        img = self.data["images"][name]
+        r = lab.get(hostport, "/v2/%s/manifests/%s" % (img["repo"], img["tag"]),
+                    H([img["media_type"]]))
+        self.assertStatus(r, 200, name)
+        n = len(r.body)
+        self.assertEqual(n, img["size"])
+        for digest, b in img["blobs"].items():
+            st, got, size = lab.fetch_blob_digest(hostport, "/v2/%s/blobs/%s" % (img["repo"],
+                                                                                 digest))
+            self.assertEqual((st, got, size), (200, digest, b["size"]))
+            n += size
+        return n
+
+    def test_top_images_by_bytes(self):
+        w = lab.Winch([("docker.io", self.reg.url)], name="winch-top",
+                      config={"admin_listen": "127.0.0.1:0",
+                              "policy": [{"match": "docker.io/flood/**", "deny": True}]})
+        self.addCleanup(w.stop)
+        admin = admin_hostport(w)
+        small = self.pull_whole(w.hostport, "busybox")
+        big = self.pull_whole(w.hostport, "range16")
+        self.assertGreater(big, small)
+
+        def status():
+            r = lab.get(admin, "/_winch/status.json")
+            self.assertStatus(r, 200, "status.json")
+            self.assertEqual(r.header("Content-Type"), "application/json")
+            return json.loads(r.body)
+
+        # Counted as each request completes, after its last byte left: wait for the last one.
+        lab.wait_for(lambda: len(status()["top_images"]["images"]) == 2, 10, what="two images")
+        top = status()["top_images"]
+        self.assertEqual(top["images"], [
+            {"image": "docker.io/lab/range16", "bytes": big, "overcount_max": 0},
+            {"image": "docker.io/lab/busybox-oci", "bytes": small, "overcount_max": 0}])
+        self.assertFalse(top["approximate"])
+        html = lab.get(admin, "/_winch/").body.decode()
+        rows = re.findall(r"<tr><td>([^<]+)</td><td data-bytes=\"(\d+)\">",
+                          html.split('id="top-images"', 1)[1])
+        self.assertEqual(rows[:2], [("docker.io/lab/range16", str(big)),
+                                    ("docker.io/lab/busybox-oci", str(small))])
+        self.assertNotIn('id="top-images-approx"', html)
+
+        # 10,000 distinct names, each refused by the policy (a body of its own each), over
+        # four keep-alive connections.
+        errors = []
+
+        def flood(k):
+            host, port = w.hostport.rsplit(":", 1)
+            c = http.client.HTTPConnection(host, int(port), timeout=30)
+            try:
+                for i in range(k, 10000, 4):
+                    c.request("GET", "/v2/flood/r%05d/manifests/v1" % i)
+                    r = c.getresponse()
+                    r.read()
+                    if r.status != 403:
+                        errors.append(r.status)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=flood, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        lab.wait_for(lambda: status()["requests"]["by_result"]["denied"] == 10000, 10,
+                     what="10000 refusals counted")
+        t0 = time.monotonic()
+        top = status()["top_images"]
+        r = lab.get(admin, "/_winch/")
+        elapsed = time.monotonic() - t0
+        self.assertLess(elapsed, 1.0, "status.json and the page after the flood")
+        self.assertEqual(top["tracked"], 256)
+        self.assertGreaterEqual(top["replaced"], 10000 - 256 + 2)
+        self.assertTrue(top["approximate"])
+        self.assertEqual(len(top["images"]), 10)
+        # The two heavy ones never left the table: their counts are still exact.
+        self.assertEqual(top["images"][:2], [
+            {"image": "docker.io/lab/range16", "bytes": big, "overcount_max": 0},
+            {"image": "docker.io/lab/busybox-oci", "bytes": small, "overcount_max": 0}])
+        html = r.body.decode()
+        self.assertIn('id="top-images-approx"', html)
+        self.assertEqual(html.split('id="top-images"', 1)[1].split("</table>")[0].count("<tr>"),
+                         11)
 
     def pulls_fresh(self):
         """pulls() on a winch of its own, so the counts are this test's alone."""
