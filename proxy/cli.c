@@ -229,3 +229,13 @@ void cli_table_free(cli_table_t *t)
     free(t->cells);
     free(t);
 }
+
+void cli_local_address(const char *host, uint16_t port, char *out, size_t len)
+{
+    if (strcmp(host, "0.0.0.0") == 0)
+        host = "127.0.0.1";
+    else if (strcmp(host, "::") == 0)
+        host = "::1";
+    bool v6 = strchr(host, ':') != NULL;
+    snprintf(out, len, "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", (unsigned)port);
+}

@@ -73,4 +73,8 @@ int cli_table_add(cli_table_t *t, const char *const *cells);
 void cli_table_print(cli_table_t *t);
 void cli_table_free(cli_table_t *t);
 
+/** "HOST:PORT" ("[HOST]:PORT" for IPv6) by which this machine reaches a listener configured on
+ * host (borrowed) and port: a wildcard (0.0.0.0, ::) becomes loopback. Into out[len]. */
+void cli_local_address(const char *host, uint16_t port, char *out, size_t len);
+
 #endif

@@ -35,14 +35,7 @@ static int admin_address(const cli_common_t *o, const char *admin, char *out, si
         config_free(cfg);
         return 1;
     }
-    const char *h = cfg->admin_listen_host;
-    if (strcmp(h, "0.0.0.0") == 0)
-        h = "127.0.0.1";
-    else if (strcmp(h, "::") == 0)
-        h = "::1";
-    bool v6 = strchr(h, ':') != NULL;
-    snprintf(out, len, "%s%s%s:%u", v6 ? "[" : "", h, v6 ? "]" : "",
-             (unsigned)cfg->admin_listen_port);
+    cli_local_address(cfg->admin_listen_host, cfg->admin_listen_port, out, len);
     config_free(cfg);
     return 0;
 }

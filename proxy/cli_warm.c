@@ -155,14 +155,9 @@ static int server_url(const config_t *cfg, char *out, size_t len)
                 !cfg->listen_enabled ? "no plain listener" : "listen port 0");
         return 2;
     }
-    const char *h = cfg->listen_host;
-    if (strcmp(h, "0.0.0.0") == 0)
-        h = "127.0.0.1";
-    else if (strcmp(h, "::") == 0)
-        h = "::1";
-    bool v6 = strchr(h, ':') != NULL;
-    snprintf(out, len, "http://%s%s%s:%u", v6 ? "[" : "", h, v6 ? "]" : "",
-             (unsigned)cfg->listen_port);
+    char hp[128];
+    cli_local_address(cfg->listen_host, cfg->listen_port, hp, sizeof hp);
+    snprintf(out, len, "http://%s", hp);
     return 0;
 }
 
